@@ -1,1 +1,28 @@
-fn main() {}
+//! The `pier` binary: one executable for every process mode (dev, server, agent,
+//! registry, gateway) and for the CLI client.
+
+mod cli;
+mod client;
+mod cmd;
+mod logging;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    logging::init(cli.log_format, cli.command.is_server());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cmd::run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

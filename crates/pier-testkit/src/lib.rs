@@ -1,0 +1,5 @@
+//! Test support shared by pier's integration tests. Every helper here fails
+//! loudly: a test that needs Docker or a binary must not silently pass.
+
+pub mod net;
+pub mod process;

@@ -1,0 +1,42 @@
+//! Command-line surface. Each subcommand's arguments live next to its
+//! implementation in `cmd/`; this file only assembles them.
+
+use clap::{Parser, Subcommand};
+
+use crate::cmd;
+use crate::logging::LogFormat;
+
+#[derive(Parser, Debug)]
+#[command(name = "pier", version, about = "A self-hosted container platform in one binary")]
+pub struct Cli {
+    /// Address of a pier server's HTTP API, for client commands.
+    #[arg(long, global = true, env = "PIER_ADDR", default_value = "http://127.0.0.1:8500")]
+    pub addr: String,
+    /// Log line format for server modes.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run everything in one process on this machine (127.0.0.1 only).
+    Dev(cmd::dev::DevArgs),
+    /// Run a server: a member of the replicated store plus the HTTP API.
+    Server(cmd::server::ServerArgs),
+    /// The OCI registry on its own, or registry maintenance.
+    Registry(cmd::registry::RegistryArgs),
+    /// Show the cluster's status: leader, peers, raft index.
+    Status(cmd::status::StatusArgs),
+}
+
+impl Command {
+    pub fn is_server(&self) -> bool {
+        match self {
+            Command::Dev(_) | Command::Server(_) => true,
+            Command::Registry(args) => args.is_server(),
+            Command::Status(_) => false,
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! One module per subcommand.
+
+pub mod dev;
+pub mod registry;
+pub mod server;
+pub mod status;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = crate::client::Client::new(&cli.addr)?;
+    match cli.command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Server(args) => server::run(args).await,
+        Command::Registry(args) => registry::run(args).await,
+        Command::Status(args) => status::run(&client, args).await,
+    }
+}
