@@ -1,1 +1,9 @@
-//! pier-api
+//! Wire types shared by pier's servers, agents and CLI. Everything here is a
+//! serde type that crosses a process boundary (HTTP bodies, files on disk that
+//! users write); internal types elsewhere are deliberately not serialisable.
+
+pub mod error;
+pub mod status;
+pub mod kv;
+
+pub use error::{ApiError, ErrorCode};

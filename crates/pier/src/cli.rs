@@ -29,6 +29,8 @@ pub enum Command {
     Registry(cmd::registry::RegistryArgs),
     /// Show the cluster's status: leader, peers, raft index.
     Status(cmd::status::StatusArgs),
+    /// Read and write the key/value store.
+    Kv(cmd::kv::KvArgs),
 }
 
 impl Command {
@@ -36,7 +38,7 @@ impl Command {
         match self {
             Command::Dev(_) | Command::Server(_) => true,
             Command::Registry(args) => args.is_server(),
-            Command::Status(_) => false,
+            Command::Status(_) | Command::Kv(_) => false,
         }
     }
 }

@@ -5,6 +5,9 @@ mod cli;
 mod client;
 mod cmd;
 mod logging;
+mod metrics;
+mod server;
+mod api;
 
 use clap::Parser;
 

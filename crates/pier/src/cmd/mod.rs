@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod dev;
+pub mod kv;
 pub mod registry;
 pub mod server;
 pub mod status;
@@ -16,5 +17,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(args) => server::run(args).await,
         Command::Registry(args) => registry::run(args).await,
         Command::Status(args) => status::run(&client, args).await,
+        Command::Kv(args) => kv::run(&client, args).await,
     }
 }

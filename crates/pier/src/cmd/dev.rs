@@ -1,0 +1,48 @@
+//! `pier dev`: every part of pier in one process, on 127.0.0.1 only. State
+//! persists in the data dir, so a restart keeps services, catalog and images.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::server::{self, ServerConfig};
+
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// Where state is kept (default: $XDG_DATA_HOME/pier/dev or ~/.local/share/pier/dev).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP API and Consul-compatible API.
+    #[arg(long, default_value_t = 8500)]
+    pub http_port: u16,
+    /// Internal raft RPC port (a one-member cluster still uses it).
+    #[arg(long, default_value_t = 8300)]
+    pub raft_port: u16,
+}
+
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("pier").join("dev");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/pier/dev"),
+        None => PathBuf::from(".pier-dev"),
+    }
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let localhost = Ipv4Addr::LOCALHOST.into();
+    eprintln!("pier dev: data in {}", data_dir.display());
+    eprintln!("  API + Consul API  http://127.0.0.1:{}", args.http_port);
+    server::run(ServerConfig {
+        node_name: "dev".to_string(),
+        data_dir,
+        http_listen: SocketAddr::new(localhost, args.http_port),
+        raft_listen: SocketAddr::new(localhost, args.raft_port),
+        bootstrap_expect: 1,
+        join: Vec::new(),
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
