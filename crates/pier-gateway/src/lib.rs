@@ -1,0 +1,1 @@
+//! Pier gateway (work in progress).
