@@ -23,6 +23,7 @@ pub struct ServerConfig {
     pub raft_listen: SocketAddr,
     pub bootstrap_expect: usize,
     pub join: Vec<String>,
+    pub snapshot_every_logs: u64,
 }
 
 /// Creates the data directory if needed and refuses paths that cannot hold one,
@@ -55,6 +56,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         http_advertise: http_addr.to_string(),
         bootstrap_expect: cfg.bootstrap_expect,
         join: cfg.join.clone(),
+        snapshot_every_logs: cfg.snapshot_every_logs,
         ..StoreConfig::default()
     })
     .await

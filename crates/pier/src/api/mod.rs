@@ -2,14 +2,16 @@
 //! validate input, call the store, and map errors to JSON with the right status.
 
 mod error;
+mod json;
 mod kv;
+mod txn;
 mod params;
 mod status;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use pier_store::Store;
 
@@ -34,6 +36,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/kv/{*key}",
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
+        .route("/api/v1/txn", post(txn::post_txn))
         .route("/metrics", get(crate::metrics::render))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT_BYTES))

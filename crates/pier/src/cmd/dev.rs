@@ -42,6 +42,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         raft_listen: SocketAddr::new(localhost, args.raft_port),
         bootstrap_expect: 1,
         join: Vec::new(),
+        snapshot_every_logs: 10_000,
     })
     .await?;
     Ok(ExitCode::SUCCESS)

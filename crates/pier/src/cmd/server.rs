@@ -29,6 +29,9 @@ pub struct ServerArgs {
     /// Raft addresses (host:port) of other servers, comma separated.
     #[arg(long, value_delimiter = ',')]
     pub join: Vec<String>,
+    /// Build a raft snapshot (and compact the log) after this many entries.
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    pub raft_snapshot_every: u64,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -52,6 +55,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         raft_listen: SocketAddr::new(args.bind, args.raft_port),
         bootstrap_expect: args.bootstrap_expect,
         join: args.join,
+        snapshot_every_logs: args.raft_snapshot_every,
     })
     .await?;
     Ok(ExitCode::SUCCESS)
