@@ -1,0 +1,1 @@
+//! pier-catalog (work in progress)
