@@ -1,0 +1,145 @@
+//! Cluster formation: one-member bootstrap, N-server bootstrap (the server with the lowest raft
+//! address initializes once N servers know each other), or joining a running cluster.
+//! A server with existing Raft state never bootstraps again.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Weak;
+use std::time::Duration;
+
+use crate::network::CallError;
+use crate::store::Inner;
+use crate::wire::{InfoReply, InfoRequest, LeaderReply, MemberWire, NodeInfo};
+
+const POLL: Duration = Duration::from_millis(200);
+const INFO_TIMEOUT: Duration = Duration::from_secs(2);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn node_info(m: &MemberWire) -> NodeInfo {
+    NodeInfo {
+        name: m.name.clone(),
+        raft_addr: m.raft_addr.clone(),
+        http_addr: m.http_addr.clone(),
+    }
+}
+
+/// Orders servers for the "who initializes" rule: by socket address when parseable.
+fn addr_key(addr: &str) -> (Option<SocketAddr>, String) {
+    (addr.parse().ok(), addr.to_string())
+}
+
+pub(crate) async fn run(inner: Weak<Inner>) {
+    let Some(me) = inner.upgrade() else { return };
+    if me.is_initialized().await {
+        return;
+    }
+    if me.bootstrap_expect() <= 1 && me.join_addrs().is_empty() {
+        let mut members = BTreeMap::new();
+        members.insert(me.node_id(), node_info(&me.self_member()));
+        match me.initialize(members).await {
+            Ok(()) => tracing::info!("initialized a one-member cluster"),
+            Err(e) => tracing::error!(error = %e, "could not initialize a one-member cluster"),
+        }
+        return;
+    }
+    drop(me);
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        if me.check_running().is_err() || me.is_initialized().await {
+            return;
+        }
+        if step(&me).await {
+            return;
+        }
+        drop(me);
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// One discovery round; true when nothing more is to be done.
+async fn step(me: &Inner) -> bool {
+    let self_member = me.self_member();
+    let mut targets: Vec<String> = me.join_addrs().to_vec();
+    for p in me.known_peers() {
+        if !targets.contains(&p.raft_addr) {
+            targets.push(p.raft_addr);
+        }
+    }
+    targets.retain(|t| *t != self_member.raft_addr);
+
+    let req = InfoRequest {
+        caller: Some(self_member.clone()),
+    };
+    let mut existing: Option<InfoReply> = None;
+    for t in &targets {
+        let res: Result<InfoReply, CallError> = me.client().call(t, "/raft/info", &req, INFO_TIMEOUT).await;
+        match res {
+            Ok(info) => {
+                if info.id == me.node_id() {
+                    continue;
+                }
+                me.note_peer(MemberWire {
+                    id: info.id,
+                    name: info.name.clone(),
+                    raft_addr: info.raft_addr.clone(),
+                    http_addr: info.http_addr.clone(),
+                });
+                for k in &info.known {
+                    me.note_peer(k.clone());
+                }
+                if info.initialized && existing.is_none() {
+                    existing = Some(info);
+                }
+            }
+            Err(e) => tracing::debug!(target = %t, error = %e, "peer not reachable yet"),
+        }
+    }
+
+    if let Some(info) = existing {
+        // A cluster exists: ask its leader to add us.
+        let leader_addr = info.leader.map(|l| l.raft_addr).unwrap_or(info.raft_addr);
+        let res: Result<LeaderReply<()>, CallError> =
+            me.client().call(&leader_addr, "/raft/join", &self_member, JOIN_TIMEOUT).await;
+        match res {
+            Ok(LeaderReply::Ok(())) => {
+                tracing::info!(leader = %leader_addr, "joined the cluster");
+                return true;
+            }
+            Ok(LeaderReply::Invalid(m)) => {
+                tracing::error!(leader = %leader_addr, error = %m, "the cluster refused to add this server");
+            }
+            Ok(other) => tracing::info!(leader = %leader_addr, reply = ?other, "join not done yet; retrying"),
+            Err(e) => tracing::info!(leader = %leader_addr, error = %e, "join not done yet; retrying"),
+        }
+        return false;
+    }
+
+    let peers = me.known_peers();
+    let expect = me.bootstrap_expect().max(1);
+    if peers.len() + 1 < expect {
+        tracing::debug!(known = peers.len() + 1, expect, "waiting for more servers");
+        return false;
+    }
+    let lowest = peers
+        .iter()
+        .map(|p| addr_key(&p.raft_addr))
+        .min()
+        .is_some_and(|k| k < addr_key(&self_member.raft_addr));
+    if lowest {
+        // Another server has the lowest address; it initializes and replicates to us.
+        return false;
+    }
+    let mut members = BTreeMap::new();
+    members.insert(self_member.id, node_info(&self_member));
+    for p in &peers {
+        members.insert(p.id, node_info(p));
+    }
+    tracing::info!(members = members.len(), "initializing the cluster");
+    match me.initialize(members).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "initializing the cluster failed; retrying");
+            false
+        }
+    }
+}

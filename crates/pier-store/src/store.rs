@@ -1,0 +1,931 @@
+//! `Store`: opens the data directory, runs Raft and the peer RPC server, serves reads, writes,
+//! watches and membership changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use crate::error::StoreError;
+use crate::log_store::LogStore;
+use crate::model::{validate_txn, Consistency, Txn, TxnResult, WatchKey};
+use crate::network::{CallError, NetworkFactory, PeerClient};
+use crate::sm_store::{write_file_atomically, SmShared, SmStore};
+use crate::state::StateView;
+use crate::watch::{Watch, WatchRegistry};
+use crate::wire::{
+    InfoReply, LeaderReply, MemberWire, NodeId, NodeInfo, Raft, RemoveRequest, Request, Response, TxnResultWire,
+    TxnWire,
+};
+
+/// How long `write` and consistent reads keep retrying across leader changes.
+const LEADER_RETRY_FOR: Duration = Duration::from_secs(10);
+/// Upper bound for one leader-side operation (commit of a write, read-index).
+const LEADER_OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a forwarded write, how long to wait for it to be applied here (read-your-writes).
+const LOCAL_APPLY_WAIT: Duration = Duration::from_secs(2);
+/// Tombstones older than about this are reaped by the leader.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
+const RETRY_PAUSE: Duration = Duration::from_millis(30);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+const NODE_FILE: &str = "node.json";
+const LOG_FILE: &str = "raft-log.redb";
+const STATE_FILE: &str = "state.redb";
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+const NODE_FILE_FORMAT: &str = "pier-store/1";
+
+/// Configuration of one server's store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Human name, unique in the cluster.
+    pub node_name: String,
+    /// Everything of this store lives under it.
+    pub data_dir: PathBuf,
+    /// Where the internal raft RPC server binds (port 0 allowed: the bound port is used).
+    pub raft_listen: SocketAddr,
+    /// Address peers dial; default = bound raft address.
+    pub raft_advertise: Option<SocketAddr>,
+    /// This server's public HTTP API address, kept in membership node info.
+    pub http_advertise: String,
+    /// 1 = form a one-member cluster at once.
+    pub bootstrap_expect: usize,
+    /// Raft addresses of other servers ("host:port").
+    pub join: Vec<String>,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries, then purge the log.
+    pub snapshot_every_logs: u64,
+}
+
+impl StoreConfig {
+    /// A one-node configuration with LAN-friendly timings, for `pier dev` and tests.
+    pub fn single_node(node_name: impl Into<String>, data_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            node_name: node_name.into(),
+            data_dir: data_dir.into(),
+            raft_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            raft_advertise: None,
+            http_advertise: String::new(),
+            bootstrap_expect: 1,
+            join: Vec::new(),
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_every_logs: 10_000,
+        }
+    }
+}
+
+/// A member of the cluster as membership records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub raft_addr: String,
+    pub http_addr: String,
+    /// False for a learner that is still catching up.
+    pub voter: bool,
+}
+
+/// A point-in-time view of this server's Raft state.
+#[derive(Clone, Debug)]
+pub struct StoreStatus {
+    pub node_name: String,
+    pub node_id: u64,
+    pub is_leader: bool,
+    pub leader: Option<MemberInfo>,
+    pub members: Vec<MemberInfo>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub last_applied_index: u64,
+    pub commit_index: u64,
+    /// Milliseconds since the leader was last heard from (0 on the leader, None if never).
+    pub last_contact_ms: Option<u64>,
+}
+
+/// Handle to the replicated store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub raft: Raft,
+    node_id: NodeId,
+    node_name: String,
+    raft_addr: SocketAddr,
+    advertise: String,
+    http_advertise: String,
+    bootstrap_expect: usize,
+    join: Vec<String>,
+    sm: Arc<SmShared>,
+    watches: Arc<WatchRegistry>,
+    client: PeerClient,
+    committed_index: Arc<AtomicU64>,
+    started: Instant,
+    /// Milliseconds since `started` of the last append/snapshot RPC from a leader; 0 = never.
+    last_contact_at_ms: AtomicU64,
+    known_peers: Mutex<BTreeMap<NodeId, MemberWire>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stopped: AtomicBool,
+}
+
+enum LeaderIs {
+    Me,
+    Other(MemberWire),
+    Unknown,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NodeFile {
+    format: String,
+    node_id: u64,
+    node_name: String,
+}
+
+fn random_node_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS; mix in time and pid so two ids never collide in practice.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish().max(1)
+}
+
+/// Reads or creates the node identity; refuses directories that are not ours.
+fn load_identity(dir: &Path, node_name: &str) -> Result<u64, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    let path = dir.join(NODE_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let nf: NodeFile = serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::corrupt(&path, format!("unreadable node identity: {e}")))?;
+            if nf.format != NODE_FILE_FORMAT {
+                return Err(StoreError::corrupt(&path, format!("unknown format {:?}", nf.format)));
+            }
+            if nf.node_name != node_name {
+                tracing::warn!(old = %nf.node_name, new = %node_name, "node name changed since this data directory was created");
+            }
+            Ok(nf.node_id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+            let foreign: Vec<String> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            if !foreign.is_empty() {
+                return Err(StoreError::corrupt(
+                    dir,
+                    format!(
+                        "the directory is not empty ({}) but has no {NODE_FILE}, so it is not a pier-store data directory",
+                        foreign.join(", ")
+                    ),
+                ));
+            }
+            let nf = NodeFile {
+                format: NODE_FILE_FORMAT.to_string(),
+                node_id: random_node_id(),
+                node_name: node_name.to_string(),
+            };
+            let bytes = serde_json::to_vec_pretty(&nf).map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?;
+            write_file_atomically(&path, &[&bytes], "")?;
+            Ok(nf.node_id)
+        }
+        Err(e) => Err(StoreError::io(&path, e)),
+    }
+}
+
+fn raft_config(cfg: &StoreConfig) -> Result<Config, StoreError> {
+    let every = cfg.snapshot_every_logs.max(1);
+    let config = Config {
+        cluster_name: "pier".to_string(),
+        heartbeat_interval: cfg.heartbeat_interval_ms,
+        election_timeout_min: cfg.election_timeout_min_ms,
+        election_timeout_max: cfg.election_timeout_max_ms,
+        install_snapshot_timeout: 30_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(every),
+        // A short tail lets a briefly lagging follower catch up from the log.
+        max_in_snapshot_log_to_keep: (every / 2).min(1000),
+        ..Default::default()
+    };
+    config
+        .validate()
+        .map_err(|e| StoreError::InvalidInput(format!("raft timing configuration: {e}")))
+}
+
+impl Store {
+    /// Opens or creates the data directory, starts Raft and the raft RPC server, and bootstraps
+    /// or joins in the background. Returns once the node runs, not once a leader exists.
+    pub async fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
+        if cfg.node_name.is_empty() {
+            return Err(StoreError::InvalidInput("node_name must not be empty".into()));
+        }
+        let config = raft_config(&cfg)?;
+        let node_id = load_identity(&cfg.data_dir, &cfg.node_name)?;
+        let committed_index = Arc::new(AtomicU64::new(0));
+        let log = LogStore::open(cfg.data_dir.join(LOG_FILE), committed_index.clone())?;
+        let watches = Arc::new(WatchRegistry::default());
+        let sm = SmStore::open(
+            cfg.data_dir.join(STATE_FILE),
+            cfg.data_dir.join(SNAPSHOT_FILE),
+            watches.clone(),
+        )?;
+        let sm_shared = sm.shared.clone();
+
+        let listener = tokio::net::TcpListener::bind(cfg.raft_listen)
+            .await
+            .map_err(|e| StoreError::io(PathBuf::from(format!("tcp://{}", cfg.raft_listen)), e))?;
+        let raft_addr = listener
+            .local_addr()
+            .map_err(|e| StoreError::io(PathBuf::from(format!("tcp://{}", cfg.raft_listen)), e))?;
+        let advertise = cfg.raft_advertise.unwrap_or(raft_addr).to_string();
+
+        let client = PeerClient::new().map_err(|e| StoreError::Raft(format!("HTTP client: {e}")))?;
+        let network = NetworkFactory {
+            client: client.clone(),
+            self_id: node_id,
+        };
+        let raft = Raft::new(node_id, Arc::new(config), network, log, sm)
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+
+        let inner = Arc::new(Inner {
+            raft,
+            node_id,
+            node_name: cfg.node_name.clone(),
+            raft_addr,
+            advertise,
+            http_advertise: cfg.http_advertise.clone(),
+            bootstrap_expect: cfg.bootstrap_expect,
+            join: cfg.join.clone(),
+            sm: sm_shared,
+            watches,
+            client,
+            committed_index,
+            started: Instant::now(),
+            last_contact_at_ms: AtomicU64::new(0),
+            known_peers: Mutex::new(BTreeMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            stopped: AtomicBool::new(false),
+        });
+
+        let app = crate::server::router(inner.clone());
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "raft RPC server stopped");
+            }
+        });
+        let boot = tokio::spawn(crate::bootstrap::run(Arc::downgrade(&inner)));
+        let reaper = tokio::spawn(reap_loop(Arc::downgrade(&inner)));
+        inner.lock_tasks().extend([server, boot, reaper]);
+        tracing::info!(node_id, name = %cfg.node_name, raft_addr = %raft_addr, "store opened");
+        Ok(Store { inner })
+    }
+
+    /// The bound raft RPC address.
+    pub fn raft_addr(&self) -> SocketAddr {
+        self.inner.raft_addr
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.inner.node_id
+    }
+
+    /// Applies a transaction through Raft. On a follower it is forwarded to the leader; leader
+    /// changes are retried for a bounded time.
+    pub async fn write(&self, txn: Txn) -> Result<TxnResult, StoreError> {
+        validate_txn(&txn)?;
+        self.inner.write_request(Request::Txn(TxnWire::from(txn))).await
+    }
+
+    /// Runs `f` on the applied state after making it as fresh as `consistency` asks.
+    pub async fn read<R>(
+        &self,
+        consistency: Consistency,
+        f: impl FnOnce(&StateView<'_>) -> R,
+    ) -> Result<R, StoreError> {
+        self.inner.check_running()?;
+        match consistency {
+            Consistency::Stale => {}
+            Consistency::Default if self.inner.is_leader() => {}
+            Consistency::Default | Consistency::Consistent => self.inner.linearize().await?,
+        }
+        let data = self.inner.sm.read();
+        Ok(f(&StateView { data: &data }))
+    }
+
+    /// Subscribes to changes of `keys`. Subscribe before reading, then wait with
+    /// [`Watch::changed`].
+    pub fn watch(&self, keys: &[WatchKey]) -> Watch {
+        self.inner.watches.subscribe(keys)
+    }
+
+    /// Waits until this server knows a leader (itself or another).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<(), StoreError> {
+        let mut rx = self.inner.raft.metrics();
+        let wait = async {
+            loop {
+                if rx.borrow_and_update().current_leader.is_some() {
+                    return Ok(());
+                }
+                if rx.changed().await.is_err() {
+                    return Err(StoreError::Shutdown);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| StoreError::NoLeader(format!("no leader elected within {} ms", timeout.as_millis())))?
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        self.inner.status()
+    }
+
+    /// Adds a server to the cluster (as learner, then voter once caught up). Runs on the leader;
+    /// forwarded there from a follower.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        name: &str,
+        raft_addr: &str,
+        http_addr: &str,
+    ) -> Result<(), StoreError> {
+        let req = MemberWire {
+            id,
+            name: name.to_string(),
+            raft_addr: raft_addr.to_string(),
+            http_addr: http_addr.to_string(),
+        };
+        self.inner
+            .leader_call("/raft/join", &req, JOIN_TIMEOUT, LeaderOp::Join(req.clone()))
+            .await
+    }
+
+    /// Removes the server named `name` from the cluster.
+    pub async fn remove_member(&self, name: &str) -> Result<(), StoreError> {
+        let req = RemoveRequest { name: name.to_string() };
+        self.inner
+            .leader_call("/raft/remove", &req, JOIN_TIMEOUT, LeaderOp::Remove(name.to_string()))
+            .await
+    }
+
+    /// Drops tombstones with a delete index <= `up_to_index` (the leader does this periodically).
+    pub async fn reap_tombstones(&self, up_to_index: u64) -> Result<(), StoreError> {
+        self.inner
+            .write_request(Request::ReapTombstones { up_to_index })
+            .await
+            .map(|_| ())
+    }
+
+    /// Builds a snapshot now and purges the log behind it.
+    pub async fn trigger_snapshot(&self) -> Result<(), StoreError> {
+        self.inner
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))
+    }
+
+    /// Stops Raft, the RPC server and background tasks, and fsyncs the state.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        if self.inner.stopped.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        for t in self.inner.lock_tasks().drain(..) {
+            t.abort();
+        }
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        self.inner.sm.flush()?;
+        tracing::info!(node = %self.inner.node_name, "store shut down");
+        Ok(())
+    }
+}
+
+async fn reap_loop(inner: std::sync::Weak<Inner>) {
+    let mut previous: Option<u64> = None;
+    loop {
+        tokio::time::sleep(TOMBSTONE_TTL).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let applied = inner.sm.read().last_applied.map(|l| l.index).unwrap_or(0);
+        if inner.is_leader() {
+            if let Some(up_to) = previous {
+                if let Err(e) = inner.write_request(Request::ReapTombstones { up_to_index: up_to }).await {
+                    tracing::warn!(error = %e, "reaping tombstones");
+                }
+            }
+        }
+        previous = Some(applied);
+    }
+}
+
+fn member(id: NodeId, n: &NodeInfo) -> MemberWire {
+    MemberWire {
+        id,
+        name: n.name.clone(),
+        raft_addr: n.raft_addr.clone(),
+        http_addr: n.http_addr.clone(),
+    }
+}
+
+impl Inner {
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn self_member(&self) -> MemberWire {
+        MemberWire {
+            id: self.node_id,
+            name: self.node_name.clone(),
+            raft_addr: self.advertise.clone(),
+            http_addr: self.http_advertise.clone(),
+        }
+    }
+
+    pub fn bootstrap_expect(&self) -> usize {
+        self.bootstrap_expect
+    }
+
+    pub fn join_addrs(&self) -> &[String] {
+        &self.join
+    }
+
+    pub fn client(&self) -> &PeerClient {
+        &self.client
+    }
+
+    pub fn check_running(&self) -> Result<(), StoreError> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(StoreError::Shutdown);
+        }
+        Ok(())
+    }
+
+    pub fn note_leader_contact(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_contact_at_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    pub fn note_peer(&self, peer: MemberWire) {
+        if peer.id == self.node_id {
+            return;
+        }
+        self.known_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer.id, peer);
+    }
+
+    pub fn known_peers(&self) -> Vec<MemberWire> {
+        self.known_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(self.node_id) && m.state == ServerState::Leader
+    }
+
+    fn leader(&self) -> LeaderIs {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        match m.current_leader {
+            Some(id) if id == self.node_id => {
+                if m.state == ServerState::Leader {
+                    LeaderIs::Me
+                } else {
+                    LeaderIs::Unknown
+                }
+            }
+            Some(id) => match m.membership_config.membership().get_node(&id) {
+                Some(n) => LeaderIs::Other(member(id, n)),
+                None => LeaderIs::Unknown,
+            },
+            None => LeaderIs::Unknown,
+        }
+    }
+
+    fn leader_member(&self) -> Option<MemberWire> {
+        match self.leader() {
+            LeaderIs::Me => Some(self.self_member()),
+            LeaderIs::Other(m) => Some(m),
+            LeaderIs::Unknown => None,
+        }
+    }
+
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    pub async fn initialize(&self, members: BTreeMap<NodeId, NodeInfo>) -> Result<(), StoreError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(StoreError::Raft(e.to_string())),
+        }
+    }
+
+    pub async fn info(&self) -> InfoReply {
+        InfoReply {
+            id: self.node_id,
+            name: self.node_name.clone(),
+            raft_addr: self.advertise.clone(),
+            http_addr: self.http_advertise.clone(),
+            initialized: self.is_initialized().await,
+            leader: self.leader_member(),
+            known: self.known_peers(),
+        }
+    }
+
+    fn status(&self) -> StoreStatus {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members: Vec<MemberInfo> = membership
+            .nodes()
+            .map(|(id, n)| MemberInfo {
+                id: *id,
+                name: n.name.clone(),
+                raft_addr: n.raft_addr.clone(),
+                http_addr: n.http_addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let is_leader = m.current_leader == Some(self.node_id) && m.state == ServerState::Leader;
+        let leader = m
+            .current_leader
+            .and_then(|id| members.iter().find(|mi| mi.id == id).cloned());
+        let last_contact_ms = if is_leader {
+            Some(0)
+        } else {
+            match self.last_contact_at_ms.load(Ordering::Relaxed) {
+                0 => None,
+                at => Some((self.started.elapsed().as_millis() as u64).saturating_sub(at)),
+            }
+        };
+        let last_applied_index = m.last_applied.map(|l| l.index).unwrap_or(0);
+        StoreStatus {
+            node_name: self.node_name.clone(),
+            node_id: self.node_id,
+            is_leader,
+            leader,
+            members,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied_index,
+            commit_index: self.committed_index.load(Ordering::Relaxed).max(last_applied_index),
+            last_contact_ms,
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), StoreError> {
+        if self.sm.read().last_applied.map(|l| l.index).unwrap_or(0) >= index {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "store read")
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Timeout(format!("waiting for index {index} to be applied locally: {e}")))
+    }
+
+    /// Writes through Raft: locally on the leader, forwarded from a follower.
+    pub async fn write_request(&self, req: Request) -> Result<TxnResult, StoreError> {
+        let deadline = Instant::now() + LEADER_RETRY_FOR;
+        let mut last_problem = String::from("no leader known");
+        loop {
+            self.check_running()?;
+            match self.leader() {
+                LeaderIs::Me => match self.commit_local(req.clone()).await {
+                    Ok(r) => return Ok(r),
+                    Err(LocalWriteError::NotLeader) => last_problem = "leadership moved".into(),
+                    Err(LocalWriteError::Fail(e)) => return Err(e),
+                },
+                LeaderIs::Other(leader) => {
+                    let res: Result<LeaderReply<TxnResultWire>, CallError> = match &req {
+                        Request::Txn(t) => {
+                            self.client
+                                .call(&leader.raft_addr, "/raft/write", t, LEADER_OP_TIMEOUT)
+                                .await
+                        }
+                        // Reaping is only issued by a leader for itself.
+                        Request::ReapTombstones { .. } => {
+                            return Err(StoreError::NoLeader("this server is not the leader".into()))
+                        }
+                    };
+                    match res {
+                        Ok(LeaderReply::Ok(r)) => {
+                            if let Err(e) = self.wait_applied(r.index, LOCAL_APPLY_WAIT).await {
+                                tracing::debug!(error = %e, "forwarded write not yet applied locally");
+                            }
+                            return Ok(r.into());
+                        }
+                        Ok(LeaderReply::NotLeader { .. }) => last_problem = format!("{} is no longer leader", leader.name),
+                        Ok(LeaderReply::Invalid(m)) => return Err(StoreError::InvalidInput(m)),
+                        Ok(LeaderReply::Error(m)) => return Err(StoreError::Raft(m)),
+                        Err(CallError::Unreachable(e)) => last_problem = e,
+                        Err(CallError::Timeout(e)) => {
+                            return Err(StoreError::Timeout(format!(
+                                "write forwarded to leader {} got no answer, its outcome is unknown: {e}",
+                                leader.name
+                            )))
+                        }
+                        Err(CallError::Other(e)) => {
+                            return Err(StoreError::Raft(format!(
+                                "write forwarded to leader {} failed, its outcome is unknown: {e}",
+                                leader.name
+                            )))
+                        }
+                    }
+                }
+                LeaderIs::Unknown => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::NoLeader(format!(
+                    "write not accepted within {} s ({last_problem})",
+                    LEADER_RETRY_FOR.as_secs()
+                )));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    async fn commit_local(&self, req: Request) -> Result<TxnResult, LocalWriteError> {
+        match tokio::time::timeout(LEADER_OP_TIMEOUT, self.raft.client_write(req)).await {
+            Err(_) => Err(LocalWriteError::Fail(StoreError::Timeout(format!(
+                "write not committed within {} s; its outcome is unknown (is a majority of servers up?)",
+                LEADER_OP_TIMEOUT.as_secs()
+            )))),
+            Ok(Ok(resp)) => match resp.data {
+                Response::Txn(r) => Ok(r.into()),
+                Response::Done => Ok(TxnResult {
+                    index: resp.log_id.index,
+                    applied: true,
+                    failed_op: None,
+                }),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(LocalWriteError::NotLeader),
+            Ok(Err(RaftError::Fatal(Fatal::Stopped))) => Err(LocalWriteError::Fail(StoreError::Shutdown)),
+            Ok(Err(e)) => Err(LocalWriteError::Fail(StoreError::Raft(e.to_string()))),
+        }
+    }
+
+    /// Makes the local state at least as fresh as the leader's commit at call time.
+    async fn linearize(&self) -> Result<(), StoreError> {
+        let deadline = Instant::now() + LEADER_RETRY_FOR;
+        let mut last_problem = String::from("no leader known");
+        loop {
+            self.check_running()?;
+            match self.leader() {
+                LeaderIs::Me => match self.local_read_index().await {
+                    Ok(index) => return self.wait_applied(index, LEADER_OP_TIMEOUT).await,
+                    Err(LocalWriteError::NotLeader) => last_problem = "leadership moved".into(),
+                    Err(LocalWriteError::Fail(e)) => return Err(e),
+                },
+                LeaderIs::Other(leader) => {
+                    let res: Result<LeaderReply<u64>, CallError> = self
+                        .client
+                        .call(&leader.raft_addr, "/raft/read-index", &(), LEADER_OP_TIMEOUT)
+                        .await;
+                    match res {
+                        Ok(LeaderReply::Ok(index)) => return self.wait_applied(index, LEADER_OP_TIMEOUT).await,
+                        Ok(LeaderReply::NotLeader { .. }) => last_problem = format!("{} is no longer leader", leader.name),
+                        Ok(LeaderReply::Invalid(m)) => return Err(StoreError::InvalidInput(m)),
+                        Ok(LeaderReply::Error(m)) => last_problem = m,
+                        Err(e) => last_problem = e.to_string(),
+                    }
+                }
+                LeaderIs::Unknown => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::NoLeader(format!(
+                    "consistent read not possible within {} s ({last_problem})",
+                    LEADER_RETRY_FOR.as_secs()
+                )));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Leader side of read-index: confirm leadership with a quorum, return the index to wait for.
+    async fn local_read_index(&self) -> Result<u64, LocalWriteError> {
+        match tokio::time::timeout(LEADER_OP_TIMEOUT, self.raft.get_read_log_id()).await {
+            Err(_) => Err(LocalWriteError::Fail(StoreError::Timeout(
+                "leadership not confirmed by a quorum in time".into(),
+            ))),
+            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(LocalWriteError::NotLeader),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => Err(LocalWriteError::Fail(
+                StoreError::NoLeader(format!("leader could not reach a quorum: {e}")),
+            )),
+            Ok(Err(RaftError::Fatal(Fatal::Stopped))) => Err(LocalWriteError::Fail(StoreError::Shutdown)),
+            Ok(Err(e)) => Err(LocalWriteError::Fail(StoreError::Raft(e.to_string()))),
+        }
+    }
+
+    fn not_leader<T>(&self) -> LeaderReply<T> {
+        LeaderReply::NotLeader {
+            leader: self.leader_member(),
+        }
+    }
+
+    pub async fn leader_write(&self, txn: TxnWire) -> LeaderReply<TxnResultWire> {
+        // Forwarded input crossed the network: check it like a local write.
+        let txn = match txn.into_txn().and_then(|t| validate_txn(&t).map(|_| t)) {
+            Ok(t) => TxnWire::from(t),
+            Err(e) => return LeaderReply::Invalid(e.to_string()),
+        };
+        if !self.is_leader() {
+            return self.not_leader();
+        }
+        match self.commit_local(Request::Txn(txn)).await {
+            Ok(r) => LeaderReply::Ok(TxnResultWire {
+                index: r.index,
+                applied: r.applied,
+                failed_op: r.failed_op,
+            }),
+            Err(LocalWriteError::NotLeader) => self.not_leader(),
+            Err(LocalWriteError::Fail(e)) => LeaderReply::Error(e.to_string()),
+        }
+    }
+
+    pub async fn leader_read_index(&self) -> LeaderReply<u64> {
+        if !self.is_leader() {
+            return self.not_leader();
+        }
+        match self.local_read_index().await {
+            Ok(i) => LeaderReply::Ok(i),
+            Err(LocalWriteError::NotLeader) => self.not_leader(),
+            Err(LocalWriteError::Fail(e)) => LeaderReply::Error(e.to_string()),
+        }
+    }
+
+    pub async fn leader_join(&self, req: MemberWire) -> LeaderReply<()> {
+        if req.name.is_empty() || req.raft_addr.is_empty() {
+            return LeaderReply::Invalid("join needs a node name and a raft address".into());
+        }
+        if !self.is_leader() {
+            return self.not_leader();
+        }
+        let (is_voter, is_learner, clash) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let ms = m.membership_config.membership();
+            let is_voter = ms.voter_ids().any(|id| id == req.id);
+            let is_learner = ms.learner_ids().any(|id| id == req.id);
+            let clash = ms
+                .nodes()
+                .find(|(id, n)| **id != req.id && n.name == req.name)
+                .map(|(id, _)| *id);
+            (is_voter, is_learner, clash)
+        };
+        if let Some(other) = clash {
+            return LeaderReply::Invalid(format!(
+                "a member named {:?} already exists with id {other}; remove it first (remove_member) if the server was rebuilt",
+                req.name
+            ));
+        }
+        if is_voter {
+            return LeaderReply::Ok(());
+        }
+        let node = NodeInfo {
+            name: req.name.clone(),
+            raft_addr: req.raft_addr.clone(),
+            http_addr: req.http_addr.clone(),
+        };
+        if !is_learner {
+            tracing::info!(id = req.id, name = %req.name, "adding learner");
+            if let Err(e) = self.raft.add_learner(req.id, node, true).await {
+                return membership_err(e, self);
+            }
+        }
+        tracing::info!(id = req.id, name = %req.name, "promoting to voter");
+        match self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])), false)
+            .await
+        {
+            Ok(_) => LeaderReply::Ok(()),
+            Err(e) => membership_err(e, self),
+        }
+    }
+
+    pub async fn leader_remove(&self, name: &str) -> LeaderReply<()> {
+        if !self.is_leader() {
+            return self.not_leader();
+        }
+        let id = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let id = m
+                .membership_config
+                .membership()
+                .nodes()
+                .find(|(_, n)| n.name == name)
+                .map(|(id, _)| *id);
+            id
+        };
+        let Some(id) = id else {
+            return LeaderReply::Invalid(format!("no member named {name:?}"));
+        };
+        let ids = BTreeSet::from([id]);
+        if let Err(e) = self
+            .raft
+            .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+            .await
+        {
+            return membership_err(e, self);
+        }
+        // Drop it as a learner too, so the leader stops replicating to it.
+        match self.raft.change_membership(ChangeMembers::RemoveNodes(ids), false).await {
+            Ok(_) => LeaderReply::Ok(()),
+            Err(e) => membership_err(e, self),
+        }
+    }
+
+    /// Runs `local` on the leader, or sends `body` to the leader's `path`; retries leader changes.
+    async fn leader_call<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+        local: LeaderOp,
+    ) -> Result<(), StoreError> {
+        let deadline = Instant::now() + LEADER_RETRY_FOR;
+        let mut last_problem = String::from("no leader known");
+        loop {
+            self.check_running()?;
+            let reply = match self.leader() {
+                LeaderIs::Me => Some(match &local {
+                    LeaderOp::Join(m) => self.leader_join(m.clone()).await,
+                    LeaderOp::Remove(name) => self.leader_remove(name).await,
+                }),
+                LeaderIs::Other(l) => match self.client.call::<_, LeaderReply<()>>(&l.raft_addr, path, body, timeout).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        last_problem = e.to_string();
+                        None
+                    }
+                },
+                LeaderIs::Unknown => None,
+            };
+            match reply {
+                Some(LeaderReply::Ok(())) => return Ok(()),
+                Some(LeaderReply::Invalid(m)) => return Err(StoreError::InvalidInput(m)),
+                Some(LeaderReply::Error(m)) => return Err(StoreError::Raft(m)),
+                Some(LeaderReply::NotLeader { .. }) => last_problem = "leadership moved".into(),
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::NoLeader(last_problem));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+}
+
+fn membership_err(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>, inner: &Inner) -> LeaderReply<()> {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => inner.not_leader(),
+        other => LeaderReply::Error(other.to_string()),
+    }
+}
+
+enum LeaderOp {
+    Join(MemberWire),
+    Remove(String),
+}
+
+enum LocalWriteError {
+    NotLeader,
+    Fail(StoreError),
+}
