@@ -1,0 +1,1 @@
+//! Rolling deployments (in progress).
