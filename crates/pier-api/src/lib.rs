@@ -5,5 +5,6 @@
 pub mod error;
 pub mod status;
 pub mod kv;
+pub mod pipeline;
 
 pub use error::{ApiError, ErrorCode};
