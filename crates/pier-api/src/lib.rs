@@ -3,8 +3,9 @@
 //! users write); internal types elsewhere are deliberately not serialisable.
 
 pub mod error;
-pub mod status;
 pub mod kv;
 pub mod pipeline;
+pub mod service;
+pub mod status;
 
 pub use error::{ApiError, ErrorCode};

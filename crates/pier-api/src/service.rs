@@ -1,0 +1,16 @@
+//! The orchestrator's wire types: the service file users write (`pier deploy hello.toml`),
+//! its validated and normalised form (stored in every revision), and the records the
+//! orchestrator keeps and serves (services, revisions, deployments, tasks, nodes).
+
+mod file;
+mod records;
+mod units;
+mod validate;
+
+pub use file::ServiceFile;
+pub use records::*;
+pub use units::{format_duration_ms, parse_duration_ms, parse_memory_mb};
+pub use validate::{
+    parse_service_file, Amount, ConstraintOp, ConstraintSpec, DeploySpec, HealthKind, HealthSpec,
+    Limits, PlacementSpec, PlacementStrategy, ServiceSpec, SpecError, DEFAULT_MAX_COUNT,
+};

@@ -1,0 +1,752 @@
+//! From the file users write to the normalised [`ServiceSpec`] every revision stores: every
+//! default filled in, every value range-checked, every error pointing at its line and column.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::file::{IntOrString, ServiceFile};
+use super::units::{parse_duration_ms, parse_memory_mb};
+
+/// The largest `count` accepted unless the server is configured otherwise.
+pub const DEFAULT_MAX_COUNT: u32 = 1000;
+
+/// Server-side limits applied while validating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_count: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_count: DEFAULT_MAX_COUNT,
+        }
+    }
+}
+
+/// A service file that cannot be used: what is wrong and, when known, where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct SpecError {
+    pub message: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(col)) => write!(f, "line {line}, column {col}: {}", self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+/// A count or a percentage of the desired count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Amount {
+    Count(u32),
+    Percent(u32),
+}
+
+impl Amount {
+    /// The amount for a service of `count` tasks; percentages round up when `round_up`.
+    pub fn resolve(self, count: u32, round_up: bool) -> u32 {
+        match self {
+            Amount::Count(n) => n,
+            Amount::Percent(p) => {
+                let scaled = u64::from(count) * u64::from(p);
+                let v = if round_up {
+                    scaled.div_ceil(100)
+                } else {
+                    scaled / 100
+                };
+                u32::try_from(v).unwrap_or(u32::MAX)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Amount::Count(n) => write!(f, "{n}"),
+            Amount::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum HealthKind {
+    Http { path: String, port: u16 },
+    Tcp { port: u16 },
+    Command { argv: Vec<String> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    pub kind: HealthKind,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    pub start_period_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySpec {
+    pub max_surge: Amount,
+    pub max_unavailable: Amount,
+    pub auto_rollback: bool,
+    /// `None`: half the desired count, at least 1 (decided when a deployment starts).
+    pub failure_threshold: Option<u32>,
+    pub min_healthy_time_ms: u64,
+    pub drain_delay_ms: u64,
+    pub healthy_deadline_ms: u64,
+}
+
+impl Default for DeploySpec {
+    fn default() -> Self {
+        DeploySpec {
+            max_surge: Amount::Percent(25),
+            max_unavailable: Amount::Count(0),
+            auto_rollback: true,
+            failure_threshold: None,
+            min_healthy_time_ms: 3_000,
+            drain_delay_ms: 2_000,
+            healthy_deadline_ms: 120_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementStrategy {
+    #[default]
+    Spread,
+    BinpackMemory,
+    BinpackCpu,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConstraintOp {
+    Eq,
+    Ne,
+    In,
+}
+
+/// `target op values`: target is `attr.<key>`, `node.zone` or `node.id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConstraintSpec {
+    pub target: String,
+    pub op: ConstraintOp,
+    pub values: Vec<String>,
+}
+
+impl fmt::Display for ConstraintSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.op {
+            ConstraintOp::Eq => write!(f, "{} == {}", self.target, self.values.join("")),
+            ConstraintOp::Ne => write!(f, "{} != {}", self.target, self.values.join("")),
+            ConstraintOp::In => write!(f, "{} in [{}]", self.target, self.values.join(", ")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSpec {
+    pub strategy: PlacementStrategy,
+    pub constraints: Vec<ConstraintSpec>,
+    pub distinct_node: bool,
+    /// Empty: every zone.
+    pub zones: Vec<String>,
+}
+
+/// A validated service with every default filled in. Two files that mean the same thing give
+/// equal specs, which is how a deploy of an unchanged file is recognised as a no-op.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub image: String,
+    pub count: u32,
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<u16>,
+    pub cpu_millis: u64,
+    pub memory_mb: u64,
+    pub health: Option<HealthSpec>,
+    pub deploy: DeploySpec,
+    pub placement: PlacementSpec,
+    pub stop_signal: String,
+    pub stop_timeout_ms: u64,
+    pub route: String,
+}
+
+impl ServiceSpec {
+    /// The spec without `count`: what makes tasks of two revisions interchangeable. A change
+    /// of `count` alone scales; any other change rolls out a new revision.
+    pub fn template(&self) -> ServiceSpec {
+        ServiceSpec {
+            count: 0,
+            ..self.clone()
+        }
+    }
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn at(&self, span: Range<usize>, message: impl Into<String>) -> SpecError {
+        let (line, column) = line_col(self.text, span.start);
+        SpecError {
+            message: message.into(),
+            line: Some(line),
+            column: Some(column),
+        }
+    }
+
+    fn duration(
+        &self,
+        v: &Option<Spanned<String>>,
+        field: &str,
+        default_ms: u64,
+    ) -> Result<u64, SpecError> {
+        match v {
+            None => Ok(default_ms),
+            Some(s) => parse_duration_ms(s.get_ref())
+                .map_err(|e| self.at(s.span(), format!("`{field}`: {e}"))),
+        }
+    }
+
+    fn port(&self, v: &Spanned<i64>, field: &str) -> Result<u16, SpecError> {
+        let n = *v.get_ref();
+        if !(1..=65535).contains(&n) {
+            return Err(self.at(
+                v.span(),
+                format!("`{field}` = {n} is out of range: ports are 1 to 65535"),
+            ));
+        }
+        Ok(n as u16)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, column)
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_valid_image(image: &str) -> bool {
+    !image.is_empty()
+        && image.len() <= 512
+        && !image.starts_with(['/', ':', '@', '.', '-'])
+        && image
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@+".contains(c))
+}
+
+const SIGNALS: &[&str] = &[
+    "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGWINCH",
+];
+
+fn amount(ctx: &Ctx, v: &Spanned<IntOrString>, field: &str) -> Result<Amount, SpecError> {
+    match v.get_ref() {
+        IntOrString::Int(n) if (0..=i64::from(u32::MAX)).contains(n) => {
+            Ok(Amount::Count(*n as u32))
+        }
+        IntOrString::Int(n) => {
+            Err(ctx.at(v.span(), format!("`{field}` = {n} must not be negative")))
+        }
+        IntOrString::Str(s) => {
+            let pct = s
+                .trim()
+                .strip_suffix('%')
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            match pct {
+                Some(p) if p <= 100 => Ok(Amount::Percent(p)),
+                Some(p) => Err(ctx.at(v.span(), format!("`{field}` = {p}% is above 100%"))),
+                None => Err(ctx.at(
+                    v.span(),
+                    format!("`{field}` must be a count (1) or a percent (\"25%\"), got {s:?}"),
+                )),
+            }
+        }
+    }
+}
+
+fn constraint(ctx: &Ctx, v: &Spanned<String>) -> Result<ConstraintSpec, SpecError> {
+    let text = v.get_ref().trim();
+    let bad = |why: &str| {
+        ctx.at(
+            v.span(),
+            format!("constraint {text:?}: {why}; write e.g. \"attr.disk == ssd\", \"node.zone != c\" or \"attr.rack in [r1, r2]\""),
+        )
+    };
+    let (target, op, rest) = if let Some((t, r)) = text.split_once("==") {
+        (t, ConstraintOp::Eq, r)
+    } else if let Some((t, r)) = text.split_once("!=") {
+        (t, ConstraintOp::Ne, r)
+    } else if let Some((t, r)) = text.split_once(" in ") {
+        (t, ConstraintOp::In, r)
+    } else {
+        return Err(bad("no operator (==, != or in)"));
+    };
+    let target = target.trim();
+    let target_ok = matches!(target, "node.zone" | "node.id")
+        || target.strip_prefix("attr.").is_some_and(|k| !k.is_empty());
+    if !target_ok {
+        return Err(bad(&format!(
+            "unknown target `{target}` (use attr.<key>, node.zone or node.id)"
+        )));
+    }
+    let values: Vec<String> = match op {
+        ConstraintOp::In => {
+            let list = rest.trim();
+            let inner = list
+                .strip_prefix('[')
+                .and_then(|l| l.strip_suffix(']'))
+                .ok_or_else(|| bad("`in` needs a list in brackets"))?;
+            inner
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        }
+        _ => vec![rest.trim().to_string()],
+    };
+    if values.iter().any(String::is_empty) || values.is_empty() {
+        return Err(bad("missing value"));
+    }
+    Ok(ConstraintSpec {
+        target: target.to_string(),
+        op,
+        values,
+    })
+}
+
+/// Parses and validates a service file. Errors carry the line and column of the offending
+/// value; nothing about the cluster is checked here (see the orchestrator for image and
+/// capacity checks).
+pub fn parse_service_file(text: &str, limits: Limits) -> Result<ServiceSpec, SpecError> {
+    let ctx = Ctx { text };
+    let file: ServiceFile = toml::from_str(text).map_err(|e| {
+        let (line, column) = match e.span() {
+            Some(span) => {
+                let (l, c) = line_col(text, span.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        SpecError {
+            message: e.message().trim().to_string(),
+            line,
+            column,
+        }
+    })?;
+
+    let name = file.name.get_ref().trim().to_string();
+    if !is_valid_name(&name) {
+        return Err(ctx.at(
+            file.name.span(),
+            format!("service name {name:?} must be 1-63 characters of a-z, 0-9 and '-', starting with a letter"),
+        ));
+    }
+    let image = file.image.get_ref().trim().to_string();
+    if !is_valid_image(&image) {
+        return Err(ctx.at(
+            file.image.span(),
+            format!("image {image:?} is not an image reference like \"127.0.0.1:5000/hello:v1\""),
+        ));
+    }
+
+    let count = match &file.count {
+        None => 1,
+        Some(c) => {
+            let n = *c.get_ref();
+            if n < 0 {
+                return Err(ctx.at(c.span(), format!("`count` = {n} must not be negative")));
+            }
+            if n > i64::from(limits.max_count) {
+                return Err(ctx.at(
+                    c.span(),
+                    format!(
+                        "`count` = {n} is above this cluster's maximum of {}",
+                        limits.max_count
+                    ),
+                ));
+            }
+            n as u32
+        }
+    };
+
+    let command = match &file.command {
+        Some(c) if c.get_ref().0.is_empty() => return Err(ctx.at(c.span(), "`command` is empty")),
+        Some(c) => Some(c.get_ref().0.clone()),
+        None => None,
+    };
+
+    for key in file.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(SpecError {
+                message: format!("env variable name {key:?} is not valid"),
+                line: None,
+                column: None,
+            });
+        }
+    }
+
+    let ports: Vec<u16> = match (&file.port, &file.ports) {
+        (Some(p), Some(_)) => {
+            return Err(ctx.at(p.span(), "use either `port` or `ports`, not both"))
+        }
+        (Some(p), None) => vec![ctx.port(p, "port")?],
+        (None, Some(list)) => {
+            let mut out = Vec::new();
+            let mut seen = BTreeSet::new();
+            for p in list.get_ref() {
+                let port = ctx.port(p, "ports")?;
+                if !seen.insert(port) {
+                    return Err(ctx.at(p.span(), format!("port {port} is listed twice")));
+                }
+                out.push(port);
+            }
+            out
+        }
+        (None, None) => Vec::new(),
+    };
+
+    let cpu_millis = match &file.cpu {
+        None => 100,
+        Some(c) => {
+            let n = *c.get_ref();
+            if n <= 0 {
+                return Err(ctx.at(
+                    c.span(),
+                    format!("`cpu` = {n} must be a positive number of millicores (1000 = one CPU)"),
+                ));
+            }
+            n as u64
+        }
+    };
+    let memory_mb = match &file.memory {
+        None => 128,
+        Some(m) => {
+            let mb = match m.get_ref() {
+                IntOrString::Int(n) if *n > 0 => *n as u64,
+                IntOrString::Int(n) => {
+                    return Err(ctx.at(m.span(), format!("`memory` = {n} must be positive")))
+                }
+                IntOrString::Str(s) => {
+                    parse_memory_mb(s).map_err(|e| ctx.at(m.span(), format!("`memory`: {e}")))?
+                }
+            };
+            // Docker refuses limits below 6 MiB; say so before anything starts.
+            if mb < 6 {
+                return Err(ctx.at(
+                    m.span(),
+                    format!("`memory` = {mb} MiB is below the engine's minimum of 6 MiB"),
+                ));
+            }
+            mb
+        }
+    };
+
+    let health = match &file.health {
+        None => None,
+        Some(h) => {
+            let span = h.span();
+            let h = h.get_ref();
+            let port = match &h.port {
+                Some(p) => {
+                    let port = ctx.port(p, "health.port")?;
+                    if !ports.contains(&port) {
+                        return Err(ctx.at(p.span(), format!("`health.port` = {port} is not one of the service's ports {ports:?}; the check could never pass")));
+                    }
+                    Some(port)
+                }
+                None => ports.first().copied(),
+            };
+            let kinds = usize::from(h.http.is_some())
+                + usize::from(h.tcp.is_some())
+                + usize::from(h.command.is_some());
+            if kinds != 1 {
+                return Err(ctx.at(
+                    span,
+                    "[health] needs exactly one of `http`, `tcp` or `command`",
+                ));
+            }
+            let need_port = |what: &str| {
+                port.ok_or_else(|| ctx.at(span.clone(), format!("a {what} health check needs a `port` on the service; without one it could never pass")))
+            };
+            let kind = if let Some(path) = &h.http {
+                if !path.get_ref().starts_with('/') {
+                    return Err(ctx.at(
+                        path.span(),
+                        format!(
+                            "`health.http` = {:?} must be a path starting with '/'",
+                            path.get_ref()
+                        ),
+                    ));
+                }
+                HealthKind::Http {
+                    path: path.get_ref().clone(),
+                    port: need_port("http")?,
+                }
+            } else if let Some(tcp) = h.tcp {
+                if !tcp {
+                    return Err(ctx.at(
+                        span,
+                        "`health.tcp = false` checks nothing; remove [health] or set `tcp = true`",
+                    ));
+                }
+                HealthKind::Tcp {
+                    port: need_port("tcp")?,
+                }
+            } else {
+                match &h.command {
+                    Some(c) if c.get_ref().0.is_empty() => {
+                        return Err(ctx.at(c.span(), "`health.command` is empty"))
+                    }
+                    Some(c) => HealthKind::Command {
+                        argv: c.get_ref().0.clone(),
+                    },
+                    None => unreachable_kind()?,
+                }
+            };
+            let interval_ms = ctx.duration(&h.interval, "health.interval", 10_000)?;
+            if interval_ms < 100 {
+                return Err(SpecError {
+                    message: "`health.interval` must be at least 100ms".into(),
+                    ..ctx.at(span.clone(), "")
+                });
+            }
+            let timeout_ms = ctx.duration(&h.timeout, "health.timeout", interval_ms.min(2_000))?;
+            if timeout_ms == 0 {
+                return Err(ctx.at(span, "`health.timeout` of 0 can never pass"));
+            }
+            let retries = match &h.retries {
+                None => 3,
+                Some(r) if (1..=100).contains(r.get_ref()) => *r.get_ref() as u32,
+                Some(r) => {
+                    return Err(ctx.at(
+                        r.span(),
+                        format!("`health.retries` = {} must be 1 to 100", r.get_ref()),
+                    ))
+                }
+            };
+            let start_period_ms = ctx.duration(&h.start_period, "health.start_period", 0)?;
+            Some(HealthSpec {
+                kind,
+                interval_ms,
+                timeout_ms,
+                retries,
+                start_period_ms,
+            })
+        }
+    };
+
+    let mut deploy = DeploySpec::default();
+    if let Some(d) = &file.deploy {
+        if let Some(v) = &d.max_surge {
+            deploy.max_surge = amount(&ctx, v, "deploy.max_surge")?;
+        }
+        if let Some(v) = &d.max_unavailable {
+            deploy.max_unavailable = amount(&ctx, v, "deploy.max_unavailable")?;
+        }
+        if let Some(v) = d.auto_rollback {
+            deploy.auto_rollback = v;
+        }
+        if let Some(v) = &d.failure_threshold {
+            let n = *v.get_ref();
+            if !(1..=10_000).contains(&n) {
+                return Err(ctx.at(
+                    v.span(),
+                    format!("`deploy.failure_threshold` = {n} must be 1 to 10000"),
+                ));
+            }
+            deploy.failure_threshold = Some(n as u32);
+        }
+        deploy.min_healthy_time_ms = ctx.duration(
+            &d.min_healthy_time,
+            "deploy.min_healthy_time",
+            deploy.min_healthy_time_ms,
+        )?;
+        deploy.drain_delay_ms =
+            ctx.duration(&d.drain_delay, "deploy.drain_delay", deploy.drain_delay_ms)?;
+        deploy.healthy_deadline_ms = ctx.duration(
+            &d.healthy_deadline,
+            "deploy.healthy_deadline",
+            deploy.healthy_deadline_ms,
+        )?;
+        if deploy.max_surge.resolve(count.max(1), true) == 0
+            && deploy.max_unavailable.resolve(count.max(1), false) == 0
+        {
+            let span = d
+                .max_surge
+                .as_ref()
+                .or(d.max_unavailable.as_ref())
+                .map(|s| s.span())
+                .unwrap_or(0..0);
+            return Err(ctx.at(span, "`deploy.max_surge` and `deploy.max_unavailable` are both 0: a rollout could never make progress"));
+        }
+    }
+    if let Some(h) = &health {
+        if deploy.healthy_deadline_ms <= h.start_period_ms {
+            return Err(SpecError {
+                message: format!(
+                    "`deploy.healthy_deadline` ({} ms) is not longer than `health.start_period` ({} ms): no task could ever become healthy in time",
+                    deploy.healthy_deadline_ms, h.start_period_ms
+                ),
+                line: None,
+                column: None,
+            });
+        }
+    }
+
+    let mut placement = PlacementSpec::default();
+    if let Some(p) = &file.placement {
+        let binpack_resource = match &p.binpack_resource {
+            None => "memory".to_string(),
+            Some(r) => r.get_ref().clone(),
+        };
+        placement.strategy = match p.strategy.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("spread") => PlacementStrategy::Spread,
+            Some("binpack") => {
+                match binpack_resource.as_str() {
+                    "memory" => PlacementStrategy::BinpackMemory,
+                    "cpu" => PlacementStrategy::BinpackCpu,
+                    other => {
+                        let span = p
+                            .binpack_resource
+                            .as_ref()
+                            .map(|s| s.span())
+                            .unwrap_or(0..0);
+                        return Err(ctx.at(span, format!("`placement.binpack_resource` = {other:?}: use \"memory\" or \"cpu\"")));
+                    }
+                }
+            }
+            Some(other) => {
+                let span = p.strategy.as_ref().map(|s| s.span()).unwrap_or(0..0);
+                return Err(ctx.at(
+                    span,
+                    format!("`placement.strategy` = {other:?}: use \"spread\" or \"binpack\""),
+                ));
+            }
+        };
+        for c in &p.constraints {
+            placement.constraints.push(constraint(&ctx, c)?);
+        }
+        placement.distinct_node = p.distinct_node.unwrap_or(false);
+    }
+    if let Some(z) = &file.zones {
+        if z.get_ref().iter().any(|s| s.trim().is_empty()) {
+            return Err(ctx.at(z.span(), "`zones` contains an empty zone name"));
+        }
+        let set: BTreeSet<String> = z.get_ref().iter().map(|s| s.trim().to_string()).collect();
+        placement.zones = set.into_iter().collect();
+    }
+
+    let stop_signal = match &file.stop_signal {
+        None => "SIGTERM".to_string(),
+        Some(s) => {
+            let upper = s.get_ref().trim().to_ascii_uppercase();
+            let full = if upper.starts_with("SIG") {
+                upper
+            } else {
+                format!("SIG{upper}")
+            };
+            if !SIGNALS.contains(&full.as_str()) {
+                return Err(ctx.at(
+                    s.span(),
+                    format!(
+                        "`stop_signal` = {:?} is not one of {}",
+                        s.get_ref(),
+                        SIGNALS.join(", ")
+                    ),
+                ));
+            }
+            full
+        }
+    };
+    let stop_timeout_ms = ctx.duration(&file.stop_timeout, "stop_timeout", 10_000)?;
+    if stop_timeout_ms > 600_000 {
+        let span = file.stop_timeout.as_ref().map(|s| s.span()).unwrap_or(0..0);
+        return Err(ctx.at(span, "`stop_timeout` is above the maximum of 10m"));
+    }
+
+    let route = match &file.route {
+        None => format!("{name}.localhost"),
+        Some(r) => {
+            let host = r.get_ref().trim().to_ascii_lowercase();
+            let ok = !host.is_empty()
+                && host.len() <= 253
+                && host.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !ok {
+                return Err(ctx.at(
+                    r.span(),
+                    format!("`route` = {:?} is not a host name", r.get_ref()),
+                ));
+            }
+            host
+        }
+    };
+
+    Ok(ServiceSpec {
+        name,
+        image,
+        count,
+        command,
+        args: file.args.clone(),
+        env: file.env.clone(),
+        ports,
+        cpu_millis,
+        memory_mb,
+        health,
+        deploy,
+        placement,
+        stop_signal,
+        stop_timeout_ms,
+        route,
+    })
+}
+
+fn unreachable_kind<T>() -> Result<T, SpecError> {
+    Err(SpecError {
+        message: "[health] needs exactly one of `http`, `tcp` or `command`".into(),
+        line: None,
+        column: None,
+    })
+}

@@ -1,0 +1,209 @@
+//! The service file format: the issue's minimal file, defaults, and one specific error per
+//! kind of bad input, each pointing at its line.
+
+use pier_api::service::{parse_service_file, Amount, HealthKind, Limits, PlacementStrategy};
+
+const MINIMAL: &str = r#"name = "hello"
+image = "127.0.0.1:5000/hello:v1"
+count = 3
+port = 8080
+
+[health]
+http = "/healthz"
+interval = "1s"
+"#;
+
+fn err(text: &str) -> String {
+    parse_service_file(text, Limits::default())
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn minimal_file_works_with_defaults() {
+    let spec = parse_service_file(MINIMAL, Limits::default()).unwrap();
+    assert_eq!(spec.name, "hello");
+    assert_eq!(spec.count, 3);
+    assert_eq!(spec.ports, vec![8080]);
+    let health = spec.health.unwrap();
+    assert_eq!(
+        health.kind,
+        HealthKind::Http {
+            path: "/healthz".into(),
+            port: 8080
+        }
+    );
+    assert_eq!(health.interval_ms, 1000);
+    assert_eq!(health.timeout_ms, 1000);
+    assert_eq!(health.retries, 3);
+    assert_eq!(spec.route, "hello.localhost");
+    assert_eq!(spec.stop_signal, "SIGTERM");
+    assert!(spec.deploy.auto_rollback);
+    assert_eq!(spec.deploy.max_surge, Amount::Percent(25));
+    assert_eq!(spec.placement.strategy, PlacementStrategy::Spread);
+    assert_eq!(spec.cpu_millis, 100);
+    assert_eq!(spec.memory_mb, 128);
+}
+
+#[test]
+fn full_file() {
+    let text = r#"
+name = "api"
+image = "127.0.0.1:5000/api:v2"
+count = 4
+command = ["/bin/busybox", "httpd"]
+args = ["-f", "-p", "8080"]
+ports = [8080, 9090]
+cpu = 250
+memory = "256MiB"
+stop_signal = "int"
+stop_timeout = "20s"
+route = "api.example.test"
+zones = ["b", "a"]
+
+[env]
+MODE = "prod"
+
+[health]
+tcp = true
+port = 9090
+interval = "2s"
+timeout = "500ms"
+retries = 2
+start_period = "5s"
+
+[deploy]
+max_surge = 2
+max_unavailable = "50%"
+auto_rollback = false
+failure_threshold = 2
+min_healthy_time = "1s"
+drain_delay = "500ms"
+
+[placement]
+strategy = "binpack"
+binpack_resource = "cpu"
+constraints = ["attr.disk == ssd", "node.zone != c", "attr.rack in [r1, r2]"]
+distinct_node = true
+"#;
+    let spec = parse_service_file(text, Limits::default()).unwrap();
+    assert_eq!(
+        spec.command.as_deref(),
+        Some(&["/bin/busybox".to_string(), "httpd".to_string()][..])
+    );
+    assert_eq!(spec.memory_mb, 256);
+    assert_eq!(spec.stop_signal, "SIGINT");
+    assert_eq!(spec.stop_timeout_ms, 20_000);
+    assert_eq!(spec.placement.zones, vec!["a", "b"]);
+    assert_eq!(spec.placement.strategy, PlacementStrategy::BinpackCpu);
+    assert_eq!(spec.placement.constraints.len(), 3);
+    assert_eq!(spec.placement.constraints[2].values, vec!["r1", "r2"]);
+    assert_eq!(spec.deploy.max_unavailable, Amount::Percent(50));
+    assert_eq!(spec.deploy.max_surge.resolve(4, true), 2);
+    assert_eq!(spec.health.unwrap().kind, HealthKind::Tcp { port: 9090 });
+    assert_eq!(spec.env.get("MODE").map(String::as_str), Some("prod"));
+}
+
+#[test]
+fn identical_meaning_gives_identical_spec() {
+    let a = parse_service_file(MINIMAL, Limits::default()).unwrap();
+    let b = parse_service_file(
+        &format!("# comment\n{MINIMAL}\n[deploy]\nauto_rollback = true\n"),
+        Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(a, b);
+    let scaled = parse_service_file(
+        &MINIMAL.replace("count = 3", "count = 5"),
+        Limits::default(),
+    )
+    .unwrap();
+    assert_ne!(a, scaled);
+    assert_eq!(a.template(), scaled.template());
+}
+
+#[test]
+fn invalid_toml_has_position() {
+    let e = err("name = \"x\"\nimage = \n");
+    assert!(e.starts_with("line 2"), "{e}");
+}
+
+#[test]
+fn unknown_field_is_an_error_with_position() {
+    let e = err(&MINIMAL.replace("interval = \"1s\"", "intervall = \"1s\""));
+    assert!(e.contains("unknown field `intervall`"), "{e}");
+    assert!(e.starts_with("line 8"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}\n[deploy]\nmax_surge = 1\nmin_health_time = \"1s\"\n"
+    ));
+    assert!(e.contains("unknown field `min_health_time`"), "{e}");
+}
+
+#[test]
+fn negative_and_too_large_count() {
+    let e = err(&MINIMAL.replace("count = 3", "count = -1"));
+    assert!(
+        e.contains("`count` = -1 must not be negative") && e.starts_with("line 3"),
+        "{e}"
+    );
+    let e = parse_service_file(
+        &MINIMAL.replace("count = 3", "count = 11"),
+        Limits { max_count: 10 },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("above this cluster's maximum of 10"), "{e}");
+}
+
+#[test]
+fn port_out_of_range() {
+    let e = err(&MINIMAL.replace("port = 8080", "port = 70000"));
+    assert!(e.contains("out of range") && e.starts_with("line 4"), "{e}");
+    let e = err(&MINIMAL.replace("port = 8080", "ports = [80, 0]"));
+    assert!(e.contains("out of range"), "{e}");
+    let e = err(&MINIMAL.replace("port = 8080", "ports = [80, 80]"));
+    assert!(e.contains("listed twice"), "{e}");
+}
+
+#[test]
+fn health_checks_that_can_never_pass() {
+    let e = err(&MINIMAL.replace("port = 8080\n", ""));
+    assert!(e.contains("needs a `port`"), "{e}");
+    let e = err(&MINIMAL.replace("http = \"/healthz\"", "http = \"healthz\""));
+    assert!(e.contains("must be a path"), "{e}");
+    let e = err(&MINIMAL.replace("interval = \"1s\"", "interval = \"1s\"\nport = 9999"));
+    assert!(e.contains("could never pass"), "{e}");
+    let e = err(&MINIMAL.replace("interval = \"1s\"", "interval = \"1s\"\ntcp = true"));
+    assert!(e.contains("exactly one of"), "{e}");
+    let e = err(&MINIMAL.replace("interval = \"1s\"", "timeout = \"0s\""));
+    assert!(e.contains("can never pass"), "{e}");
+}
+
+#[test]
+fn bad_values() {
+    assert!(
+        err(&MINIMAL.replace("interval = \"1s\"", "interval = \"soon\""))
+            .contains("not a duration")
+    );
+    assert!(
+        err(&format!("{MINIMAL}memory = \"lots\"\n").replace("[health]\n", "")).contains("memory")
+    );
+    assert!(
+        err(&MINIMAL.replace("name = \"hello\"", "name = \"Hello World\""))
+            .contains("service name")
+    );
+    assert!(
+        err(&MINIMAL.replace("count = 3", "count = 3\nstop_signal = \"SIGFOO\""))
+            .contains("stop_signal")
+    );
+    assert!(err(&MINIMAL.replace("count = 3", "count = 3\ncpu = 0")).contains("cpu"));
+    assert!(err(&format!(
+        "{MINIMAL}\n[placement]\nconstraints = [\"disk ssd\"]\n"
+    ))
+    .contains("constraint"));
+    assert!(err(&format!(
+        "{MINIMAL}\n[deploy]\nmax_surge = 0\nmax_unavailable = 0\n"
+    ))
+    .contains("never make progress"));
+    assert!(err(&format!("{MINIMAL}\n[deploy]\nmax_surge = \"150%\"\n")).contains("above 100%"));
+}
