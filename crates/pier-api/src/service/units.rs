@@ -15,9 +15,9 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
 
 /// Formats milliseconds the way users write them back (`1s`, `1500ms`, `2m`).
 pub fn format_duration_ms(ms: u64) -> String {
-    if ms != 0 && ms % 60_000 == 0 {
+    if ms != 0 && ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms != 0 && ms % 1000 == 0 {
+    } else if ms != 0 && ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
