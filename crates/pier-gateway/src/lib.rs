@@ -1,1 +1,57 @@
-//! Pier gateway (work in progress).
+//! Pier's HTTP gateway: a reverse proxy that routes by host and path to the
+//! passing instances of a service, following a routing table that the
+//! catalog adapter replaces whenever the catalog changes.
+//!
+//! # Why hyper and not pingora
+//! The gateway is built on hyper 1 and hyper-util. Pier is one tokio binary
+//! and hyper is already in its dependency tree (axum, reqwest), so the gateway
+//! adds almost nothing to build time or binary size and runs on the same
+//! runtime as everything else. Pingora brings its own server framework,
+//! runtime setup and a large dependency tree (TLS stacks, its own HTTP
+//! implementation) for features Pier does not need at this stage. The price
+//! of hyper is writing the proxy logic ourselves (this crate); the
+//! benchmark in `bench/gateway/` measures the result against nginx and
+//! HAProxy on the same machine.
+//!
+//! # Shape
+//! - [`table`]: the immutable [`RouteTable`], built by the pure
+//!   [`RouteTable::build`] from [`CatalogInstance`]s; [`parse_urlprefix_tag`]
+//!   reads fabio-style route tags.
+//! - `live`: joins the table with per-backend state (outstanding requests,
+//!   outlier history) that survives swaps, and picks backends (zone tiers,
+//!   power-of-two-choices or round robin).
+//! - `proxy`: the request path with its retry rules; `server`: client
+//!   connections (HTTP/1.1, h2c, WebSocket upgrades), timeouts, shutdown.
+//!
+//! # Invariants
+//! - Only passing backends of the current table get new requests; a table
+//!   sent on the channel is used by every request that starts afterwards.
+//! - Swapping the table never touches a connection; requests in flight
+//!   finish on the backend they started on.
+//! - A request is sent twice only when that is safe (see `proxy`).
+//! - Framing is never copied: hyper re-frames each request for the backend,
+//!   so a backend never sees the client's ambiguous framing headers.
+
+mod backend;
+mod body;
+pub mod config;
+mod gateway;
+mod headers;
+mod host;
+mod live;
+mod local;
+mod metrics;
+mod proxy;
+mod server;
+pub mod table;
+pub mod urlprefix;
+
+pub use body::GatewayBody;
+pub use config::{Balancing, GatewayConfig, Limits, OutlierConfig, RetryConfig, Timeouts};
+pub use gateway::{Gateway, GatewayError};
+pub use host::normalize_host;
+pub use metrics::GatewayMetrics;
+pub use table::{
+    Backend, BuildIssue, CatalogInstance, Resolution, RouteDefaults, RouteTable, ServiceEntry,
+};
+pub use urlprefix::{parse_urlprefix_tag, try_parse_urlprefix_tag, RouteSpec, TagError};

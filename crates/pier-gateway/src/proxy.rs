@@ -1,0 +1,451 @@
+//! The request path: route, pick a backend, forward, retry, answer.
+//!
+//! Retry rules (the only places a request is sent twice):
+//! - connect failure (hyper-util reports `is_connect`): nothing reached the
+//!   backend, so any request is sent to another backend, as long as its body
+//!   was never polled (see [`crate::body`]), up to `max_connect_attempts`;
+//! - an idempotent method whose body is empty or buffered (≤
+//!   `replay_body_bytes`) is sent once more to another backend when the
+//!   connection broke before a response head arrived;
+//! - nothing else: a non-idempotent request whose bytes may have left is
+//!   answered 502, and a response-header timeout is answered 504 (a retry
+//!   would double the load on a backend that is already slow).
+//!
+//! Every failed attempt and every 5xx answer counts against the backend for
+//! outlier detection; any other answer resets its failure count.
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioIo;
+
+use crate::backend::{Clock, Verdict};
+use crate::body::{
+    AccessRecord, BodySlot, BodyTooLarge, Completion, GatewayBody, TrackedBody, UpstreamBody,
+    ACCESS_TARGET,
+};
+use crate::config::GatewayConfig;
+use crate::headers::{
+    is_upgrade_request, new_request_id, set_forwarded, strip_hop_by_hop, valid_request_id,
+    X_REQUEST_ID,
+};
+use crate::host::normalize_host;
+use crate::live::Router;
+use crate::local;
+use crate::metrics::{FailureKind, GatewayMetrics, ServiceMetrics};
+use crate::server::ConnCtx;
+use crate::table::{strip_path, Resolution};
+
+pub(crate) type BackendClient = Client<HttpConnector, UpstreamBody>;
+
+/// Everything the request path shares across connections.
+pub(crate) struct Shared {
+    pub(crate) cfg: GatewayConfig,
+    pub(crate) router: Router,
+    pub(crate) client: BackendClient,
+    pub(crate) clock: Clock,
+    pub(crate) metrics: GatewayMetrics,
+    pub(crate) unrouted: ServiceMetrics,
+}
+
+enum Prepared {
+    Empty,
+    Full(Bytes),
+    Stream(BodySlot),
+}
+
+impl Prepared {
+    /// The body for the next attempt, or `None` when the streamed body was
+    /// already (partly) sent and cannot be replayed.
+    fn attempt(&self) -> Option<UpstreamBody> {
+        match self {
+            Prepared::Empty => Some(UpstreamBody::Empty),
+            Prepared::Full(b) => Some(UpstreamBody::Full(Some(b.clone()))),
+            Prepared::Stream(slot) => slot.untouched().then(|| UpstreamBody::stream(slot.clone())),
+        }
+    }
+    fn replayable(&self) -> bool {
+        !matches!(self, Prepared::Stream(_))
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn chain_has_too_large(err: &(dyn StdError + 'static)) -> bool {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.is::<BodyTooLarge>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+struct Ctx {
+    start: Instant,
+    request_id: HeaderValue,
+    log: Option<Box<AccessRecord>>,
+}
+
+impl Ctx {
+    /// Finishes a gateway-made response: metrics, log, request id.
+    fn local(
+        mut self,
+        metrics: &ServiceMetrics,
+        mut resp: Response<GatewayBody>,
+    ) -> Response<GatewayBody> {
+        resp.headers_mut()
+            .insert(X_REQUEST_ID.clone(), self.request_id.clone());
+        Completion {
+            status: resp.status().as_u16(),
+            start: self.start,
+            metrics: metrics.clone(),
+            guard: None,
+            log: self.log.take(),
+        }
+        .finish("local");
+        resp
+    }
+}
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+) -> Result<Response<GatewayBody>, Infallible> {
+    let start = Instant::now();
+    let shared = &*shared;
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => new_request_id(),
+    };
+    let json = local::wants_json(req.headers());
+    let raw_host: Option<HeaderValue> = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    let host = raw_host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .and_then(normalize_host);
+    let log = tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO).then(|| {
+        Box::new(AccessRecord {
+            method: req.method().clone(),
+            host: host.clone().unwrap_or_else(|| "-".into()),
+            path: req.uri().path().to_string(),
+            request_id: request_id.clone(),
+            backend: None,
+            attempts: 0,
+        })
+    });
+    let ctx = Ctx {
+        start,
+        request_id,
+        log,
+    };
+
+    // hyper already refuses differing duplicate Content-Length and a
+    // non-chunked Transfer-Encoding, and when both framing headers arrive it
+    // keeps chunked, drops Content-Length and closes after the response.
+    // Anything ambiguous that still got here is refused, never forwarded.
+    if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        let r = local::bad_request(json, "both Transfer-Encoding and Content-Length are set");
+        return Ok(ctx.local(&shared.unrouted, r));
+    }
+    let (Some(host), Some(raw_host)) = (host, raw_host) else {
+        let r = local::bad_request(json, "missing or invalid Host header");
+        return Ok(ctx.local(&shared.unrouted, r));
+    };
+
+    let table = shared.router.current();
+    let (index, strip) = match table.source.resolve(&host, req.uri().path()) {
+        Resolution::Service {
+            index,
+            strip_prefix,
+            ..
+        } => (index, strip_prefix),
+        Resolution::UnknownHost => {
+            return Ok(ctx.local(&shared.unrouted, local::unknown_host(json, &host)))
+        }
+        Resolution::NoRoute => {
+            let r = local::no_route(json, &host, req.uri().path());
+            return Ok(ctx.local(&shared.unrouted, r));
+        }
+    };
+    let service = &table.services[index];
+    let service_name = table.source.services()[index].name();
+    if service.backends.is_empty() {
+        let registered = table.source.services()[index].backends().len();
+        let r = local::no_healthy_instance(json, service_name, registered);
+        return Ok(ctx.local(&service.metrics, r));
+    }
+
+    let limits = &shared.cfg.limits;
+    let content_length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if content_length.is_some_and(|n| n > limits.max_body_bytes) {
+        return Ok(ctx.local(
+            &service.metrics,
+            local::too_large(json, limits.max_body_bytes),
+        ));
+    }
+
+    let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let idempotent = is_idempotent(req.method());
+    let (parts, body) = req.into_parts();
+
+    let prepared = if body.is_end_stream() {
+        Prepared::Empty
+    } else if idempotent && content_length.is_some_and(|n| n <= limits.replay_body_bytes) {
+        match body.collect().await {
+            Ok(c) => Prepared::Full(c.to_bytes()),
+            Err(_) => {
+                let r = local::bad_request(json, "request body could not be read");
+                return Ok(ctx.local(&service.metrics, r));
+            }
+        }
+    } else {
+        Prepared::Stream(BodySlot::new(body, limits.max_body_bytes))
+    };
+
+    let path_and_query = {
+        let path = parts.uri.path();
+        let path = match strip {
+            Some(s) => strip_path(path, s),
+            None => path,
+        };
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        match PathAndQuery::try_from(pq) {
+            Ok(pq) => pq,
+            Err(_) => {
+                let r = local::bad_request(json, "request target is not a valid path");
+                return Ok(ctx.local(&service.metrics, r));
+            }
+        }
+    };
+
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers, upgrade);
+    // The gateway answered `Expect: 100-continue` itself when it read the body.
+    headers.remove(header::EXPECT);
+    headers.insert(header::HOST, raw_host.clone());
+    set_forwarded(
+        &mut headers,
+        &conn.peer_ip,
+        &raw_host,
+        shared.cfg.trust_forwarded_headers,
+    );
+    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+
+    let cfg = &shared.cfg;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut connect_attempts = 0u32;
+    let mut reset_retried = false;
+    let mut last_failure: Option<FailureKind> = None;
+    let mut ctx = ctx;
+
+    loop {
+        let now_ms = shared.clock.now_ms();
+        let Some(i) = service.pick(cfg.balancing, now_ms, &tried) else {
+            break;
+        };
+        let Some(body) = prepared.attempt() else {
+            break;
+        };
+        let backend = &service.backends[i];
+        let mut uri_parts = http::uri::Parts::default();
+        uri_parts.scheme = Some(Scheme::HTTP);
+        uri_parts.authority = Some(backend.authority.clone());
+        uri_parts.path_and_query = Some(path_and_query.clone());
+        let Ok(uri) = Uri::from_parts(uri_parts) else {
+            break;
+        };
+        let mut up = Request::new(body);
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri;
+        *up.version_mut() = Version::HTTP_11;
+        *up.headers_mut() = headers.clone();
+
+        if let Some(rec) = ctx.log.as_mut() {
+            rec.backend = Some((backend.addr, Arc::clone(&backend.zone)));
+            rec.attempts += 1;
+        }
+        let guard = backend.state.start();
+        let timeout = Duration::from_millis(cfg.timeouts.response_header_ms);
+        let outcome = tokio::time::timeout(timeout, shared.client.request(up)).await;
+        let kind = match outcome {
+            Ok(Ok(mut resp)) => {
+                if resp.status().is_server_error() {
+                    note_failure(shared, service, i, FailureKind::Status5xx);
+                } else {
+                    backend.state.record_success();
+                }
+                let status = resp.status();
+                let backend_upgrade = (upgrade && status == StatusCode::SWITCHING_PROTOCOLS)
+                    .then(|| hyper::upgrade::on(&mut resp));
+                let (mut rparts, rbody) = resp.into_parts();
+                rparts.version = Version::HTTP_11;
+                rparts
+                    .headers
+                    .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+                let completion = Completion {
+                    status: status.as_u16(),
+                    start,
+                    metrics: service.metrics.clone(),
+                    guard: Some(guard),
+                    log: ctx.log.take(),
+                };
+                if let (Some(backend_up), Some(client_up)) = (backend_upgrade, client_upgrade) {
+                    strip_hop_by_hop(&mut rparts.headers, true);
+                    drop(rbody);
+                    tokio::spawn(tunnel(
+                        client_up,
+                        backend_up,
+                        completion,
+                        Arc::clone(&conn),
+                        cfg.timeouts.idle_ms,
+                    ));
+                    return Ok(Response::from_parts(rparts, GatewayBody::Local(None)));
+                }
+                strip_hop_by_hop(&mut rparts.headers, false);
+                let body = GatewayBody::Upstream(TrackedBody::new(rbody, completion));
+                return Ok(Response::from_parts(rparts, body));
+            }
+            Ok(Err(err)) => {
+                drop(guard);
+                if chain_has_too_large(&err) {
+                    let r = local::too_large(json, limits.max_body_bytes);
+                    return Ok(ctx.local(&service.metrics, r));
+                }
+                let kind = if err.is_connect() {
+                    FailureKind::Connect
+                } else {
+                    FailureKind::Reset
+                };
+                tracing::debug!(backend = %backend.addr, error = ?err, "backend attempt failed");
+                kind
+            }
+            Err(_elapsed) => {
+                drop(guard);
+                note_failure(shared, service, i, FailureKind::Timeout);
+                let r = local::gateway_timeout(json, service_name, cfg.timeouts.response_header_ms);
+                return Ok(ctx.local(&service.metrics, r));
+            }
+        };
+        note_failure(shared, service, i, kind);
+        tried.push(i);
+        last_failure = Some(kind);
+        let retry = match kind {
+            FailureKind::Connect => {
+                connect_attempts += 1;
+                connect_attempts < cfg.retry.max_connect_attempts
+            }
+            _ => {
+                let ok = idempotent
+                    && prepared.replayable()
+                    && cfg.retry.retry_idempotent_on_reset
+                    && !reset_retried;
+                reset_retried = true;
+                ok
+            }
+        };
+        if !retry {
+            break;
+        }
+        service.metrics.retry(kind);
+    }
+
+    let r = match last_failure {
+        None => local::no_healthy_instance(
+            json,
+            service_name,
+            table.source.services()[index].backends().len(),
+        ),
+        Some(FailureKind::Connect) => local::bad_gateway(
+            json,
+            service_name,
+            &format!(
+                "could not connect to any of {} tried instance(s)",
+                tried.len()
+            ),
+        ),
+        Some(_) => local::bad_gateway(
+            json,
+            service_name,
+            "the instance closed the connection before answering",
+        ),
+    };
+    Ok(ctx.local(&service.metrics, r))
+}
+
+fn note_failure(shared: &Shared, service: &crate::live::LiveService, i: usize, kind: FailureKind) {
+    let backend = &service.backends[i];
+    service.metrics.failure(kind);
+    if let Verdict::Ejected { for_ms } = backend
+        .state
+        .record_failure(&shared.cfg.outlier, shared.clock.now_ms())
+    {
+        service.metrics.ejection();
+        tracing::warn!(
+            service = %service.metrics.name(),
+            instance_id = %backend.instance_id,
+            backend = %backend.addr,
+            for_ms,
+            "backend ejected after consecutive failures"
+        );
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and an
+/// upgraded backend connection until either side closes, the client
+/// connection idles out, or the gateway stops.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    completion: Completion,
+    conn: Arc<ConnCtx>,
+    idle_ms: u64,
+) {
+    let outcome = match tokio::join!(client, backend) {
+        (Ok(c), Ok(b)) => {
+            let mut c = TokioIo::new(c);
+            let mut b = TokioIo::new(b);
+            let mut hard_stop = conn.hard_stop.clone();
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut c, &mut b) => {
+                    if r.is_ok() { "tunnel_closed" } else { "tunnel_error" }
+                }
+                _ = conn.idle.expired(idle_ms) => "tunnel_idle",
+                _ = hard_stop.wait_for(|stop| *stop) => "tunnel_shutdown",
+            }
+        }
+        _ => "upgrade_failed",
+    };
+    completion.finish(outcome);
+}
