@@ -1,1 +1,68 @@
-//! Rolling deployments (in progress).
+//! Rolling deployments, zero-downtime stops, the circuit breaker and self-healing.
+//!
+//! # Model
+//! A deployment replaces the tasks of a service with `desired_count` tasks of a target
+//! revision. [`step`] is a pure, level-triggered function of a [`DeploymentSnapshot`] (the
+//! deployment, its persisted [`DeploymentState`], every task of the service, the nodes that
+//! are down) and `now_ms`; it returns a [`DeploymentPlan`]: [`Action`]s plus the state to
+//! persist with them. Placement is not decided here: `StartTask { revision, count }` is handed
+//! to the scheduler ([`crate::placement`]). Outside deployments, [`reconcile`] keeps the
+//! service at its desired count. Both share the stop sequence of [`stop`].
+//!
+//! Each step:
+//! 1. Active tasks that are dead, critical, on a down node or asked to stop begin the stop
+//!    sequence. Dead or critical tasks of the target revision (created since the deployment
+//!    started) are counted by the circuit breaker, once per task, whether they failed before
+//!    reaching `Running` (pull/create/start failure, exit while starting) or after (exited or
+//!    turned critical after having run, even after being healthy — the case ECS's breaker
+//!    misses).
+//! 2. Breaker: at `failure_threshold` failures (default: half the desired count, clamped to
+//!    3..=200, like ECS) the deployment is `Failed` with a reason such as "3 tasks of
+//!    revision 7 failed: 2 health checks critical, 1 exited with code 1". With
+//!    `auto_rollback` and a previous stable revision it is `RolledBack` instead and the plan
+//!    carries `StartRollback`; the rollback deployment starts the proven revision's tasks at
+//!    once (no `min_healthy_time`, no surge counting of tasks on their way out — no second
+//!    canary phase, the Nomad #10882 complaint) and never rolls back again.
+//! 3. Old-revision tasks that are not healthy are replaced freely (they serve nothing);
+//!    healthy ones are stopped only while `healthy(new) + healthy(old) − stopped ≥ desired −
+//!    max_unavailable`. A new task is healthy once `Running` and passing continuously for
+//!    `min_healthy_time_ms`.
+//! 4. New tasks start while tasks holding resources (anything not exited and not `Stopped`,
+//!    draining and stopping tasks included) stay within `desired + max_surge`.
+//! 5. The deployment `Succeeded` when `desired` new tasks are healthy and no old task is left
+//!    running; it `Failed` (or rolls back) when the number of healthy new tasks has not grown
+//!    for `healthy_deadline_ms`.
+//!
+//! # Invariants (checked by the simulation tests)
+//! - The controller never takes the healthy serving count below `desired − max_unavailable`
+//!   (tasks dying by themselves can, and are then replaced).
+//! - Outside a rollback, tasks holding resources never exceed `desired + max_surge` because
+//!   of a start the controller asked for.
+//! - Every stop is deregister → wait `drain_delay_ms` → stop signal → stopped (a task that
+//!   never ran skips the wait, a dead one skips the signal).
+//! - Each failed task is counted once; terminal deployments produce no actions.
+
+mod action;
+mod breaker;
+mod controller;
+mod liveness;
+mod model;
+mod reconcile;
+pub mod stop;
+mod task;
+
+pub use action::{Action, StopReason};
+pub use breaker::{default_failure_threshold, summarize_failures, FailureKind, FailureRecord};
+pub use controller::step;
+pub use liveness::{node_liveness, NodeLiveness};
+pub use model::{
+    Deployment, DeploymentCounts, DeploymentKind, DeploymentPlan, DeploymentSettings,
+    DeploymentSnapshot, DeploymentState, DeploymentStatus, SettingsError,
+};
+pub use reconcile::{
+    backoff_delay_ms, reconcile, NodeHeartbeat, ReconcilePlan, ReconcileSettings, RestartState,
+    ServiceSnapshot,
+};
+pub use task::{
+    DesiredState, ObservedState, Revision, StopPhase, TaskHealth, TaskId, TaskSnapshot,
+};

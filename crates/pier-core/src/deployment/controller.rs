@@ -1,0 +1,296 @@
+//! The rolling-update step function.
+
+use std::collections::BTreeMap;
+
+use crate::placement::{choose_tasks_to_stop, StopCandidate};
+
+use super::action::{Action, StopReason};
+use super::breaker::{summarize_failures, FailureKind, FailureRecord};
+use super::model::{
+    DeploymentCounts, DeploymentKind, DeploymentPlan, DeploymentSnapshot, DeploymentState,
+    DeploymentStatus,
+};
+use super::stop::advance_stop;
+use super::task::{DesiredState, StopPhase, TaskId, TaskSnapshot};
+
+/// Advances a deployment by one step. Level-triggered: the plan depends only on the snapshot
+/// and `now_ms`, so the IO loop may call it as often as it likes (on every task event and on a
+/// timer); a step whose plan was not applied is simply recomputed.
+pub fn step(snapshot: &DeploymentSnapshot, now_ms: u64) -> DeploymentPlan {
+    let mut state = snapshot.state.clone();
+    if state.status.is_terminal() {
+        return DeploymentPlan {
+            actions: Vec::new(),
+            state,
+        };
+    }
+    let deployment = &snapshot.deployment;
+    let settings = &deployment.settings;
+    if let Err(e) = settings.validate() {
+        return finish(state, DeploymentStatus::Failed, e.to_string(), Vec::new());
+    }
+
+    let target = deployment.target_revision;
+    let desired = deployment.desired_count as usize;
+    let rollback = matches!(deployment.kind, DeploymentKind::Rollback { .. });
+    let min_healthy_ms = if rollback {
+        0
+    } else {
+        settings.min_healthy_time_ms
+    };
+
+    let mut tasks: Vec<&TaskSnapshot> = snapshot.tasks.iter().collect();
+    tasks.sort_by(|a, b| a.id.cmp(&b.id));
+    let lost = |t: &TaskSnapshot| {
+        t.node
+            .as_ref()
+            .is_some_and(|n| snapshot.down_nodes.contains(n))
+    };
+
+    // 1. Active tasks that must stop because of their own condition, and breaker counting.
+    let mut stopping: BTreeMap<TaskId, StopReason> = BTreeMap::new();
+    for t in tasks.iter().filter(|t| t.is_active()) {
+        let reason = if t.desired == DesiredState::Stop {
+            Some(StopReason::Requested)
+        } else if lost(t) {
+            Some(StopReason::NodeDown)
+        } else if t.is_terminal() {
+            Some(StopReason::Died)
+        } else if t.is_critical() {
+            Some(StopReason::Critical)
+        } else {
+            None
+        };
+        let Some(reason) = reason else { continue };
+        stopping.insert(t.id.clone(), reason);
+        // Only tasks of this deployment count: a crash on a lost node is not the revision's
+        // fault, and a task stopped on request is not a failure.
+        let counts_for_breaker = t.revision == target
+            && t.created_at_ms >= state.started_at_ms
+            && matches!(reason, StopReason::Died | StopReason::Critical);
+        if counts_for_breaker && !state.failures.iter().any(|f| f.task == t.id) {
+            if let Some(kind) = FailureKind::of(t) {
+                state.failures.push(FailureRecord {
+                    task: t.id.clone(),
+                    kind,
+                    at_ms: now_ms,
+                });
+            }
+        }
+    }
+
+    // 2. Live tasks: active and not about to stop.
+    let is_live = |t: &&&TaskSnapshot, stopping: &BTreeMap<TaskId, StopReason>| {
+        t.is_active() && !stopping.contains_key(&t.id)
+    };
+    let mut live_new: Vec<&TaskSnapshot> = tasks
+        .iter()
+        .filter(|t| t.revision == target && is_live(t, &stopping))
+        .copied()
+        .collect();
+    let live_old: Vec<&TaskSnapshot> = tasks
+        .iter()
+        .filter(|t| t.revision != target && is_live(t, &stopping))
+        .copied()
+        .collect();
+
+    let threshold = settings.failure_threshold_for(deployment.desired_count) as usize;
+    let mut verdict: Option<String> = None;
+    if state.failures.len() >= threshold {
+        verdict = Some(summarize_failures(target, &state.failures));
+    }
+
+    let mut start = 0usize;
+    if verdict.is_none() {
+        // 3. Too many new tasks (the desired count went down mid-deployment).
+        if live_new.len() > desired {
+            let excess = live_new.len() - desired;
+            let candidates = stop_candidates(&live_new, |t| !t.is_healthy(min_healthy_ms, now_ms));
+            for id in choose_tasks_to_stop(&candidates, excess) {
+                stopping.insert(id, StopReason::ScaledDown);
+            }
+            live_new.retain(|t| !stopping.contains_key(&t.id));
+        }
+
+        // 4. Replace old tasks without going under the healthy floor. Old tasks that are not
+        //    healthy serve nothing, so stopping them costs nothing; healthy ones go only while
+        //    the healthy count stays at or above `desired - max_unavailable`.
+        let healthy_new = live_new
+            .iter()
+            .filter(|t| t.is_healthy(min_healthy_ms, now_ms))
+            .count();
+        let (healthy_old, unhealthy_old): (Vec<&TaskSnapshot>, Vec<&TaskSnapshot>) =
+            live_old.iter().partition(|t| t.is_healthy(0, now_ms));
+        for t in &unhealthy_old {
+            stopping.insert(t.id.clone(), StopReason::Replaced);
+        }
+        let floor = desired.saturating_sub(settings.max_unavailable as usize);
+        let may_stop = (healthy_new + healthy_old.len()).saturating_sub(floor);
+        let candidates = stop_candidates(&healthy_old, |_| false);
+        for id in choose_tasks_to_stop(&candidates, may_stop) {
+            stopping.insert(id, StopReason::Replaced);
+        }
+
+        // 5. Start new tasks within the surge cap. Draining and stopping tasks still hold
+        //    resources, so they count, except in a rollback, where getting the proven revision
+        //    back fast matters more.
+        let occupying = tasks
+            .iter()
+            .filter(|t| !t.is_terminal() && !lost(t))
+            .filter(|t| {
+                if rollback {
+                    t.is_active() && !stopping.contains_key(&t.id)
+                } else {
+                    t.stop_phase != StopPhase::Stopped
+                }
+            })
+            .count();
+        let cap = desired.saturating_add(settings.max_surge as usize);
+        start = cap
+            .saturating_sub(occupying)
+            .min(desired.saturating_sub(live_new.len()));
+
+        // 6. Progress and the healthy deadline.
+        let healthy_new_u32 = healthy_new as u32;
+        if healthy_new_u32 > state.best_healthy {
+            state.best_healthy = healthy_new_u32;
+            state.last_progress_ms = now_ms;
+        }
+        let old_left = tasks
+            .iter()
+            .filter(|t| t.revision != target)
+            .filter(|t| !t.is_terminal() && t.stop_phase != StopPhase::Stopped && !lost(t))
+            .count();
+        state.counts = DeploymentCounts {
+            desired: deployment.desired_count,
+            placed: live_new.len() as u32,
+            healthy: healthy_new_u32,
+            unhealthy: (live_new.len() - healthy_new) as u32,
+            failed: state.failures.len() as u32,
+        };
+        // Old tasks stopped in this very step still run until they exit, so `old_left`
+        // (counted before this step's decisions) is the right test.
+        if healthy_new >= desired && live_new.len() == desired && old_left == 0 {
+            let actions = stop_actions(&tasks, &stopping, settings.drain_delay_ms, now_ms);
+            let reason = format!("{desired} tasks of revision {target} healthy");
+            return finish(state, DeploymentStatus::Succeeded, reason, actions);
+        }
+        let deadline = settings.healthy_deadline_ms;
+        if deadline > 0 && now_ms.saturating_sub(state.last_progress_ms) > deadline {
+            verdict = Some(format!(
+                "no progress for {}: {healthy_new} of {desired} tasks of revision {target} healthy",
+                format_duration(deadline)
+            ));
+        }
+    }
+
+    state.counts.failed = state.failures.len() as u32;
+    let mut actions = Vec::new();
+    if let Some(reason) = verdict {
+        actions.extend(stop_actions(
+            &tasks,
+            &stopping,
+            settings.drain_delay_ms,
+            now_ms,
+        ));
+        let rollback_to = deployment
+            .previous_stable_revision
+            .filter(|&r| r != target && settings.auto_rollback && !rollback);
+        let (status, reason) = match rollback_to {
+            Some(to) => (
+                DeploymentStatus::RolledBack,
+                format!("{reason}; rolling back to revision {to}"),
+            ),
+            None if rollback => (
+                DeploymentStatus::Failed,
+                format!("{reason}; rollback failed, not rolling back again"),
+            ),
+            None if settings.auto_rollback => (
+                DeploymentStatus::Failed,
+                format!("{reason}; no previous stable revision to roll back to"),
+            ),
+            None => (DeploymentStatus::Failed, reason),
+        };
+        let mut plan = finish(state, status, reason, actions);
+        if let Some(to) = rollback_to {
+            plan.actions.push(Action::StartRollback { to_revision: to });
+        }
+        return plan;
+    }
+
+    // New tasks first: in a rollback this brings the proven revision back before anything else
+    // happens, and in an update it never hurts to ask for capacity early.
+    if start > 0 {
+        actions.push(Action::StartTask {
+            revision: target,
+            count: start as u32,
+        });
+    }
+    actions.extend(stop_actions(
+        &tasks,
+        &stopping,
+        settings.drain_delay_ms,
+        now_ms,
+    ));
+    DeploymentPlan { actions, state }
+}
+
+fn finish(
+    mut state: DeploymentState,
+    status: DeploymentStatus,
+    reason: String,
+    mut actions: Vec<Action>,
+) -> DeploymentPlan {
+    state.status = status;
+    state.reason = Some(reason.clone());
+    actions.push(Action::MarkDeployment { status, reason });
+    DeploymentPlan { actions, state }
+}
+
+/// Stop-sequence actions for every task, in task id order.
+pub(super) fn stop_actions(
+    tasks: &[&TaskSnapshot],
+    stopping: &BTreeMap<TaskId, StopReason>,
+    drain_delay_ms: u64,
+    now_ms: u64,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for t in tasks {
+        let reason = if t.is_active() {
+            stopping.get(&t.id).copied()
+        } else {
+            None
+        };
+        let (_, mut steps) = advance_stop(t, reason, drain_delay_ms, now_ms);
+        actions.append(&mut steps);
+    }
+    actions
+}
+
+pub(super) fn stop_candidates(
+    tasks: &[&TaskSnapshot],
+    preferred: impl Fn(&TaskSnapshot) -> bool,
+) -> Vec<StopCandidate> {
+    tasks
+        .iter()
+        .map(|t| StopCandidate {
+            id: t.id.clone(),
+            node: t.node.clone().unwrap_or_default(),
+            zone: t.zone.clone().unwrap_or_default(),
+            preferred: preferred(t),
+        })
+        .collect()
+}
+
+/// "5m", "90s", "1500ms": durations in reasons, short and exact.
+pub(crate) fn format_duration(ms: u64) -> String {
+    let (minutes, ms_in_minute) = (ms / 60_000, ms % 60_000);
+    let (seconds, ms_in_second) = (ms / 1_000, ms % 1_000);
+    if ms_in_minute == 0 && minutes > 0 {
+        format!("{minutes}m")
+    } else if ms_in_second == 0 {
+        format!("{seconds}s")
+    } else {
+        format!("{ms}ms")
+    }
+}

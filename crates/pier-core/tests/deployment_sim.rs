@@ -1,0 +1,494 @@
+//! The deployment controller driven by the simulator: floor, surge cap, stop ordering,
+//! circuit breaker, rollback.
+
+mod sim;
+
+use pier_core::deployment::{
+    step, Action, Deployment, DeploymentKind, DeploymentSettings, DeploymentStatus,
+};
+use proptest::prelude::*;
+use sim::{Behavior, Sim};
+
+fn deployment(desired: u32, settings: DeploymentSettings) -> Deployment {
+    Deployment {
+        id: "d1".into(),
+        target_revision: 2,
+        previous_stable_revision: Some(1),
+        desired_count: desired,
+        settings,
+        kind: DeploymentKind::Update,
+    }
+}
+
+fn settings(surge: u32, unavailable: u32) -> DeploymentSettings {
+    DeploymentSettings {
+        max_surge: surge,
+        max_unavailable: unavailable,
+        min_healthy_time_ms: 3_000,
+        healthy_deadline_ms: 120_000,
+        failure_threshold: None,
+        auto_rollback: true,
+        drain_delay_ms: 2_000,
+    }
+}
+
+/// Runs a good rollout and checks the end state and every invariant.
+fn good_rollout(desired: u32, s: DeploymentSettings, behavior: Behavior) -> Sim {
+    let mut sim = Sim::new(9, 3, 1, desired);
+    sim.behaviors.insert(2, behavior);
+    sim.begin(deployment(desired, s));
+    let status = sim.run(500, 10_000).unwrap();
+    assert_eq!(status, DeploymentStatus::Succeeded, "{:?}", sim.state);
+    sim.check_stop_order().unwrap();
+    let healthy = sim.healthy_by_revision();
+    assert_eq!(healthy.get(&2).copied().unwrap_or(0), desired as usize);
+    // Old tasks may still be finishing their stop sequence; none is serving.
+    assert_eq!(healthy.get(&1).copied().unwrap_or(0), 0);
+    assert_eq!(sim.state.counts.healthy, desired);
+    assert_eq!(sim.state.counts.failed, 0);
+    sim
+}
+
+#[test]
+fn rolling_update_table() {
+    let cases = [
+        (1, 1, 0),
+        (3, 1, 0),
+        (3, 0, 1),
+        (5, 2, 1),
+        (10, 3, 0),
+        (10, 0, 3),
+        (4, 4, 4),
+        (6, 1, 2),
+        (20, 5, 5),
+        (0, 1, 0),
+        (2, 10, 0),
+        (2, 0, 10),
+    ];
+    for (desired, surge, unavailable) in cases {
+        for min_healthy in [0, 3_000] {
+            for drain in [0, 2_000] {
+                let mut s = settings(surge, unavailable);
+                s.min_healthy_time_ms = min_healthy;
+                s.drain_delay_ms = drain;
+                let sim = good_rollout(desired, s, Behavior::good(1_000, 2_000));
+                let floor = (desired as usize).saturating_sub(unavailable as usize);
+                assert!(
+                    sim.min_healthy_seen >= floor.min(desired as usize),
+                    "case {:?}: healthy dipped to {}",
+                    (desired, surge, unavailable, min_healthy, drain),
+                    sim.min_healthy_seen
+                );
+                assert!(sim.max_occupying_seen <= (desired + surge) as usize);
+            }
+        }
+    }
+}
+
+#[test]
+fn surge_only_keeps_every_old_task_until_replaced() {
+    let sim = good_rollout(4, settings(1, 0), Behavior::good(1_000, 2_000));
+    assert_eq!(sim.min_healthy_seen, 4);
+    assert_eq!(sim.max_occupying_seen, 5);
+}
+
+#[test]
+fn min_healthy_time_delays_replacement() {
+    let mut sim = Sim::new(3, 3, 1, 1);
+    sim.behaviors.insert(2, Behavior::good(0, 0));
+    let mut s = settings(1, 0);
+    s.min_healthy_time_ms = 10_000;
+    s.drain_delay_ms = 0;
+    sim.begin(deployment(1, s));
+    let start = sim.now_ms;
+    sim.run(500, 1_000).unwrap();
+    // The old task is deregistered only once the new one has passed for 10 s.
+    let dereg = sim.log.values().map(|events| events[0].0).min().unwrap();
+    assert!(
+        dereg >= start + 10_000,
+        "deregistered after {} ms",
+        dereg - start
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Exhaustive-ish: any surge/unavailable/size/timing, with old tasks dying by themselves
+    /// along the way. The simulator checks the floor and the surge cap after every step and
+    /// the stop ordering at the end.
+    #[test]
+    fn rollout_invariants_hold(
+        desired in 0u32..12,
+        surge in 0u32..4,
+        unavailable in 0u32..4,
+        min_healthy in prop_oneof![Just(0u64), Just(1_000), Just(4_000)],
+        drain in prop_oneof![Just(0u64), Just(1_500), Just(5_000)],
+        start_ms in 0u64..4_000,
+        healthy_after in 0u64..4_000,
+        kills in proptest::collection::vec((0u64..60, 0usize..30), 0..4),
+    ) {
+        prop_assume!(surge + unavailable > 0);
+        let mut s = settings(surge, unavailable);
+        s.min_healthy_time_ms = min_healthy;
+        s.drain_delay_ms = drain;
+        let mut sim = Sim::new(6, 3, 1, desired);
+        sim.behaviors.insert(2, Behavior::good(start_ms, healthy_after));
+        sim.begin(deployment(desired, s));
+        let mut status = None;
+        for n in 0..5_000u64 {
+            for (at, which) in &kills {
+                if *at == n {
+                    let ids = sim.task_ids();
+                    if !ids.is_empty() {
+                        let id = ids[which % ids.len()].clone();
+                        sim.kill(&id);
+                    }
+                }
+            }
+            let plan = step(&sim.snapshot(), sim.now_ms);
+            sim.steps += 1;
+            if let Err(e) = sim.apply(&plan) {
+                prop_assert!(false, "{}", e);
+            }
+            if sim.state.status.is_terminal() {
+                status = Some(sim.state.status);
+                break;
+            }
+            sim.advance(500);
+        }
+        prop_assert_eq!(status, Some(DeploymentStatus::Succeeded), "{:?}", sim.state);
+        if let Err(e) = sim.check_stop_order() {
+            prop_assert!(false, "{}", e);
+        }
+        // Killed new tasks count as failures: three of them trip the breaker, and then the
+        // rollback must have restored the old revision instead.
+        let final_revision = if sim.history.iter().any(|(_, s)| s.status == DeploymentStatus::RolledBack) {
+            prop_assert!(kills.len() >= 3);
+            1
+        } else {
+            2
+        };
+        prop_assert_eq!(
+            sim.healthy_by_revision().get(&final_revision).copied().unwrap_or(0),
+            desired as usize
+        );
+    }
+}
+
+#[test]
+fn failing_version_trips_the_breaker_and_rolls_back_old_tasks_first() {
+    let mut sim = Sim::new(9, 3, 1, 6);
+    sim.behaviors.insert(
+        2,
+        Behavior {
+            critical_after_ms: Some(2_000),
+            healthy_after_ms: None,
+            ..Behavior::good(1_000, 0)
+        },
+    );
+    sim.begin(deployment(6, settings(2, 1)));
+    let status = sim.run(500, 2_000).unwrap();
+    // The rollback deployment succeeded; the failed one was marked RolledBack.
+    assert_eq!(status, DeploymentStatus::Succeeded);
+    let (failed, failed_state) = &sim.history[0];
+    assert_eq!(failed.target_revision, 2);
+    assert_eq!(failed_state.status, DeploymentStatus::RolledBack);
+    assert_eq!(
+        failed_state.reason.as_deref(),
+        Some("3 tasks of revision 2 failed: 3 health checks critical; rolling back to revision 1")
+    );
+    assert_eq!(sim.deployment.target_revision, 1);
+    assert_eq!(
+        sim.deployment.kind,
+        DeploymentKind::Rollback { from_revision: 2 }
+    );
+    // The rollback's first plan starts old-revision tasks before anything else.
+    let first = sim.first_rollback_plan.clone().unwrap();
+    assert!(
+        matches!(first.actions.first(), Some(Action::StartTask { revision: 1, count }) if *count > 0),
+        "{:?}",
+        first.actions
+    );
+    assert_eq!(sim.healthy_by_revision().get(&1).copied(), Some(6));
+    assert_eq!(sim.alive_by_revision().get(&2).copied().unwrap_or(0), 0);
+    sim.check_stop_order().unwrap();
+    // The healthy floor held all along (desired 6, unavailable 1).
+    assert!(
+        sim.min_healthy_seen >= 5,
+        "dipped to {}",
+        sim.min_healthy_seen
+    );
+}
+
+#[test]
+fn version_that_crashes_5s_after_turning_healthy_trips_the_breaker() {
+    let mut sim = Sim::new(9, 3, 1, 4);
+    sim.behaviors.insert(
+        2,
+        Behavior {
+            crash_after_healthy_ms: Some(5_000),
+            ..Behavior::good(1_000, 1_000)
+        },
+    );
+    let mut s = settings(2, 0);
+    s.min_healthy_time_ms = 10_000;
+    sim.begin(deployment(4, s));
+    sim.run(500, 2_000).unwrap();
+    let (_, failed_state) = &sim.history[0];
+    assert_eq!(failed_state.status, DeploymentStatus::RolledBack);
+    // Surge 2: tasks start and crash two at a time, so the breaker sees 2 then 4.
+    assert_eq!(
+        failed_state.reason.as_deref(),
+        Some("4 tasks of revision 2 failed: 4 exited with code 1; rolling back to revision 1")
+    );
+    // Only 4 old tasks ever needed, none was taken out below the floor.
+    assert_eq!(sim.min_healthy_seen, 4);
+    assert_eq!(sim.healthy_by_revision().get(&1).copied(), Some(4));
+}
+
+#[test]
+fn version_that_turns_critical_after_being_counted_healthy_trips_the_breaker() {
+    // min_healthy_time 0: tasks count as healthy, old ones get replaced, then the new ones
+    // go critical after 5 s. With a large desired count the deployment is still running.
+    let mut sim = Sim::new(9, 3, 1, 10);
+    sim.behaviors.insert(
+        2,
+        Behavior {
+            critical_after_healthy_ms: Some(5_000),
+            ..Behavior::good(500, 500)
+        },
+    );
+    let mut s = settings(1, 1);
+    s.min_healthy_time_ms = 0;
+    s.failure_threshold = Some(2);
+    sim.begin(deployment(10, s));
+    sim.run(500, 2_000).unwrap();
+    let (_, failed_state) = &sim.history[0];
+    assert_eq!(failed_state.status, DeploymentStatus::RolledBack);
+    assert!(failed_state
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("health checks critical"));
+    assert_eq!(sim.healthy_by_revision().get(&1).copied(), Some(10));
+    sim.check_stop_order().unwrap();
+}
+
+#[test]
+fn pull_failures_count_before_running() {
+    let mut sim = Sim::new(3, 3, 1, 2);
+    sim.behaviors.insert(
+        2,
+        Behavior {
+            start_failure: Some(Err("image pull: manifest unknown".into())),
+            ..Behavior::good(1_000, 0)
+        },
+    );
+    let mut s = settings(1, 0);
+    s.auto_rollback = false;
+    sim.begin(deployment(2, s));
+    let status = sim.run(500, 1_000).unwrap();
+    assert_eq!(status, DeploymentStatus::Failed);
+    assert_eq!(
+        sim.state.reason.as_deref(),
+        Some("3 tasks of revision 2 failed: 3 failed to start (image pull: manifest unknown)")
+    );
+    // Old tasks untouched (surge-only rollout never stopped one).
+    assert_eq!(sim.healthy_by_revision().get(&1).copied(), Some(2));
+}
+
+#[test]
+fn exit_during_start_is_counted_and_described() {
+    let mut sim = Sim::new(3, 3, 1, 2);
+    sim.behaviors.insert(
+        2,
+        Behavior {
+            start_failure: Some(Ok(2)),
+            ..Behavior::good(500, 0)
+        },
+    );
+    let mut s = settings(1, 0);
+    s.failure_threshold = Some(1);
+    s.auto_rollback = false;
+    sim.begin(deployment(2, s));
+    sim.run(500, 1_000).unwrap();
+    assert_eq!(
+        sim.state.reason.as_deref(),
+        Some("1 task of revision 2 failed: 1 exited with code 2 while starting")
+    );
+}
+
+#[test]
+fn no_progress_within_the_healthy_deadline_fails() {
+    let mut sim = Sim::new(3, 3, 1, 2);
+    // Runs, but never passes a health check and never turns critical either.
+    sim.behaviors.insert(
+        2,
+        Behavior {
+            healthy_after_ms: None,
+            ..Behavior::good(500, 0)
+        },
+    );
+    let mut s = settings(1, 0);
+    s.healthy_deadline_ms = 30_000;
+    sim.begin(deployment(2, s));
+    let started = sim.now_ms;
+    sim.run(1_000, 1_000).unwrap();
+    let (_, failed) = &sim.history[0];
+    assert_eq!(failed.status, DeploymentStatus::RolledBack);
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some("no progress for 30s: 0 of 2 tasks of revision 2 healthy; rolling back to revision 1")
+    );
+    assert!(sim.history[0].1.counts.placed == 1);
+    assert!(sim.now_ms >= started + 30_000);
+    assert_eq!(sim.healthy_by_revision().get(&1).copied(), Some(2));
+}
+
+#[test]
+fn without_a_stable_revision_the_failure_says_so() {
+    let mut sim = Sim::new(3, 3, 1, 1);
+    sim.behaviors.insert(
+        2,
+        Behavior {
+            start_failure: Some(Ok(1)),
+            ..Behavior::good(0, 0)
+        },
+    );
+    let mut d = deployment(1, settings(1, 0));
+    d.previous_stable_revision = None;
+    sim.begin(d);
+    assert_eq!(sim.run(500, 1_000).unwrap(), DeploymentStatus::Failed);
+    assert!(sim
+        .state
+        .reason
+        .as_deref()
+        .unwrap()
+        .ends_with("; no previous stable revision to roll back to"));
+}
+
+#[test]
+fn failing_rollback_does_not_roll_back_again() {
+    let mut sim = Sim::new(3, 3, 1, 2);
+    sim.behaviors.insert(
+        2,
+        Behavior {
+            start_failure: Some(Ok(1)),
+            ..Behavior::good(0, 0)
+        },
+    );
+    let mut d = deployment(2, settings(1, 0));
+    d.kind = DeploymentKind::Rollback { from_revision: 3 };
+    sim.begin(d);
+    assert_eq!(sim.run(500, 1_000).unwrap(), DeploymentStatus::Failed);
+    assert!(sim
+        .state
+        .reason
+        .as_deref()
+        .unwrap()
+        .ends_with("; rollback failed, not rolling back again"));
+    assert_eq!(sim.history.len(), 1);
+}
+
+#[test]
+fn invalid_settings_fail_immediately_and_terminal_deployments_do_nothing() {
+    let mut sim = Sim::new(3, 3, 1, 2);
+    sim.begin(deployment(2, settings(0, 0)));
+    let plan = step(&sim.snapshot(), sim.now_ms);
+    assert_eq!(plan.state.status, DeploymentStatus::Failed);
+    assert_eq!(
+        plan.state.reason.as_deref(),
+        Some("max_surge and max_unavailable are both 0: no task could ever be replaced")
+    );
+    sim.apply(&plan).unwrap();
+    let again = step(&sim.snapshot(), sim.now_ms + 10_000);
+    assert!(again.actions.is_empty());
+    assert_eq!(again.state, plan.state);
+}
+
+#[test]
+fn step_is_deterministic() {
+    let mut sim = Sim::new(9, 3, 1, 8);
+    sim.behaviors.insert(2, Behavior::good(1_000, 1_000));
+    sim.begin(deployment(8, settings(2, 2)));
+    for _ in 0..20 {
+        let snapshot = sim.snapshot();
+        let a = step(&snapshot, sim.now_ms);
+        let mut reversed = snapshot.clone();
+        reversed.tasks.reverse();
+        assert_eq!(a, step(&snapshot, sim.now_ms));
+        assert_eq!(a, step(&reversed, sim.now_ms));
+        sim.apply(&a).unwrap();
+        sim.advance(700);
+    }
+}
+
+#[test]
+fn lowering_the_desired_count_mid_deployment_stops_the_excess() {
+    let mut sim = Sim::new(9, 3, 1, 6);
+    sim.behaviors.insert(2, Behavior::good(500, 500));
+    sim.begin(deployment(6, settings(3, 0)));
+    for _ in 0..8 {
+        let plan = step(&sim.snapshot(), sim.now_ms);
+        sim.apply(&plan).unwrap();
+        sim.advance(500);
+    }
+    sim.deployment.desired_count = 2;
+    let status = sim.run(500, 1_000).unwrap();
+    assert_eq!(status, DeploymentStatus::Succeeded);
+    assert_eq!(sim.healthy_by_revision().get(&2).copied(), Some(2));
+    assert_eq!(sim.alive_by_revision().get(&2).copied(), Some(2));
+    sim.check_stop_order().unwrap();
+}
+
+/// The simulator's checks are real: a plan that deregisters every healthy task, or that starts
+/// past the surge cap, or stops a task before its drain delay, is rejected.
+#[test]
+fn simulator_catches_broken_plans() {
+    use pier_core::deployment::{DeploymentPlan, StopReason};
+    let mut sim = Sim::new(3, 3, 1, 3);
+    sim.begin(deployment(3, settings(1, 1)));
+    let all: Vec<Action> = sim
+        .task_ids()
+        .into_iter()
+        .map(|task| Action::DeregisterTask {
+            task,
+            reason: StopReason::Replaced,
+        })
+        .collect();
+    let plan = DeploymentPlan {
+        actions: all,
+        state: sim.state.clone(),
+    };
+    assert!(sim
+        .apply(&plan)
+        .unwrap_err()
+        .contains("healthy count went from 3 to 0"));
+
+    let mut sim = Sim::new(3, 3, 1, 3);
+    sim.begin(deployment(3, settings(1, 1)));
+    let plan = DeploymentPlan {
+        actions: vec![Action::StartTask {
+            revision: 2,
+            count: 2,
+        }],
+        state: sim.state.clone(),
+    };
+    assert!(sim.apply(&plan).unwrap_err().contains("cap 4"));
+
+    let mut sim = Sim::new(3, 3, 1, 3);
+    sim.begin(deployment(3, settings(1, 1)));
+    let task = sim.task_ids()[0].clone();
+    let plan = DeploymentPlan {
+        actions: vec![
+            Action::DeregisterTask {
+                task: task.clone(),
+                reason: StopReason::Replaced,
+            },
+            Action::StopTask { task },
+        ],
+        state: sim.state.clone(),
+    };
+    assert!(sim.apply(&plan).unwrap_err().contains("drain delay"));
+}
