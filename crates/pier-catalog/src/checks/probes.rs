@@ -1,0 +1,234 @@
+//! One evaluation of an HTTP, TCP or script check.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use crate::model::{CheckKind, CheckStatus};
+
+/// Output kept from a probe (Consul keeps 4 KiB).
+pub const MAX_OUTPUT_BYTES: usize = 4096;
+
+fn truncate(mut s: String) -> String {
+    if s.len() > MAX_OUTPUT_BYTES {
+        let mut cut = MAX_OUTPUT_BYTES;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str(" ...(truncated)");
+    }
+    s
+}
+
+/// Consul's mapping of HTTP status codes.
+pub fn http_status(code: u16) -> CheckStatus {
+    match code {
+        200..=299 => CheckStatus::Passing,
+        429 => CheckStatus::Warning,
+        _ => CheckStatus::Critical,
+    }
+}
+
+/// Consul's mapping of script exit codes.
+pub fn exit_status(code: Option<i32>) -> CheckStatus {
+    match code {
+        Some(0) => CheckStatus::Passing,
+        Some(1) => CheckStatus::Warning,
+        _ => CheckStatus::Critical,
+    }
+}
+
+/// Runs one probe of `kind` with `timeout`. TTL, heartbeat and manual checks are not probed.
+pub async fn probe(
+    client: &reqwest::Client,
+    kind: &CheckKind,
+    timeout: Duration,
+) -> (CheckStatus, String) {
+    match kind {
+        CheckKind::Http {
+            url,
+            method,
+            headers,
+            body,
+            ..
+        } => probe_http(client, url, method, headers, body, timeout).await,
+        CheckKind::Tcp { address } => probe_tcp(address, timeout).await,
+        CheckKind::Script { args } => probe_script(args, timeout).await,
+        CheckKind::Ttl { .. } | CheckKind::Heartbeat | CheckKind::Manual => {
+            (CheckStatus::Critical, "not a probed check".to_string())
+        }
+    }
+}
+
+async fn probe_http(
+    client: &reqwest::Client,
+    url: &str,
+    method: &str,
+    headers: &std::collections::BTreeMap<String, Vec<String>>,
+    body: &str,
+    timeout: Duration,
+) -> (CheckStatus, String) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
+    let mut req = client.request(method.clone(), url).timeout(timeout);
+    for (name, values) in headers {
+        for v in values {
+            req = req.header(name.as_str(), v.as_str());
+        }
+    }
+    if !body.is_empty() {
+        req = req.body(body.to_string());
+    }
+    let attempt = async {
+        let resp = req.send().await?;
+        let code = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        Ok::<_, reqwest::Error>((code, text))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok((code, text))) => (
+            http_status(code.as_u16()),
+            truncate(format!("HTTP {method} {url}: {code} Output: {text}")),
+        ),
+        Ok(Err(e)) => (
+            CheckStatus::Critical,
+            truncate(format!("HTTP {method} {url}: {e}")),
+        ),
+        Err(_) => (
+            CheckStatus::Critical,
+            format!(
+                "HTTP {method} {url}: timed out after {} ms",
+                timeout.as_millis()
+            ),
+        ),
+    }
+}
+
+async fn probe_tcp(address: &str, timeout: Duration) -> (CheckStatus, String) {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
+        Ok(Ok(_stream)) => (
+            CheckStatus::Passing,
+            format!("TCP connect {address}: Success"),
+        ),
+        Ok(Err(e)) => (CheckStatus::Critical, format!("TCP connect {address}: {e}")),
+        Err(_) => (
+            CheckStatus::Critical,
+            format!(
+                "TCP connect {address}: timed out after {} ms",
+                timeout.as_millis()
+            ),
+        ),
+    }
+}
+
+async fn probe_script(args: &[String], timeout: Duration) -> (CheckStatus, String) {
+    let Some((program, rest)) = args.split_first() else {
+        return (CheckStatus::Critical, "no program to run".to_string());
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(rest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                CheckStatus::Critical,
+                format!("cannot run {program:?}: {e}"),
+            )
+        }
+    };
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let run = async {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let read_out = async {
+            if let Some(s) = stdout.as_mut() {
+                let _ = s
+                    .take(MAX_OUTPUT_BYTES as u64 * 2)
+                    .read_to_end(&mut out)
+                    .await;
+            }
+        };
+        let read_err = async {
+            if let Some(s) = stderr.as_mut() {
+                let _ = s
+                    .take(MAX_OUTPUT_BYTES as u64 * 2)
+                    .read_to_end(&mut err)
+                    .await;
+            }
+        };
+        tokio::join!(read_out, read_err);
+        let status = child.wait().await;
+        (status, out, err)
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok((Ok(status), out, err)) => {
+            let mut text = String::from_utf8_lossy(&out).into_owned();
+            text.push_str(&String::from_utf8_lossy(&err));
+            (exit_status(status.code()), truncate(text))
+        }
+        Ok((Err(e), _, _)) => (
+            CheckStatus::Critical,
+            format!("waiting for {program:?}: {e}"),
+        ),
+        // The future owning the child is dropped here; kill_on_drop ends the process.
+        Err(_) => (
+            CheckStatus::Critical,
+            format!(
+                "Timed out ({} ms) running check {program:?}",
+                timeout.as_millis()
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mappings() {
+        assert_eq!(http_status(200), CheckStatus::Passing);
+        assert_eq!(http_status(204), CheckStatus::Passing);
+        assert_eq!(http_status(429), CheckStatus::Warning);
+        assert_eq!(http_status(500), CheckStatus::Critical);
+        assert_eq!(http_status(301), CheckStatus::Critical);
+        assert_eq!(exit_status(Some(0)), CheckStatus::Passing);
+        assert_eq!(exit_status(Some(1)), CheckStatus::Warning);
+        assert_eq!(exit_status(Some(2)), CheckStatus::Critical);
+        assert_eq!(exit_status(None), CheckStatus::Critical);
+    }
+
+    #[tokio::test]
+    async fn script_and_tcp_probes() {
+        let sh = |s: &str| vec!["sh".to_string(), "-c".to_string(), s.to_string()];
+        let t = Duration::from_secs(5);
+        assert_eq!(
+            probe_script(&sh("echo ok"), t).await.0,
+            CheckStatus::Passing
+        );
+        assert_eq!(probe_script(&sh("exit 1"), t).await.0, CheckStatus::Warning);
+        assert_eq!(
+            probe_script(&sh("exit 3"), t).await.0,
+            CheckStatus::Critical
+        );
+        let (s, out) = probe_script(&sh("sleep 5"), Duration::from_millis(200)).await;
+        assert_eq!(s, CheckStatus::Critical);
+        assert!(out.contains("Timed out"), "{out}");
+        assert_eq!(
+            probe_script(&["/nonexistent/x".to_string()], t).await.0,
+            CheckStatus::Critical
+        );
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        assert_eq!(probe_tcp(&addr, t).await.0, CheckStatus::Passing);
+        drop(listener);
+        assert_eq!(probe_tcp(&addr, t).await.0, CheckStatus::Critical);
+    }
+}
