@@ -29,7 +29,11 @@ pub(crate) fn sto_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl Displ
 pub(crate) fn open_db(path: &Path) -> Result<Database, StoreError> {
     match Database::create(path) {
         Ok(db) => Ok(db),
-        Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) => Err(StoreError::io(path, e)),
+        Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+            if !matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof) =>
+        {
+            Err(StoreError::io(path, e))
+        }
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(StoreError::Io {
             path: path.to_path_buf(),
             source: std::io::Error::other(

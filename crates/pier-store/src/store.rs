@@ -110,6 +110,10 @@ pub struct StoreStatus {
     pub commit_index: u64,
     /// Milliseconds since the leader was last heard from (0 on the leader, None if never).
     pub last_contact_ms: Option<u64>,
+    /// Last log index covered by the current snapshot (0 = none).
+    pub snapshot_index: u64,
+    /// Log entries up to this index have been purged (0 = none).
+    pub purged_index: u64,
 }
 
 /// Handle to the replicated store. Cheap to clone.
@@ -603,6 +607,8 @@ impl Inner {
             last_applied_index,
             commit_index: self.committed_index.load(Ordering::Relaxed).max(last_applied_index),
             last_contact_ms,
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
         }
     }
 
