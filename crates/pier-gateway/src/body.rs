@@ -35,6 +35,12 @@ pub(crate) struct BodyTooLarge {
     pub(crate) limit: u64,
 }
 
+/// Reading the client's body failed (bad chunk, client went away): the
+/// client's fault, not the backend's.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body from the client failed: {0}")]
+pub(crate) struct ClientBodyError(#[source] pub(crate) hyper::Error);
+
 /// A client body that is streamed to at most one attempt.
 #[derive(Clone)]
 pub(crate) struct BodySlot {
@@ -118,7 +124,9 @@ impl Body for UpstreamBody {
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                    Poll::Ready(Some(Err(e))) => {
+                        Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
+                    }
                     Poll::Ready(None) => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
                 }

@@ -32,8 +32,8 @@ use hyper_util::rt::TokioIo;
 
 use crate::backend::{Clock, Verdict};
 use crate::body::{
-    AccessRecord, BodySlot, BodyTooLarge, Completion, GatewayBody, TrackedBody, UpstreamBody,
-    ACCESS_TARGET,
+    AccessRecord, BodySlot, BodyTooLarge, ClientBodyError, Completion, GatewayBody, TrackedBody,
+    UpstreamBody, ACCESS_TARGET,
 };
 use crate::config::GatewayConfig;
 use crate::headers::{
@@ -87,10 +87,10 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-fn chain_has_too_large(err: &(dyn StdError + 'static)) -> bool {
+fn chain_has<T: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
-        if e.is::<BodyTooLarge>() {
+        if e.is::<T>() {
             return true;
         }
         cur = e.source();
@@ -169,6 +169,24 @@ pub(crate) async fn handle(
         && req.headers().contains_key(header::CONTENT_LENGTH)
     {
         let r = local::bad_request(json, "both Transfer-Encoding and Content-Length are set");
+        return Ok(ctx.local(&shared.unrouted, r));
+    }
+    // hyper accepts any coding list ending in `chunked` and decodes only the
+    // chunking; forwarding the rest (e.g. `gzip, chunked`) without its
+    // coding would change the body's meaning, so only plain chunked passes.
+    if req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        || req
+            .headers()
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .count()
+            > 1
+    {
+        let r = local::bad_request(json, "only `Transfer-Encoding: chunked` is accepted");
         return Ok(ctx.local(&shared.unrouted, r));
     }
     let (Some(host), Some(raw_host)) = (host, raw_host) else {
@@ -339,8 +357,17 @@ pub(crate) async fn handle(
             }
             Ok(Err(err)) => {
                 drop(guard);
-                if chain_has_too_large(&err) {
+                // The client's body failing is not the backend's fault: no
+                // outlier count, no retry.
+                if chain_has::<BodyTooLarge>(&err) {
                     let r = local::too_large(json, limits.max_body_bytes);
+                    return Ok(ctx.local(&service.metrics, r));
+                }
+                if chain_has::<ClientBodyError>(&err) {
+                    let r = local::bad_request(
+                        json,
+                        "the request body could not be read (malformed chunk or client went away)",
+                    );
                     return Ok(ctx.local(&service.metrics, r));
                 }
                 let kind = if err.is_connect() {

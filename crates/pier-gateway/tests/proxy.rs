@@ -38,7 +38,10 @@ async fn new_backend_answers_within_a_second_and_load_spreads() {
             assert_eq!(body, "b1");
             break;
         }
-        assert!(added.elapsed() < Duration::from_secs(1), "not routed within 1 s");
+        assert!(
+            added.elapsed() < Duration::from_secs(1),
+            "not routed within 1 s"
+        );
     }
     assert!(added.elapsed() < Duration::from_secs(1));
 
@@ -57,7 +60,10 @@ async fn new_backend_answers_within_a_second_and_load_spreads() {
     let rr = TestGateway::start(|c| c.balancing = Balancing::RoundRobin, all);
     let counts = spread(&rr, 150).await;
     assert_eq!(counts.len(), 3, "round robin spread: {counts:?}");
-    assert!(counts.values().all(|&n| n == 50), "round robin spread: {counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 50),
+        "round robin spread: {counts:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,11 +72,17 @@ async fn backend_marked_not_passing_stops_receiving_at_once() {
     let b2 = TestBackend::start("b2").await;
     let gw = TestGateway::start(
         |c| c.balancing = Balancing::RoundRobin,
-        table(&[instance("web", &b1, "a", true), instance("web", &b2, "a", true)]),
+        table(&[
+            instance("web", &b1, "a", true),
+            instance("web", &b2, "a", true),
+        ]),
     );
     let counts = spread(&gw, 20).await;
     assert_eq!(counts.len(), 2);
-    gw.set(table(&[instance("web", &b1, "a", true), instance("web", &b2, "a", false)]));
+    gw.set(table(&[
+        instance("web", &b1, "a", true),
+        instance("web", &b2, "a", false),
+    ]));
     let before = b2.hits();
     let counts = spread(&gw, 50).await;
     assert_eq!(counts.get("b1"), Some(&50), "{counts:?}");
@@ -103,7 +115,10 @@ async fn dropped_backend_causes_no_failed_get() {
     }
     assert!(!served.contains_key("b2"));
     let metrics = gw.metrics.text();
-    assert!(metrics.contains("pier_gateway_backend_failures_total{service=\"web\",kind=\"connect\"}"), "{metrics}");
+    assert!(
+        metrics.contains("pier_gateway_backend_failures_total{service=\"web\",kind=\"connect\"}"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +132,10 @@ async fn outlier_ejected_after_consecutive_5xx_and_reinstated_later() {
             c.outlier.consecutive_failures = 3;
             c.outlier.base_ejection_ms = 400;
         },
-        table(&[instance("web", &good, "a", true), instance("web", &bad, "a", true)]),
+        table(&[
+            instance("web", &good, "a", true),
+            instance("web", &bad, "a", true),
+        ]),
     );
     let c = client();
     let mut fives = 0;
@@ -127,17 +145,33 @@ async fn outlier_ejected_after_consecutive_5xx_and_reinstated_later() {
             fives += 1;
         }
     }
-    assert_eq!(fives, 3, "exactly the threshold of 5xx reach the client before ejection");
+    assert_eq!(
+        fives, 3,
+        "exactly the threshold of 5xx reach the client before ejection"
+    );
     assert_eq!(bad.hits(), 3);
     let metrics = gw.metrics.text();
-    assert!(metrics.contains("pier_gateway_ejections_total{service=\"web\"} 1"), "{metrics}");
-    assert!(metrics.contains("pier_gateway_requests_total{service=\"web\",code=\"5xx\"} 3"), "{metrics}");
-    assert!(metrics.contains("pier_gateway_requests_total{service=\"web\",code=\"2xx\"} 37"), "{metrics}");
+    assert!(
+        metrics.contains("pier_gateway_ejections_total{service=\"web\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pier_gateway_requests_total{service=\"web\",code=\"5xx\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pier_gateway_requests_total{service=\"web\",code=\"2xx\"} 37"),
+        "{metrics}"
+    );
 
     bad.set_status(200);
     tokio::time::sleep(Duration::from_millis(450)).await;
     let counts = spread(&gw, 20).await;
-    assert_eq!(counts.get("bad"), Some(&10), "reinstated after the ejection: {counts:?}");
+    assert_eq!(
+        counts.get("bad"),
+        Some(&10),
+        "reinstated after the ejection: {counts:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +183,8 @@ async fn continuous_swaps_under_load_lose_no_request() {
         live.push(b);
     }
     let to_table = |bs: &[TestBackend]| {
-        let insts: Vec<CatalogInstance> = bs.iter().map(|b| instance("web", b, "a", true)).collect();
+        let insts: Vec<CatalogInstance> =
+            bs.iter().map(|b| instance("web", b, "a", true)).collect();
         table(&insts)
     };
     let gw = Arc::new(TestGateway::start(|_| {}, to_table(&live)));
@@ -168,16 +203,27 @@ async fn continuous_swaps_under_load_lose_no_request() {
             while !stop.load(Ordering::Relaxed) && n < 5_000 {
                 n += 1;
                 let resp = if (w + n) % 4 == 0 {
-                    c.post(gw.url("/submit")).header("host", "web.localhost").body("payload").send().await
+                    c.post(gw.url("/submit"))
+                        .header("host", "web.localhost")
+                        .body("payload")
+                        .send()
+                        .await
                 } else {
-                    c.get(gw.url("/")).header("host", "web.localhost").send().await
+                    c.get(gw.url("/"))
+                        .header("host", "web.localhost")
+                        .send()
+                        .await
                 };
                 match resp {
                     Ok(r) if r.status() == 200 => {
                         let _ = r.text().await.unwrap();
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(r) => failures.push(format!("status {}: {}", r.status(), r.text().await.unwrap_or_default())),
+                    Ok(r) => failures.push(format!(
+                        "status {}: {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )),
                     Err(e) => failures.push(format!("error {e}")),
                 }
             }
@@ -196,7 +242,10 @@ async fn continuous_swaps_under_load_lose_no_request() {
         gw.set(to_table(&live));
         retired.push((Instant::now(), old));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        while retired.first().is_some_and(|(t, _)| t.elapsed() > Duration::from_millis(150)) {
+        while retired
+            .first()
+            .is_some_and(|(t, _)| t.elapsed() > Duration::from_millis(150))
+        {
             let (_, b) = retired.remove(0);
             b.stop().await;
         }
@@ -215,8 +264,17 @@ async fn continuous_swaps_under_load_lose_no_request() {
     for w in workers {
         failures.extend(w.await.unwrap());
     }
-    assert!(failures.is_empty(), "{} failures, first: {:?}", failures.len(), &failures[..failures.len().min(5)]);
-    assert!(ok.load(Ordering::Relaxed) > 500, "too little load: {}", ok.load(Ordering::Relaxed));
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 500,
+        "too little load: {}",
+        ok.load(Ordering::Relaxed)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +308,10 @@ async fn prefers_own_zone_and_spills_over() {
 
     // A zone a instance comes back: it gets the traffic again.
     let a3 = TestBackend::start("a3").await;
-    gw.set(table(&[instance("web", &a3, "a", true), instance("web", &b1, "b", true)]));
+    gw.set(table(&[
+        instance("web", &a3, "a", true),
+        instance("web", &b1, "b", true),
+    ]));
     let counts = spread(&gw, 20).await;
     assert_eq!(counts.get("a3"), Some(&20), "{counts:?}");
 }
@@ -304,11 +365,17 @@ async fn unknown_host_404_and_no_healthy_503_name_what_is_missing() {
     let c = client();
     let (status, body) = get(&c, &gw, "shop.localhost", "/").await;
     assert_eq!(status, 404);
-    assert!(body.contains("shop.localhost") && body.contains("`shop`"), "{body}");
+    assert!(
+        body.contains("shop.localhost") && body.contains("`shop`"),
+        "{body}"
+    );
 
     let (status, body) = get(&c, &gw, "web.localhost", "/").await;
     assert_eq!(status, 503);
-    assert!(body.contains("`web`") && body.contains("no passing instance"), "{body}");
+    assert!(
+        body.contains("`web`") && body.contains("no passing instance"),
+        "{body}"
+    );
     assert_eq!(b.hits(), 0);
 
     let r = c
@@ -332,7 +399,12 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     let url = gw.url("/");
     let addr = gw.addr;
     let inflight = tokio::spawn(async move {
-        client().get(url).header("host", "web.localhost").send().await.unwrap()
+        client()
+            .get(url)
+            .header("host", "web.localhost")
+            .send()
+            .await
+            .unwrap()
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
@@ -341,5 +413,8 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "slow");
     assert!(started.elapsed() >= Duration::from_millis(250));
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
 }

@@ -57,7 +57,9 @@ impl TestBackend {
         let st = Arc::clone(&state);
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let st = Arc::clone(&st);
                 let id = id_owned.clone();
                 let mut kill_rx = kill_rx.clone();
@@ -112,11 +114,19 @@ impl TestBackend {
 
 async fn answer(id: &str, st: &BackendState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     st.hits.fetch_add(1, Ordering::SeqCst);
     st.seen.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
-        path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         headers: parts.headers.clone(),
         body: body.clone(),
     });
@@ -126,7 +136,8 @@ async fn answer(id: &str, st: &BackendState, req: Request<Incoming>) -> Response
     }
     let mut resp = Response::new(Full::new(Bytes::from(id.to_string())));
     *resp.status_mut() = StatusCode::from_u16(st.status.load(Ordering::SeqCst)).unwrap();
-    resp.headers_mut().insert("x-backend-id", id.parse().unwrap());
+    resp.headers_mut()
+        .insert("x-backend-id", id.parse().unwrap());
     resp
 }
 
@@ -134,7 +145,13 @@ pub fn instance(service: &str, b: &TestBackend, zone: &str, passing: bool) -> Ca
     instance_at(service, &b.id, b.addr, zone, passing)
 }
 
-pub fn instance_at(service: &str, id: &str, addr: SocketAddr, zone: &str, passing: bool) -> CatalogInstance {
+pub fn instance_at(
+    service: &str,
+    id: &str,
+    addr: SocketAddr,
+    zone: &str,
+    passing: bool,
+) -> CatalogInstance {
     CatalogInstance {
         service: service.to_string(),
         instance_id: id.to_string(),
