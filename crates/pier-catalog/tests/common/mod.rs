@@ -1,0 +1,244 @@
+//! Test servers: a real `Store` (openraft + redb on real TCP), the catalog, the agent of the
+//! server's own node, the node monitor, the HTTP API on a free loopback port and DNS on a free
+//! UDP+TCP port. Each server has its own runtime so a test can kill it abruptly.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pier_catalog::{Agent, AgentConfig, Catalog, CatalogConfig, DnsConfig, DnsServer, NodeMonitor};
+use pier_store::{Store, StoreConfig};
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub struct Options {
+    pub catalog: CatalogConfig,
+    pub dns: DnsConfig,
+    pub enable_script_checks: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            catalog: CatalogConfig::default(),
+            dns: DnsConfig::default(),
+            enable_script_checks: false,
+        }
+    }
+}
+
+pub struct TestServer {
+    pub name: String,
+    pub http_addr: SocketAddr,
+    pub dns_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    pub catalog: Option<Catalog>,
+    pub agent: Option<Agent>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl TestServer {
+    pub async fn start(name: &str, dir: &Path, expect: usize, join: Vec<String>, opts: Options) -> TestServer {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let name_owned = name.to_string();
+        let dir = dir.to_path_buf();
+        let (catalog, agent, http_addr, dns_addr, raft_addr) = rt
+            .spawn(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let http_addr = listener.local_addr().unwrap();
+                let cfg = StoreConfig {
+                    node_name: name_owned.clone(),
+                    data_dir: dir,
+                    raft_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    raft_advertise: None,
+                    http_advertise: http_addr.to_string(),
+                    bootstrap_expect: expect,
+                    join,
+                    heartbeat_interval_ms: 100,
+                    election_timeout_min_ms: 400,
+                    election_timeout_max_ms: 800,
+                    snapshot_every_logs: 10_000,
+                };
+                let store = Store::open(cfg).await.unwrap();
+                let raft_addr = store.raft_addr();
+                let catalog = Catalog::new(store, opts.catalog);
+                let mut agent_cfg = AgentConfig::new(name_owned.clone(), "127.0.0.1");
+                agent_cfg.heartbeat_interval_ms = 300;
+                agent_cfg.checks.enable_script_checks = opts.enable_script_checks;
+                let agent = Agent::start(catalog.clone(), agent_cfg);
+                let monitor = NodeMonitor::start(catalog.clone());
+                std::mem::forget(monitor);
+                let app = pier_catalog::router(catalog.clone(), agent.clone());
+                tokio::spawn(async move {
+                    axum::serve(listener, app).await.unwrap();
+                });
+                let dns = DnsServer::bind(catalog.clone(), SocketAddr::from(([127, 0, 0, 1], 0)), opts.dns)
+                    .await
+                    .unwrap();
+                let dns_addr = dns.local_addr().unwrap();
+                tokio::spawn(dns.run(std::future::pending()));
+                (catalog, agent, http_addr, dns_addr, raft_addr)
+            })
+            .await
+            .unwrap();
+        TestServer {
+            name: name.to_string(),
+            http_addr,
+            dns_addr,
+            raft_addr,
+            catalog: Some(catalog),
+            agent: Some(agent),
+            rt: Some(rt),
+        }
+    }
+
+    /// One server, leader of itself, with its agent's node registered.
+    pub async fn single(dir: &Path, opts: Options) -> TestServer {
+        let s = TestServer::start("server1", dir, 1, vec![], opts).await;
+        s.catalog().store().wait_for_leader(Duration::from_secs(10)).await.unwrap();
+        s.wait_node_registered(Duration::from_secs(10)).await;
+        s
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        self.catalog.as_ref().expect("server is down")
+    }
+
+    pub fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("server is down")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http_addr, path)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.rt.is_some()
+    }
+
+    /// Runs a future on this server's runtime (catalog calls spawn tasks there).
+    pub async fn on<F, T>(&self, f: F) -> T
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.rt.as_ref().expect("server is down").spawn(f).await.unwrap()
+    }
+
+    pub async fn wait_node_registered(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let client = reqwest::Client::new();
+        loop {
+            let r = client.get(self.url(&format!("/v1/catalog/node/{}", self.name))).send().await;
+            if let Ok(r) = r {
+                if r.status().is_success() && r.text().await.unwrap_or_default() != "null" {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "node {} never registered", self.name);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Abrupt stop: every task is dropped mid-flight, nothing is flushed, sockets close.
+    pub fn kill(&mut self) {
+        self.catalog = None;
+        self.agent = None;
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes (then panics with `what`).
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A tiny HTTP server answering every request with the status in `status` (changeable).
+pub struct StatusServer {
+    pub addr: SocketAddr,
+    pub status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl StatusServer {
+    pub async fn start(status: u16) -> StatusServer {
+        use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let code = Arc::new(AtomicU16::new(status));
+        let hits = Arc::new(AtomicU64::new(0));
+        let (c, h) = (code.clone(), hits.clone());
+        let app = axum::Router::new().fallback(move || {
+            let c = c.clone();
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::Relaxed);
+                let code = axum::http::StatusCode::from_u16(c.load(Ordering::Relaxed)).unwrap();
+                (code, "status server")
+            }
+        });
+        let handle = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        StatusServer {
+            addr,
+            status: code,
+            hits,
+            handle,
+        }
+    }
+
+    pub fn set(&self, status: u16) {
+        self.status.store(status, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for StatusServer {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+pub fn header_u64(resp: &reqwest::Response, name: &str) -> u64 {
+    resp.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("missing header {name}"))
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
