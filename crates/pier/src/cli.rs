@@ -7,10 +7,19 @@ use crate::cmd;
 use crate::logging::LogFormat;
 
 #[derive(Parser, Debug)]
-#[command(name = "pier", version, about = "A self-hosted container platform in one binary")]
+#[command(
+    name = "pier",
+    version,
+    about = "A self-hosted container platform in one binary"
+)]
 pub struct Cli {
     /// Address of a pier server's HTTP API, for client commands.
-    #[arg(long, global = true, env = "PIER_ADDR", default_value = "http://127.0.0.1:8500")]
+    #[arg(
+        long,
+        global = true,
+        env = "PIER_ADDR",
+        default_value = "http://127.0.0.1:8500"
+    )]
     pub addr: String,
     /// Log line format for server modes.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

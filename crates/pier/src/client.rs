@@ -38,12 +38,20 @@ impl Client {
         decode(resp).await
     }
 
-    pub async fn put_bytes<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> anyhow::Result<T> {
+    pub async fn put_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<T> {
         let resp = self.send(self.http.put(self.url(path)).body(body)).await?;
         decode(resp).await
     }
 
-    pub async fn post_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+    pub async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
         let resp = self.send(self.http.post(self.url(path)).json(body)).await?;
         decode(resp).await
     }
@@ -72,8 +80,12 @@ pub async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> anyhow::Res
     let status = resp.status();
     let bytes = resp.bytes().await.context("reading the response body")?;
     if status.is_success() {
-        return serde_json::from_slice(&bytes)
-            .with_context(|| format!("the server sent a body this CLI does not understand ({} bytes)", bytes.len()));
+        return serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "the server sent a body this CLI does not understand ({} bytes)",
+                bytes.len()
+            )
+        });
     }
     match serde_json::from_slice::<ApiError>(&bytes) {
         Ok(err) => Err(anyhow!("{} (HTTP {})", err.error.message, status.as_u16())),

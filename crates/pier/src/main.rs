@@ -1,20 +1,23 @@
 //! The `pier` binary: one executable for every process mode (dev, server, agent,
 //! registry, gateway) and for the CLI client.
 
+mod api;
 mod cli;
 mod client;
 mod cmd;
 mod logging;
 mod metrics;
 mod server;
-mod api;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     logging::init(cli.log_format, cli.command.is_server());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

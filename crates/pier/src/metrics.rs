@@ -45,13 +45,22 @@ impl Metrics {
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
-        registry.register("pier_http_requests", "HTTP requests served by the API", requests.clone());
+        registry.register(
+            "pier_http_requests",
+            "HTTP requests served by the API",
+            requests.clone(),
+        );
         registry.register(
             "pier_http_request_duration_seconds",
             "Latency of API requests",
             latency.clone(),
         );
-        Metrics { registry, requests, latency, extra: std::sync::Mutex::new(Vec::new()) }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            extra: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     pub fn add_source(&self, source: Box<dyn Fn() -> String + Send + Sync>) {
@@ -61,7 +70,11 @@ impl Metrics {
     }
 }
 
-pub async fn track_requests(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+pub async fn track_requests(
+    State(metrics): State<Arc<Metrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -72,11 +85,17 @@ pub async fn track_requests(State(metrics): State<Arc<Metrics>>, req: Request, n
     let resp = next.run(req).await;
     metrics
         .latency
-        .get_or_create(&RouteLabels { route: route.clone() })
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
         .observe(started.elapsed().as_secs_f64());
     metrics
         .requests
-        .get_or_create(&RequestLabels { method, route, status: resp.status().as_u16() })
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: resp.status().as_u16(),
+        })
         .inc();
     resp
 }
@@ -92,15 +111,37 @@ pub async fn render(State(state): State<AppState>) -> Response {
     }
     let s = state.store.status();
     let gauges = [
-        ("pier_raft_is_leader", "1 when this server is the raft leader", u64::from(s.is_leader)),
+        (
+            "pier_raft_is_leader",
+            "1 when this server is the raft leader",
+            u64::from(s.is_leader),
+        ),
         ("pier_raft_term", "Current raft term", s.term),
-        ("pier_raft_last_log_index", "Last raft log index on this server", s.last_log_index),
-        ("pier_raft_applied_index", "Last raft index applied to the state machine", s.last_applied_index),
-        ("pier_raft_commit_index", "Last committed raft index known here", s.commit_index),
-        ("pier_raft_members", "Voting members in the raft configuration", s.members.len() as u64),
+        (
+            "pier_raft_last_log_index",
+            "Last raft log index on this server",
+            s.last_log_index,
+        ),
+        (
+            "pier_raft_applied_index",
+            "Last raft index applied to the state machine",
+            s.last_applied_index,
+        ),
+        (
+            "pier_raft_commit_index",
+            "Last committed raft index known here",
+            s.commit_index,
+        ),
+        (
+            "pier_raft_members",
+            "Voting members in the raft configuration",
+            s.members.len() as u64,
+        ),
     ];
     for (name, help, value) in gauges {
-        text.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} gauge\n{name} {value}\n"));
+        text.push_str(&format!(
+            "# HELP {name} {help}.\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
     }
     if let Ok(extra) = state.metrics.extra.lock() {
         for source in extra.iter() {
@@ -108,5 +149,12 @@ pub async fn render(State(state): State<AppState>) -> Response {
         }
     }
     text.push_str("# EOF\n");
-    ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }

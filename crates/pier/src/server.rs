@@ -36,7 +36,10 @@ pub fn prepare_data_dir(path: &std::path::Path) -> anyhow::Result<()> {
         );
     }
     std::fs::create_dir_all(path).with_context(|| {
-        format!("cannot create data dir {}; check its parent exists and is writable", path.display())
+        format!(
+            "cannot create data dir {}; check its parent exists and is writable",
+            path.display()
+        )
     })
 }
 
@@ -44,29 +47,42 @@ pub fn prepare_data_dir(path: &std::path::Path) -> anyhow::Result<()> {
 /// finish in-flight requests, stop raft.
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     prepare_data_dir(&cfg.data_dir)?;
-    let http_listener = TcpListener::bind(cfg.http_listen)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}; is another pier running? pick another port", cfg.http_listen))?;
-    let http_addr = http_listener.local_addr().context("reading the bound HTTP address")?;
+    let http_listener = TcpListener::bind(cfg.http_listen).await.with_context(|| {
+        format!(
+            "cannot listen for HTTP on {}; is another pier running? pick another port",
+            cfg.http_listen
+        )
+    })?;
+    let http_addr = http_listener
+        .local_addr()
+        .context("reading the bound HTTP address")?;
     let store = Store::open(StoreConfig {
-        node_name: cfg.node_name.clone(),
-        data_dir: cfg.data_dir.join("raft"),
         raft_listen: cfg.raft_listen,
-        raft_advertise: None,
         http_advertise: http_addr.to_string(),
         bootstrap_expect: cfg.bootstrap_expect,
         join: cfg.join.clone(),
         snapshot_every_logs: cfg.snapshot_every_logs,
-        ..StoreConfig::default()
+        ..StoreConfig::single_node(cfg.node_name.clone(), cfg.data_dir.join("raft"))
     })
     .await
-    .with_context(|| format!("cannot open the state store in {}", cfg.data_dir.join("raft").display()))?;
+    .with_context(|| {
+        format!(
+            "cannot open the state store in {}",
+            cfg.data_dir.join("raft").display()
+        )
+    })?;
     tracing::info!(node = %cfg.node_name, http = %http_addr, raft = %store.raft_addr(), "pier server started");
 
     let metrics = Arc::new(Metrics::new());
-    let app = api::router(AppState { store: store.clone(), metrics });
-    let serve = axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal());
+    let app = api::router(AppState {
+        store: store.clone(),
+        metrics,
+    });
+    let serve = axum::serve(
+        http_listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal());
     let result = serve.await.context("HTTP server failed");
     tracing::info!("shutting down the state store");
     if let Err(err) = tokio::time::timeout(Duration::from_secs(10), store.shutdown()).await {

@@ -12,11 +12,40 @@ const PIER: &str = env!("CARGO_BIN_EXE_pier");
 async fn expect_error(resp: reqwest::Response, status: u16, needle: &str) {
     assert_eq!(resp.status().as_u16(), status, "wrong status");
     let body: Value = resp.json().await.expect("error body is JSON");
-    let message = body["error"]["message"].as_str().unwrap_or_default().to_string();
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         message.to_lowercase().contains(&needle.to_lowercase()),
         "message {message:?} does not mention {needle:?}"
     );
+}
+
+/// Sends a PUT exactly as written, bypassing URL normalisation.
+async fn raw_put(port: u16, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!(
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (status, body)
 }
 
 #[tokio::test]
@@ -43,7 +72,12 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
     let c = reqwest::Client::new();
     // Wait until the one-member cluster accepts writes.
     for _ in 0..200 {
-        let r = c.put(format!("{base}/api/v1/kv/ready")).body("1").send().await.unwrap();
+        let r = c
+            .put(format!("{base}/api/v1/kv/ready"))
+            .body("1")
+            .send()
+            .await
+            .unwrap();
         if r.status() == 200 {
             break;
         }
@@ -75,12 +109,26 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
     expect_error(r, 400, "malformed").await;
 
     // Invalid names and sizes.
-    let r = c.put(format!("{base}/api/v1/kv/a/../b")).body("x").send().await.unwrap();
-    assert!(r.status().is_client_error(), "`..` key accepted: {}", r.status());
-    let r = c.put(format!("{base}/api/v1/kv/a/%2e%2e/b")).body("x").send().await.unwrap();
-    expect_error(r, 400, "..").await;
+    // URL parsers resolve `..` and `%2e%2e` before sending, so these go raw.
+    for path in [
+        "/api/v1/kv/a/../b",
+        "/api/v1/kv/a/%2e%2e/b",
+        "/api/v1/kv/..",
+    ] {
+        let (status, body) = raw_put(http, path, "x").await;
+        assert_eq!(status, 400, "{path} answered {status}: {body}");
+        assert!(
+            body.contains(".."),
+            "{path}: error does not say what is wrong: {body}"
+        );
+    }
     let long_key = "k".repeat(600);
-    let r = c.put(format!("{base}/api/v1/kv/{long_key}")).body("x").send().await.unwrap();
+    let r = c
+        .put(format!("{base}/api/v1/kv/{long_key}"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 400, "512").await;
     let r = c
         .put(format!("{base}/api/v1/kv/big"))
@@ -88,7 +136,7 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
         .send()
         .await
         .unwrap();
-    expect_error(r, 400, "512").await;
+    expect_error(r, 400, "limit").await;
     let r = c
         .put(format!("{base}/api/v1/kv/huge"))
         .body(vec![b'x'; 2 * 1024 * 1024])
@@ -98,9 +146,17 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
     assert_eq!(r.status(), 413, "body over 1 MiB");
 
     // Query parameters.
-    let r = c.get(format!("{base}/api/v1/kv/ready?index=abc")).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/api/v1/kv/ready?index=abc"))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 400, "index").await;
-    let r = c.get(format!("{base}/api/v1/kv/ready?index=1&wait=11m")).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/api/v1/kv/ready?index=1&wait=11m"))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 400, "10m").await;
     let r = c.get(format!("{base}/api/v1/nope")).send().await.unwrap();
     expect_error(r, 404, "/api/v1/").await;

@@ -118,7 +118,12 @@ async fn read_all(client: &reqwest::Client, base: &str, mode: &str) -> BTreeMap<
 async fn three_servers_survive_a_leader_kill_and_catch_up() {
     let tmp = tempfile::tempdir().unwrap();
     let mut servers: Vec<Server> = (1..=3)
-        .map(|i| Server { name: format!("s{i}"), http: free_port(), raft: free_port(), proc: None })
+        .map(|i| Server {
+            name: format!("s{i}"),
+            http: free_port(),
+            raft: free_port(),
+            proc: None,
+        })
         .collect();
     let join = servers
         .iter()
@@ -129,7 +134,11 @@ async fn three_servers_survive_a_leader_kill_and_catch_up() {
         s.start(tmp.path(), &join);
     }
     for s in &servers {
-        wait_http_ok(&format!("{}/api/v1/status", s.base()), Duration::from_secs(30)).await;
+        wait_http_ok(
+            &format!("{}/api/v1/status", s.base()),
+            Duration::from_secs(30),
+        )
+        .await;
     }
     let client = reqwest::Client::new();
     let leader = wait_leader(&client, &servers, Duration::from_secs(20)).await;
@@ -140,11 +149,17 @@ async fn three_servers_survive_a_leader_kill_and_catch_up() {
     for i in 0..120 {
         let key = format!("data/k{i:04}");
         let value = format!("v{i}");
-        assert!(put(&client, &servers[follower].base(), &key, &value).await, "write {key} via follower failed");
+        assert!(
+            put(&client, &servers[follower].base(), &key, &value).await,
+            "write {key} via follower failed"
+        );
         acked.insert(key, value);
     }
     let on_leader = read_all(&client, &servers[leader].base(), "consistent").await;
-    assert_eq!(on_leader, acked, "the leader does not have every write sent to a follower");
+    assert_eq!(
+        on_leader, acked,
+        "the leader does not have every write sent to a follower"
+    );
 
     // SIGKILL the leader: a new one is elected and no acknowledged write is lost.
     let killed = leader;
@@ -156,21 +171,32 @@ async fn three_servers_survive_a_leader_kill_and_catch_up() {
     eprintln!("new leader after {:?}", started.elapsed());
     for s in servers.iter().filter(|s| s.proc.is_some()) {
         let got = read_all(&client, &s.base(), "consistent").await;
-        assert_eq!(got, acked, "{} lost acknowledged writes after the leader was killed", s.name);
+        assert_eq!(
+            got, acked,
+            "{} lost acknowledged writes after the leader was killed",
+            s.name
+        );
     }
     // Keep writing while the killed server is down, past a snapshot.
     for i in 120..300 {
         let key = format!("data/k{i:04}");
         let value = format!("v{i}");
         let target = &servers[(killed + 1 + i % 2) % 3];
-        assert!(put(&client, &target.base(), &key, &value).await, "write {key} failed after failover");
+        assert!(
+            put(&client, &target.base(), &key, &value).await,
+            "write {key} failed after failover"
+        );
         acked.insert(key, value);
     }
 
     // The killed server restarts from its data dir and catches up.
     let restarted = killed;
     servers[restarted].start(tmp.path(), &join);
-    wait_http_ok(&format!("{}/api/v1/status", servers[restarted].base()), Duration::from_secs(30)).await;
+    wait_http_ok(
+        &format!("{}/api/v1/status", servers[restarted].base()),
+        Duration::from_secs(30),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let got = read_all(&client, &servers[restarted].base(), "stale").await;

@@ -49,7 +49,11 @@ async fn dev_starts_stops_on_signals_and_keeps_state() {
     let mut dev = PierProcess::spawn(PIER, "dev-1", &args, tmp.path());
     wait_http_ok(&format!("{base}/api/v1/status"), Duration::from_secs(30)).await;
     let status = wait_leader(&base).await;
-    assert_eq!(status["members"].as_array().map(Vec::len), Some(1), "{status}");
+    assert_eq!(
+        status["members"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
 
     let client = reqwest::Client::new();
     let put = client
@@ -79,7 +83,10 @@ async fn dev_starts_stops_on_signals_and_keeps_state() {
 
     let exit = dev.signal_and_wait("TERM", Duration::from_secs(15));
     let exit = exit.expect("pier dev did not stop within 15 s of SIGTERM");
-    assert!(exit.success(), "pier dev exited with {exit:?} after SIGTERM");
+    assert!(
+        exit.success(),
+        "pier dev exited with {exit:?} after SIGTERM"
+    );
 }
 
 #[tokio::test]
@@ -93,5 +100,8 @@ async fn data_dir_that_is_a_file_is_refused_with_its_path() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(file.to_str().unwrap()), "error does not name the path: {stderr}");
+    assert!(
+        stderr.contains(file.to_str().unwrap()),
+        "error does not name the path: {stderr}"
+    );
 }

@@ -46,6 +46,9 @@ impl From<StoreError> for HttpError {
 pub async fn not_found(uri: axum::http::Uri) -> HttpError {
     HttpError::new(
         ErrorCode::NotFound,
-        format!("no such endpoint: {}; pier's API lives under /api/v1/ (see README)", uri.path()),
+        format!(
+            "no such endpoint: {}; pier's API lives under /api/v1/ (see README)",
+            uri.path()
+        ),
     )
 }

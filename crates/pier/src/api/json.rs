@@ -31,12 +31,21 @@ fn map_rejection(rejection: JsonRejection) -> HttpError {
             ErrorCode::InvalidInput,
             "expected a JSON body: send `Content-Type: application/json`",
         ),
-        JsonRejection::JsonSyntaxError(e) => HttpError::invalid(format!("malformed JSON: {}", e.body_text())),
-        JsonRejection::JsonDataError(e) => HttpError::invalid(format!("invalid request body: {}", e.body_text())),
-        JsonRejection::BytesRejection(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+        JsonRejection::JsonSyntaxError(e) => {
+            HttpError::invalid(format!("malformed JSON: {}", e.body_text()))
+        }
+        JsonRejection::JsonDataError(e) => {
+            HttpError::invalid(format!("invalid request body: {}", e.body_text()))
+        }
+        JsonRejection::BytesRejection(e)
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+        {
             HttpError::new(
                 ErrorCode::PayloadTooLarge,
-                format!("request body too large (limit {} bytes)", super::DEFAULT_BODY_LIMIT_BYTES),
+                format!(
+                    "request body too large (limit {} bytes)",
+                    super::DEFAULT_BODY_LIMIT_BYTES
+                ),
             )
         }
         other => HttpError::invalid(other.body_text()),

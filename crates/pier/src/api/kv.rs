@@ -22,10 +22,11 @@ pub const INDEX_HEADER: &str = "x-pier-index";
 
 fn parse_u64(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>, HttpError> {
     match query.get(name) {
-        Some(v) => v
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| HttpError::invalid(format!("`{name}` must be a non-negative integer, got {v:?}"))),
+        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+            HttpError::invalid(format!(
+                "`{name}` must be a non-negative integer, got {v:?}"
+            ))
+        }),
         None => Ok(None),
     }
 }
@@ -33,7 +34,10 @@ fn parse_u64(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>,
 fn to_wire(key: &str, entry: &Entry) -> KvEntry {
     let (value, value_base64) = match std::str::from_utf8(&entry.value) {
         Ok(text) => (Some(text.to_string()), None),
-        Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(&entry.value))),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(&entry.value)),
+        ),
     };
     KvEntry {
         key: key.to_string(),
@@ -79,7 +83,10 @@ pub async fn get_key(
                         .map(|(k, e)| to_wire(k, e))
                         .collect()
                 } else {
-                    view.get(&Table::KV, &key).map(|e| to_wire(&key, e)).into_iter().collect()
+                    view.get(&Table::KV, &key)
+                        .map(|e| to_wire(&key, e))
+                        .into_iter()
+                        .collect()
                 };
                 (index, entries)
             })
@@ -129,10 +136,19 @@ pub async fn put_key(
     let cas = parse_u64(&query, "cas")?;
     let flags = parse_u64(&query, "flags")?.unwrap_or(0);
     let txn = Txn {
-        ops: vec![Op::Put { table: Table::KV, key, value: body.to_vec(), flags, cas }],
+        ops: vec![Op::Put {
+            table: Table::KV,
+            key,
+            value: body.to_vec(),
+            flags,
+            cas,
+        }],
     };
     let result = state.store.write(txn).await?;
-    Ok(Json(KvWriteResponse { written: result.applied, index: result.index }))
+    Ok(Json(KvWriteResponse {
+        written: result.applied,
+        index: result.index,
+    }))
 }
 
 pub async fn delete_key(
@@ -143,12 +159,24 @@ pub async fn delete_key(
     let cas = parse_u64(&query, "cas")?;
     let op = if flag(&query, "recurse") {
         if cas.is_some() {
-            return Err(HttpError::invalid("`cas` cannot be combined with `recurse`"));
+            return Err(HttpError::invalid(
+                "`cas` cannot be combined with `recurse`",
+            ));
         }
-        Op::DeletePrefix { table: Table::KV, prefix: key }
+        Op::DeletePrefix {
+            table: Table::KV,
+            prefix: key,
+        }
     } else {
-        Op::Delete { table: Table::KV, key, cas }
+        Op::Delete {
+            table: Table::KV,
+            key,
+            cas,
+        }
     };
     let result = state.store.write(Txn { ops: vec![op] }).await?;
-    Ok(Json(KvWriteResponse { written: result.applied, index: result.index }))
+    Ok(Json(KvWriteResponse {
+        written: result.applied,
+        index: result.index,
+    }))
 }

@@ -4,9 +4,9 @@
 mod error;
 mod json;
 mod kv;
-mod txn;
 mod params;
 mod status;
+mod txn;
 
 use std::sync::Arc;
 

@@ -32,7 +32,9 @@ pub fn read_params(query: &HashMap<String, String>) -> Result<ReadParams, HttpEr
     let stale = flag(query, "stale");
     let consistent = flag(query, "consistent");
     if stale && consistent {
-        return Err(HttpError::invalid("`stale` and `consistent` cannot be used together"));
+        return Err(HttpError::invalid(
+            "`stale` and `consistent` cannot be used together",
+        ));
     }
     let consistency = if stale {
         Consistency::Stale
@@ -51,12 +53,20 @@ pub fn read_params(query: &HashMap<String, String>) -> Result<ReadParams, HttpEr
         Some(v) => parse_wait(v)?,
         None => DEFAULT_WAIT,
     };
-    Ok(ReadParams { consistency, min_index, wait })
+    Ok(ReadParams {
+        consistency,
+        min_index,
+        wait,
+    })
 }
 
 /// Consul's duration syntax: `10s`, `5m`, `120000ms`, `1h`, or plain seconds.
 pub fn parse_wait(text: &str) -> Result<Duration, HttpError> {
-    let bad = || HttpError::invalid(format!("`wait` must be a duration like 10s, 5m or 120000ms (at most 10m), got {text:?}"));
+    let bad = || {
+        HttpError::invalid(format!(
+            "`wait` must be a duration like 10s, 5m or 120000ms (at most 10m), got {text:?}"
+        ))
+    };
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(pos) => text.split_at(pos),
         None => (text, "s"),
@@ -76,7 +86,9 @@ pub fn parse_wait(text: &str) -> Result<Duration, HttpError> {
     }
     let wait = Duration::from_secs_f64(seconds);
     if wait > MAX_WAIT {
-        return Err(HttpError::invalid(format!("`wait` may be at most 10m, got {text:?}")));
+        return Err(HttpError::invalid(format!(
+            "`wait` may be at most 10m, got {text:?}"
+        )));
     }
     Ok(wait)
 }

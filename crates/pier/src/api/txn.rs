@@ -62,12 +62,22 @@ pub struct TxnResponse {
 
 fn to_op(position: usize, op: TxnOp) -> Result<Op, HttpError> {
     Ok(match op {
-        TxnOp::Put { key, value, value_base64, flags, cas } => {
+        TxnOp::Put {
+            key,
+            value,
+            value_base64,
+            flags,
+            cas,
+        } => {
             let value = match (value, value_base64) {
                 (Some(text), None) => text.into_bytes(),
                 (None, Some(b64)) => base64::engine::general_purpose::STANDARD
                     .decode(b64.as_bytes())
-                    .map_err(|e| HttpError::invalid(format!("ops[{position}].value_base64 is not base64: {e}")))?,
+                    .map_err(|e| {
+                        HttpError::invalid(format!(
+                            "ops[{position}].value_base64 is not base64: {e}"
+                        ))
+                    })?,
                 (None, None) => Vec::new(),
                 (Some(_), Some(_)) => {
                     return Err(HttpError::invalid(format!(
@@ -75,11 +85,28 @@ fn to_op(position: usize, op: TxnOp) -> Result<Op, HttpError> {
                     )))
                 }
             };
-            Op::Put { table: Table::KV, key, value, flags, cas }
+            Op::Put {
+                table: Table::KV,
+                key,
+                value,
+                flags,
+                cas,
+            }
         }
-        TxnOp::Delete { key, cas } => Op::Delete { table: Table::KV, key, cas },
-        TxnOp::DeletePrefix { prefix } => Op::DeletePrefix { table: Table::KV, prefix },
-        TxnOp::Check { key, modify_index } => Op::Check { table: Table::KV, key, modify_index },
+        TxnOp::Delete { key, cas } => Op::Delete {
+            table: Table::KV,
+            key,
+            cas,
+        },
+        TxnOp::DeletePrefix { prefix } => Op::DeletePrefix {
+            table: Table::KV,
+            prefix,
+        },
+        TxnOp::Check { key, modify_index } => Op::Check {
+            table: Table::KV,
+            key,
+            modify_index,
+        },
     })
 }
 
@@ -88,7 +115,9 @@ pub async fn post_txn(
     JsonBody(req): JsonBody<TxnRequest>,
 ) -> Result<Json<TxnResponse>, HttpError> {
     if req.ops.is_empty() {
-        return Err(HttpError::invalid("`ops` is empty: a transaction needs at least one operation"));
+        return Err(HttpError::invalid(
+            "`ops` is empty: a transaction needs at least one operation",
+        ));
     }
     if req.ops.len() > MAX_TXN_OPS {
         return Err(HttpError::invalid(format!(
@@ -103,5 +132,9 @@ pub async fn post_txn(
         .map(|(i, op)| to_op(i, op))
         .collect::<Result<Vec<_>, _>>()?;
     let result = state.store.write(Txn { ops }).await?;
-    Ok(Json(TxnResponse { applied: result.applied, index: result.index, failed_op: result.failed_op }))
+    Ok(Json(TxnResponse {
+        applied: result.applied,
+        index: result.index,
+        failed_op: result.failed_op,
+    }))
 }

@@ -67,7 +67,9 @@ fn escape_segment(segment: &str) -> String {
 pub async fn run(client: &Client, args: KvArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         KvCommand::Get { key, json } => {
-            let resp = client.send(client.http().get(client.url(&key_path(&key)))).await?;
+            let resp = client
+                .send(client.http().get(client.url(&key_path(&key))))
+                .await?;
             if resp.status() == reqwest::StatusCode::NOT_FOUND {
                 eprintln!("no such key: {key}");
                 return Ok(ExitCode::from(2));
@@ -81,7 +83,12 @@ pub async fn run(client: &Client, args: KvArgs) -> anyhow::Result<ExitCode> {
                 println!("{b64}");
             }
         }
-        KvCommand::Put { key, value, cas, flags } => {
+        KvCommand::Put {
+            key,
+            value,
+            cas,
+            flags,
+        } => {
             let mut path = key_path(&key);
             let mut sep = '?';
             if let Some(cas) = cas {
