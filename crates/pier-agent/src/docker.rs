@@ -1,0 +1,590 @@
+//! The Docker engine driver: everything the agent asks of the engine, through bollard.
+//!
+//! Every container the agent creates carries labels tying it to its task (`pier.task`,
+//! `pier.service`, `pier.revision`) and to the agent's node (`pier.node`), plus any extra
+//! labels the agent was configured with (tests add `pier.test=1` and a per-test label). The
+//! driver only ever lists, adopts or removes containers carrying the node label *and* every
+//! extra label, so two agents on one engine (or a test beside a running `pier dev`) never
+//! touch each other's containers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use futures::{Stream, StreamExt};
+
+pub const LABEL_TASK: &str = "pier.task";
+pub const LABEL_SERVICE: &str = "pier.service";
+pub const LABEL_REVISION: &str = "pier.revision";
+pub const LABEL_NODE: &str = "pier.node";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach the Docker engine: {0}; is dockerd running and is /var/run/docker.sock (or DOCKER_HOST) reachable?")]
+    Unavailable(String),
+    #[error("image {image} not found: {detail}")]
+    ImageNotFound { image: String, detail: String },
+    #[error("cannot pull image {image}: {detail}")]
+    Pull { image: String, detail: String },
+    #[error("no such container {0}")]
+    NoSuchContainer(String),
+    #[error("Docker engine refused to {op}: {detail}")]
+    Engine { op: String, detail: String },
+}
+
+impl DockerError {
+    fn engine(op: &str, err: bollard::errors::Error) -> DockerError {
+        match err {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                message,
+            } => DockerError::NoSuchContainer(message),
+            bollard::errors::Error::DockerResponseServerError { message, .. } => {
+                DockerError::Engine {
+                    op: op.to_string(),
+                    detail: message,
+                }
+            }
+            other if is_connection_error(&other) => DockerError::Unavailable(other.to_string()),
+            other => DockerError::Engine {
+                op: op.to_string(),
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+fn is_connection_error(err: &bollard::errors::Error) -> bool {
+    matches!(
+        err,
+        bollard::errors::Error::HyperResponseError { .. }
+            | bollard::errors::Error::IOError { .. }
+            | bollard::errors::Error::RequestTimeoutError
+            | bollard::errors::Error::SocketNotFoundError(_)
+    )
+}
+
+/// What to run for one task (internal; built by the agent from the task's revision).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub task_id: String,
+    pub service: String,
+    pub revision: u64,
+    pub image: String,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<u16>,
+    /// Host address the ports are published on.
+    pub host_ip: String,
+    pub cpu_millis: u64,
+    pub memory_mb: u64,
+    pub stop_signal: String,
+}
+
+/// A managed container as the engine reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub task_id: String,
+    pub service: String,
+    pub revision: u64,
+    pub running: bool,
+    /// Engine state: created, running, exited, dead, ...
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    pub error: Option<String>,
+    /// Container port → host port (known once started).
+    pub host_ports: BTreeMap<u16, u16>,
+}
+
+/// A container event of interest to the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub container_id: String,
+    pub task_id: Option<String>,
+    /// Engine action: start, die, oom, kill, destroy, health_status ...
+    pub action: String,
+}
+
+#[derive(Clone)]
+pub struct DockerDriver {
+    docker: Docker,
+    node: String,
+    extra_labels: BTreeMap<String, String>,
+}
+
+impl DockerDriver {
+    /// Connects to the local engine (DOCKER_HOST or the default socket) and negotiates the API
+    /// version, so the same binary works against an engine of API 1.41 or newer.
+    pub async fn connect(
+        node: &str,
+        extra_labels: BTreeMap<String, String>,
+    ) -> Result<DockerDriver, DockerError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| DockerError::Unavailable(e.to_string()))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| DockerError::Unavailable(e.to_string()))?;
+        Ok(DockerDriver {
+            docker,
+            node: node.to_string(),
+            extra_labels,
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The labels that mark a container as this agent's.
+    pub fn ownership_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.extra_labels.clone();
+        labels.insert(LABEL_NODE.to_string(), self.node.clone());
+        labels
+    }
+
+    fn label_filters(&self) -> HashMap<String, Vec<String>> {
+        let labels: Vec<String> = self
+            .ownership_labels()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        HashMap::from([("label".to_string(), labels)])
+    }
+
+    /// CPU (millicores) and memory (MiB) of the engine's host.
+    pub async fn capacity(&self) -> Result<(u64, u64), DockerError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| DockerError::engine("read system info", e))?;
+        let cpus = info.ncpu.unwrap_or(1).max(1) as u64;
+        let mem_mb = (info.mem_total.unwrap_or(0).max(0) as u64) / (1024 * 1024);
+        Ok((cpus * 1000, mem_mb))
+    }
+
+    pub async fn image_present(&self, image: &str) -> Result<bool, DockerError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(DockerError::engine("inspect an image", e)),
+        }
+    }
+
+    /// Pulls `image` (`repo:tag` or `repo@digest`). The pier registry on 127.0.0.1 is plain
+    /// HTTP, which the engine allows for loopback registries without configuration.
+    pub async fn pull(&self, image: &str) -> Result<(), DockerError> {
+        let (from_image, tag) = split_reference(image);
+        let options = CreateImageOptions {
+            from_image: Some(from_image),
+            tag,
+            ..Default::default()
+        };
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                        return Err(classify_pull_error(image, err));
+                    }
+                }
+                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
+                    return Err(classify_pull_error(image, message));
+                }
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    return Err(classify_pull_error(image, error));
+                }
+                Err(e) if is_connection_error(&e) => {
+                    return Err(DockerError::Unavailable(e.to_string()))
+                }
+                Err(e) => {
+                    return Err(DockerError::Pull {
+                        image: image.to_string(),
+                        detail: e.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the task's container (`pier-<task id>`). If a container of that name already
+    /// exists and is ours, it is returned instead: creating twice never runs a task twice.
+    pub async fn create(&self, spec: &ContainerSpec) -> Result<String, DockerError> {
+        let name = container_name(&spec.task_id);
+        let mut labels: HashMap<String, String> = self.ownership_labels().into_iter().collect();
+        labels.insert(LABEL_TASK.into(), spec.task_id.clone());
+        labels.insert(LABEL_SERVICE.into(), spec.service.clone());
+        labels.insert(LABEL_REVISION.into(), spec.revision.to_string());
+        let mut port_bindings = HashMap::new();
+        for port in &spec.ports {
+            // An empty host port asks the engine for a free ephemeral port at start.
+            port_bindings.insert(
+                format!("{port}/tcp"),
+                Some(vec![PortBinding {
+                    host_ip: Some(spec.host_ip.clone()),
+                    host_port: Some(String::new()),
+                }]),
+            );
+        }
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: spec.entrypoint.clone(),
+            cmd: spec.cmd.clone(),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            exposed_ports: Some(spec.ports.iter().map(|p| format!("{p}/tcp")).collect()),
+            labels: Some(labels),
+            stop_signal: Some(spec.stop_signal.clone()),
+            host_config: Some(HostConfig {
+                port_bindings: Some(port_bindings),
+                nano_cpus: Some((spec.cpu_millis as i64).saturating_mul(1_000_000)),
+                memory: Some((spec.memory_mb as i64).saturating_mul(1024 * 1024)),
+                // An init process as PID 1 forwards the stop signal and reaps zombies: a
+                // program that is PID 1 itself ignores SIGTERM unless it installs a handler,
+                // which would turn every stop into a wait for SIGKILL.
+                init: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        match self.docker.create_container(Some(options), body).await {
+            Ok(resp) => Ok(resp.id),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) => match self.inspect(&name).await? {
+                Some(info) if info.task_id == spec.task_id => Ok(info.id),
+                _ => Err(DockerError::Engine {
+                    op: "create a container".into(),
+                    detail: message,
+                }),
+            },
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) => Err(DockerError::ImageNotFound {
+                image: spec.image.clone(),
+                detail: message,
+            }),
+            Err(e) => Err(DockerError::engine("create a container", e)),
+        }
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), DockerError> {
+        match self
+            .docker
+            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            // 304: already started (an adopted or retried start).
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(DockerError::engine("start a container", e)),
+        }
+    }
+
+    /// Sends the container's stop signal (set at create), then SIGKILL after `timeout_ms`.
+    /// Returns once the container has exited.
+    pub async fn stop(&self, id: &str, timeout_ms: u64) -> Result<(), DockerError> {
+        let t = i32::try_from(timeout_ms.div_ceil(1000)).unwrap_or(i32::MAX);
+        let options = StopContainerOptions {
+            t: Some(t),
+            signal: None,
+        };
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(DockerError::engine("stop a container", e)),
+        }
+    }
+
+    /// Removes the container (forcefully: a running one is killed). Absent is fine.
+    pub async fn remove(&self, id: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            link: false,
+        };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            // 409: removal already in progress.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(DockerError::engine("remove a container", e)),
+        }
+    }
+
+    /// The container's current state, or `None` when it does not exist or is not ours.
+    pub async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>, DockerError> {
+        let resp = match self
+            .docker
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(None),
+            Err(e) => return Err(DockerError::engine("inspect a container", e)),
+        };
+        let labels = resp
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        if !self.owns(&labels) {
+            return Ok(None);
+        }
+        let state = resp.state.clone().unwrap_or_default();
+        let mut host_ports = BTreeMap::new();
+        if let Some(ports) = resp.network_settings.as_ref().and_then(|n| n.ports.clone()) {
+            for (key, bindings) in ports {
+                let Some(container_port) =
+                    key.split('/').next().and_then(|p| p.parse::<u16>().ok())
+                else {
+                    continue;
+                };
+                let host_port = bindings
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()));
+                if let Some(hp) = host_port {
+                    host_ports.insert(container_port, hp);
+                }
+            }
+        }
+        Ok(Some(ContainerInfo {
+            id: resp.id.clone().unwrap_or_default(),
+            name: resp
+                .name
+                .clone()
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            task_id: labels.get(LABEL_TASK).cloned().unwrap_or_default(),
+            service: labels.get(LABEL_SERVICE).cloned().unwrap_or_default(),
+            revision: labels
+                .get(LABEL_REVISION)
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0),
+            running: state.running.unwrap_or(false),
+            status: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            exit_code: state.exit_code,
+            oom_killed: state.oom_killed.unwrap_or(false),
+            error: state.error.filter(|e| !e.is_empty()),
+            host_ports,
+        }))
+    }
+
+    fn owns(&self, labels: &HashMap<String, String>) -> bool {
+        self.ownership_labels()
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// Every container of this agent (running or not), inspected.
+    pub async fn list_managed(&self) -> Result<Vec<ContainerInfo>, DockerError> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(self.label_filters()),
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| DockerError::engine("list containers", e))?;
+        let mut out = Vec::new();
+        for summary in list {
+            let Some(id) = summary.id else { continue };
+            if let Some(info) = self.inspect(&id).await? {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Container events of this agent's containers, from the current second on.
+    pub fn events(
+        &self,
+    ) -> impl Stream<Item = Result<ContainerEvent, DockerError>> + Send + 'static {
+        let mut filters = self.label_filters();
+        filters.insert("type".into(), vec!["container".into()]);
+        // The request is sent on first poll; `since` covers events between this call and then
+        // (the engine replays from that second), so nothing is missed in the gap.
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs().to_string())
+            .ok();
+        let options = EventsOptions {
+            filters: Some(filters),
+            since,
+            ..Default::default()
+        };
+        self.docker.events(Some(options)).map(|item| match item {
+            Ok(msg) => {
+                let actor = msg.actor.unwrap_or_default();
+                let attrs = actor.attributes.unwrap_or_default();
+                Ok(ContainerEvent {
+                    container_id: actor.id.unwrap_or_default(),
+                    task_id: attrs.get(LABEL_TASK).cloned(),
+                    action: msg.action.unwrap_or_default(),
+                })
+            }
+            Err(e) => Err(DockerError::engine("stream events", e)),
+        })
+    }
+
+    /// The container's output (stdout and stderr interleaved), the last `tail` lines, then
+    /// new lines as they come when `follow`.
+    pub fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+        tail: Option<u32>,
+    ) -> impl Stream<Item = Result<bytes::Bytes, DockerError>> + Send + 'static {
+        let options = LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            tail: tail.map(|t| t.to_string()).unwrap_or_else(|| "all".into()),
+            ..Default::default()
+        };
+        self.docker.logs(id, Some(options)).map(|item| match item {
+            Ok(out) => Ok(out.into_bytes()),
+            Err(e) => Err(DockerError::engine("read logs", e)),
+        })
+    }
+
+    /// Runs `argv` inside the container and returns its exit code, or `None` on timeout.
+    pub async fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<Option<i64>, DockerError> {
+        let config = ExecConfig {
+            cmd: Some(argv.to_vec()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_exec(id, config)
+            .await
+            .map_err(|e| DockerError::engine("exec in a container", e))?;
+        let run = async {
+            let started = self
+                .docker
+                .start_exec(&created.id, None::<bollard::exec::StartExecOptions>)
+                .await
+                .map_err(|e| DockerError::engine("exec in a container", e))?;
+            if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
+                while output.next().await.is_some() {}
+            }
+            let inspected = self
+                .docker
+                .inspect_exec(&created.id)
+                .await
+                .map_err(|e| DockerError::engine("inspect an exec", e))?;
+            Ok::<_, DockerError>(inspected.exit_code)
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+pub fn container_name(task_id: &str) -> String {
+    format!("pier-{task_id}")
+}
+
+/// `host:5000/repo:tag` → (`host:5000/repo`, `tag`); digests stay whole.
+fn split_reference(image: &str) -> (String, Option<String>) {
+    if image.contains('@') {
+        return (image.to_string(), None);
+    }
+    let last_slash = image.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match image[last_slash..].rfind(':') {
+        Some(i) => {
+            let at = last_slash + i;
+            (image[..at].to_string(), Some(image[at + 1..].to_string()))
+        }
+        None => (image.to_string(), Some("latest".to_string())),
+    }
+}
+
+fn classify_pull_error(image: &str, detail: String) -> DockerError {
+    let lower = detail.to_ascii_lowercase();
+    if lower.contains("not found")
+        || lower.contains("manifest unknown")
+        || lower.contains("does not exist")
+    {
+        DockerError::ImageNotFound {
+            image: image.to_string(),
+            detail,
+        }
+    } else {
+        DockerError::Pull {
+            image: image.to_string(),
+            detail,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        assert_eq!(
+            split_reference("127.0.0.1:5000/hello:v1"),
+            ("127.0.0.1:5000/hello".into(), Some("v1".into()))
+        );
+        assert_eq!(
+            split_reference("127.0.0.1:5000/hello"),
+            ("127.0.0.1:5000/hello".into(), Some("latest".into()))
+        );
+        assert_eq!(
+            split_reference("busybox"),
+            ("busybox".into(), Some("latest".into()))
+        );
+        assert_eq!(
+            split_reference("r/x@sha256:ab"),
+            ("r/x@sha256:ab".into(), None)
+        );
+    }
+}
