@@ -105,3 +105,35 @@ async fn data_dir_that_is_a_file_is_refused_with_its_path() {
         "error does not name the path: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn corrupt_state_is_refused_naming_the_file_and_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let args = dev_args(data.to_str().unwrap(), free_port(), free_port());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut dev = PierProcess::spawn(PIER, "dev-first", &args, tmp.path());
+    let base = format!("http://127.0.0.1:{}", args[4]);
+    wait_http_ok(&format!("{base}/api/v1/status"), Duration::from_secs(30)).await;
+    wait_leader(&base).await;
+    assert!(dev.signal_and_wait("TERM", Duration::from_secs(15)).is_some());
+
+    let raft_dir = data.join("raft");
+    let mut corrupted = Vec::new();
+    for entry in std::fs::read_dir(&raft_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) == Some("redb") {
+            std::fs::write(&path, b"this is not a database").unwrap();
+            corrupted.push(path);
+        }
+    }
+    assert!(!corrupted.is_empty(), "no redb files found in {}", raft_dir.display());
+
+    let out = std::process::Command::new(PIER).args(&args).output().unwrap();
+    assert!(!out.status.success(), "pier dev started on a corrupt data dir");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        corrupted.iter().any(|p| stderr.contains(p.to_str().unwrap())),
+        "error does not name the corrupt file: {stderr}"
+    );
+}
