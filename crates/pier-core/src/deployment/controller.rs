@@ -1,6 +1,6 @@
 //! The rolling-update step function.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::placement::{choose_tasks_to_stop, StopCandidate};
 
@@ -49,6 +49,7 @@ pub fn step(snapshot: &DeploymentSnapshot, now_ms: u64) -> DeploymentPlan {
 
     // 1. Active tasks that must stop because of their own condition, and breaker counting.
     let mut stopping: BTreeMap<TaskId, StopReason> = BTreeMap::new();
+    let mut counted: BTreeSet<TaskId> = state.failures.iter().map(|f| f.task.clone()).collect();
     for t in tasks.iter().filter(|t| t.is_active()) {
         let reason = if t.desired == DesiredState::Stop {
             Some(StopReason::Requested)
@@ -68,8 +69,9 @@ pub fn step(snapshot: &DeploymentSnapshot, now_ms: u64) -> DeploymentPlan {
         let counts_for_breaker = t.revision == target
             && t.created_at_ms >= state.started_at_ms
             && matches!(reason, StopReason::Died | StopReason::Critical);
-        if counts_for_breaker && !state.failures.iter().any(|f| f.task == t.id) {
+        if counts_for_breaker && !counted.contains(&t.id) {
             if let Some(kind) = FailureKind::of(t) {
+                counted.insert(t.id.clone());
                 state.failures.push(FailureRecord {
                     task: t.id.clone(),
                     kind,

@@ -7,7 +7,7 @@ use super::state::NodeEntry;
 use super::types::{Constraint, FailureReason, NodeStatus, Resource, Resources};
 
 pub(super) fn explain_failure<'a>(
-    nodes: &'a [NodeEntry],
+    nodes: &[NodeEntry<'_>],
     request: &Resources,
     constraints: &[Constraint],
     unsatisfiable: Option<&Constraint>,
@@ -16,7 +16,7 @@ pub(super) fn explain_failure<'a>(
     if nodes.is_empty() {
         return FailureReason::NoNodes;
     }
-    let eligible: Vec<&NodeEntry> = nodes
+    let eligible: Vec<&NodeEntry<'_>> = nodes
         .iter()
         .filter(|e| e.status == NodeStatus::Ready)
         .collect();
@@ -33,7 +33,7 @@ pub(super) fn explain_failure<'a>(
             constraint: constraint.clone(),
         };
     }
-    let satisfying: Vec<&NodeEntry> = eligible.into_iter().filter(|e| e.matches_all).collect();
+    let satisfying: Vec<&NodeEntry<'_>> = eligible.into_iter().filter(|e| e.matches_all).collect();
     if satisfying.is_empty() {
         return FailureReason::ConstraintsConflict {
             constraints: constraints
@@ -44,8 +44,8 @@ pub(super) fn explain_failure<'a>(
         };
     }
 
-    let candidates: Vec<&NodeEntry> = if constraints.contains(&Constraint::DistinctNode) {
-        let free_of_service: Vec<&NodeEntry> = satisfying
+    let candidates: Vec<&NodeEntry<'_>> = if constraints.contains(&Constraint::DistinctNode) {
+        let free_of_service: Vec<&NodeEntry<'_>> = satisfying
             .iter()
             .copied()
             .filter(|e| e.service_tasks == 0)
@@ -61,7 +61,7 @@ pub(super) fn explain_failure<'a>(
     };
 
     let total = candidates.len() as u32;
-    let candidates: Vec<&NodeEntry> = candidates
+    let candidates: Vec<&NodeEntry<'_>> = candidates
         .into_iter()
         .filter(|e| !e.overcommitted)
         .collect();
@@ -78,7 +78,7 @@ pub(super) fn explain_failure<'a>(
         let requested = request.get(resource);
         // Largest free amount; ties go to the smallest node id (candidates are in id order).
         let largest = candidates.iter().map(|e| (e.free.get(resource), e)).fold(
-            None::<(u64, &&NodeEntry)>,
+            None::<(u64, &&NodeEntry<'_>)>,
             |best, (amount, e)| match best {
                 Some((b, _)) if b >= amount => best,
                 _ => Some((amount, e)),
@@ -90,7 +90,7 @@ pub(super) fn explain_failure<'a>(
                     resource,
                     requested,
                     zone,
-                    largest_free: Some((amount, entry.id.clone())),
+                    largest_free: Some((amount, entry.id.to_owned())),
                 };
             }
         }

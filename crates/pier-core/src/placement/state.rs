@@ -3,14 +3,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::explain::explain_failure;
 use super::types::{
-    Constraint, ExistingTask, FailureReason, Node, NodeId, NodeStatus, Placement, PlacementError,
+    Constraint, ExistingTask, FailureReason, Node, NodeStatus, Placement, PlacementError,
     PlacementFailure, PlacementPlan, PlacementRequest, Resource, Resources, Strategy,
 };
 
 /// A node inside the placement state. `free` and `service_tasks` change as tasks are placed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct NodeEntry {
-    pub(super) id: NodeId,
+pub(super) struct NodeEntry<'a> {
+    pub(super) id: &'a str,
     pub(super) zone: u32,
     pub(super) status: NodeStatus,
     /// Satisfies every attribute/zone/id constraint (evaluated once at build time).
@@ -52,8 +52,8 @@ enum Index {
 /// is always a valid choice and one placement costs a handful of `BTreeSet` operations,
 /// O(log nodes), instead of a scan.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PlacementState {
-    nodes: Vec<NodeEntry>,
+pub struct PlacementState<'a> {
+    nodes: Vec<NodeEntry<'a>>,
     zone_names: Vec<String>,
     zone_tasks: Vec<u64>,
     resources: Resources,
@@ -68,11 +68,11 @@ pub struct PlacementState {
     exhausted: Option<FailureReason>,
 }
 
-impl PlacementState {
+impl<'a> PlacementState<'a> {
     /// Builds the state for placing tasks of `resources` size with `strategy` under
     /// `constraints`. Node input order does not matter: nodes are ordered by id.
     pub fn new(
-        nodes: &[Node],
+        nodes: &'a [Node],
         existing: &[ExistingTask],
         resources: Resources,
         strategy: Strategy,
@@ -81,7 +81,7 @@ impl PlacementState {
         if u32::try_from(nodes.len()).is_err() {
             return Err(PlacementError::TooManyNodes);
         }
-        let mut sorted: Vec<&Node> = nodes.iter().collect();
+        let mut sorted: Vec<&'a Node> = nodes.iter().collect();
         if !sorted.is_sorted_by(|a, b| a.id <= b.id) {
             sorted.sort_by(|a, b| a.id.cmp(&b.id));
         }
@@ -122,7 +122,7 @@ impl PlacementState {
         let entries: Vec<NodeEntry> = sorted
             .iter()
             .map(|n| NodeEntry {
-                id: n.id.clone(),
+                id: n.id.as_str(),
                 zone: zone_index.get(n.zone.as_str()).copied().unwrap_or(0),
                 status: n.status,
                 matches_all: matching.iter().all(|c| c.matches_node(n)),
@@ -160,7 +160,7 @@ impl PlacementState {
 
     /// Builds the state for `request` over `snapshot` (the request's `count` is ignored).
     pub fn for_request(
-        snapshot: &super::types::ClusterSnapshot,
+        snapshot: &'a super::types::ClusterSnapshot,
         request: &PlacementRequest,
     ) -> Result<Self, PlacementError> {
         Self::new(
@@ -195,7 +195,9 @@ impl PlacementState {
                     let e = &self.nodes[i as usize];
                     keys[e.zone as usize].push(spread_key(e, i));
                 }
-                for (z, keys) in keys.into_iter().enumerate() {
+                for (z, mut keys) in keys.into_iter().enumerate() {
+                    // Pre-sorted input makes the set's own (stable) sort a linear pass.
+                    keys.sort_unstable();
                     if !keys.is_empty() {
                         zone_order.insert((self.zone_tasks[z], z as u32));
                     }
@@ -203,18 +205,20 @@ impl PlacementState {
                 }
             }
             Index::BinPack { resource, order } => {
-                *order = takers
+                let mut keys: Vec<(u64, u32)> = takers
                     .into_iter()
                     .map(|i| (self.nodes[i as usize].free.get(*resource), i))
                     .collect();
+                keys.sort_unstable();
+                *order = keys.into_iter().collect();
             }
         }
     }
 
     /// Places one task, returning the chosen node, or why no node can take it.
-    pub fn place_one(&mut self) -> Result<&str, FailureReason> {
+    pub fn place_one(&mut self) -> Result<&'a str, FailureReason> {
         match self.place_one_index() {
-            Some(i) => Ok(&self.nodes[i as usize].id),
+            Some(i) => Ok(self.nodes[i as usize].id),
             None => Err(self.failure_reason()),
         }
     }
@@ -285,7 +289,7 @@ impl PlacementState {
             match self.place_one_index() {
                 Some(i) => plan.placements.push(Placement {
                     slot,
-                    node: self.nodes[i as usize].id.clone(),
+                    node: self.nodes[i as usize].id.to_owned(),
                 }),
                 None => plan.failures.push(PlacementFailure {
                     slot,
@@ -315,19 +319,19 @@ impl PlacementState {
             .collect()
     }
 
-    fn entry(&self, node: &str) -> Option<&NodeEntry> {
+    fn entry(&self, node: &str) -> Option<&NodeEntry<'a>> {
         self.nodes
-            .binary_search_by(|e| e.id.as_str().cmp(node))
+            .binary_search_by(|e| e.id.cmp(node))
             .ok()
             .map(|i| &self.nodes[i])
     }
 
     /// Node ids in the order the state uses (sorted).
-    pub fn node_ids(&self) -> impl Iterator<Item = &NodeId> {
-        self.nodes.iter().map(|e| &e.id)
+    pub fn node_ids(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.nodes.iter().map(|e| e.id)
     }
 }
 
-fn spread_key(entry: &NodeEntry, index: u32) -> SpreadKey {
+fn spread_key(entry: &NodeEntry<'_>, index: u32) -> SpreadKey {
     (entry.service_tasks, Reverse(entry.free.memory_mb), index)
 }
