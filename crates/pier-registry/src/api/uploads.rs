@@ -117,12 +117,12 @@ pub(super) async fn put(
     id: &str,
     req: Request,
 ) -> Result<Response, RegistryError> {
-    let session = inner.upload_session(name, id).await?;
     let query = util::Query::parse(req.uri().query());
     let digest = query.get("digest").ok_or_else(|| {
         RegistryError::DigestInvalid("closing an upload needs ?digest=<digest>".into())
     })?;
     let digest = Digest::parse(digest)?;
+    let session = inner.upload_session(name, id).await?;
     let range = util::chunk_range(req.headers())?;
     let length = util::content_length(req.headers());
     let last_chunk = if length == Some(0) && range.is_none() {
