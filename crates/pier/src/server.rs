@@ -3,6 +3,7 @@
 //! and `pier server` both end up here with different configurations, so a
 //! one-machine setup runs exactly the code path of a cluster.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use pier_store::{Store, StoreConfig};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::api::{self, AppState};
 use crate::metrics::Metrics;
@@ -24,6 +26,8 @@ pub struct ServerConfig {
     pub bootstrap_expect: usize,
     pub join: Vec<String>,
     pub snapshot_every_logs: u64,
+    /// Where the OCI registry listens; None runs no registry in this process.
+    pub registry_listen: Option<SocketAddr>,
 }
 
 /// Creates the data directory if needed and refuses paths that cannot hold one,
@@ -36,63 +40,123 @@ pub fn prepare_data_dir(path: &std::path::Path) -> anyhow::Result<()> {
         );
     }
     std::fs::create_dir_all(path).with_context(|| {
-        format!(
-            "cannot create data dir {}; check its parent exists and is writable",
-            path.display()
-        )
+        format!("cannot create data dir {}; check its parent exists and is writable", path.display())
     })
 }
 
-/// Runs until SIGINT/SIGTERM, then shuts down in order: stop accepting HTTP,
+/// A shutdown that every listener of the process waits on.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Fires on the first SIGINT or SIGTERM.
+    pub fn on_signals() -> Shutdown {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        Shutdown(rx)
+    }
+
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            // An error means the sender is gone, which also means shut down.
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for {what} on {addr}; is another pier running? pick another port")
+    })
+}
+
+/// Runs until SIGINT/SIGTERM, then shuts down in order: stop accepting,
 /// finish in-flight requests, stop raft.
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     prepare_data_dir(&cfg.data_dir)?;
-    let http_listener = TcpListener::bind(cfg.http_listen).await.with_context(|| {
-        format!(
-            "cannot listen for HTTP on {}; is another pier running? pick another port",
-            cfg.http_listen
-        )
-    })?;
-    let http_addr = http_listener
-        .local_addr()
-        .context("reading the bound HTTP address")?;
+    let shutdown = Shutdown::on_signals();
+    // Bind every listener first so a port clash fails before any state is touched.
+    let http_listener = bind(cfg.http_listen, "the HTTP API").await?;
+    let http_addr = http_listener.local_addr().context("reading the bound HTTP address")?;
+    let registry_listener = match cfg.registry_listen {
+        Some(addr) => Some(bind(addr, "the registry").await?),
+        None => None,
+    };
+
+    let store_dir = cfg.data_dir.join("raft");
     let store = Store::open(StoreConfig {
         raft_listen: cfg.raft_listen,
         http_advertise: http_addr.to_string(),
         bootstrap_expect: cfg.bootstrap_expect,
         join: cfg.join.clone(),
         snapshot_every_logs: cfg.snapshot_every_logs,
-        ..StoreConfig::single_node(cfg.node_name.clone(), cfg.data_dir.join("raft"))
+        ..StoreConfig::single_node(cfg.node_name.clone(), store_dir.clone())
     })
     .await
-    .with_context(|| {
-        format!(
-            "cannot open the state store in {}",
-            cfg.data_dir.join("raft").display()
-        )
-    })?;
+    .with_context(|| format!("cannot open the state store in {}", store_dir.display()))?;
     tracing::info!(node = %cfg.node_name, http = %http_addr, raft = %store.raft_addr(), "pier server started");
 
     let metrics = Arc::new(Metrics::new());
-    let app = api::router(AppState {
-        store: store.clone(),
-        metrics,
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if let Some(listener) = registry_listener {
+        let registry_dir = cfg.data_dir.join("registry");
+        let registry = pier_registry::Registry::open(pier_registry::RegistryConfig::new(&registry_dir))
+            .await
+            .with_context(|| format!("cannot open the registry in {}", registry_dir.display()))?;
+        registry.spawn_background_gc();
+        let addr = listener.local_addr().context("reading the bound registry address")?;
+        tracing::info!(%addr, "registry listening");
+        let router = registry.router();
+        let stop = shutdown.wait();
+        tasks.spawn(async move {
+            axum::serve(listener, router.into_make_service())
+                .with_graceful_shutdown(stop)
+                .await
+                .context("registry server failed")
+        });
+    }
+
+    let app = api::router(AppState { store: store.clone(), metrics });
+    let stop = shutdown.wait();
+    tasks.spawn(async move {
+        axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stop)
+            .await
+            .context("HTTP API server failed")
     });
-    let serve = axum::serve(
-        http_listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal());
-    let result = serve.await.context("HTTP server failed");
+
+    // The first listener to end (normally: all of them, on shutdown) ends the process.
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                result = Err(err);
+                break;
+            }
+            Err(join_err) => {
+                result = Err(anyhow::anyhow!("a server task panicked: {join_err}"));
+                break;
+            }
+        }
+    }
+    tasks.abort_all();
     tracing::info!("shutting down the state store");
-    if let Err(err) = tokio::time::timeout(Duration::from_secs(10), store.shutdown()).await {
-        tracing::warn!(error = %err, "state store did not shut down within 10s");
+    match tokio::time::timeout(Duration::from_secs(10), store.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "state store shutdown failed"),
+        Err(_) => tracing::warn!("state store did not shut down within 10s"),
     }
     result
 }
 
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
+async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(err) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %err, "cannot listen for Ctrl-C");

@@ -65,6 +65,8 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
             &http.to_string(),
             "--raft-port",
             &raft.to_string(),
+            "--registry-port",
+            &free_port().to_string(),
         ],
         tmp.path(),
     );

@@ -18,6 +18,8 @@ fn dev_args(data_dir: &str, http: u16, raft: u16) -> Vec<String> {
         http.to_string(),
         "--raft-port".into(),
         raft.to_string(),
+        "--registry-port".into(),
+        free_port().to_string(),
     ]
 }
 

@@ -18,6 +18,9 @@ pub struct DevArgs {
     /// Internal raft RPC port (a one-member cluster still uses it).
     #[arg(long, default_value_t = 8300)]
     pub raft_port: u16,
+    /// OCI registry (docker push 127.0.0.1:5000/NAME:TAG).
+    #[arg(long, default_value_t = 5000)]
+    pub registry_port: u16,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -35,6 +38,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let localhost = Ipv4Addr::LOCALHOST.into();
     eprintln!("pier dev: data in {}", data_dir.display());
     eprintln!("  API + Consul API  http://127.0.0.1:{}", args.http_port);
+    eprintln!("  registry          127.0.0.1:{}", args.registry_port);
     server::run(ServerConfig {
         node_name: "dev".to_string(),
         data_dir,
@@ -43,6 +47,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         bootstrap_expect: 1,
         join: Vec::new(),
         snapshot_every_logs: 10_000,
+        registry_listen: Some(SocketAddr::new(localhost, args.registry_port)),
     })
     .await?;
     Ok(ExitCode::SUCCESS)

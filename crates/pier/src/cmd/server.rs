@@ -29,6 +29,9 @@ pub struct ServerArgs {
     /// Raft addresses (host:port) of other servers, comma separated.
     #[arg(long, value_delimiter = ',')]
     pub join: Vec<String>,
+    /// Serve the OCI registry on this port (off unless given).
+    #[arg(long)]
+    pub registry_port: Option<u16>,
     /// Build a raft snapshot (and compact the log) after this many entries.
     #[arg(long, default_value_t = 10_000, hide = true)]
     pub raft_snapshot_every: u64,
@@ -56,6 +59,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         bootstrap_expect: args.bootstrap_expect,
         join: args.join,
         snapshot_every_logs: args.raft_snapshot_every,
+        registry_listen: args.registry_port.map(|p| SocketAddr::new(args.bind, p)),
     })
     .await?;
     Ok(ExitCode::SUCCESS)
