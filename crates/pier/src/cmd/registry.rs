@@ -61,7 +61,9 @@ pub struct Interval(Option<Duration>);
 fn parse_interval(s: &str) -> Result<Interval, String> {
     match s {
         "off" | "never" | "0" => Ok(Interval(None)),
-        _ => humantime::parse_duration(s).map(|d| Interval(Some(d))).map_err(|e| e.to_string()),
+        _ => humantime::parse_duration(s)
+            .map(|d| Interval(Some(d)))
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -113,7 +115,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     pier_registry::serve(cfg, args.listen, shutdown_signal())
         .await
-        .with_context(|| format!("registry on {} with data in {}", args.listen, data_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "registry on {} with data in {}",
+                args.listen,
+                data_dir.display()
+            )
+        })?;
     tracing::info!("registry stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -121,7 +129,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// Completes on the first SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(t), Ok(i)) => (t, i),
         (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "cannot install signal handlers; stopping only on Ctrl-C");
@@ -144,12 +155,15 @@ async fn gc(args: GcArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot reach the registry at {base}"))?;
     let status = resp.status();
-    let body = resp.text().await.with_context(|| format!("reading the answer of {url}"))?;
+    let body = resp
+        .text()
+        .await
+        .with_context(|| format!("reading the answer of {url}"))?;
     if !status.is_success() {
         anyhow::bail!("{url} answered {status}: {body}");
     }
-    let report: GcReport =
-        serde_json::from_str(&body).with_context(|| format!("{url} answered something that is no GC report: {body}"))?;
+    let report: GcReport = serde_json::from_str(&body)
+        .with_context(|| format!("{url} answered something that is no GC report: {body}"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
