@@ -91,10 +91,21 @@ async fn probe_http(
             http_status(code.as_u16()),
             truncate(format!("HTTP {method} {url}: {code} Output: {text}")),
         ),
-        Ok(Err(e)) => (
+        Ok(Err(e)) if e.is_timeout() => (
             CheckStatus::Critical,
-            truncate(format!("HTTP {method} {url}: {e}")),
+            format!("HTTP {method} {url}: timed out after {} ms", timeout.as_millis()),
         ),
+        Ok(Err(e)) => {
+            // reqwest's top-level message is generic; the sources say what failed.
+            let mut detail = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                detail.push_str(": ");
+                detail.push_str(&s.to_string());
+                source = s.source();
+            }
+            (CheckStatus::Critical, truncate(format!("HTTP {method} {url}: {detail}")))
+        }
         Err(_) => (
             CheckStatus::Critical,
             format!(
