@@ -3,5 +3,6 @@
 //! every run's state and log live in the replicated store.
 
 pub mod definition;
+pub mod git;
 pub mod run_state;
 pub mod webhook;
