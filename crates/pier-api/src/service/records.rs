@@ -25,6 +25,10 @@ pub struct ServiceRecord {
     pub deployment: Option<String>,
     /// Why tasks could not be placed, from the scheduler; cleared once they are.
     pub placement_error: Option<String>,
+    /// Crash-loop back-off in words ("restarting in 8s (exited 1, 4 times)"), if waiting.
+    pub restart_status: Option<String>,
+    /// `pier service rm`: tasks are being stopped, then the service is deleted.
+    pub deleting: bool,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
 }
@@ -87,6 +91,8 @@ pub struct DeploymentRecord {
     pub healthy: u32,
     /// Tasks of `revision` that failed (before or after reaching running).
     pub failed: u32,
+    /// Tasks of older revisions still running.
+    pub old_running: u32,
     pub failure_threshold: u32,
     pub auto_rollback: bool,
     /// Set on the automatic rollback deployment: the deployment that failed.
@@ -106,6 +112,18 @@ pub enum DesiredState {
     Stopped,
 }
 
+/// Where a task is in the zero-downtime stop sequence: out of the catalog first
+/// (`draining`), stop signal after the drain delay (`stopping`), then `stopped`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "phase")]
+pub enum StopPhase {
+    #[default]
+    Active,
+    Draining { since_ms: u64 },
+    Stopping { since_ms: u64 },
+    Stopped,
+}
+
 /// The desired half of a task, written by the controller.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRecord {
@@ -113,61 +131,41 @@ pub struct TaskRecord {
     pub service: String,
     pub revision: u64,
     pub node: String,
+    pub zone: String,
     pub desired: DesiredState,
-    /// Do not start before this wall-clock time (crash-loop back-off).
-    pub start_after_ms: u64,
-    /// How many tasks of this slot failed before this one (0 for a first start).
-    pub attempt: u32,
-    /// When `desired` became `Stopped`: the instance is out of the catalog already and the
-    /// agent waits `drain_delay_ms` from here before sending the stop signal.
-    pub stop_requested_at_ms: Option<u64>,
-    pub drain_delay_ms: u64,
+    pub stop_phase: StopPhase,
     pub stop_reason: Option<String>,
     pub created_at_ms: u64,
 }
 
+/// What the agent reports about a task's container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Created by the controller, the agent has not acted yet.
     Pending,
-    /// Waiting for the back-off delay before a restart.
-    Waiting,
     Pulling,
     Starting,
     Running,
-    /// Deregistered, waiting for the gateway to stop routing to it.
-    Draining,
-    /// Stop signal sent, waiting for the exit (SIGKILL after the stop timeout).
-    Stopping,
-    /// Stopped on purpose.
-    Stopped,
-    /// Exited on its own, was killed, or could not be started.
+    /// The container exited (on its own or after a stop); see `exit_code`.
+    Exited,
+    /// Could not be run (pull, create or start failed); see `message`.
     Failed,
-    /// Its node went down; the state of the container is unknown.
-    Lost,
 }
 
 impl TaskState {
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskState::Stopped | TaskState::Failed | TaskState::Lost
-        )
+        matches!(self, TaskState::Exited | TaskState::Failed)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Pending => "pending",
-            TaskState::Waiting => "waiting",
             TaskState::Pulling => "pulling",
             TaskState::Starting => "starting",
             TaskState::Running => "running",
-            TaskState::Draining => "draining",
-            TaskState::Stopping => "stopping",
-            TaskState::Stopped => "stopped",
+            TaskState::Exited => "exited",
             TaskState::Failed => "failed",
-            TaskState::Lost => "lost",
         }
     }
 }
@@ -175,7 +173,7 @@ impl TaskState {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskHealth {
-    /// No check has decided yet (or the service has no health check and is not running).
+    /// No check has decided yet.
     #[default]
     Unknown,
     Healthy,
@@ -183,9 +181,9 @@ pub enum TaskHealth {
 }
 
 /// The observed half of a task, written by its agent (`PUT /api/v1/tasks/:id/status`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskStatus {
-    pub state: Option<TaskState>,
+    pub state: TaskState,
     pub health: TaskHealth,
     /// Agent wall clock when health last became `Healthy`.
     pub healthy_since_ms: Option<u64>,
@@ -197,20 +195,70 @@ pub struct TaskStatus {
     pub exit_code: Option<i64>,
     /// Why it failed or what it is doing, in words.
     pub message: Option<String>,
-    /// Did this task ever pass its health check (or run, without a check)? Distinguishes
-    /// failures after reaching running from failures before.
-    pub was_healthy: bool,
     pub started_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
     pub updated_at_ms: u64,
 }
 
+impl Default for TaskStatus {
+    fn default() -> Self {
+        TaskStatus {
+            state: TaskState::Pending,
+            health: TaskHealth::Unknown,
+            healthy_since_ms: None,
+            container_id: None,
+            host_ip: None,
+            host_ports: BTreeMap::new(),
+            exit_code: None,
+            message: None,
+            started_at_ms: None,
+            finished_at_ms: None,
+            updated_at_ms: 0,
+        }
+    }
+}
+
 /// A task as the API shows it: desired and observed halves together.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskView {
-    #[serde(flatten)]
     pub task: TaskRecord,
     pub status: TaskStatus,
+    /// One word for people: pending, pulling, starting, running, healthy, unhealthy,
+    /// draining, stopping, stopped, exited, failed.
+    pub display_state: String,
+}
+
+impl TaskView {
+    pub fn new(task: TaskRecord, status: TaskStatus) -> TaskView {
+        let display_state = match task.stop_phase {
+            StopPhase::Draining { .. } => "draining",
+            StopPhase::Stopping { .. } => "stopping",
+            StopPhase::Stopped if status.state == TaskState::Failed => "failed",
+            StopPhase::Stopped if status.exit_code.is_some_and(|c| c != 0) && task.stop_reason.as_deref() == Some("task exited") => "exited",
+            StopPhase::Stopped => "stopped",
+            StopPhase::Active => match (status.state, status.health) {
+                (TaskState::Running, TaskHealth::Healthy) => "healthy",
+                (TaskState::Running, TaskHealth::Unhealthy) => "unhealthy",
+                (state, _) => state.as_str(),
+            },
+        }
+        .to_string();
+        TaskView { task, status, display_state }
+    }
+}
+
+/// A task with the spec of its revision: what an agent needs to run it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentTask {
+    pub task: TaskRecord,
+    pub spec: ServiceSpec,
+}
+
+/// `GET /api/v1/nodes/:node/tasks`: every task assigned to the node that is not stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentTasks {
+    pub index: u64,
+    pub tasks: Vec<AgentTask>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,6 +334,14 @@ pub struct NodeView {
     pub allocated_memory_mb: u64,
     /// Milliseconds since the leader last heard from the agent (absent on followers).
     pub last_heartbeat_age_ms: Option<u64>,
+}
+
+/// Body of `PUT /api/v1/nodes/:name/drain`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// false undoes a drain.
+    pub draining: bool,
 }
 
 /// Body of `POST /api/v1/services` (`pier deploy`): the service file's text.

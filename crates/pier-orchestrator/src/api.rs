@@ -1,0 +1,689 @@
+//! HTTP routes of the orchestrator. Handlers validate, read or write the store, and map
+//! errors to pier's JSON error body; decisions belong to the controller.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use pier_api::service::{
+    parse_service_file, AgentTask, AgentTasks, DeployRequest, DeployResponse, DeploymentRecord, DeploymentStatus,
+    DrainRequest, Limits, NodeRecord, NodeView, RegisterNode, RevisionRecord, RollbackRequest, ScaleRequest,
+    ServiceDetail, ServiceRecord, ServiceSummary, StopPhase, TaskHealth, TaskState, TaskStatus, TaskView,
+};
+use pier_api::{ApiError, ErrorCode};
+use pier_store::{Consistency, StoreError, Txn, WatchKey};
+
+use crate::controller::new_deployment;
+use crate::tables::{self, ServiceDoc};
+use crate::world::{holds_resources, World};
+use crate::{catalog_sync, now_ms, OrchestratorError, Shared};
+
+pub const INDEX_HEADER: &str = "x-pier-index";
+const FORWARDED_HEADER: &str = "x-pier-forwarded";
+const MAX_WAIT_MS: u64 = 300_000;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/v1/services", get(list_services).post(deploy))
+        .route("/api/v1/services/{name}", get(inspect_service).delete(remove_service))
+        .route("/api/v1/services/{name}/tasks", get(service_tasks))
+        .route("/api/v1/services/{name}/scale", put(scale))
+        .route("/api/v1/services/{name}/rollback", post(rollback))
+        .route("/api/v1/services/{name}/logs", get(crate::logs::service_logs))
+        .route("/api/v1/deployments/{id}", get(get_deployment))
+        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/nodes/{name}", put(register_node))
+        .route("/api/v1/nodes/{name}/alive", put(heartbeat))
+        .route("/api/v1/nodes/{name}/drain", put(drain))
+        .route("/api/v1/nodes/{name}/tasks", get(node_tasks))
+        .route("/api/v1/tasks/{id}", get(get_task))
+        .route("/api/v1/tasks/{id}/status", put(report_status))
+        .with_state(shared)
+}
+
+pub(crate) struct HttpError(StatusCode, ApiError);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<OrchestratorError> for HttpError {
+    fn from(e: OrchestratorError) -> Self {
+        let code = match &e {
+            OrchestratorError::InvalidInput(_) => ErrorCode::InvalidInput,
+            OrchestratorError::NotFound(_) => ErrorCode::NotFound,
+            OrchestratorError::Conflict(_) => ErrorCode::Conflict,
+            OrchestratorError::Store(StoreError::NoLeader(_)) => ErrorCode::NoLeader,
+            OrchestratorError::Store(StoreError::Timeout(_)) => ErrorCode::Timeout,
+            OrchestratorError::Store(StoreError::InvalidInput(_)) => ErrorCode::InvalidInput,
+            OrchestratorError::Unavailable(_) => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        };
+        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        HttpError(status, ApiError::new(code, e.to_string()))
+    }
+}
+
+impl From<StoreError> for HttpError {
+    fn from(e: StoreError) -> Self {
+        OrchestratorError::from(e).into()
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> HttpError {
+    OrchestratorError::InvalidInput(msg.into()).into()
+}
+
+fn not_found(msg: impl Into<String>) -> HttpError {
+    OrchestratorError::NotFound(msg.into()).into()
+}
+
+type ApiResult<T> = Result<T, HttpError>;
+
+/// `?index=N&wait=30s`: returns once the watched index passes N, or after the wait.
+struct Blocking {
+    min_index: Option<u64>,
+    wait_ms: u64,
+}
+
+fn blocking_params(q: &HashMap<String, String>) -> ApiResult<Blocking> {
+    let min_index = match q.get("index") {
+        Some(v) => Some(v.parse::<u64>().map_err(|_| invalid(format!("`index` must be a non-negative integer, got {v:?}")))?),
+        None => None,
+    };
+    let wait_ms = match q.get("wait") {
+        Some(v) => pier_api::service::parse_duration_ms(v).map_err(|e| invalid(format!("`wait`: {e}")))?.min(MAX_WAIT_MS),
+        None => 30_000,
+    };
+    Ok(Blocking { min_index, wait_ms })
+}
+
+async fn wait_for_change(shared: &Shared, keys: &[WatchKey], b: &Blocking) -> ApiResult<u64> {
+    let mut watch = shared.store.watch(keys);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(b.wait_ms);
+    loop {
+        let index = shared.store.read(Consistency::Default, |v| v.index_of(keys)).await?;
+        let ready = b.min_index.is_none_or(|min| index > min);
+        let now = tokio::time::Instant::now();
+        if ready || now >= deadline {
+            return Ok(index);
+        }
+        watch.changed(deadline - now).await;
+    }
+}
+
+fn with_index<T: serde::Serialize>(index: u64, body: T) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(INDEX_HEADER, HeaderValue::from(index));
+    (headers, Json(body)).into_response()
+}
+
+// ------------------------------------------------------------------ services
+
+async fn check_image(shared: &Shared, image: &str) -> ApiResult<()> {
+    let Some(registry) = shared.config.registry_addr.as_deref() else { return Ok(()) };
+    let Some(rest) = image.strip_prefix(&format!("{registry}/")) else { return Ok(()) };
+    let (repo, reference) = match rest.split_once('@') {
+        Some((repo, digest)) => (repo.to_string(), digest.to_string()),
+        None => match rest.rsplit_once(':') {
+            Some((repo, tag)) => (repo.to_string(), tag.to_string()),
+            None => (rest.to_string(), "latest".to_string()),
+        },
+    };
+    let url = format!("http://{registry}/v2/{repo}/manifests/{reference}");
+    let resp = shared
+        .http
+        .head(&url)
+        .header(
+            "accept",
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json",
+        )
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    match resp {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Err(invalid(format!(
+            "image {image} does not exist in the pier registry at {registry}: push it first (docker push {image})"
+        ))),
+        Ok(r) => {
+            tracing::warn!(%image, status = %r.status(), "registry answered unexpectedly while checking the image; deploying anyway");
+            Ok(())
+        }
+        Err(err) => {
+            tracing::warn!(%image, error = %err, "cannot reach the pier registry to check the image; deploying anyway");
+            Ok(())
+        }
+    }
+}
+
+async fn deploy(State(shared): State<Arc<Shared>>, Json(req): Json<DeployRequest>) -> ApiResult<Json<DeployResponse>> {
+    let spec = parse_service_file(&req.file, Limits { max_count: shared.config.max_count })
+        .map_err(|e| invalid(format!("service file: {e}")))?;
+    let world = World::load(&shared.store, Consistency::Default).await?;
+    let now = now_ms();
+    let existing = world.services.get(&spec.name);
+    if let Some(svc) = existing {
+        let current = world.spec(&spec.name, svc.value.record.revision);
+        if !svc.value.record.deleting && current == Some(&spec) {
+            return Ok(Json(DeployResponse {
+                service: spec.name.clone(),
+                revision: svc.value.record.revision,
+                deployment: svc.value.record.deployment.clone(),
+                outcome: "unchanged".into(),
+            }));
+        }
+        if !svc.value.record.deleting && current.is_some_and(|c| c.template() == spec.template()) {
+            let deployment = scale_to(&shared, &world, &spec.name, spec.count).await?;
+            return Ok(Json(DeployResponse {
+                service: spec.name.clone(),
+                revision: svc.value.record.revision,
+                deployment,
+                outcome: "scaled".into(),
+            }));
+        }
+    }
+    // What can be known up front is refused before anything changes.
+    crate::place::can_ever_fit(&world, &spec).map_err(|reason| {
+        invalid(format!(
+            "no node can ever run a task of {} ({} millicpu, {} MiB): {reason}",
+            spec.name, spec.cpu_millis, spec.memory_mb
+        ))
+    })?;
+    check_image(&shared, &spec.image).await?;
+
+    let (mut record, guard) = match existing {
+        Some(svc) => (svc.value.record.clone(), svc.modify_index),
+        None => (
+            ServiceRecord {
+                name: spec.name.clone(),
+                count: spec.count,
+                revision: 0,
+                latest_revision: 0,
+                stable_revision: None,
+                deployment: None,
+                placement_error: None,
+                restart_status: None,
+                deleting: false,
+                created_at_ms: now,
+                updated_at_ms: now,
+            },
+            0,
+        ),
+    };
+    let revision = record.latest_revision + 1;
+    let from_revision = (record.revision != 0 && !record.deleting).then_some(record.revision);
+    let previous_stable = if record.deleting { None } else { record.stable_revision };
+    let dep = new_deployment(&spec.name, revision, from_revision, &spec, spec.count, previous_stable, None, now);
+    let mut ops = Vec::new();
+    // A deployment still in progress is superseded by this one.
+    if let Some(old) = existing.and_then(|s| world.deployment_of(&s.value)) {
+        if old.value.record.status == DeploymentStatus::InProgress {
+            let mut doc = old.value.clone();
+            doc.record.status = DeploymentStatus::Superseded;
+            doc.record.reason = Some(format!("superseded by revision {revision}"));
+            doc.record.updated_at_ms = now;
+            ops.push(tables::deployments().put(doc.record.id.clone(), &doc)?);
+        }
+    }
+    record.count = spec.count;
+    record.revision = revision;
+    record.latest_revision = revision;
+    record.deployment = Some(dep.record.id.clone());
+    record.deleting = false;
+    record.placement_error = None;
+    record.updated_at_ms = now;
+    if previous_stable.is_none() {
+        record.stable_revision = None;
+    }
+    let doc = ServiceDoc { record, restart: existing.map(|s| s.value.restart.clone()).unwrap_or_default() };
+    ops.push(tables::services().put_cas(spec.name.clone(), &doc, guard)?);
+    ops.push(tables::revisions().put_cas(
+        tables::revision_key(&spec.name, revision),
+        &RevisionRecord { service: spec.name.clone(), revision, spec: spec.clone(), created_at_ms: now },
+        0,
+    )?);
+    ops.push(tables::deployments().put_cas(dep.record.id.clone(), &dep, 0)?);
+    let result = shared.store.write(Txn { ops }).await?;
+    if !result.applied {
+        return Err(OrchestratorError::Conflict(format!(
+            "service {} was changed by someone else meanwhile; deploy again",
+            spec.name
+        ))
+        .into());
+    }
+    tracing::info!(service = %spec.name, revision, deployment = %dep.record.id, "deploying");
+    Ok(Json(DeployResponse {
+        service: spec.name.clone(),
+        revision,
+        deployment: Some(dep.record.id.clone()),
+        outcome: if existing.is_some() { "updated".into() } else { "created".into() },
+    }))
+}
+
+/// Sets the desired count (and that of a deployment in progress). Returns the deployment in
+/// progress, if any.
+async fn scale_to(shared: &Shared, world: &World, name: &str, count: u32) -> ApiResult<Option<String>> {
+    let svc = world.services.get(name).ok_or_else(|| not_found(format!("no service named {name:?}")))?;
+    if svc.value.record.deleting {
+        return Err(OrchestratorError::Conflict(format!("service {name} is being removed")).into());
+    }
+    if let Some(spec) = world.spec(name, svc.value.record.revision) {
+        let mut one = spec.clone();
+        one.count = count;
+        crate::place::can_ever_fit(world, &one).map_err(invalid)?;
+    }
+    let mut doc = svc.value.clone();
+    doc.record.count = count;
+    doc.record.updated_at_ms = now_ms();
+    let mut ops = vec![tables::services().put_cas(name.to_string(), &doc, svc.modify_index)?];
+    let mut in_progress = None;
+    if let Some(dep) = world.deployment_of(&svc.value) {
+        if dep.value.record.status == DeploymentStatus::InProgress {
+            let mut d = dep.value.clone();
+            d.record.desired = count;
+            ops.push(tables::deployments().put_cas(d.record.id.clone(), &d, dep.modify_index)?);
+            in_progress = Some(d.record.id.clone());
+        }
+    }
+    let result = shared.store.write(Txn { ops }).await?;
+    if !result.applied {
+        return Err(OrchestratorError::Conflict(format!("service {name} changed meanwhile; try again")).into());
+    }
+    Ok(in_progress)
+}
+
+async fn scale(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Json(req): Json<ScaleRequest>,
+) -> ApiResult<Json<DeployResponse>> {
+    if req.count < 0 {
+        return Err(invalid(format!("count {} must not be negative", req.count)));
+    }
+    if req.count > i64::from(shared.config.max_count) {
+        return Err(invalid(format!("count {} is above this cluster's maximum of {}", req.count, shared.config.max_count)));
+    }
+    let world = World::load(&shared.store, Consistency::Default).await?;
+    let deployment = scale_to(&shared, &world, &name, req.count as u32).await?;
+    let revision = world.services.get(&name).map(|s| s.value.record.revision).unwrap_or(0);
+    Ok(Json(DeployResponse { service: name, revision, deployment, outcome: "scaled".into() }))
+}
+
+async fn rollback(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    body: Option<Json<RollbackRequest>>,
+) -> ApiResult<Json<DeployResponse>> {
+    let world = World::load(&shared.store, Consistency::Default).await?;
+    let svc = world.services.get(&name).ok_or_else(|| not_found(format!("no service named {name:?}")))?;
+    let current = svc.value.record.revision;
+    let target = match body.and_then(|b| b.0.revision) {
+        Some(r) => r,
+        None => world
+            .revisions
+            .keys()
+            .filter(|(s, r)| s == &name && *r < current)
+            .map(|(_, r)| *r)
+            .max()
+            .ok_or_else(|| invalid(format!("service {name} has no revision before {current} to roll back to")))?,
+    };
+    if target == current {
+        return Err(invalid(format!("revision {target} is already the current revision of {name}")));
+    }
+    let spec = world
+        .spec(&name, target)
+        .ok_or_else(|| not_found(format!("service {name} has no revision {target}")))?
+        .clone();
+    let now = now_ms();
+    let mut dep = new_deployment(&name, target, Some(current), &spec, svc.value.record.count, Some(target), Some(current), now);
+    dep.record.events.push(pier_api::service::DeploymentEvent { at_ms: now, message: "rollback requested".into() });
+    let mut ops = Vec::new();
+    if let Some(old) = world.deployment_of(&svc.value) {
+        if old.value.record.status == DeploymentStatus::InProgress {
+            let mut d = old.value.clone();
+            d.record.status = DeploymentStatus::Superseded;
+            d.record.reason = Some(format!("superseded by a rollback to revision {target}"));
+            ops.push(tables::deployments().put(d.record.id.clone(), &d)?);
+        }
+    }
+    let mut doc = svc.value.clone();
+    doc.record.revision = target;
+    doc.record.deployment = Some(dep.record.id.clone());
+    doc.record.updated_at_ms = now;
+    ops.push(tables::services().put_cas(name.clone(), &doc, svc.modify_index)?);
+    ops.push(tables::deployments().put_cas(dep.record.id.clone(), &dep, 0)?);
+    if !shared.store.write(Txn { ops }).await?.applied {
+        return Err(OrchestratorError::Conflict(format!("service {name} changed meanwhile; try again")).into());
+    }
+    Ok(Json(DeployResponse { service: name, revision: target, deployment: Some(dep.record.id), outcome: "rolled_back".into() }))
+}
+
+async fn remove_service(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Json<DeployResponse>> {
+    let world = World::load(&shared.store, Consistency::Default).await?;
+    let svc = world.services.get(&name).ok_or_else(|| not_found(format!("no service named {name:?}")))?;
+    let mut doc = svc.value.clone();
+    doc.record.deleting = true;
+    doc.record.updated_at_ms = now_ms();
+    let mut ops = vec![tables::services().put_cas(name.clone(), &doc, svc.modify_index)?];
+    if let Some(old) = world.deployment_of(&svc.value) {
+        if old.value.record.status == DeploymentStatus::InProgress {
+            let mut d = old.value.clone();
+            d.record.status = DeploymentStatus::Superseded;
+            d.record.reason = Some("service removed".into());
+            ops.push(tables::deployments().put(d.record.id.clone(), &d)?);
+        }
+    }
+    if !shared.store.write(Txn { ops }).await?.applied {
+        return Err(OrchestratorError::Conflict(format!("service {name} changed meanwhile; try again")).into());
+    }
+    Ok(Json(DeployResponse { service: name, revision: doc.record.revision, deployment: None, outcome: "removing".into() }))
+}
+
+fn restart_status(doc: &ServiceDoc) -> Option<String> {
+    let restart: pier_core::deployment::RestartState = (&doc.restart).into();
+    restart.status_line(now_ms())
+}
+
+async fn list_services(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
+    let world = World::load(&shared.store, Consistency::Default).await?;
+    let mut out = Vec::new();
+    for (name, svc) in &world.services {
+        let spec = world.spec(name, svc.value.record.revision);
+        let (mut running, mut healthy) = (0, 0);
+        for t in world.tasks_of(name) {
+            let s = world.status_of(&t.value.id);
+            if t.value.stop_phase == StopPhase::Active && s.state == TaskState::Running {
+                running += 1;
+                if s.health == TaskHealth::Healthy {
+                    healthy += 1;
+                }
+            }
+        }
+        out.push(ServiceSummary {
+            name: name.clone(),
+            image: spec.map(|s| s.image.clone()).unwrap_or_default(),
+            revision: svc.value.record.revision,
+            desired: svc.value.record.count,
+            running,
+            healthy,
+            deployment_status: world.deployment_of(&svc.value).map(|d| d.value.record.status),
+            route: spec.map(|s| s.route.clone()).unwrap_or_default(),
+            placement_error: svc.value.record.placement_error.clone().or_else(|| restart_status(&svc.value)),
+        });
+    }
+    Ok(with_index(world.index, out))
+}
+
+async fn inspect_service(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Json<ServiceDetail>> {
+    let world = World::load(&shared.store, Consistency::Default).await?;
+    let svc = world.services.get(&name).ok_or_else(|| not_found(format!("no service named {name:?}")))?;
+    let spec = world
+        .spec(&name, svc.value.record.revision)
+        .cloned()
+        .ok_or_else(|| not_found(format!("service {name} has no current revision")))?;
+    let mut service = svc.value.record.clone();
+    service.restart_status = restart_status(&svc.value);
+    Ok(Json(ServiceDetail {
+        service,
+        spec,
+        deployment: world.deployment_of(&svc.value).map(|d| d.value.record.clone()),
+        revisions: world.revisions.keys().filter(|(s, _)| s == &name).map(|(_, r)| *r).collect(),
+    }))
+}
+
+async fn service_tasks(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+    let world = World::load(&shared.store, Consistency::Default).await?;
+    if !world.services.contains_key(&name) {
+        return Err(not_found(format!("no service named {name:?}")));
+    }
+    let mut out: Vec<TaskView> =
+        world.tasks_of(&name).map(|t| TaskView::new(t.value.clone(), world.status_of(&t.value.id))).collect();
+    out.sort_by(|a, b| b.task.created_at_ms.cmp(&a.task.created_at_ms).then(a.task.id.cmp(&b.task.id)));
+    Ok(with_index(world.index, out))
+}
+
+async fn get_deployment(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let b = blocking_params(&q)?;
+    let keys = [WatchKey::key(tables::DEPLOYMENTS, id.clone())];
+    let index = wait_for_change(&shared, &keys, &b).await?;
+    let dep: Option<DeploymentRecord> = shared
+        .store
+        .read(Consistency::Default, |v| tables::deployments().get(v, &id).map(|d| d.map(|d| d.value.record)))
+        .await??;
+    match dep {
+        Some(d) => Ok(with_index(index, d)),
+        None => Err(not_found(format!("no deployment {id:?}"))),
+    }
+}
+
+// ------------------------------------------------------------------ nodes
+
+async fn list_nodes(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
+    let world = World::load(&shared.store, Consistency::Default).await?;
+    let leader = shared.store.status().is_leader;
+    let now = now_ms();
+    let mut out = Vec::new();
+    for n in world.nodes.values() {
+        let (mut tasks, mut cpu, mut mem) = (0, 0, 0);
+        for t in world.tasks.values().filter(|t| t.value.node == n.value.name) {
+            if holds_resources(&t.value, &world.status_of(&t.value.id)) {
+                tasks += 1;
+                if let Some(spec) = world.spec(&t.value.service, t.value.revision) {
+                    cpu += spec.cpu_millis;
+                    mem += spec.memory_mb;
+                }
+            }
+        }
+        out.push(NodeView {
+            node: n.value.clone(),
+            state: n.value.state(),
+            tasks,
+            allocated_cpu_millis: cpu,
+            allocated_memory_mb: mem,
+            last_heartbeat_age_ms: if leader { shared.heartbeats.get(&n.value.name).map(|l| now.saturating_sub(l)) } else { None },
+        });
+    }
+    Ok(with_index(world.index, out))
+}
+
+fn valid_node_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!("node name {name:?} must be 1-63 characters of letters, digits, '-', '_' and '.'")))
+    }
+}
+
+async fn register_node(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Json(req): Json<RegisterNode>,
+) -> ApiResult<Json<NodeRecord>> {
+    valid_node_name(&name)?;
+    if req.zone.is_empty() {
+        return Err(invalid("zone must not be empty"));
+    }
+    let now = now_ms();
+    let existing = shared.store.read(Consistency::Default, |v| tables::nodes().get(v, &name)).await??;
+    let record = NodeRecord {
+        name: name.clone(),
+        zone: req.zone,
+        agent_addr: req.agent_addr,
+        host_ip: req.host_ip,
+        attributes: req.attributes,
+        cpu_millis: req.cpu_millis,
+        memory_mb: req.memory_mb,
+        draining: existing.as_ref().is_some_and(|e| e.value.draining),
+        down: existing.as_ref().is_some_and(|e| e.value.down),
+        registered_at_ms: existing.as_ref().map(|e| e.value.registered_at_ms).unwrap_or(now),
+    };
+    if existing.as_ref().map(|e| &e.value) != Some(&record) {
+        shared.store.write(Txn::single(tables::nodes().put(name.clone(), &record)?)).await?;
+    }
+    catalog_sync::register_node(&shared.catalog, &record).await;
+    if shared.store.status().is_leader {
+        shared.heartbeats.record(&name, now);
+    }
+    tracing::info!(node = %name, zone = %record.zone, "node registered");
+    Ok(Json(record))
+}
+
+async fn heartbeat(State(shared): State<Arc<Shared>>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<StatusCode> {
+    let status = shared.store.status();
+    if status.is_leader {
+        let known = shared.store.read(Consistency::Stale, |v| v.get(&tables::NODES, &name).is_some()).await?;
+        if !known {
+            return Err(not_found(format!("unknown node {name:?}: register it first")));
+        }
+        shared.heartbeats.record(&name, now_ms());
+    } else {
+        if headers.contains_key(FORWARDED_HEADER) {
+            return Err(OrchestratorError::Unavailable("not the leader (forwarded heartbeat)".into()).into());
+        }
+        let leader = status
+            .leader
+            .filter(|l| !l.http_addr.is_empty())
+            .ok_or_else(|| OrchestratorError::Unavailable("no raft leader known; retry shortly".into()))?;
+        let url = format!("http://{}/api/v1/nodes/{name}/alive", leader.http_addr);
+        let resp = shared
+            .http
+            .put(url)
+            .header(FORWARDED_HEADER, "1")
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map_err(|e| OrchestratorError::Unavailable(format!("cannot forward the heartbeat to the leader: {e}")))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Err(not_found(format!("unknown node {name:?}: register it first")));
+        }
+    }
+    if let Err(err) = shared.catalog.heartbeat(&name).await {
+        tracing::debug!(node = %name, error = %err, "catalog heartbeat failed");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn drain(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Json(req): Json<DrainRequest>,
+) -> ApiResult<Json<NodeRecord>> {
+    for _ in 0..5 {
+        let node = shared
+            .store
+            .read(Consistency::Default, |v| tables::nodes().get(v, &name))
+            .await??
+            .ok_or_else(|| not_found(format!("no node named {name:?}")))?;
+        let mut record = node.value.clone();
+        record.draining = req.draining;
+        if shared.store.write(Txn::single(tables::nodes().put_cas(name.clone(), &record, node.modify_index)?)).await?.applied {
+            return Ok(Json(record));
+        }
+    }
+    Err(OrchestratorError::Conflict(format!("node {name} kept changing; try again")).into())
+}
+
+async fn node_tasks(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    valid_node_name(&name)?;
+    let b = blocking_params(&q)?;
+    let prefix = format!("{name}/");
+    let keys = [WatchKey::prefix(tables::TASKS, prefix.clone())];
+    let index = wait_for_change(&shared, &keys, &b).await?;
+    let tasks = shared
+        .store
+        .read(Consistency::Default, |v| -> Result<Vec<AgentTask>, StoreError> {
+            let mut out = Vec::new();
+            for (_, t) in tables::tasks().list(v, &prefix)? {
+                if t.value.stop_phase == StopPhase::Stopped {
+                    continue;
+                }
+                let key = tables::revision_key(&t.value.service, t.value.revision);
+                if let Some(rev) = tables::revisions().get(v, &key)? {
+                    out.push(AgentTask { task: t.value, spec: rev.value.spec });
+                }
+            }
+            Ok(out)
+        })
+        .await??;
+    Ok(with_index(index, AgentTasks { index, tasks }))
+}
+
+// ------------------------------------------------------------------ tasks
+
+async fn find_task(shared: &Shared, id: &str) -> ApiResult<Option<(pier_api::service::TaskRecord, Option<pier_store::Versioned<TaskStatus>>)>> {
+    let id = id.to_string();
+    Ok(shared
+        .store
+        .read(Consistency::Default, |v| -> Result<_, StoreError> {
+            let task = tables::tasks().list(v, "")?.into_iter().map(|(_, t)| t.value).find(|t| t.id == id);
+            match task {
+                Some(t) => Ok(Some((t, tables::task_status().get(v, &id)?))),
+                None => Ok(None),
+            }
+        })
+        .await??)
+}
+
+async fn get_task(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult<Json<TaskView>> {
+    let (task, status) = find_task(&shared, &id).await?.ok_or_else(|| not_found(format!("no task {id:?}")))?;
+    Ok(Json(TaskView::new(task, status.map(|s| s.value).unwrap_or_default())))
+}
+
+async fn report_status(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Json(mut status): Json<TaskStatus>,
+) -> ApiResult<StatusCode> {
+    let (task, previous) = find_task(&shared, &id).await?.ok_or_else(|| not_found(format!("no task {id:?}")))?;
+    status.updated_at_ms = now_ms();
+    let prev = previous.as_ref().map(|p| p.value.clone()).unwrap_or_default();
+    // Facts the agent may not repeat in every report are kept.
+    if status.started_at_ms.is_none() {
+        status.started_at_ms = prev.started_at_ms;
+    }
+    let op = match &previous {
+        Some(p) => tables::task_status().put_cas(id.clone(), &status, p.modify_index)?,
+        None => tables::task_status().put_cas(id.clone(), &status, 0)?,
+    };
+    let mut result = shared.store.write(Txn::single(op)).await?;
+    if !result.applied {
+        // Reports of one task come from one agent in order; a lost race means a retry.
+        result = shared.store.write(Txn::single(tables::task_status().put(id.clone(), &status)?)).await?;
+    }
+    let _ = result;
+    let changed = prev.state != status.state || prev.health != status.health || prev.host_ports != status.host_ports;
+    if changed {
+        let serving = task.stop_phase == StopPhase::Active && status.state == TaskState::Running;
+        if serving {
+            let spec = shared
+                .store
+                .read(Consistency::Default, |v| tables::revisions().get(v, &tables::revision_key(&task.service, task.revision)))
+                .await??;
+            if let Some(rev) = spec {
+                catalog_sync::register_task(&shared.catalog, &task, &status, &rev.value.spec).await;
+            }
+        } else if status.state.is_terminal() || prev.state == TaskState::Running {
+            catalog_sync::deregister_task(&shared.catalog, &task.node, &task.id).await;
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
