@@ -2,7 +2,9 @@
 //! the image is built through the Docker engine, pushed to the pier registry and deployed;
 //! every run's state and log live in the replicated store.
 
+pub mod build;
 pub mod definition;
 pub mod git;
+pub mod log_sink;
 pub mod run_state;
 pub mod webhook;

@@ -191,3 +191,91 @@ fn serve_cgi(conn: TcpStream, root: &PathBuf) -> std::io::Result<()> {
     w.write_all(rest)?;
     w.flush()
 }
+
+/// A pier registry on a free loopback port, for as long as the returned guard lives.
+pub struct TestRegistry {
+    pub addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl TestRegistry {
+    pub async fn start() -> TestRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let registry =
+            pier_registry::Registry::open(pier_registry::RegistryConfig::new(dir.path()))
+                .await
+                .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = registry
+                .serve_on(listener, async move {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        TestRegistry {
+            addr,
+            _dir: dir,
+            _stop: tx,
+        }
+    }
+
+    /// `host:port` as used in image references.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The tags the registry holds for `name` (empty when it has none).
+    pub async fn tags(&self, name: &str) -> Vec<String> {
+        let resp = reqwest::get(format!("http://{}/v2/{name}/tags/list", self.addr))
+            .await
+            .unwrap();
+        if resp.status() == 404 {
+            return Vec::new();
+        }
+        let body: serde_json::Value = resp.json().await.unwrap();
+        body["tags"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A repository holding the busybox httpd example: Dockerfile, www/index.html, pier.toml.
+pub fn busybox_site_repo(name: &str, page: &str) -> TestRepo {
+    let r = TestRepo::new();
+    std::fs::copy(
+        pier_testkit::docker::static_busybox(),
+        r.path().join("busybox"),
+    )
+    .unwrap();
+    r.write(
+        "Dockerfile",
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nCMD [\"/bin/busybox\",\"httpd\",\"-f\",\"-p\",\"8080\",\"-h\",\"/www\"]\n",
+    );
+    r.write("www/index.html", page);
+    r.write(
+        "pier.toml",
+        format!("name = \"{name}\"\ncount = 2\nport = 8080\n\n[health]\nhttp = \"/index.html\"\ninterval = \"1s\"\n"),
+    );
+    r.commit("site v1");
+    r
+}
+
+/// A name no other test run uses at the same time (image repositories, services).
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
