@@ -1,0 +1,397 @@
+//! One task's lifecycle on this node, in its own tokio task: pull → create → start → health
+//! checks → (stop signal → SIGKILL after the timeout) → remove, reporting every transition
+//! to the server. The controller decides; the worker only does what the task record says and
+//! reports what it sees. It never restarts a dead container itself: a replacement is a new
+//! task, so crash loops are visible and backed off centrally.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pier_api::service::{AgentTask, DesiredState, HealthSpec, StopPhase, TaskHealth, TaskState, TaskStatus};
+use pier_core::health::{self, CheckResult, CheckSettings, CheckState, HealthStatus};
+use tokio::sync::mpsc;
+
+use crate::client::ServerClient;
+use crate::docker::{ContainerInfo, ContainerSpec, DockerDriver, DockerError};
+use crate::probe::{self, ProbeTarget};
+
+pub enum WorkerMsg {
+    Desired(Box<AgentTask>),
+    /// The task is no longer assigned to this node (or was deleted).
+    Gone,
+    /// A Docker event for the task's container (die, oom, ...).
+    Event(String),
+}
+
+pub struct WorkerCtx {
+    pub docker: DockerDriver,
+    pub client: ServerClient,
+    pub host_ip: String,
+    pub http: reqwest::Client,
+}
+
+/// Probing before the first pass happens this often; its failures are not counted (the
+/// process is just not listening yet), only a success is. Keeps readiness detection fast
+/// without changing what `retries` means.
+const STARTUP_PROBE_MS: u64 = 150;
+const FALLBACK_TICK_MS: u64 = 1_000;
+
+struct Worker {
+    ctx: Arc<WorkerCtx>,
+    task: AgentTask,
+    container: Option<String>,
+    status: TaskStatus,
+    /// What the server acknowledged last; `None` forces a report.
+    acknowledged: Option<TaskStatus>,
+    check: Option<(CheckSettings, CheckState)>,
+    next_quick_probe_ms: u64,
+    start_attempted: bool,
+    stopped: bool,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn check_settings(h: &HealthSpec) -> CheckSettings {
+    CheckSettings {
+        interval_ms: h.interval_ms,
+        timeout_ms: h.timeout_ms,
+        failures_before_critical: h.retries,
+        successes_before_passing: 1,
+        start_period_ms: h.start_period_ms,
+        ttl_ms: None,
+        deregister_critical_after_ms: None,
+    }
+}
+
+pub async fn run(ctx: Arc<WorkerCtx>, task: AgentTask, adopted: Option<ContainerInfo>, mut rx: mpsc::Receiver<WorkerMsg>) {
+    let mut w = Worker {
+        ctx,
+        task,
+        container: None,
+        status: TaskStatus::default(),
+        acknowledged: None,
+        check: None,
+        next_quick_probe_ms: 0,
+        start_attempted: false,
+        stopped: false,
+    };
+    if let Some(info) = adopted {
+        w.adopt(info).await;
+    }
+    loop {
+        if !w.act().await {
+            return;
+        }
+        w.flush().await;
+        let wait_ms = w.next_wake_ms().saturating_sub(now_ms()).clamp(10, FALLBACK_TICK_MS);
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(WorkerMsg::Desired(t)) => w.task = *t,
+                Some(WorkerMsg::Event(action)) => w.on_event(&action).await,
+                Some(WorkerMsg::Gone) | None => {
+                    w.remove().await;
+                    return;
+                }
+            },
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+        }
+        w.probe_if_due().await;
+    }
+}
+
+impl Worker {
+    fn id(&self) -> &str {
+        &self.task.task.id
+    }
+
+    fn set_state(&mut self, state: TaskState, message: Option<String>) {
+        self.status.state = state;
+        self.status.message = message;
+    }
+
+    async fn adopt(&mut self, info: ContainerInfo) {
+        tracing::info!(task = %self.id(), container = %info.id, running = info.running, "adopting existing container");
+        self.container = Some(info.id.clone());
+        self.start_attempted = true;
+        self.status.container_id = Some(info.id.clone());
+        self.status.host_ip = Some(self.ctx.host_ip.clone());
+        self.status.host_ports = info.host_ports.clone();
+        if info.running {
+            self.set_state(TaskState::Running, None);
+            self.begin_health(now_ms());
+        } else {
+            self.status.exit_code = info.exit_code;
+            self.set_state(TaskState::Exited, Some(exit_message(&info)));
+            self.status.finished_at_ms = Some(now_ms());
+        }
+    }
+
+    fn begin_health(&mut self, now: u64) {
+        self.status.started_at_ms.get_or_insert(now);
+        match &self.task.spec.health {
+            Some(h) => {
+                let settings = check_settings(h);
+                self.check = Some((settings, CheckState::new(now)));
+                self.status.health = TaskHealth::Unknown;
+                self.status.healthy_since_ms = None;
+                self.next_quick_probe_ms = now;
+            }
+            None => {
+                self.check = None;
+                self.status.health = TaskHealth::Healthy;
+                self.status.healthy_since_ms = Some(now);
+            }
+        }
+    }
+
+    /// Does what the task record asks. Returns false when the worker is finished.
+    async fn act(&mut self) -> bool {
+        let t = &self.task.task;
+        match t.stop_phase {
+            StopPhase::Active if t.desired == DesiredState::Running => {
+                if !self.start_attempted {
+                    self.start_attempted = true;
+                    self.start().await;
+                }
+                true
+            }
+            // Out of the catalog already; keep serving in-flight requests until the signal.
+            StopPhase::Active | StopPhase::Draining { .. } => {
+                if !self.start_attempted {
+                    // Never started: there is nothing to drain.
+                    self.start_attempted = true;
+                    self.mark_not_started();
+                }
+                true
+            }
+            StopPhase::Stopping { .. } => {
+                if !self.stopped {
+                    self.stopped = true;
+                    self.stop().await;
+                }
+                true
+            }
+            StopPhase::Stopped => {
+                self.remove().await;
+                false
+            }
+        }
+    }
+
+    fn mark_not_started(&mut self) {
+        if !self.status.state.is_terminal() {
+            self.status.exit_code = Some(0);
+            self.set_state(TaskState::Exited, Some("stopped before it started".into()));
+            self.status.finished_at_ms = Some(now_ms());
+        }
+    }
+
+    async fn start(&mut self) {
+        let spec = self.task.spec.clone();
+        let docker = self.ctx.docker.clone();
+        match docker.image_present(&spec.image).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.set_state(TaskState::Pulling, Some(format!("pulling {}", spec.image)));
+                self.flush().await;
+                if let Err(e) = docker.pull(&spec.image).await {
+                    return self.fail(e);
+                }
+            }
+            Err(e) => return self.fail(e),
+        }
+        self.set_state(TaskState::Starting, None);
+        self.flush().await;
+        let cspec = ContainerSpec {
+            task_id: self.id().to_string(),
+            service: spec.name.clone(),
+            revision: self.task.task.revision,
+            image: spec.image.clone(),
+            entrypoint: spec.command.clone(),
+            cmd: spec.args.clone(),
+            env: spec.env.clone(),
+            ports: spec.ports.clone(),
+            host_ip: self.ctx.host_ip.clone(),
+            cpu_millis: spec.cpu_millis,
+            memory_mb: spec.memory_mb,
+            stop_signal: spec.stop_signal.clone(),
+        };
+        let id = match docker.create(&cspec).await {
+            Ok(id) => id,
+            Err(e) => return self.fail(e),
+        };
+        self.container = Some(id.clone());
+        self.status.container_id = Some(id.clone());
+        if let Err(e) = docker.start(&id).await {
+            return self.fail(e);
+        }
+        match docker.inspect(&id).await {
+            Ok(Some(info)) if info.running => {
+                self.status.host_ip = Some(self.ctx.host_ip.clone());
+                self.status.host_ports = info.host_ports;
+                self.set_state(TaskState::Running, None);
+                self.begin_health(now_ms());
+                tracing::info!(task = %self.id(), container = %id, "task running");
+            }
+            Ok(Some(info)) => self.exited(&info),
+            Ok(None) => self.fail(DockerError::NoSuchContainer(id)),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn fail(&mut self, e: DockerError) {
+        tracing::warn!(task = %self.id(), error = %e, "task failed to start");
+        self.set_state(TaskState::Failed, Some(e.to_string()));
+        self.status.finished_at_ms = Some(now_ms());
+        self.check = None;
+    }
+
+    fn exited(&mut self, info: &ContainerInfo) {
+        if self.status.state.is_terminal() {
+            return;
+        }
+        self.status.exit_code = info.exit_code;
+        self.set_state(TaskState::Exited, Some(exit_message(info)));
+        self.status.finished_at_ms = Some(now_ms());
+        if self.status.health == TaskHealth::Healthy {
+            self.status.health = TaskHealth::Unknown;
+            self.status.healthy_since_ms = None;
+        }
+        self.check = None;
+        tracing::info!(task = %self.id(), code = ?info.exit_code, "task exited");
+    }
+
+    async fn on_event(&mut self, action: &str) {
+        if !matches!(action, "die" | "oom" | "destroy" | "kill") {
+            return;
+        }
+        let Some(id) = self.container.clone() else { return };
+        match self.ctx.docker.inspect(&id).await {
+            Ok(Some(info)) if !info.running => self.exited(&info),
+            Ok(None) => {
+                if !self.status.state.is_terminal() {
+                    self.status.exit_code = Some(137);
+                    self.set_state(TaskState::Exited, Some("container removed".into()));
+                    self.status.finished_at_ms = Some(now_ms());
+                    self.check = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn stop(&mut self) {
+        self.check = None;
+        let Some(id) = self.container.clone() else {
+            self.mark_not_started();
+            return;
+        };
+        if let Err(e) = self.ctx.docker.stop(&id, self.task.spec.stop_timeout_ms).await {
+            tracing::warn!(task = %self.id(), error = %e, "stop failed; removing the container by force");
+        }
+        match self.ctx.docker.inspect(&id).await {
+            Ok(Some(info)) => {
+                if !self.status.state.is_terminal() {
+                    self.status.exit_code = info.exit_code;
+                    self.set_state(TaskState::Exited, Some(format!("stopped ({})", exit_message(&info))));
+                    self.status.finished_at_ms = Some(now_ms());
+                }
+            }
+            _ => self.mark_not_started(),
+        }
+        if let Err(e) = self.ctx.docker.remove(&id).await {
+            tracing::warn!(task = %self.id(), error = %e, "cannot remove the container");
+        }
+        self.container = None;
+        tracing::info!(task = %self.id(), "task stopped");
+    }
+
+    async fn remove(&mut self) {
+        if let Some(id) = self.container.take() {
+            if let Err(e) = self.ctx.docker.remove(&id).await {
+                tracing::warn!(task = %self.id(), error = %e, "cannot remove the container");
+            }
+        }
+    }
+
+    fn next_wake_ms(&self) -> u64 {
+        match &self.check {
+            Some((settings, state)) if self.status.state == TaskState::Running => {
+                let regular = health::next_run_at_ms(settings, state);
+                if state.has_passed {
+                    regular
+                } else {
+                    regular.min(self.next_quick_probe_ms)
+                }
+            }
+            _ => now_ms() + FALLBACK_TICK_MS,
+        }
+    }
+
+    async fn probe_if_due(&mut self) {
+        let Some((settings, state)) = self.check.clone() else { return };
+        if self.status.state != TaskState::Running {
+            return;
+        }
+        let Some(hs) = self.task.spec.health.clone() else { return };
+        let now = now_ms();
+        let regular_due = now >= health::next_run_at_ms(&settings, &state);
+        let quick_due = !state.has_passed && now >= self.next_quick_probe_ms;
+        if !regular_due && !quick_due {
+            return;
+        }
+        let container = self.container.clone().unwrap_or_default();
+        let target = ProbeTarget { host_ip: &self.ctx.host_ip, host_ports: &self.status.host_ports, container_id: &container };
+        let result = probe::run(&hs.kind, &target, settings.timeout_ms, &self.ctx.http, &self.ctx.docker).await;
+        let done = now_ms();
+        if !regular_due {
+            self.next_quick_probe_ms = done + STARTUP_PROBE_MS;
+            if !matches!(result, CheckResult::Passing { .. }) {
+                return;
+            }
+        }
+        let (next, transition) = health::observe(&settings, &state, result, done);
+        if let Some(t) = &transition {
+            tracing::info!(task = %self.id(), from = %t.from, to = %t.to, output = %t.output, "health changed");
+            self.status.health = match t.to {
+                HealthStatus::Passing | HealthStatus::Warning => TaskHealth::Healthy,
+                HealthStatus::Critical => TaskHealth::Unhealthy,
+                HealthStatus::Unknown => TaskHealth::Unknown,
+            };
+            self.status.healthy_since_ms = next.healthy_since_ms;
+            self.status.message = (!t.output.is_empty()).then(|| t.output.clone());
+        }
+        self.check = Some((settings, next));
+    }
+
+    /// Reports the status when it differs from what the server acknowledged.
+    async fn flush(&mut self) {
+        if self.acknowledged.as_ref() == Some(&self.status) {
+            return;
+        }
+        match self.ctx.client.report(self.id(), &self.status).await {
+            Ok(()) => self.acknowledged = Some(self.status.clone()),
+            Err(e) if e.is_not_found() => {
+                // The task is gone from the server: nothing to report to, nothing to run.
+                self.task.task.stop_phase = StopPhase::Stopped;
+            }
+            Err(e) => tracing::debug!(task = %self.id(), error = %e, "status report failed; will retry"),
+        }
+    }
+}
+
+fn exit_message(info: &ContainerInfo) -> String {
+    if info.oom_killed {
+        return "killed: out of memory".into();
+    }
+    match (info.exit_code, &info.error) {
+        (_, Some(err)) => err.clone(),
+        (Some(code), None) => format!("exited with code {code}"),
+        (None, None) => "exited".into(),
+    }
+}
