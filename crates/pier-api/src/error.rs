@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidInput,
+    /// A credential (e.g. a webhook signature) is missing or wrong.
+    Unauthorized,
+    /// The request is understood but not allowed (e.g. a webhook on a pipeline without a secret).
+    Forbidden,
     NotFound,
     Conflict,
     PayloadTooLarge,
@@ -20,6 +24,8 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::InvalidInput => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
