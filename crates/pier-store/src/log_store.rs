@@ -1,11 +1,14 @@
 //! The Raft log and vote in one redb file. Every append is fsynced before openraft hears it is
 //! flushed; one redb transaction per append batch.
 
+use std::collections::BTreeMap;
 use std::fmt::{Debug, Display};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader, StorageError};
@@ -44,9 +47,47 @@ pub(crate) fn open_db(path: &Path) -> Result<Database, StoreError> {
     }
 }
 
+/// Entries kept in memory behind the last persisted one, so replication mostly reads memory.
+const CACHE_KEEP: u64 = 1024;
+
+/// The tail of the log in memory: everything not yet persisted plus a short persisted tail.
+/// Entries below the first cached index are all persisted.
+#[derive(Default)]
+struct LogCache {
+    entries: BTreeMap<u64, RaftEntry>,
+    persisted_upto: u64,
+}
+
+enum LogCmd {
+    Append {
+        entries: Vec<RaftEntry>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// A write that must be durable before `done` fires (vote, truncate).
+    Durable {
+        op: DurableOp,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Bookkeeping that may ride on the next durable commit (committed index, purge).
+    Lazy { op: LazyOp },
+}
+
+enum DurableOp {
+    Vote(Vec<u8>),
+    Truncate(u64),
+}
+
+enum LazyOp {
+    Committed(Vec<u8>),
+    Purge { upto: u64, record: Vec<u8> },
+}
+
 pub(crate) struct LogStore {
     db: Arc<Database>,
     path: PathBuf,
+    cache: Arc<Mutex<LogCache>>,
+    tx: std::sync::mpsc::Sender<LogCmd>,
+    last_purged: Option<LogId>,
     /// Last committed index reported by openraft, for `Store::status`.
     committed_index: Arc<AtomicU64>,
 }
@@ -54,6 +95,11 @@ pub(crate) struct LogStore {
 #[derive(Clone)]
 pub(crate) struct LogReader {
     db: Arc<Database>,
+    cache: Arc<Mutex<LogCache>>,
+}
+
+fn lock_cache(cache: &Mutex<LogCache>) -> std::sync::MutexGuard<'_, LogCache> {
+    cache.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl LogStore {
@@ -79,43 +125,132 @@ impl LogStore {
             drop(meta);
             txn.commit().map_err(|e| corrupt(&e))?;
         }
-        let store = LogStore {
-            db: Arc::new(db),
-            path,
-            committed_index,
-        };
-        if let Some(c) = store.read_meta::<Option<LogId>>(KEY_COMMITTED).ok().flatten().flatten() {
-            store.committed_index.store(c.index, Ordering::Relaxed);
+        let db = Arc::new(db);
+        let last_purged = read_meta::<Option<LogId>>(&db, KEY_PURGED)
+            .map_err(|e| corrupt(&e))?
+            .flatten();
+        if let Some(c) = read_meta::<Option<LogId>>(&db, KEY_COMMITTED)
+            .map_err(|e| corrupt(&e))?
+            .flatten()
+        {
+            committed_index.store(c.index, Ordering::Relaxed);
         }
-        Ok(store)
+        let cache = Arc::new(Mutex::new(LogCache::default()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer_db = db.clone();
+        let writer_cache = cache.clone();
+        let writer_path = path.clone();
+        std::thread::Builder::new()
+            .name("pier-store-log".into())
+            .spawn(move || writer_loop(writer_db, writer_path, writer_cache, rx))
+            .map_err(|e| StoreError::io(&path, e))?;
+        Ok(LogStore {
+            db,
+            path,
+            cache,
+            tx,
+            last_purged,
+            committed_index,
+        })
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<u64>> {
         read_meta(&self.db, key)
     }
 
-    async fn write<F>(&self, subject: ErrorSubject<u64>, durable: bool, f: F) -> Result<(), StorageError<u64>>
-    where
-        F: FnOnce(&redb::WriteTransaction) -> Result<(), String> + Send + 'static,
-    {
-        let db = self.db.clone();
-        let path = self.path.clone();
-        let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-            txn.set_durability(if durable {
-                Durability::Immediate
-            } else {
-                Durability::None
-            })
-            .map_err(|e| e.to_string())?;
-            f(&txn)?;
-            txn.commit().map_err(|e| e.to_string())
+    fn send(&self, cmd: LogCmd) -> Result<(), StorageError<u64>> {
+        self.tx.send(cmd).map_err(|_| {
+            sto_err(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                format!("{}: log writer thread is gone", self.path.display()),
+            )
         })
-        .await;
-        match res {
+    }
+
+    async fn durable(&self, subject: ErrorSubject<u64>, op: DurableOp) -> Result<(), StorageError<u64>> {
+        let (done, rx) = oneshot::channel();
+        self.send(LogCmd::Durable { op, done })?;
+        match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(sto_err(subject, ErrorVerb::Write, format!("{}: {e}", path.display()))),
-            Err(e) => Err(sto_err(subject, ErrorVerb::Write, e)),
+            Ok(Err(e)) => Err(sto_err(subject, ErrorVerb::Write, format!("{}: {e}", self.path.display()))),
+            Err(_) => Err(sto_err(subject, ErrorVerb::Write, "log writer thread is gone")),
+        }
+    }
+}
+
+/// Single writer of the log file: drains every queued command into one redb transaction, one
+/// fsync for the lot, then reports completion in order. This is where appends get batched:
+/// openraft hands us one entry per client write.
+fn writer_loop(db: Arc<Database>, path: PathBuf, cache: Arc<Mutex<LogCache>>, rx: std::sync::mpsc::Receiver<LogCmd>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+            if batch.len() >= 4096 {
+                break;
+            }
+        }
+        let durable = batch.iter().any(|c| !matches!(c, LogCmd::Lazy { .. }));
+        let mut max_appended = 0;
+        let res = (|| -> Result<(), String> {
+            let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+            txn.set_durability(if durable { Durability::Immediate } else { Durability::None })
+                .map_err(|e| e.to_string())?;
+            {
+                let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+                let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+                for cmd in &batch {
+                    match cmd {
+                        LogCmd::Append { entries, .. } => {
+                            for e in entries {
+                                let bytes = serde_json::to_vec(e).map_err(|e| e.to_string())?;
+                                log.insert(e.log_id.index, bytes.as_slice()).map_err(|e| e.to_string())?;
+                                max_appended = max_appended.max(e.log_id.index);
+                            }
+                        }
+                        LogCmd::Durable { op: DurableOp::Vote(bytes), .. } => {
+                            meta.insert(KEY_VOTE, bytes.as_slice()).map_err(|e| e.to_string())?;
+                        }
+                        LogCmd::Durable { op: DurableOp::Truncate(from), .. } => {
+                            log.retain_in::<u64, _>(*from.., |_, _| false).map_err(|e| e.to_string())?;
+                        }
+                        LogCmd::Lazy { op: LazyOp::Committed(bytes) } => {
+                            meta.insert(KEY_COMMITTED, bytes.as_slice()).map_err(|e| e.to_string())?;
+                        }
+                        LogCmd::Lazy { op: LazyOp::Purge { upto, record } } => {
+                            meta.insert(KEY_PURGED, record.as_slice()).map_err(|e| e.to_string())?;
+                            log.retain_in::<u64, _>(..=*upto, |_, _| false).map_err(|e| e.to_string())?;
+                        }
+                    }
+                }
+            }
+            txn.commit().map_err(|e| e.to_string())
+        })();
+        if let Err(e) = &res {
+            tracing::error!(path = %path.display(), error = %e, "writing the raft log failed");
+        }
+        if res.is_ok() && max_appended > 0 {
+            let mut c = lock_cache(&cache);
+            c.persisted_upto = c.persisted_upto.max(max_appended);
+            let keep_from = c.persisted_upto.saturating_sub(CACHE_KEEP);
+            while let Some((&i, _)) = c.entries.first_key_value() {
+                if i >= keep_from {
+                    break;
+                }
+                c.entries.pop_first();
+            }
+        }
+        for cmd in batch {
+            match cmd {
+                LogCmd::Append { callback, .. } => {
+                    callback.log_io_completed(res.clone().map_err(std::io::Error::other));
+                }
+                LogCmd::Durable { done, .. } => {
+                    let _ = done.send(res.clone());
+                }
+                LogCmd::Lazy { .. } => {}
+            }
         }
     }
 }
@@ -134,18 +269,8 @@ fn decode_entry(bytes: &[u8]) -> Result<RaftEntry, StorageError<u64>> {
     serde_json::from_slice(bytes).map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Read, e))
 }
 
-fn read_range<RB: RangeBounds<u64>>(db: &Database, range: RB) -> Result<Vec<RaftEntry>, StorageError<u64>> {
+fn read_db_range(db: &Database, start: u64, end: Bound<u64>) -> Result<Vec<RaftEntry>, StorageError<u64>> {
     let e = |e: &dyn Display| sto_err(ErrorSubject::Logs, ErrorVerb::Read, e);
-    let start = match range.start_bound() {
-        Bound::Included(s) => *s,
-        Bound::Excluded(s) => s.saturating_add(1),
-        Bound::Unbounded => 0,
-    };
-    let end = match range.end_bound() {
-        Bound::Included(s) => Bound::Included(*s),
-        Bound::Excluded(s) => Bound::Excluded(*s),
-        Bound::Unbounded => Bound::Unbounded,
-    };
     let txn = db.begin_read().map_err(|x| e(&x))?;
     let table = txn.open_table(LOG).map_err(|x| e(&x))?;
     let mut out = Vec::new();
@@ -159,12 +284,51 @@ fn read_range<RB: RangeBounds<u64>>(db: &Database, range: RB) -> Result<Vec<Raft
     Ok(out)
 }
 
+/// Reads from the in-memory tail where possible; everything below it is persisted in redb.
+fn read_range<RB: RangeBounds<u64>>(
+    db: &Database,
+    cache: &Mutex<LogCache>,
+    range: RB,
+) -> Result<Vec<RaftEntry>, StorageError<u64>> {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(s) => Bound::Included(*s),
+        Bound::Excluded(s) => Bound::Excluded(*s),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    let (cached, cache_lo) = {
+        let c = lock_cache(cache);
+        let lo = c.entries.first_key_value().map(|(i, _)| *i).unwrap_or(u64::MAX);
+        let cached: Vec<RaftEntry> = c
+            .entries
+            .range((Bound::Included(start.max(lo)), end))
+            .map(|(_, e)| e.clone())
+            .collect();
+        (cached, lo)
+    };
+    if start >= cache_lo {
+        return Ok(cached);
+    }
+    let db_end = match end {
+        Bound::Included(e) if e < cache_lo => Bound::Included(e),
+        Bound::Excluded(e) if e <= cache_lo => Bound::Excluded(e),
+        _ => Bound::Excluded(cache_lo),
+    };
+    let mut out = read_db_range(db, start, db_end)?;
+    out.extend(cached);
+    Ok(out)
+}
+
 impl RaftLogReader<TypeConfig> for LogReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<RaftEntry>, StorageError<u64>> {
-        read_range(&self.db, range)
+        read_range(&self.db, &self.cache, range)
     }
 }
 
@@ -173,7 +337,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<RaftEntry>, StorageError<u64>> {
-        read_range(&self.db, range)
+        read_range(&self.db, &self.cache, range)
     }
 }
 
@@ -181,35 +345,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
-        let last_purged: Option<LogId> = self.read_meta::<Option<LogId>>(KEY_PURGED)?.flatten();
-        let e = |e: &dyn Display| sto_err(ErrorSubject::Logs, ErrorVerb::Read, e);
-        let last = {
-            let txn = self.db.begin_read().map_err(|x| e(&x))?;
-            let table = txn.open_table(LOG).map_err(|x| e(&x))?;
-            let last = match table.last().map_err(|x| e(&x))? {
-                Some((_, v)) => Some(decode_entry(v.value())?.log_id),
-                None => None,
-            };
-            last
+        let cached_last = lock_cache(&self.cache).entries.last_key_value().map(|(_, e)| e.log_id);
+        let last = match cached_last {
+            Some(l) => Some(l),
+            None => {
+                let e = |e: &dyn Display| sto_err(ErrorSubject::Logs, ErrorVerb::Read, e);
+                let txn = self.db.begin_read().map_err(|x| e(&x))?;
+                let table = txn.open_table(LOG).map_err(|x| e(&x))?;
+                let last = match table.last().map_err(|x| e(&x))? {
+                    Some((_, v)) => Some(decode_entry(v.value())?.log_id),
+                    None => None,
+                };
+                last
+            }
         };
         Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last.or(last_purged),
+            last_purged_log_id: self.last_purged,
+            last_log_id: last.or(self.last_purged),
         })
     }
 
     async fn get_log_reader(&mut self) -> LogReader {
-        LogReader { db: self.db.clone() }
+        LogReader {
+            db: self.db.clone(),
+            cache: self.cache.clone(),
+        }
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError<u64>> {
         let bytes = serde_json::to_vec(vote).map_err(|e| sto_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
-        self.write(ErrorSubject::Vote, true, move |txn| {
-            let mut t = txn.open_table(META).map_err(|e| e.to_string())?;
-            t.insert(KEY_VOTE, bytes.as_slice()).map_err(|e| e.to_string())?;
-            Ok(())
-        })
-        .await
+        self.durable(ErrorSubject::Vote, DurableOp::Vote(bytes)).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError<u64>> {
@@ -221,14 +386,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.committed_index.store(c.index, Ordering::Relaxed);
         }
         let bytes = serde_json::to_vec(&committed).map_err(|e| sto_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        // Not fsynced on its own: the next append makes it durable, and losing it only means
-        // replaying a little more on restart.
-        self.write(ErrorSubject::Store, false, move |txn| {
-            let mut t = txn.open_table(META).map_err(|e| e.to_string())?;
-            t.insert(KEY_COMMITTED, bytes.as_slice()).map_err(|e| e.to_string())?;
-            Ok(())
+        // Rides on the next fsynced append; losing it only means replaying a little more.
+        self.send(LogCmd::Lazy {
+            op: LazyOp::Committed(bytes),
         })
-        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<u64>> {
@@ -240,54 +401,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = RaftEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut encoded = Vec::new();
-        for entry in entries {
-            let bytes =
-                serde_json::to_vec(&entry).map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-            encoded.push((entry.log_id.index, bytes));
-        }
-        let res = self
-            .write(ErrorSubject::Logs, true, move |txn| {
-                let mut t = txn.open_table(LOG).map_err(|e| e.to_string())?;
-                for (index, bytes) in &encoded {
-                    t.insert(*index, bytes.as_slice()).map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            })
-            .await;
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e)
+        let entries: Vec<RaftEntry> = entries.into_iter().collect();
+        {
+            // Readable from now on; durable when the callback fires.
+            let mut c = lock_cache(&self.cache);
+            for e in &entries {
+                c.entries.insert(e.log_id.index, e.clone());
             }
         }
+        self.send(LogCmd::Append { entries, callback })
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
         let from = log_id.index;
-        self.write(ErrorSubject::Logs, true, move |txn| {
-            let mut t = txn.open_table(LOG).map_err(|e| e.to_string())?;
-            t.retain_in::<u64, _>(from.., |_, _| false).map_err(|e| e.to_string())?;
-            Ok(())
-        })
-        .await
+        {
+            let mut c = lock_cache(&self.cache);
+            let _ = c.entries.split_off(&from);
+            c.persisted_upto = c.persisted_upto.min(from.saturating_sub(1));
+        }
+        self.durable(ErrorSubject::Logs, DurableOp::Truncate(from)).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
         let upto = log_id.index;
-        let bytes = serde_json::to_vec(&Some(log_id)).map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-        // Not fsynced: if lost, the purged entries come back, which is harmless.
-        self.write(ErrorSubject::Logs, false, move |txn| {
-            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-            meta.insert(KEY_PURGED, bytes.as_slice()).map_err(|e| e.to_string())?;
-            let mut t = txn.open_table(LOG).map_err(|e| e.to_string())?;
-            t.retain_in::<u64, _>(..=upto, |_, _| false).map_err(|e| e.to_string())?;
-            Ok(())
+        let record = serde_json::to_vec(&Some(log_id)).map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        {
+            let mut c = lock_cache(&self.cache);
+            let rest = c.entries.split_off(&(upto + 1));
+            c.entries = rest;
+        }
+        self.last_purged = Some(log_id);
+        // Not fsynced on its own: if lost, the purged entries come back, which is harmless.
+        self.send(LogCmd::Lazy {
+            op: LazyOp::Purge { upto, record },
         })
-        .await
     }
 }
