@@ -118,6 +118,8 @@ pub struct StoredState {
     pub started_at_ms: u64,
     pub last_progress_ms: u64,
     pub best_healthy: u32,
+    #[serde(default)]
+    pub fewest_old_left: Option<u32>,
     pub failures: Vec<StoredFailure>,
     pub counts: StoredCounts,
 }
@@ -208,6 +210,7 @@ impl From<&StoredState> for DeploymentState {
             started_at_ms: s.started_at_ms,
             last_progress_ms: s.last_progress_ms,
             best_healthy: s.best_healthy,
+            fewest_old_left: s.fewest_old_left,
             failures: s
                 .failures
                 .iter()
@@ -232,6 +235,7 @@ impl From<&DeploymentState> for StoredState {
             started_at_ms: s.started_at_ms,
             last_progress_ms: s.last_progress_ms,
             best_healthy: s.best_healthy,
+            fewest_old_left: s.fewest_old_left,
             failures: s
                 .failures
                 .iter()

@@ -40,12 +40,23 @@ pub enum Command {
     Status(cmd::status::StatusArgs),
     /// Read and write the key/value store.
     Kv(cmd::kv::KvArgs),
+    /// Run a node agent: registers this machine and runs its tasks on Docker.
+    Agent(cmd::agent::AgentArgs),
+    /// Deploy a service file and follow the rollout.
+    Deploy(cmd::deploy::DeployArgs),
+    /// Inspect and manage services.
+    Service(cmd::service::ServiceArgs),
+    /// Inspect and drain nodes.
+    Node(cmd::node::NodeArgs),
+    /// Show a service's container output.
+    Logs(cmd::logs::LogsArgs),
 }
 
 impl Command {
     pub fn is_server(&self) -> bool {
         match self {
-            Command::Dev(_) | Command::Server(_) => true,
+            Command::Dev(_) | Command::Server(_) | Command::Agent(_) => true,
+            Command::Deploy(_) | Command::Service(_) | Command::Node(_) | Command::Logs(_) => false,
             Command::Registry(args) => args.is_server(),
             Command::Status(_) | Command::Kv(_) => false,
         }

@@ -28,6 +28,9 @@ pub struct ServerConfig {
     pub snapshot_every_logs: u64,
     /// Where the OCI registry listens; None runs no registry in this process.
     pub registry_listen: Option<SocketAddr>,
+    pub orchestrator: pier_orchestrator::OrchestratorConfig,
+    /// A node agent in this process (`pier dev`); its `server` is filled in with the API address.
+    pub agent: Option<pier_agent::AgentConfig>,
 }
 
 /// Creates the data directory if needed and refuses paths that cannot hold one,
@@ -121,7 +124,28 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         });
     }
 
-    let app = api::router(AppState { store: store.clone(), metrics });
+    // Catalog and orchestrator: the controllers act only while this server is the raft leader.
+    let catalog = pier_catalog::Catalog::new(store.clone(), pier_catalog::CatalogConfig::default());
+    let node_monitor = pier_catalog::NodeMonitor::start(catalog.clone());
+    let catalog_agent = pier_catalog::Agent::start(
+        catalog.clone(),
+        pier_catalog::AgentConfig::new(cfg.node_name.clone(), http_addr.ip().to_string()),
+    );
+    let mut orchestrator_config = cfg.orchestrator.clone();
+    if orchestrator_config.registry_addr.is_none() {
+        orchestrator_config.registry_addr = cfg.registry_listen.map(|a| a.to_string());
+    }
+    let orchestrator = pier_orchestrator::spawn(store.clone(), catalog.clone(), orchestrator_config);
+    let app = api::router(AppState { store: store.clone(), metrics })
+        .merge(orchestrator.router())
+        .merge(pier_catalog::router(catalog.clone(), catalog_agent.clone()));
+    let node_agent = match cfg.agent.clone() {
+        Some(mut agent_cfg) => {
+            agent_cfg.server = format!("http://{http_addr}");
+            Some(pier_agent::Agent::start(agent_cfg).await.context("cannot start the node agent")?)
+        }
+        None => None,
+    };
     let stop = shutdown.wait();
     tasks.spawn(async move {
         axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -146,6 +170,12 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         }
     }
     tasks.abort_all();
+    if let Some(agent) = node_agent {
+        agent.shutdown().await;
+    }
+    orchestrator.shutdown().await;
+    catalog_agent.shutdown();
+    node_monitor.shutdown();
     tracing::info!("shutting down the state store");
     match tokio::time::timeout(Duration::from_secs(10), store.shutdown()).await {
         Ok(Ok(())) => {}

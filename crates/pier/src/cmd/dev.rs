@@ -21,6 +21,18 @@ pub struct DevArgs {
     /// OCI registry (docker push 127.0.0.1:5000/NAME:TAG).
     #[arg(long, default_value_t = 5000)]
     pub registry_port: u16,
+    /// Zone of the built-in node agent.
+    #[arg(long, default_value = "local")]
+    pub zone: String,
+    /// Run no node agent in this process (agents join with `pier agent`).
+    #[arg(long)]
+    pub no_agent: bool,
+    /// Extra label on every container the built-in agent runs (KEY=VALUE, repeatable).
+    #[arg(long = "container-label", value_parser = crate::cmd::agent::parse_key_value)]
+    pub container_labels: Vec<(String, String)>,
+    /// A node silent for longer is down and its tasks move elsewhere.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub node_down_after: std::time::Duration,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -48,6 +60,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         join: Vec::new(),
         snapshot_every_logs: 10_000,
         registry_listen: Some(SocketAddr::new(localhost, args.registry_port)),
+        orchestrator: pier_orchestrator::OrchestratorConfig {
+            node_down_after_ms: args.node_down_after.as_millis() as u64,
+            ..Default::default()
+        },
+        agent: (!args.no_agent).then(|| pier_agent::AgentConfig {
+            container_labels: args.container_labels.into_iter().collect(),
+            ..pier_agent::AgentConfig::new(String::new(), "dev", args.zone.clone())
+        }),
     })
     .await?;
     Ok(ExitCode::SUCCESS)

@@ -1,6 +1,11 @@
 //! One module per subcommand.
 
+pub mod agent;
+pub mod deploy;
 pub mod dev;
+pub mod logs;
+pub mod node;
+pub mod service;
 pub mod kv;
 pub mod registry;
 pub mod server;
@@ -18,5 +23,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Registry(args) => registry::run(args).await,
         Command::Status(args) => status::run(&client, args).await,
         Command::Kv(args) => kv::run(&client, args).await,
+        Command::Agent(args) => agent::run(args).await,
+        Command::Deploy(args) => deploy::run(&client, args).await,
+        Command::Service(args) => service::run(&client, args).await,
+        Command::Node(args) => node::run(&client, args).await,
+        Command::Logs(args) => logs::run(&client, args).await,
     }
 }

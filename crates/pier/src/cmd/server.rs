@@ -60,6 +60,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         join: args.join,
         snapshot_every_logs: args.raft_snapshot_every,
         registry_listen: args.registry_port.map(|p| SocketAddr::new(args.bind, p)),
+        orchestrator: pier_orchestrator::OrchestratorConfig::default(),
+        agent: None,
     })
     .await?;
     Ok(ExitCode::SUCCESS)
