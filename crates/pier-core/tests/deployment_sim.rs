@@ -492,3 +492,48 @@ fn simulator_catches_broken_plans() {
     };
     assert!(sim.apply(&plan).unwrap_err().contains("drain delay"));
 }
+
+/// Running old tasks whose health is unknown (an agent that lost its check state) do not
+/// count as healthy, and are not all stopped at once either: they use the floor budget.
+#[test]
+fn old_tasks_with_unknown_health_are_not_mass_stopped() {
+    use pier_core::deployment::{DeploymentSnapshot, DeploymentState, TaskHealth};
+    let mut sim = Sim::new(3, 3, 1, 4);
+    sim.begin(deployment(4, settings(1, 1)));
+    let mut snapshot: DeploymentSnapshot = sim.snapshot();
+    for t in &mut snapshot.tasks {
+        t.health = TaskHealth::Unknown;
+        t.healthy_since_ms = None;
+    }
+    snapshot.state = DeploymentState::started(sim.now_ms);
+    let plan = step(&snapshot, sim.now_ms);
+    assert_eq!(
+        plan.actions,
+        vec![Action::StartTask {
+            revision: 2,
+            count: 1
+        }]
+    );
+}
+
+/// Old tasks finishing their stop count as progress for the deadline (a scale-to-zero
+/// deployment never grows its healthy count), and the deadline fires once nothing moves.
+#[test]
+fn old_tasks_finishing_count_as_progress() {
+    let mut sim = Sim::new(3, 3, 1, 3);
+    let mut s = settings(0, 1);
+    s.healthy_deadline_ms = 25_000;
+    sim.begin(deployment(0, s));
+    let now = sim.now_ms + 60_000;
+    let mut snapshot = sim.snapshot();
+    snapshot.state.fewest_old_left = Some(4);
+    // 3 old tasks left, fewer than the 4 seen before: progress, not failure.
+    let plan = step(&snapshot, now);
+    assert_eq!(plan.state.status, DeploymentStatus::InProgress);
+    assert_eq!(plan.state.last_progress_ms, now);
+    assert_eq!(plan.state.fewest_old_left, Some(3));
+    // Nothing moved for longer than the deadline: failed (and rolled back).
+    snapshot.state = plan.state.clone();
+    let later = step(&snapshot, now + 25_001);
+    assert_eq!(later.state.status, DeploymentStatus::RolledBack);
+}

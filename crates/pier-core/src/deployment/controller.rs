@@ -11,7 +11,7 @@ use super::model::{
     DeploymentStatus,
 };
 use super::stop::advance_stop;
-use super::task::{DesiredState, StopPhase, TaskId, TaskSnapshot};
+use super::task::{DesiredState, ObservedState, StopPhase, TaskId, TaskSnapshot};
 
 /// Advances a deployment by one step. Level-triggered: the plan depends only on the snapshot
 /// and `now_ms`, so the IO loop may call it as often as it likes (on every task event and on a
@@ -115,20 +115,28 @@ pub fn step(snapshot: &DeploymentSnapshot, now_ms: u64) -> DeploymentPlan {
         }
 
         // 4. Replace old tasks without going under the healthy floor. Old tasks that are not
-        //    healthy serve nothing, so stopping them costs nothing; healthy ones go only while
-        //    the healthy count stays at or above `desired - max_unavailable`.
+        //    running yet serve nothing, so stopping them costs nothing. Running ones go only
+        //    while the healthy count stays at or above `desired - max_unavailable`, one budget
+        //    unit each; running ones whose health is not known (yet) go first, as they do not
+        //    lower the healthy count, but they still use the budget so that an agent that lost
+        //    its check state cannot make a step stop every old task at once.
         let healthy_new = live_new
             .iter()
             .filter(|t| t.is_healthy(min_healthy_ms, now_ms))
             .count();
-        let (healthy_old, unhealthy_old): (Vec<&TaskSnapshot>, Vec<&TaskSnapshot>) =
-            live_old.iter().partition(|t| t.is_healthy(0, now_ms));
-        for t in &unhealthy_old {
+        let (running_old, not_running_old): (Vec<&TaskSnapshot>, Vec<&TaskSnapshot>) = live_old
+            .iter()
+            .partition(|t| t.observed == ObservedState::Running);
+        for t in &not_running_old {
             stopping.insert(t.id.clone(), StopReason::Replaced);
         }
+        let healthy_old = running_old
+            .iter()
+            .filter(|t| t.is_healthy(0, now_ms))
+            .count();
         let floor = desired.saturating_sub(settings.max_unavailable as usize);
-        let may_stop = (healthy_new + healthy_old.len()).saturating_sub(floor);
-        let candidates = stop_candidates(&healthy_old, |_| false);
+        let may_stop = (healthy_new + healthy_old).saturating_sub(floor);
+        let candidates = stop_candidates(&running_old, |t| !t.is_healthy(0, now_ms));
         for id in choose_tasks_to_stop(&candidates, may_stop) {
             stopping.insert(id, StopReason::Replaced);
         }
@@ -163,6 +171,18 @@ pub fn step(snapshot: &DeploymentSnapshot, now_ms: u64) -> DeploymentPlan {
             .filter(|t| t.revision != target)
             .filter(|t| !t.is_terminal() && t.stop_phase != StopPhase::Stopped && !lost(t))
             .count();
+        // Old tasks finishing their stop also count as progress (a scale-to-zero deployment
+        // or a long drain never grows the healthy count).
+        let old_left_u32 = old_left as u32;
+        if state
+            .fewest_old_left
+            .is_none_or(|fewest| old_left_u32 < fewest)
+        {
+            if state.fewest_old_left.is_some() {
+                state.last_progress_ms = now_ms;
+            }
+            state.fewest_old_left = Some(old_left_u32);
+        }
         state.counts = DeploymentCounts {
             desired: deployment.desired_count,
             placed: live_new.len() as u32,

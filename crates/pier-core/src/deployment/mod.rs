@@ -23,15 +23,16 @@
 //!    carries `StartRollback`; the rollback deployment starts the proven revision's tasks at
 //!    once (no `min_healthy_time`, no surge counting of tasks on their way out — no second
 //!    canary phase, the Nomad #10882 complaint) and never rolls back again.
-//! 3. Old-revision tasks that are not healthy are replaced freely (they serve nothing);
-//!    healthy ones are stopped only while `healthy(new) + healthy(old) − stopped ≥ desired −
-//!    max_unavailable`. A new task is healthy once `Running` and passing continuously for
-//!    `min_healthy_time_ms`.
+//! 3. Old-revision tasks that are not running yet are replaced freely (they serve nothing);
+//!    running ones are stopped at most `healthy(new) + healthy(old) − (desired −
+//!    max_unavailable)` per step (those with unknown health first), so the healthy count
+//!    never drops under the floor. A new task is healthy once `Running` and passing
+//!    continuously for `min_healthy_time_ms`.
 //! 4. New tasks start while tasks holding resources (anything not exited and not `Stopped`,
 //!    draining and stopping tasks included) stay within `desired + max_surge`.
 //! 5. The deployment `Succeeded` when `desired` new tasks are healthy and no old task is left
-//!    running; it `Failed` (or rolls back) when the number of healthy new tasks has not grown
-//!    for `healthy_deadline_ms`.
+//!    running; it `Failed` (or rolls back) when for `healthy_deadline_ms` no new task became
+//!    healthy and no old task finished stopping.
 //!
 //! # Invariants (checked by the simulation tests)
 //! - The controller never takes the healthy serving count below `desired − max_unavailable`

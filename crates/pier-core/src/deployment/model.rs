@@ -16,7 +16,9 @@ pub struct DeploymentSettings {
     pub max_unavailable: u32,
     /// A new task counts as healthy only after passing continuously this long (Nomad).
     pub min_healthy_time_ms: u64,
-    /// The deployment fails when no new task became healthy for this long (0: no deadline).
+    /// The deployment fails when, for this long, no new task became healthy and no old task
+    /// finished stopping (0: no deadline). Keep it above `drain_delay_ms` plus the agent's stop
+    /// timeout, or a wave of stops that all finish together looks like a stall.
     pub healthy_deadline_ms: u64,
     /// Failures of new-revision tasks that trip the breaker; `None` for ECS's default.
     pub failure_threshold: Option<u32>,
@@ -127,10 +129,13 @@ pub struct DeploymentState {
     pub status: DeploymentStatus,
     pub reason: Option<String>,
     pub started_at_ms: u64,
-    /// Last time the number of healthy new tasks grew (for `healthy_deadline_ms`).
+    /// Last time the number of healthy new tasks grew or the number of old tasks still
+    /// running shrank (for `healthy_deadline_ms`).
     pub last_progress_ms: u64,
     /// Highest number of healthy new tasks seen so far.
     pub best_healthy: u32,
+    /// Fewest old-revision tasks still running seen so far (`None` before the first step).
+    pub fewest_old_left: Option<u32>,
     /// Failures counted by the circuit breaker, one per task.
     pub failures: Vec<FailureRecord>,
     pub counts: DeploymentCounts,
