@@ -9,7 +9,10 @@ use pier_testkit::net::free_port;
 use pier_testkit::process::{wait_http_ok, PierProcess};
 
 fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!("{prefix}-{}-{nanos:x}", std::process::id())
 }
 
@@ -23,7 +26,15 @@ async fn docker_push_pull_run_busybox() {
     let _registry = PierProcess::spawn(
         env!("CARGO_BIN_EXE_pier"),
         "registry",
-        &["registry", "--data-dir", data.to_str().unwrap(), "--listen", &listen, "--gc-interval", "off"],
+        &[
+            "registry",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--gc-interval",
+            "off",
+        ],
         dir.path(),
     );
     wait_http_ok(&format!("http://{listen}/v2/"), Duration::from_secs(20)).await;
@@ -45,22 +56,42 @@ async fn docker_push_pull_run_busybox() {
 
     // The registry now lists it.
     let http = reqwest::Client::new();
-    let tags: serde_json::Value =
-        http.get(format!("http://{listen}/v2/pier-test/busybox/tags/list")).send().await.unwrap().json().await.unwrap();
+    let tags: serde_json::Value = http
+        .get(format!("http://{listen}/v2/pier-test/busybox/tags/list"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(tags["tags"], serde_json::json!(["v1"]));
     let head = http
         .head(format!("http://{listen}/v2/pier-test/busybox/manifests/v1"))
-        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .header(
+            "accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
         .send()
         .await
         .unwrap();
-    assert_eq!(head.headers()["docker-content-digest"].to_str().unwrap(), digest);
+    assert_eq!(
+        head.headers()["docker-content-digest"].to_str().unwrap(),
+        digest
+    );
 
     // Remove every local reference so that the pull really downloads.
     docker::docker(&["rmi", "-f", &local, &remote]);
-    assert!(!docker::try_docker(&["image", "inspect", &remote]).status.success());
+    assert!(!docker::try_docker(&["image", "inspect", &remote])
+        .status
+        .success());
     docker::docker(&["pull", &remote]);
-    let repo_digest = docker::docker(&["image", "inspect", "--format", "{{index .RepoDigests 0}}", &remote]);
+    let repo_digest = docker::docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{index .RepoDigests 0}}",
+        &remote,
+    ]);
     assert_eq!(repo_digest, format!("{listen}/pier-test/busybox@{digest}"));
 
     let name = unique("pier-test-registry-run");
@@ -68,10 +99,17 @@ async fn docker_push_pull_run_busybox() {
     let host_port = container.host_port(8080);
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
-        match http.get(format!("http://127.0.0.1:{host_port}/index.html")).send().await {
+        match http
+            .get(format!("http://127.0.0.1:{host_port}/index.html"))
+            .send()
+            .await
+        {
             Ok(resp) if resp.status().is_success() => break resp.text().await.unwrap(),
             _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
-            other => panic!("httpd in the pulled image never answered: {other:?}; logs: {}", container.logs()),
+            other => panic!(
+                "httpd in the pulled image never answered: {other:?}; logs: {}",
+                container.logs()
+            ),
         }
     };
     assert_eq!(body, BUSYBOX_INDEX_HTML);

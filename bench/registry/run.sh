@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# pier registry vs CNCF Distribution 2.8 (Debian's docker-registry), side by
+# side in one run, both on 127.0.0.1 with filesystem storage:
+#   1. skopeo push of an OCI image with 3 random 64 MiB layers (fresh, empty
+#      registries before every timed run), then skopeo pull of it; hyperfine
+#      reports mean and stddev, we report pier/distribution time ratios.
+#   2. peak RSS (VmHWM) of each registry across one push.
+#   3. 64 concurrent keep-alive HEAD requests on one blob: p50/p99 latency.
+#   4. GET tags/list on a repository with 10,000 tags: latency.
+#
+#   bench/registry/run.sh [RUNS] [HEAD_SECONDS]
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+runs="${1:-5}"
+head_seconds="${2:-10}"
+tags=10000
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+for tool in skopeo docker-registry hyperfine wrk python3 curl; do
+  command -v "$tool" >/dev/null || { echo "needs $tool"; exit 1; }
+done
+
+echo "building (release)..."
+(cd "$root" && cargo build --release -q -p pier && cargo build --release -q -p pier-registry --example head_load)
+pier="$CARGO_TARGET_DIR/release/pier"
+head_load="$CARGO_TARGET_DIR/release/examples/head_load"
+
+# On disk (not tmpfs): both registries write real files.
+work="$(mktemp -d /var/tmp/pier-registry-bench.XXXXXX)"
+cleanup() {
+  for f in "$work"/*.pid; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pier_port="$(free_port)"
+dist_port="$(free_port)"
+pier_url="127.0.0.1:$pier_port"
+dist_url="127.0.0.1:$dist_port"
+
+cat > "$work/dist.yml" <<YAML
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $work/dist-data
+  delete:
+    enabled: true
+http:
+  addr: $dist_url
+YAML
+
+# Start/stop scripts, usable from hyperfine's --prepare (which runs sh).
+cat > "$work/restart.sh" <<SH
+#!/bin/sh
+# restart.sh pier|dist : kill the registry, wipe its data, start it fresh.
+set -e
+which=\$1
+pidfile="$work/\$which.pid"
+if [ -f "\$pidfile" ]; then
+  pid=\$(cat "\$pidfile")
+  kill -TERM "\$pid" 2>/dev/null || true
+  for _ in \$(seq 1 100); do kill -0 "\$pid" 2>/dev/null || break; sleep 0.05; done
+  kill -9 "\$pid" 2>/dev/null || true
+fi
+rm -rf "$work/\$which-data"
+# skopeo's blob-info cache would otherwise turn uploads into mount attempts.
+rm -f /var/lib/containers/cache/blob-info-cache-v1.boltdb "\$HOME/.local/share/containers/cache/blob-info-cache-v1.boltdb"
+if [ "\$which" = pier ]; then
+  setsid "$pier" registry --data-dir "$work/pier-data" --listen "$pier_url" --gc-interval off >"$work/pier.log" 2>&1 < /dev/null &
+  url="http://$pier_url/v2/"
+else
+  setsid docker-registry serve "$work/dist.yml" >"$work/dist.log" 2>&1 < /dev/null &
+  url="http://$dist_url/v2/"
+fi
+echo \$! > "\$pidfile"
+for _ in \$(seq 1 200); do curl -fsS "\$url" >/dev/null 2>&1 && exit 0; sleep 0.05; done
+echo "no answer from \$url"; exit 1
+SH
+chmod +x "$work/restart.sh"
+
+echo "making the OCI layout (3 x 64 MiB random layers)..."
+layer_digest="$(python3 "$here/make_layout.py" "$work/layout" 3 64)"
+src="oci:$work/layout:img"
+push() { echo "skopeo copy --quiet --preserve-digests --dest-tls-verify=false $src docker://$1/bench/img:v1"; }
+pull() { echo "rm -rf $work/pull-$2 && skopeo copy --quiet --src-tls-verify=false docker://$1/bench/img:v1 oci:$work/pull-$2:img"; }
+
+echo
+echo "== 1. skopeo push, $runs runs each (fresh registry before each run)"
+hyperfine --style basic --runs "$runs" --export-json "$work/push.json" \
+  --prepare "$work/restart.sh pier" -n pier "$(push "$pier_url")" \
+  --prepare "$work/restart.sh dist" -n distribution "$(push "$dist_url")"
+
+# Both registries now hold the image (the last push of each).
+echo
+echo "== 1b. skopeo pull, $runs runs each"
+hyperfine --style basic --runs "$runs" --warmup 1 --export-json "$work/pull.json" \
+  -n pier "$(pull "$pier_url" pier)" \
+  -n distribution "$(pull "$dist_url" dist)"
+
+echo
+echo "== 2. peak RSS across one push (fresh processes)"
+rss() { awk '/VmHWM/ {print $2}' "/proc/$(cat "$work/$1.pid")/status"; }
+"$work/restart.sh" pier; "$work/restart.sh" dist
+pier_rss_idle=$(rss pier); dist_rss_idle=$(rss dist)
+sh -c "$(push "$pier_url")"; sh -c "$(push "$dist_url")"
+pier_rss=$(rss pier); dist_rss=$(rss dist)
+echo "pier         peak RSS ${pier_rss} kB (idle ${pier_rss_idle} kB)"
+echo "distribution peak RSS ${dist_rss} kB (idle ${dist_rss_idle} kB)"
+
+echo
+echo "== 3. 64 concurrent HEAD /v2/bench/img/blobs/<layer>, ${head_seconds}s each"
+pier_head=$("$head_load" "http://$pier_url/v2/bench/img/blobs/$layer_digest" 64 "$head_seconds")
+dist_head=$("$head_load" "http://$dist_url/v2/bench/img/blobs/$layer_digest" 64 "$head_seconds")
+echo "pier         $pier_head"
+echo "distribution $dist_head"
+
+echo
+echo "== 4. tags/list with $tags tags"
+start=$(date +%s.%N); python3 "$here/tag_many.py" "$pier_url" bench/tags "$tags"; pier_tag_s=$(echo "$(date +%s.%N) - $start" | bc)
+start=$(date +%s.%N); python3 "$here/tag_many.py" "$dist_url" bench/tags "$tags"; dist_tag_s=$(echo "$(date +%s.%N) - $start" | bc)
+echo "tagging $tags times: pier ${pier_tag_s}s, distribution ${dist_tag_s}s"
+for r in "pier $pier_url" "distribution $dist_url"; do
+  set -- $r
+  n=$(curl -fsS "http://$2/v2/bench/tags/tags/list" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["tags"]))')
+  [ "$n" = "$tags" ] || { echo "$1 lists $n tags, expected $tags"; exit 1; }
+done
+hyperfine --style basic --warmup 3 --runs 30 --export-json "$work/tags.json" \
+  -n pier "curl -fsS -o /dev/null http://$pier_url/v2/bench/tags/tags/list" \
+  -n distribution "curl -fsS -o /dev/null http://$dist_url/v2/bench/tags/tags/list"
+tags_wrk() {
+  wrk -t1 -c1 -d5s --latency "http://$1/v2/bench/tags/tags/list" | awk '$1=="50%"||$1=="99%" {printf "%s=%s ", $1, $2} /Requests\/sec/ {printf "rps=%s", $2}'
+}
+echo "pier         wrk 1 connection: $(tags_wrk "$pier_url")"
+echo "distribution wrk 1 connection: $(tags_wrk "$dist_url")"
+
+echo
+echo "== summary"
+python3 - "$work" <<'PY'
+import json, sys
+work = sys.argv[1]
+def means(name):
+    r = json.load(open(f"{work}/{name}.json"))["results"]
+    return {x["command"]: (x["mean"], x["stddev"] or 0.0) for x in r}
+for test in ("push", "pull", "tags"):
+    m = means(test)
+    p, d = m["pier"], m["distribution"]
+    unit, k = ("ms", 1000) if test == "tags" else ("s", 1)
+    print(f"{test:5} pier {p[0]*k:8.3f} ± {p[1]*k:.3f} {unit}   distribution {d[0]*k:8.3f} ± {d[1]*k:.3f} {unit}   ratio pier/distribution {p[0]/d[0]:.2f}")
+PY
+echo "pier         peak RSS during push: $((pier_rss / 1024)) MiB"
+echo "distribution peak RSS during push: $((dist_rss / 1024)) MiB"
+echo "HEAD x64 pier:         $pier_head"
+echo "HEAD x64 distribution: $dist_head"
