@@ -2,6 +2,7 @@
 //! a 1-server and a 3-server cluster over loopback, fsync on (the store always fsyncs appends).
 //!
 //! cargo run --release -p pier-store --example store_bench -- [seconds_per_run] [value_bytes]
+//!     [concurrencies, default 16,64] [server counts, default 1,3]
 //!
 //! Data goes to a temporary directory under $TMPDIR (set it to the disk you want to measure).
 
@@ -107,9 +108,17 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let secs: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
     let value_bytes: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(256);
+    let concurrencies: Vec<usize> = args
+        .get(3)
+        .map(|s| s.split(',').filter_map(|c| c.parse().ok()).collect())
+        .unwrap_or_else(|| vec![16, 64]);
+    let servers: Vec<usize> = args
+        .get(4)
+        .map(|s| s.split(',').filter_map(|c| c.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 3]);
     println!("pier-store write benchmark: {secs} s per run, {value_bytes}-byte values, one put per txn, fsync on");
     println!("{:<8} {:>6} {:>10} {:>10} {:>9} {:>9} {:>9}", "servers", "conc", "writes", "writes/s", "p50 ms", "p99 ms", "max ms");
-    for n in [1usize, 3] {
+    for &n in &servers {
         let tmp = tempfile::tempdir().expect("tempdir");
         let stores = cluster(n, tmp.path()).await;
         let leader = stores
@@ -119,7 +128,7 @@ async fn main() {
             .expect("leader");
         // Warm-up: connections, first allocations.
         let _ = run(leader.clone(), 4, 1, value_bytes).await;
-        for conc in [16usize, 64] {
+        for &conc in &concurrencies {
             let o = run(leader.clone(), conc, secs, value_bytes).await;
             println!(
                 "{:<8} {:>6} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",

@@ -192,6 +192,7 @@ fn writer_loop(db: Arc<Database>, path: PathBuf, cache: Arc<Mutex<LogCache>>, rx
             }
         }
         let durable = batch.iter().any(|c| !matches!(c, LogCmd::Lazy { .. }));
+        let started = std::time::Instant::now();
         let mut max_appended = 0;
         let res = (|| -> Result<(), String> {
             let mut txn = db.begin_write().map_err(|e| e.to_string())?;
@@ -227,6 +228,12 @@ fn writer_loop(db: Arc<Database>, path: PathBuf, cache: Arc<Mutex<LogCache>>, rx
             }
             txn.commit().map_err(|e| e.to_string())
         })();
+        tracing::trace!(
+            commands = batch.len(),
+            durable,
+            commit_us = started.elapsed().as_micros() as u64,
+            "log batch written"
+        );
         if let Err(e) = &res {
             tracing::error!(path = %path.display(), error = %e, "writing the raft log failed");
         }
