@@ -23,7 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         loop {
@@ -31,7 +33,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let svc = service_fn(|_req: Request<Incoming>| async {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello, pier!\n"))))
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                        b"hello, pier!\n",
+                    ))))
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)

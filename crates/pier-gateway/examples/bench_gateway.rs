@@ -17,7 +17,9 @@ use pier_gateway::{Balancing, CatalogInstance, Gateway, GatewayConfig, RouteDefa
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut listen: SocketAddr = "127.0.0.1:18082".parse()?;
     let mut backends: Vec<SocketAddr> = Vec::new();
-    let mut threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut balancing = Balancing::PowerOfTwoChoices;
     let mut zone = String::new();
     let mut args = std::env::args().skip(1);
@@ -60,7 +62,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     cfg.balancing = balancing;
 
     let rt = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -69,7 +73,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     rt.block_on(async move {
         let gateway = Gateway::new(cfg, rx)?;
-        eprintln!("bench_gateway listening on {} ({threads} thread(s))", gateway.local_addr());
+        eprintln!(
+            "bench_gateway listening on {} ({threads} thread(s))",
+            gateway.local_addr()
+        );
         gateway
             .serve(async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -26,7 +26,11 @@ use pier_gateway::{CatalogInstance, Gateway, GatewayConfig, RouteDefaults, Route
 use tokio::sync::{oneshot, watch};
 
 /// Starts a backend; the oneshot fires with the time of its first request.
-async fn backend() -> (SocketAddr, oneshot::Receiver<Instant>, tokio::task::JoinHandle<()>) {
+async fn backend() -> (
+    SocketAddr,
+    oneshot::Receiver<Instant>,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel();
@@ -39,9 +43,13 @@ async fn backend() -> (SocketAddr, oneshot::Receiver<Instant>, tokio::task::Join
                     if let Some(tx) = first.lock().unwrap().take() {
                         let _ = tx.send(Instant::now());
                     }
-                    async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+                    async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -78,7 +86,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let defaults = RouteDefaults::default();
     let (base, _, _base_task) = backend().await;
-    let (tx, rx) = watch::channel(Arc::new(RouteTable::build(&[inst("base", base)], &defaults)));
+    let (tx, rx) = watch::channel(Arc::new(RouteTable::build(
+        &[inst("base", base)],
+        &defaults,
+    )));
     let gateway = Gateway::new(GatewayConfig::new("127.0.0.1:0".parse()?, ""), rx)?;
     let gw_addr = gateway.local_addr();
     tokio::spawn(gateway.serve(std::future::pending()));
@@ -112,7 +123,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )));
         let first = tokio::time::timeout(Duration::from_secs(5), first).await??;
         waits.push(first.saturating_duration_since(added));
-        tx.send_replace(Arc::new(RouteTable::build(&[inst("base", base)], &defaults)));
+        tx.send_replace(Arc::new(RouteTable::build(
+            &[inst("base", base)],
+            &defaults,
+        )));
         tokio::time::sleep(Duration::from_millis(20)).await;
         task.abort();
     }

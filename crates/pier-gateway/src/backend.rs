@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::OutlierConfig;
+use crate::pool::{BackendPool, PoolConfig};
 
 pub(crate) type BackendKey = (Arc<str>, SocketAddr);
 
@@ -32,8 +33,9 @@ impl Clock {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct BackendState {
+    pub(crate) pool: BackendPool,
     outstanding: AtomicU32,
     consecutive_failures: AtomicU32,
     /// Clock ms until which the backend gets no traffic; 0: not ejected.
@@ -50,6 +52,16 @@ pub(crate) enum Verdict {
 }
 
 impl BackendState {
+    pub(crate) fn new(addr: SocketAddr, pool: PoolConfig) -> Self {
+        BackendState {
+            pool: BackendPool::new(addr, pool),
+            outstanding: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+        }
+    }
+
     pub(crate) fn outstanding(&self) -> u32 {
         self.outstanding.load(Ordering::Relaxed)
     }
@@ -105,7 +117,7 @@ impl BackendState {
 /// Counts one request as outstanding on a backend until dropped.
 #[derive(Debug)]
 pub(crate) struct InflightGuard {
-    state: Arc<BackendState>,
+    pub(crate) state: Arc<BackendState>,
 }
 
 impl Drop for InflightGuard {
@@ -118,9 +130,17 @@ impl Drop for InflightGuard {
 #[derive(Debug, Default)]
 pub(crate) struct BackendStates {
     states: HashMap<BackendKey, Arc<BackendState>>,
+    pool: PoolConfig,
 }
 
 impl BackendStates {
+    pub(crate) fn new(pool: PoolConfig) -> Self {
+        BackendStates {
+            states: HashMap::new(),
+            pool,
+        }
+    }
+
     /// Returns the state for every key of the new table, reusing existing
     /// ones, and forgets backends that left unless they are still ejected (so
     /// a flapping backend that comes straight back stays ejected).
@@ -131,7 +151,10 @@ impl BackendStates {
     ) -> HashMap<BackendKey, Arc<BackendState>> {
         let mut next = HashMap::new();
         for key in keys {
-            let state = self.states.get(&key).cloned().unwrap_or_default();
+            let state = match self.states.get(&key) {
+                Some(s) => Arc::clone(s),
+                None => Arc::new(BackendState::new(key.1, self.pool.clone())),
+            };
             next.insert(key, state);
         }
         for (key, state) in self.states.drain() {
@@ -141,6 +164,10 @@ impl BackendStates {
         }
         self.states = next.clone();
         next
+    }
+
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<BackendState>> {
+        self.states.values()
     }
 }
 
@@ -158,7 +185,7 @@ mod tests {
 
     #[test]
     fn ejects_after_consecutive_failures_and_grows() {
-        let s = BackendState::default();
+        let s = BackendState::new("127.0.0.1:1".parse().unwrap(), PoolConfig::default());
         assert_eq!(s.record_failure(&cfg(), 10), Verdict::Failing);
         assert_eq!(s.record_failure(&cfg(), 10), Verdict::Failing);
         assert_eq!(
@@ -193,7 +220,7 @@ mod tests {
 
     #[test]
     fn success_resets_the_count() {
-        let s = BackendState::default();
+        let s = BackendState::new("127.0.0.1:1".parse().unwrap(), PoolConfig::default());
         s.record_failure(&cfg(), 1);
         s.record_failure(&cfg(), 1);
         s.record_success();

@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 
 use crate::backend::InflightGuard;
 use crate::metrics::ServiceMetrics;
+use crate::pool::Sender;
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -169,6 +170,9 @@ pub(crate) struct Completion {
     pub(crate) start: Instant,
     pub(crate) metrics: ServiceMetrics,
     pub(crate) guard: Option<InflightGuard>,
+    /// The backend connection, returned to its pool when the response ended
+    /// cleanly.
+    pub(crate) conn: Option<Sender>,
     pub(crate) log: Option<Box<AccessRecord>>,
 }
 
@@ -176,6 +180,9 @@ impl Completion {
     pub(crate) fn finish(self, outcome: &'static str) {
         let elapsed = self.start.elapsed();
         self.metrics.observe(self.status, elapsed.as_secs_f64());
+        if let (Some(conn), Some(guard), "ok") = (self.conn, &self.guard, outcome) {
+            guard.state.pool.checkin(conn);
+        }
         drop(self.guard);
         if let Some(rec) = self.log {
             let (backend, zone) = match &rec.backend {
@@ -230,7 +237,14 @@ impl TrackedBody {
 
 impl Drop for TrackedBody {
     fn drop(&mut self) {
-        self.finish("aborted");
+        // A body that hyper never polled because it was empty (HEAD, 204,
+        // 304) still ended cleanly.
+        let outcome = if self.inner.is_end_stream() {
+            "ok"
+        } else {
+            "aborted"
+        };
+        self.finish(outcome);
     }
 }
 

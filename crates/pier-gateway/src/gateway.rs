@@ -5,9 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
@@ -15,7 +12,8 @@ use crate::backend::Clock;
 use crate::config::GatewayConfig;
 use crate::live::Router;
 use crate::metrics::{GatewayMetrics, UNROUTED};
-use crate::proxy::{BackendClient, Shared};
+use crate::pool::PoolConfig;
+use crate::proxy::Shared;
 use crate::server::{http1_builder, http2_builder, serve_connection, shutdown_sequence, Lifecycle};
 use crate::table::RouteTable;
 
@@ -30,6 +28,10 @@ pub enum GatewayError {
     #[error("cannot use the listening socket: {0}")]
     Listener(#[source] std::io::Error),
 }
+
+/// Idle keep-alive connections kept per backend; more are closed when they
+/// come back.
+const MAX_IDLE_PER_BACKEND: usize = 1024;
 
 /// A bound, not yet serving gateway.
 pub struct Gateway {
@@ -57,14 +59,17 @@ impl Gateway {
 
         let clock = Clock::new();
         let metrics = GatewayMetrics::new();
-        let client = backend_client(&cfg);
-        let router = Router::new(routes, cfg.zone.clone(), clock, metrics.clone());
+        let pool = PoolConfig {
+            connect_timeout: Duration::from_millis(cfg.timeouts.connect_ms),
+            idle_timeout: Duration::from_millis(cfg.timeouts.backend_pool_idle_ms),
+            max_idle: MAX_IDLE_PER_BACKEND,
+        };
+        let router = Router::new(routes, cfg.zone.clone(), clock, metrics.clone(), pool);
         let unrouted = metrics.service(UNROUTED);
         Ok(Gateway {
             shared: Arc::new(Shared {
                 cfg,
                 router,
-                client,
                 clock,
                 metrics,
                 unrouted,
@@ -112,6 +117,19 @@ impl Gateway {
             alive: alive_tx.clone(),
         };
         tracing::info!(listen = %self.local_addr, zone = %shared.cfg.zone, "gateway serving");
+        let pruner = {
+            let shared = Arc::clone(&shared);
+            let every =
+                Duration::from_millis((shared.cfg.timeouts.backend_pool_idle_ms / 2).max(1_000));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    shared.router.prune_pools();
+                }
+            })
+        };
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
@@ -147,23 +165,8 @@ impl Gateway {
             Duration::from_millis(shared.cfg.timeouts.shutdown_grace_ms),
         )
         .await;
+        pruner.abort();
         tracing::info!("gateway stopped");
         Ok(())
     }
-}
-
-fn backend_client(cfg: &GatewayConfig) -> BackendClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_millis(cfg.timeouts.connect_ms)));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_millis(cfg.timeouts.backend_pool_idle_ms))
-        .pool_max_idle_per_host(1024)
-        .retry_canceled_requests(true)
-        .set_host(false)
-        .build(connector)
 }

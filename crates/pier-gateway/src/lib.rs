@@ -41,6 +41,7 @@ mod host;
 mod live;
 mod local;
 mod metrics;
+mod pool;
 mod proxy;
 mod server;
 pub mod table;

@@ -16,18 +16,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use http::uri::Authority;
 use tokio::sync::watch;
 
 use crate::backend::{BackendKey, BackendState, BackendStates, Clock};
 use crate::config::Balancing;
 use crate::metrics::{GatewayMetrics, ServiceMetrics};
+use crate::pool::PoolConfig;
 use crate::table::RouteTable;
 
 pub(crate) struct LiveBackend {
     pub(crate) instance_id: Arc<str>,
     pub(crate) addr: SocketAddr,
-    pub(crate) authority: Authority,
     pub(crate) zone: Arc<str>,
     pub(crate) local: bool,
     pub(crate) state: Arc<BackendState>,
@@ -61,8 +60,9 @@ impl Router {
         zone: String,
         clock: Clock,
         metrics: GatewayMetrics,
+        pool: PoolConfig,
     ) -> Router {
-        let mut states = BackendStates::default();
+        let mut states = BackendStates::new(pool);
         let source = rx.borrow().clone();
         let live = build_live(source, &mut states, &zone, clock.now_ms(), &metrics);
         Router {
@@ -81,6 +81,17 @@ impl Router {
             return live;
         }
         self.rebuild()
+    }
+
+    /// Closes pooled backend connections that idled too long.
+    pub(crate) fn prune_pools(&self) {
+        let states = match self.states.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for state in states.all() {
+            state.pool.prune();
+        }
     }
 
     #[cold]
@@ -136,12 +147,9 @@ fn build_live(
                 .filter_map(|b| {
                     let key: BackendKey = (Arc::from(b.instance_id.as_str()), b.addr);
                     let state = carried.get(&key)?.clone();
-                    // A SocketAddr always renders as a valid authority.
-                    let authority = Authority::try_from(b.addr.to_string()).ok()?;
                     Some(LiveBackend {
                         instance_id: key.0,
                         addr: b.addr,
-                        authority,
                         zone: Arc::from(b.zone.as_str()),
                         local: zone.is_empty() || b.zone == zone,
                         state,
@@ -254,7 +262,13 @@ mod tests {
     #[test]
     fn swap_is_seen_by_the_next_call_and_keeps_state() {
         let (tx, rx) = watch::channel(table(&[("a", 1, "z1", true), ("b", 2, "z1", true)]));
-        let router = Router::new(rx, "z1".into(), Clock::new(), GatewayMetrics::new());
+        let router = Router::new(
+            rx,
+            "z1".into(),
+            Clock::new(),
+            GatewayMetrics::new(),
+            PoolConfig::default(),
+        );
         let first = router.current();
         let a_state = Arc::clone(&first.services[0].backends[0].state);
         let _guard = a_state.start();
@@ -279,7 +293,13 @@ mod tests {
             ("b1", 3, "b", true),
             ("x", 4, "a", false),
         ]));
-        let router = Router::new(rx, "a".into(), Clock::new(), GatewayMetrics::new());
+        let router = Router::new(
+            rx,
+            "a".into(),
+            Clock::new(),
+            GatewayMetrics::new(),
+            PoolConfig::default(),
+        );
         let live = router.current();
         let svc = &live.services[0];
         assert_eq!(svc.backends.len(), 3, "non-passing backends are not live");
@@ -306,7 +326,13 @@ mod tests {
     #[test]
     fn p2c_prefers_less_outstanding() {
         let (_tx, rx) = watch::channel(table(&[("a", 1, "", true), ("b", 2, "", true)]));
-        let router = Router::new(rx, String::new(), Clock::new(), GatewayMetrics::new());
+        let router = Router::new(
+            rx,
+            String::new(),
+            Clock::new(),
+            GatewayMetrics::new(),
+            PoolConfig::default(),
+        );
         let live = router.current();
         let svc = &live.services[0];
         let _busy = svc.backends[0].state.start();

@@ -21,13 +21,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
 
 use crate::backend::{Clock, Verdict};
@@ -44,16 +42,14 @@ use crate::host::normalize_host;
 use crate::live::Router;
 use crate::local;
 use crate::metrics::{FailureKind, GatewayMetrics, ServiceMetrics};
+use crate::pool::Sender;
 use crate::server::ConnCtx;
 use crate::table::{strip_path, Resolution};
-
-pub(crate) type BackendClient = Client<HttpConnector, UpstreamBody>;
 
 /// Everything the request path shares across connections.
 pub(crate) struct Shared {
     pub(crate) cfg: GatewayConfig,
     pub(crate) router: Router,
-    pub(crate) client: BackendClient,
     pub(crate) clock: Clock,
     pub(crate) metrics: GatewayMetrics,
     pub(crate) unrouted: ServiceMetrics,
@@ -118,6 +114,7 @@ impl Ctx {
             start: self.start,
             metrics: metrics.clone(),
             guard: None,
+            conn: None,
             log: self.log.take(),
         }
         .finish("local");
@@ -249,21 +246,21 @@ pub(crate) async fn handle(
         Prepared::Stream(BodySlot::new(body, limits.max_body_bytes))
     };
 
-    let path_and_query = {
-        let path = parts.uri.path();
-        let path = match strip {
-            Some(s) => strip_path(path, s),
-            None => path,
-        };
-        let pq = match parts.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_string(),
-        };
-        match PathAndQuery::try_from(pq) {
-            Ok(pq) => pq,
-            Err(_) => {
-                let r = local::bad_request(json, "request target is not a valid path");
-                return Ok(ctx.local(&service.metrics, r));
+    let path_and_query = match (strip, parts.uri.path_and_query()) {
+        (None, Some(pq)) => pq.clone(),
+        (None, None) => PathAndQuery::from_static("/"),
+        (Some(s), _) => {
+            let path = strip_path(parts.uri.path(), s);
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            match PathAndQuery::try_from(pq) {
+                Ok(pq) => pq,
+                Err(_) => {
+                    let r = local::bad_request(json, "request target is not a valid path");
+                    return Ok(ctx.local(&service.metrics, r));
+                }
             }
         }
     };
@@ -287,38 +284,30 @@ pub(crate) async fn handle(
     let mut reset_retried = false;
     let mut last_failure: Option<FailureKind> = None;
     let mut ctx = ctx;
+    let origin_form = Uri::from(path_and_query);
 
     loop {
         let now_ms = shared.clock.now_ms();
         let Some(i) = service.pick(cfg.balancing, now_ms, &tried) else {
             break;
         };
-        let Some(body) = prepared.attempt() else {
-            break;
-        };
         let backend = &service.backends[i];
-        let mut uri_parts = http::uri::Parts::default();
-        uri_parts.scheme = Some(Scheme::HTTP);
-        uri_parts.authority = Some(backend.authority.clone());
-        uri_parts.path_and_query = Some(path_and_query.clone());
-        let Ok(uri) = Uri::from_parts(uri_parts) else {
-            break;
-        };
-        let mut up = Request::new(body);
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
-        *up.version_mut() = Version::HTTP_11;
-        *up.headers_mut() = headers.clone();
-
         if let Some(rec) = ctx.log.as_mut() {
             rec.backend = Some((backend.addr, Arc::clone(&backend.zone)));
             rec.attempts += 1;
         }
         let guard = backend.state.start();
-        let timeout = Duration::from_millis(cfg.timeouts.response_header_ms);
-        let outcome = tokio::time::timeout(timeout, shared.client.request(up)).await;
+        let outcome = attempt(
+            shared,
+            backend,
+            &prepared,
+            &parts.method,
+            &origin_form,
+            &headers,
+        )
+        .await;
         let kind = match outcome {
-            Ok(Ok(mut resp)) => {
+            Attempt::Response(sender, mut resp) => {
                 if resp.status().is_server_error() {
                     note_failure(shared, service, i, FailureKind::Status5xx);
                 } else {
@@ -332,11 +321,12 @@ pub(crate) async fn handle(
                 rparts
                     .headers
                     .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
-                let completion = Completion {
+                let mut completion = Completion {
                     status: status.as_u16(),
                     start,
                     metrics: service.metrics.clone(),
                     guard: Some(guard),
+                    conn: None,
                     log: ctx.log.take(),
                 };
                 if let (Some(backend_up), Some(client_up)) = (backend_upgrade, client_upgrade) {
@@ -351,47 +341,38 @@ pub(crate) async fn handle(
                     ));
                     return Ok(Response::from_parts(rparts, GatewayBody::Local(None)));
                 }
+                completion.conn = Some(sender);
                 strip_hop_by_hop(&mut rparts.headers, false);
                 let body = GatewayBody::Upstream(TrackedBody::new(rbody, completion));
                 return Ok(Response::from_parts(rparts, body));
             }
-            Ok(Err(err)) => {
-                drop(guard);
-                // The client's body failing is not the backend's fault: no
-                // outlier count, no retry.
-                if chain_has::<BodyTooLarge>(&err) {
-                    let r = local::too_large(json, limits.max_body_bytes);
-                    return Ok(ctx.local(&service.metrics, r));
-                }
-                if chain_has::<ClientBodyError>(&err) {
-                    let r = local::bad_request(
-                        json,
-                        "the request body could not be read (malformed chunk or client went away)",
-                    );
-                    return Ok(ctx.local(&service.metrics, r));
-                }
-                let kind = if err.is_connect() {
-                    FailureKind::Connect
-                } else {
-                    FailureKind::Reset
-                };
-                tracing::debug!(backend = %backend.addr, error = ?err, "backend attempt failed");
-                kind
+            Attempt::TooLarge => {
+                let r = local::too_large(json, limits.max_body_bytes);
+                return Ok(ctx.local(&service.metrics, r));
             }
-            Err(_elapsed) => {
+            Attempt::ClientBody => {
+                let r = local::bad_request(
+                    json,
+                    "the request body could not be read (malformed chunk or client went away)",
+                );
+                return Ok(ctx.local(&service.metrics, r));
+            }
+            Attempt::Timeout => {
                 drop(guard);
                 note_failure(shared, service, i, FailureKind::Timeout);
                 let r = local::gateway_timeout(json, service_name, cfg.timeouts.response_header_ms);
                 return Ok(ctx.local(&service.metrics, r));
             }
+            Attempt::Failed(kind) => kind,
         };
+        drop(guard);
         note_failure(shared, service, i, kind);
         tried.push(i);
         last_failure = Some(kind);
         let retry = match kind {
             FailureKind::Connect => {
                 connect_attempts += 1;
-                connect_attempts < cfg.retry.max_connect_attempts
+                connect_attempts < cfg.retry.max_connect_attempts && prepared.attempt().is_some()
             }
             _ => {
                 let ok = idempotent
@@ -429,6 +410,79 @@ pub(crate) async fn handle(
         ),
     };
     Ok(ctx.local(&service.metrics, r))
+}
+
+enum Attempt {
+    Response(Sender, Response<Incoming>),
+    /// Nothing reached the backend (connect failed) or it broke before a
+    /// response head (reset); the caller decides about retrying.
+    Failed(FailureKind),
+    Timeout,
+    TooLarge,
+    ClientBody,
+}
+
+/// One try against one backend: a pooled or new connection, then the
+/// request. A pooled connection that turns out closed hands the request back
+/// unsent; that is not the backend's fault and the request goes out on a
+/// fresh connection to the same backend.
+async fn attempt(
+    shared: &Shared,
+    backend: &crate::live::LiveBackend,
+    prepared: &Prepared,
+    method: &Method,
+    uri: &Uri,
+    headers: &http::HeaderMap,
+) -> Attempt {
+    let pool = &backend.state.pool;
+    let mut sender = match pool.checkout().await {
+        Ok(sender) => sender,
+        Err(e) => {
+            tracing::debug!(backend = %backend.addr, error = %e, "backend connect failed");
+            return Attempt::Failed(FailureKind::Connect);
+        }
+    };
+    let Some(body) = prepared.attempt() else {
+        return Attempt::Failed(FailureKind::Connect);
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri.clone();
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers.clone();
+
+    let timeout = Duration::from_millis(shared.cfg.timeouts.response_header_ms);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut unsent = 0;
+    loop {
+        match tokio::time::timeout_at(deadline, sender.try_send_request(req)).await {
+            Ok(Ok(resp)) => return Attempt::Response(sender, resp),
+            Err(_elapsed) => return Attempt::Timeout,
+            Ok(Err(mut e)) => {
+                if let Some(back) = e.take_message() {
+                    unsent += 1;
+                    if unsent > 2 {
+                        return Attempt::Failed(FailureKind::Connect);
+                    }
+                    sender = match pool.checkout().await {
+                        Ok(s) => s,
+                        Err(_) => return Attempt::Failed(FailureKind::Connect),
+                    };
+                    req = back;
+                    continue;
+                }
+                let err = e.into_error();
+                if chain_has::<BodyTooLarge>(&err) {
+                    return Attempt::TooLarge;
+                }
+                if chain_has::<ClientBodyError>(&err) {
+                    return Attempt::ClientBody;
+                }
+                tracing::debug!(backend = %backend.addr, error = %err, "backend request failed");
+                return Attempt::Failed(FailureKind::Reset);
+            }
+        }
+    }
 }
 
 fn note_failure(shared: &Shared, service: &crate::live::LiveService, i: usize, kind: FailureKind) {

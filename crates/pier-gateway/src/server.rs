@@ -18,7 +18,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -31,37 +31,39 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use crate::backend::Clock;
 use crate::headers::ip_header;
 use crate::proxy::{handle, Shared};
 
-/// Last moment a byte moved on a client connection.
+/// Whether bytes moved on a client connection since the watchdog last
+/// looked. A flag instead of a timestamp keeps clock reads off the IO path;
+/// the price is that an idle connection closes between `idle_ms` and
+/// `2 × idle_ms` after its last byte.
 pub(crate) struct IdleMark {
-    last_ms: AtomicU64,
-    clock: Clock,
+    active: AtomicBool,
 }
 
 impl IdleMark {
-    fn new(clock: Clock) -> Self {
+    fn new() -> Self {
         IdleMark {
-            last_ms: AtomicU64::new(clock.now_ms()),
-            clock,
+            active: AtomicBool::new(false),
         }
     }
 
     fn touch(&self) {
-        self.last_ms.store(self.clock.now_ms(), Ordering::Relaxed);
+        // Check first: the common case is already set, and a plain load
+        // keeps the cache line shared.
+        if !self.active.load(Ordering::Relaxed) {
+            self.active.store(true, Ordering::Relaxed);
+        }
     }
 
-    /// Resolves once nothing moved for `idle_ms`.
+    /// Resolves once a whole `idle_ms` period passed without any byte.
     pub(crate) async fn expired(&self, idle_ms: u64) {
         loop {
-            let deadline = self.last_ms.load(Ordering::Relaxed).saturating_add(idle_ms);
-            let now = self.clock.now_ms();
-            if now >= deadline {
+            tokio::time::sleep(Duration::from_millis(idle_ms)).await;
+            if !self.active.swap(false, Ordering::Relaxed) {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
         }
     }
 }
@@ -148,6 +150,8 @@ enum Proto {
     Http2,
 }
 
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Peeks until the bytes either diverge from the HTTP/2 preface or match it.
@@ -173,9 +177,13 @@ pub(crate) fn http1_builder(shared: &Shared) -> http1::Builder {
     let mut b = http1::Builder::new();
     b.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(shared.cfg.timeouts.header_read_ms))
-        .max_headers(shared.cfg.limits.max_headers)
         .max_header_size(shared.cfg.limits.max_header_bytes)
         .keep_alive(true);
+    // Setting any header count makes hyper allocate the header array on the
+    // heap for every request; its built-in default is this same 100.
+    if shared.cfg.limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        b.max_headers(shared.cfg.limits.max_headers);
+    }
     b
 }
 
@@ -205,7 +213,7 @@ pub(crate) async fn serve_connection(
             return;
         }
     };
-    let mark = Arc::new(IdleMark::new(shared.clock));
+    let mark = Arc::new(IdleMark::new());
     let idle_ms = shared.cfg.timeouts.idle_ms;
     let ctx = Arc::new(ConnCtx {
         peer_ip: ip_header(IpAddr::from(peer.ip())),

@@ -1,0 +1,176 @@
+//! Keep-alive HTTP/1.1 connections to one backend.
+//!
+//! Each backend's pool lives in its [`crate::backend::BackendState`], so it
+//! survives table swaps with the rest of the backend's state and goes away
+//! with it. A connection is hyper's low-level client connection: its task is
+//! spawned (so a backend closing an idle connection is noticed at once), and
+//! its `SendRequest` handle sits in the pool while idle. A handle returns to
+//! the pool only after its response body was read to the end, so a pooled
+//! connection is never mid-message.
+//!
+//! Compared with hyper-util's pooled client this skips the per-request pool
+//! key hashing, URI rewriting and the task it spawns per response, and it
+//! tells exactly whether a request left the gateway: a request refused by a
+//! connection that closed under it comes back unsent (`try_send_request`).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpSocket;
+
+use crate::body::UpstreamBody;
+
+pub(crate) type Sender = SendRequest<UpstreamBody>;
+
+/// Settings shared by all pools of a gateway.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PoolConfig {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_idle: usize,
+}
+
+/// Why no connection could be had: nothing was sent.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    #[error("connect to {addr} timed out after {ms} ms")]
+    Timeout { addr: SocketAddr, ms: u128 },
+    #[error("connect to {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("HTTP/1.1 handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+pub(crate) struct BackendPool {
+    addr: SocketAddr,
+    cfg: PoolConfig,
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+impl std::fmt::Debug for BackendPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendPool")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackendPool {
+    pub(crate) fn new(addr: SocketAddr, cfg: PoolConfig) -> Self {
+        BackendPool {
+            addr,
+            cfg,
+            idle: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        match self.idle.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// An idle connection that can take a request now, or a new one.
+    pub(crate) async fn checkout(&self) -> Result<Sender, ConnectError> {
+        let cfg = &self.cfg;
+        let mut waiting: Option<Sender> = None;
+        {
+            let mut idle = self.lock();
+            // Oldest first: the longer a connection has been back, the more
+            // likely its task has already marked it ready.
+            while let Some(entry) = idle.pop_front() {
+                if entry.sender.is_closed() || entry.since.elapsed() > cfg.idle_timeout {
+                    continue;
+                }
+                if entry.sender.is_ready() {
+                    return Ok(entry.sender);
+                }
+                waiting = Some(entry.sender);
+                break;
+            }
+        }
+        if let Some(mut sender) = waiting {
+            // Its task has not yet run since the last response ended.
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+        self.connect().await
+    }
+
+    async fn connect(&self) -> Result<Sender, ConnectError> {
+        let cfg = &self.cfg;
+        let addr = self.addr;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|source| ConnectError::Io { addr, source })?;
+        let _ = socket.set_keepalive(true);
+        let stream = match tokio::time::timeout(cfg.connect_timeout, socket.connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+            Err(_) => {
+                return Err(ConnectError::Timeout {
+                    addr,
+                    ms: cfg.connect_timeout.as_millis(),
+                })
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(backend = %addr, error = %e, "backend connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Returns a connection whose last response was read to the end.
+    pub(crate) fn checkin(&self, sender: Sender) {
+        let cfg = &self.cfg;
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() >= cfg.max_idle {
+            return;
+        }
+        idle.push_back(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Drops idle connections past the idle timeout (their tasks then close
+    /// the sockets) and handles whose connection is gone.
+    pub(crate) fn prune(&self) {
+        let cfg = &self.cfg;
+        let mut idle = self.lock();
+        idle.retain(|e| !e.sender.is_closed() && e.since.elapsed() <= cfg.idle_timeout);
+    }
+}
