@@ -1,0 +1,190 @@
+//! Harness of the orchestrator process tests: a `pier dev` (with or without its built-in
+//! agent) on free ports, extra `pier agent` processes, busybox httpd images pushed to the dev
+//! server's registry, and CLI runs. Every container carries `pier.test=1` and a per-test
+//! label, and is removed when the harness is dropped (also on panic).
+
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use pier_testkit::images::{build_httpd_image, ContainerGuard, HttpdVariant, ImageGuard};
+use pier_testkit::net::free_port;
+use pier_testkit::process::{wait_http_ok, PierProcess};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pier");
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub dev: PierProcess,
+    pub http_port: u16,
+    pub registry_port: u16,
+    pub agents: Vec<PierProcess>,
+    // Field order: containers go before images.
+    pub guard: ContainerGuard,
+    pub images: ImageGuard,
+}
+
+impl Cluster {
+    /// `pier dev` on free ports; `builtin_agent` runs the in-process agent in zone "local".
+    pub async fn start(builtin_agent: bool, extra: &[&str]) -> Cluster {
+        pier_testkit::images::require_docker();
+        let dir = tempfile::tempdir().unwrap();
+        let guard = ContainerGuard::new_run();
+        let http_port = free_port();
+        let registry_port = free_port();
+        let raft_port = free_port();
+        let data = dir.path().join("data");
+        let run_label = format!("{}={}", guard.label, guard.value);
+        let mut args: Vec<String> = vec![
+            "dev".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--http-port".into(),
+            http_port.to_string(),
+            "--raft-port".into(),
+            raft_port.to_string(),
+            "--registry-port".into(),
+            registry_port.to_string(),
+            "--container-label".into(),
+            "pier.test=1".into(),
+            "--container-label".into(),
+            run_label,
+        ];
+        if !builtin_agent {
+            args.push("--no-agent".into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let dev = PierProcess::spawn(BIN, "dev", &refs, dir.path());
+        wait_http_ok(&format!("http://127.0.0.1:{http_port}/api/v1/status"), Duration::from_secs(20)).await;
+        Cluster { dir, dev, http_port, registry_port, agents: Vec::new(), guard, images: ImageGuard(Vec::new()) }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn agent_args(&self, name: &str, zone: &str) -> Vec<String> {
+        vec![
+            "agent".into(),
+            "--server".into(),
+            self.addr(),
+            "--name".into(),
+            name.into(),
+            "--zone".into(),
+            zone.into(),
+            "--container-label".into(),
+            "pier.test=1".into(),
+            "--container-label".into(),
+            format!("{}={}", self.guard.label, self.guard.value),
+        ]
+    }
+
+    /// Starts a `pier agent` process; returns its index in `agents`.
+    pub fn start_agent(&mut self, name: &str, zone: &str) -> usize {
+        let args = self.agent_args(name, zone);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.agents.push(PierProcess::spawn(BIN, &format!("agent-{name}"), &refs, self.dir.path()));
+        self.agents.len() - 1
+    }
+
+    /// Builds a busybox httpd image, pushes it to this cluster's registry and removes the
+    /// local tag, so agents really pull it. Returns the image reference.
+    pub fn push_image(&mut self, name_tag: &str, variant: HttpdVariant) -> String {
+        let image = format!("127.0.0.1:{}/{name_tag}", self.registry_port);
+        build_httpd_image(&image, variant);
+        self.images.0.push(image.clone());
+        let out = Command::new("docker").args(["push", &image]).output().expect("docker push");
+        assert!(out.status.success(), "docker push {image}: {}", String::from_utf8_lossy(&out.stderr));
+        let _ = Command::new("docker").args(["rmi", &image]).output();
+        image
+    }
+
+    pub fn pier(&self, args: &[&str]) -> Output {
+        Command::new(BIN).arg("--addr").arg(self.addr()).args(args).output().expect("run pier")
+    }
+
+    pub fn write_file(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        reqwest::get(format!("{}{path}", self.addr())).await.unwrap().json().await.unwrap()
+    }
+
+    /// Passing catalog instances of `service`: (task id, host port, revision tag).
+    pub async fn passing(&self, service: &str) -> Vec<(String, u16, String)> {
+        let v = self.get(&format!("/v1/health/service/{service}?passing")).await;
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        let tags = e["Service"]["Tags"].as_array().cloned().unwrap_or_default();
+                        let rev = tags.iter().filter_map(|t| t.as_str()).find(|t| t.starts_with("rev-")).unwrap_or("").to_string();
+                        (
+                            e["Service"]["ID"].as_str().unwrap_or("").to_string(),
+                            e["Service"]["Port"].as_u64().unwrap_or(0) as u16,
+                            rev,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub async fn tasks(&self, service: &str) -> Vec<Value> {
+        self.get(&format!("/api/v1/services/{service}/tasks")).await.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Tasks in display state `state`.
+    pub async fn count_state(&self, service: &str, state: &str) -> usize {
+        self.tasks(service).await.iter().filter(|t| t["display_state"] == state).count()
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+pub fn service_file(name: &str, image: &str, count: u32, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\nimage = \"{image}\"\ncount = {count}\nport = 8080\n\n[health]\nhttp = \"/healthz\"\ninterval = \"1s\"\n\n[deploy]\nmin_healthy_time = \"1s\"\ndrain_delay = \"500ms\"\n{extra}"
+    )
+}
+
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+pub async fn body_of(port: u16) -> Option<String> {
+    let resp = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    resp.text().await.ok()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

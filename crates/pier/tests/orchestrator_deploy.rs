@@ -1,0 +1,84 @@
+//! `pier deploy` end to end on the real Docker engine: three replicas of a FROM-scratch
+//! busybox httpd image pulled from the pier registry, healthy, in the catalog with host
+//! ports that answer; an unchanged deploy is a no-op; bad input is refused before anything
+//! changes and the running revision keeps serving.
+
+mod orchestrator_common;
+
+use std::time::Duration;
+
+use orchestrator_common::*;
+use pier_testkit::images::HttpdVariant;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_healthy_in_catalog_and_bad_input_refused() {
+    let mut c = Cluster::start(true, &[]).await;
+    let image = c.push_image("hello:v1", HttpdVariant::Healthy);
+    let file = c.write_file("hello.toml", &service_file("hello", &image, 3, ""));
+    let out = c.pier(&["deploy", &file]);
+    assert!(out.status.success(), "deploy failed:\n{}\n{}\n{}", stdout(&out), stderr(&out), c.log("dev"));
+    let text = stdout(&out);
+    assert!(text.contains("succeeded"), "{text}");
+    assert!(text.contains("healthy"), "{text}");
+
+    let passing = c.passing("hello").await;
+    assert_eq!(passing.len(), 3, "{passing:?}");
+    for (_, port, _) in &passing {
+        let body = body_of(*port).await.expect("the host port answers");
+        assert!(body.contains("hello:v1"), "{body}");
+    }
+    assert_eq!(c.guard.containers(false).len(), 3);
+
+    // The same file again changes nothing.
+    let out = c.pier(&["deploy", &file]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("unchanged"), "{}", stdout(&out));
+
+    // Lists, with --json.
+    let ls = c.pier(&["service", "ls", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(v[0]["healthy"], 3);
+    let ps = c.pier(&["service", "ps", "hello", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().iter().filter(|t| t["display_state"] == "healthy").count(), 3);
+    let nodes = c.pier(&["node", "ls", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&nodes.stdout).unwrap();
+    assert_eq!(v[0]["tasks"], 3);
+
+    // Bad input: each a specific error, nothing changes.
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("typo", service_file("hello", &image, 3, "").replace("interval", "intervall"), "unknown field `intervall`"),
+        ("toml", "name = \"hello\"\nimage = \n".to_string(), "line 2"),
+        ("negative", service_file("hello", &image, 3, "").replace("count = 3", "count = -2"), "must not be negative"),
+        ("too-many", service_file("hello", &image, 3, "").replace("count = 3", "count = 100000"), "maximum"),
+        ("port", service_file("hello", &image, 3, "").replace("port = 8080", "port = 70000"), "out of range"),
+        ("no-image", service_file("hello", &format!("127.0.0.1:{}/hello:nope", c.registry_port), 3, ""), "does not exist in the pier registry"),
+        ("too-big", service_file("hello", &image, 3, "").replace("port = 8080", "port = 8080\nmemory = \"100000GiB\""), "no node can ever run"),
+        ("never-pass", service_file("hello", &image, 3, "").replace("port = 8080\n", ""), "could never pass"),
+    ];
+    for (name, text, expected) in cases {
+        let f = c.write_file(&format!("{name}.toml"), &text);
+        let out = c.pier(&["deploy", &f]);
+        assert!(!out.status.success(), "{name} was accepted");
+        assert!(stderr(&out).contains(expected), "{name}: expected {expected:?} in {}", stderr(&out));
+    }
+    let detail = c.get("/api/v1/services/hello").await;
+    assert_eq!(detail["service"]["revision"], 1);
+    assert_eq!(c.passing("hello").await.len(), 3);
+
+    // Logs from the agent through the server.
+    let logs = c.pier(&["logs", "hello"]);
+    assert!(logs.status.success(), "{}", stderr(&logs));
+
+    // Scale down and remove: no container left behind.
+    let out = c.pier(&["service", "scale", "hello", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually("one container left", Duration::from_secs(20), || async { c.guard.containers(true).len() == 1 }).await;
+    let out = c.pier(&["service", "rm", "hello"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually("no container left", Duration::from_secs(20), || async { c.guard.containers(true).is_empty() }).await;
+    eventually("service gone", Duration::from_secs(10), || async {
+        c.get("/api/v1/services").await.as_array().is_some_and(|a| a.is_empty())
+    })
+    .await;
+}
