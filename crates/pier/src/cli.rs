@@ -50,13 +50,15 @@ pub enum Command {
     Node(cmd::node::NodeArgs),
     /// Show a service's container output.
     Logs(cmd::logs::LogsArgs),
+    /// Build and deploy from a git repository on every new commit.
+    Pipeline(cmd::pipeline::PipelineArgs),
 }
 
 impl Command {
     pub fn is_server(&self) -> bool {
         match self {
             Command::Dev(_) | Command::Server(_) | Command::Agent(_) => true,
-            Command::Deploy(_) | Command::Service(_) | Command::Node(_) | Command::Logs(_) => false,
+            Command::Deploy(_) | Command::Service(_) | Command::Node(_) | Command::Logs(_) | Command::Pipeline(_) => false,
             Command::Registry(args) => args.is_server(),
             Command::Status(_) | Command::Kv(_) => false,
         }

@@ -135,9 +135,18 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     if orchestrator_config.registry_addr.is_none() {
         orchestrator_config.registry_addr = cfg.registry_listen.map(|a| a.to_string());
     }
+    let pipelines = pier_pipeline::spawn(
+        store.clone(),
+        pier_pipeline::PipelineConfig {
+            data_dir: cfg.data_dir.clone(),
+            registry: orchestrator_config.registry_addr.clone().unwrap_or_else(|| "127.0.0.1:5000".into()),
+            deployer: Arc::new(pier_pipeline::HttpDeployer::new(format!("http://{http_addr}"))),
+        },
+    );
     let orchestrator = pier_orchestrator::spawn(store.clone(), catalog.clone(), orchestrator_config);
     let app = api::router(AppState { store: store.clone(), metrics })
         .merge(orchestrator.router())
+        .merge(pipelines.router())
         .merge(pier_catalog::router(catalog.clone(), catalog_agent.clone()));
     let node_agent = match cfg.agent.clone() {
         Some(mut agent_cfg) => {
@@ -173,6 +182,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     if let Some(agent) = node_agent {
         agent.shutdown().await;
     }
+    pipelines.shutdown().await;
     orchestrator.shutdown().await;
     catalog_agent.shutdown();
     node_monitor.shutdown();

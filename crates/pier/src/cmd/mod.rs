@@ -5,6 +5,7 @@ pub mod deploy;
 pub mod dev;
 pub mod logs;
 pub mod node;
+pub mod pipeline;
 pub mod service;
 pub mod kv;
 pub mod registry;
@@ -28,5 +29,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service(args) => service::run(&client, args).await,
         Command::Node(args) => node::run(&client, args).await,
         Command::Logs(args) => logs::run(&client, args).await,
+        Command::Pipeline(args) => pipeline::run(&client, args).await,
     }
 }

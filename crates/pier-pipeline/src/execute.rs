@@ -1,0 +1,192 @@
+//! One run, start to finish: checkout → build → push → deploy → outcome. Every state change is
+//! a guarded write that only succeeds while this process still owns the run, so a run that a
+//! new leader has marked interrupted is never overwritten by the old one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pier_api::pipeline::{short_sha, RunInfo, RunStage, RunStatus};
+
+use crate::build::{build_image, push_image, BuildError, BuildSpec};
+use crate::definition::PipelineDef;
+use crate::deploy::{DeployError, DeployOutcome};
+use crate::git::GitError;
+use crate::log_sink::LogSink;
+use crate::records::{now_ms, update_run};
+use crate::run_log::write_log;
+use crate::run_state::{transition, RunEvent};
+use crate::service_file;
+use crate::Shared;
+
+/// How a run's stages ended.
+enum Ending {
+    Event(RunEvent),
+    /// Another process took the run over (or it vanished): write nothing more.
+    Lost,
+}
+
+fn fail(stage: RunStage, reason: impl Into<String>) -> Ending {
+    Ending::Event(RunEvent::Fail {
+        stage,
+        reason: reason.into(),
+    })
+}
+
+/// Applies `event` to the run if this runner still owns it. False when it does not.
+async fn advance(shared: &Shared, run: &RunInfo, event: RunEvent, image: Option<&str>) -> bool {
+    let me = shared.runner_id.as_str();
+    let result = update_run(&shared.store, &run.pipeline, run.number, |r| {
+        if r.runner.as_deref() != Some(me) {
+            return false;
+        }
+        match transition(&r.status, event.clone()) {
+            Ok(next) => {
+                if next.is_terminal() {
+                    r.finished_at_ms = Some(now_ms());
+                }
+                r.status = next;
+                if let Some(i) = image {
+                    r.image = Some(i.to_string());
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    match result {
+        Ok(Some(r)) => {
+            r.runner.as_deref() == Some(me) && !matches!(r.status, RunStatus::Interrupted { .. })
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(pipeline = %run.pipeline, run = run.number, error = %e, "cannot record a run's progress");
+            false
+        }
+    }
+}
+
+/// Executes a run that the runner has already moved to `building` under this runner id.
+pub(crate) async fn execute(shared: Arc<Shared>, def: PipelineDef, run: RunInfo) {
+    let (log, rx) = LogSink::channel();
+    let writer = tokio::spawn(write_log(
+        shared.store.clone(),
+        run.pipeline.clone(),
+        run.number,
+        rx,
+    ));
+    let ending = stages(&shared, &def, &run, &log).await;
+    if let Ending::Event(ev) = &ending {
+        log.line(match ev {
+            RunEvent::Deployed => "==> succeeded".to_string(),
+            RunEvent::RolledBack { reason } => format!("==> rolled back: {reason}"),
+            RunEvent::Fail { stage, reason } => format!("==> failed at {stage}: {reason}"),
+            other => format!("==> {other:?}"),
+        });
+    }
+    drop(log);
+    // The whole log is stored before the final state, so a follower that sees the state has
+    // seen every line.
+    let _ = writer.await;
+    if let Ending::Event(ev) = ending {
+        advance(&shared, &run, ev, None).await;
+    }
+    tracing::info!(pipeline = %run.pipeline, run = run.number, "run finished");
+}
+
+async fn stages(shared: &Arc<Shared>, def: &PipelineDef, run: &RunInfo, log: &LogSink) -> Ending {
+    let short = short_sha(&run.commit).to_string();
+    let image = format!("{}/{}:{short}", shared.config.registry, def.name);
+    log.line(format!(
+        "==> run {} of pipeline {}: commit {short}{}",
+        run.number,
+        def.name,
+        run.commit_message
+            .as_deref()
+            .map(|m| format!(" ({m})"))
+            .unwrap_or_default()
+    ));
+
+    // Checkout: the commit's tree as the build context, and the service file.
+    log.line(format!(
+        "==> checkout {} from {} ({})",
+        run.commit, def.repo, def.branch
+    ));
+    let git = shared.git.clone();
+    let (source, branch, commit) = (def.source.clone(), def.branch.clone(), run.commit.clone());
+    let (file, dockerfile) = (def.file.clone(), def.dockerfile.clone());
+    let checkout = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String), GitError> {
+        let repo = git.open(&source, &branch)?;
+        let full = repo.find_commit(&commit)?.id;
+        repo.read_file(&full, &dockerfile)?;
+        let service = repo.read_file(&full, &file)?;
+        let context = repo.context_tar(&full)?;
+        Ok((context, String::from_utf8_lossy(&service).into_owned()))
+    })
+    .await;
+    let (context_tar, service_text) = match checkout {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return fail(RunStage::Checkout, e.to_string()),
+        Err(e) => return fail(RunStage::Checkout, format!("checkout task failed: {e}")),
+    };
+    let filled = match service_file::fill_image(&def.file, &service_text, &image)
+        .and_then(|f| service_file::check(&def.file, &service_text, &image).map(|_| f))
+    {
+        Ok(f) => f,
+        Err(e) => return fail(RunStage::Checkout, e.to_string()),
+    };
+    log.line(format!("    build context: {} bytes", context_tar.len()));
+
+    // Build.
+    log.line(format!("==> build {image} ({})", def.dockerfile));
+    let docker = match &shared.docker {
+        Ok(d) => d.clone(),
+        Err(e) => {
+            return fail(
+                RunStage::Build,
+                format!("cannot reach the Docker engine: {e}"),
+            )
+        }
+    };
+    let labels = HashMap::from([
+        ("pier.pipeline".to_string(), def.name.clone()),
+        ("pier.commit".to_string(), run.commit.clone()),
+    ]);
+    let spec = BuildSpec {
+        image: &image,
+        context_tar,
+        dockerfile: &def.dockerfile,
+        build_args: &def.build_args,
+        labels,
+    };
+    match build_image(&docker, spec, log).await {
+        Ok(id) => log.line(format!("    image {id}")),
+        Err(e) => return fail(RunStage::Build, e.to_string()),
+    }
+    if !advance(shared, run, RunEvent::Built, Some(&image)).await {
+        return Ending::Lost;
+    }
+
+    // Push.
+    log.line(format!("==> push {image}"));
+    if let Err(e) = push_image(&docker, &image, log).await {
+        let reason = match e {
+            BuildError::Push(m) => format!("pushing {image} failed: {m}"),
+            other => other.to_string(),
+        };
+        return fail(RunStage::Push, reason);
+    }
+    if !advance(shared, run, RunEvent::Pushed, None).await {
+        return Ending::Lost;
+    }
+
+    // Deploy and wait for the outcome.
+    log.line(format!("==> deploy {} with image {image}", def.file));
+    match shared.config.deployer.deploy(&filled, log).await {
+        Ok(DeployOutcome::Succeeded) => Ending::Event(RunEvent::Deployed),
+        Ok(DeployOutcome::RolledBack { reason }) => Ending::Event(RunEvent::RolledBack { reason }),
+        Ok(DeployOutcome::Failed { reason }) => fail(RunStage::Deploy, reason),
+        Err(e @ DeployError::Refused(_)) => fail(RunStage::Deploy, e.to_string()),
+        Err(e) => fail(RunStage::Deploy, e.to_string()),
+    }
+}
