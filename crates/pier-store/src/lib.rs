@@ -34,7 +34,11 @@
 //!
 //! # Invariants
 //!
-//! * A transaction is one log entry; guards (`cas`, `Check`) are evaluated against the state
+//! * Group commit: the leader packs concurrent transactions over *disjoint* keys into one log
+//!   entry (one append, one fsync, one apply for many writes). Each key changes at most once
+//!   per entry, so `modify_index` still names exactly one version of a key; transactions that
+//!   share a key, and any `DeletePrefix`, go into separate entries.
+//! * A transaction is applied atomically within one log entry; guards (`cas`, `Check`) are evaluated against the state
 //!   before it; if one fails nothing is applied.
 //! * `Entry::create_index`/`modify_index` are the log index of the creating/last changing write.
 //! * The index of a result (`StateView::index_of`) is the max over the live entries *and*
@@ -54,6 +58,7 @@
 //! * Consistent reads use read-index: the leader confirms leadership with a quorum and returns
 //!   its commit index; the reading server waits until it has applied that index.
 
+mod batcher;
 mod bootstrap;
 mod error;
 mod log_store;

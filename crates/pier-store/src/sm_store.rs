@@ -427,6 +427,11 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                 let resp = match entry.payload {
                     EntryPayload::Blank => Response::Done,
                     EntryPayload::Normal(Request::Txn(txn)) => Response::Txn(data.apply_txn(index, txn, &mut changes)),
+                    EntryPayload::Normal(Request::Batch(txns)) => Response::Batch(
+                        txns.into_iter()
+                            .map(|t| data.apply_txn(index, t, &mut changes))
+                            .collect(),
+                    ),
                     EntryPayload::Normal(Request::ReapTombstones { up_to_index }) => {
                         data.reap_tombstones(up_to_index, &mut changes);
                         Response::Done

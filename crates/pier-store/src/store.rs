@@ -13,6 +13,7 @@ use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+use crate::batcher::{BatchError, PendingWrite};
 use crate::error::StoreError;
 use crate::log_store::LogStore;
 use crate::model::{validate_txn, Consistency, Txn, TxnResult, WatchKey};
@@ -141,6 +142,7 @@ pub(crate) struct Inner {
     known_peers: Mutex<BTreeMap<NodeId, MemberWire>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stopped: AtomicBool,
+    batch_tx: tokio::sync::mpsc::UnboundedSender<PendingWrite>,
 }
 
 enum LeaderIs {
@@ -268,6 +270,8 @@ impl Store {
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?;
 
+        let (batch_tx, batch_rx) = tokio::sync::mpsc::unbounded_channel();
+        let batcher = tokio::spawn(crate::batcher::run(raft.clone(), batch_rx));
         let inner = Arc::new(Inner {
             raft,
             node_id,
@@ -286,6 +290,7 @@ impl Store {
             known_peers: Mutex::new(BTreeMap::new()),
             tasks: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
+            batch_tx,
         });
 
         let app = crate::server::router(inner.clone());
@@ -296,7 +301,7 @@ impl Store {
         });
         let boot = tokio::spawn(crate::bootstrap::run(Arc::downgrade(&inner)));
         let reaper = tokio::spawn(reap_loop(Arc::downgrade(&inner)));
-        inner.lock_tasks().extend([server, boot, reaper]);
+        inner.lock_tasks().extend([server, boot, reaper, batcher]);
         tracing::info!(node_id, name = %cfg.node_name, raft_addr = %raft_addr, "store opened");
         Ok(Store { inner })
     }
@@ -643,8 +648,8 @@ impl Inner {
                                 .call(&leader.raft_addr, "/raft/write", t, LEADER_OP_TIMEOUT)
                                 .await
                         }
-                        // Reaping is only issued by a leader for itself.
-                        Request::ReapTombstones { .. } => {
+                        // Reaping is only issued by a leader for itself; batches only by the batcher.
+                        Request::ReapTombstones { .. } | Request::Batch(_) => {
                             return Err(StoreError::NoLeader("this server is not the leader".into()))
                         }
                     };
@@ -686,6 +691,10 @@ impl Inner {
     }
 
     async fn commit_local(&self, req: Request) -> Result<TxnResult, LocalWriteError> {
+        let req = match req {
+            Request::Txn(txn) => return self.commit_batched(txn).await,
+            other => other,
+        };
         match tokio::time::timeout(LEADER_OP_TIMEOUT, self.raft.client_write(req)).await {
             Err(_) => Err(LocalWriteError::Fail(StoreError::Timeout(format!(
                 "write not committed within {} s; its outcome is unknown (is a majority of servers up?)",
@@ -693,7 +702,7 @@ impl Inner {
             )))),
             Ok(Ok(resp)) => match resp.data {
                 Response::Txn(r) => Ok(r.into()),
-                Response::Done => Ok(TxnResult {
+                Response::Batch(_) | Response::Done => Ok(TxnResult {
                     index: resp.log_id.index,
                     applied: true,
                     failed_op: None,
@@ -702,6 +711,24 @@ impl Inner {
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(LocalWriteError::NotLeader),
             Ok(Err(RaftError::Fatal(Fatal::Stopped))) => Err(LocalWriteError::Fail(StoreError::Shutdown)),
             Ok(Err(e)) => Err(LocalWriteError::Fail(StoreError::Raft(e.to_string()))),
+        }
+    }
+
+    async fn commit_batched(&self, txn: TxnWire) -> Result<TxnResult, LocalWriteError> {
+        let (pending, rx) = PendingWrite::new(txn);
+        if self.batch_tx.send(pending).is_err() {
+            return Err(LocalWriteError::Fail(StoreError::Shutdown));
+        }
+        match tokio::time::timeout(LEADER_OP_TIMEOUT, rx).await {
+            Err(_) => Err(LocalWriteError::Fail(StoreError::Timeout(format!(
+                "write not committed within {} s; its outcome is unknown (is a majority of servers up?)",
+                LEADER_OP_TIMEOUT.as_secs()
+            )))),
+            Ok(Err(_)) => Err(LocalWriteError::Fail(StoreError::Shutdown)),
+            Ok(Ok(Ok(r))) => Ok(r.into()),
+            Ok(Ok(Err(BatchError::NotLeader))) => Err(LocalWriteError::NotLeader),
+            Ok(Ok(Err(BatchError::Stopped))) => Err(LocalWriteError::Fail(StoreError::Shutdown)),
+            Ok(Ok(Err(BatchError::Raft(e)))) => Err(LocalWriteError::Fail(StoreError::Raft(e))),
         }
     }
 

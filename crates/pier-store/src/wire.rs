@@ -46,6 +46,10 @@ impl fmt::Display for NodeInfo {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
     Txn(TxnWire),
+    /// Concurrent transactions grouped into one entry by the leader (group commit). They touch
+    /// disjoint keys, so each key changes at most once per entry and indexes stay unique per
+    /// version.
+    Batch(Vec<TxnWire>),
     /// Drop tombstones whose delete index is <= `up_to_index`; issued by the leader periodically.
     ReapTombstones { up_to_index: u64 },
 }
@@ -54,6 +58,7 @@ pub enum Request {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Response {
     Txn(TxnResultWire),
+    Batch(Vec<TxnResultWire>),
     Done,
 }
 
