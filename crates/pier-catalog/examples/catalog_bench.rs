@@ -55,12 +55,17 @@ struct Server {
 
 async fn start_server() -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let http_addr: SocketAddr = listener.local_addr().expect("addr");
     let mut cfg = StoreConfig::single_node("bench", dir.path());
     cfg.http_advertise = http_addr.to_string();
     let store = Store::open(cfg).await.expect("store");
-    store.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+    store
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
     let catalog = Catalog::new(store, CatalogConfig::default());
     let agent = Agent::start(catalog.clone(), AgentConfig::new("bench", "127.0.0.1"));
     std::mem::forget(NodeMonitor::start(catalog.clone()));
@@ -110,7 +115,9 @@ async fn start_targets() -> (SocketAddr, Targets) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -154,9 +161,14 @@ async fn bench_passing(server: &Server, tries: u32) {
             })
         };
         tokio::time::sleep(Duration::from_millis(30)).await;
-        targets.enabled.lock().unwrap_or_else(|p| p.into_inner()).insert(i, None);
+        targets
+            .enabled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(i, None);
         let seen = watcher.await.expect("watcher");
-        let first_ok = targets.enabled.lock().unwrap_or_else(|p| p.into_inner())[&i].expect("answered 200");
+        let first_ok =
+            targets.enabled.lock().unwrap_or_else(|p| p.into_inner())[&i].expect("answered 200");
         lat.push(seen.saturating_duration_since(first_ok));
         c.put(format!("{}/v1/agent/service/deregister/{id}", server.url))
             .send()
@@ -190,7 +202,10 @@ async fn bench_fanout(server: &Server, watchers: u32) {
     let exe = std::env::current_exe().expect("own path");
     let mut child = tokio::process::Command::new(exe)
         .arg("watchers")
-        .arg(format!("{}/v1/health/service/fan?index={index}&wait=120s", server.url))
+        .arg(format!(
+            "{}/v1/health/service/fan?index={index}&wait=120s",
+            server.url
+        ))
         .arg(watchers.to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -225,7 +240,10 @@ async fn bench_fanout(server: &Server, watchers: u32) {
         .collect();
     lat.sort();
     if lat.len() != watchers as usize {
-        println!("WARNING: only {} of {watchers} watchers reported", lat.len());
+        println!(
+            "WARNING: only {} of {watchers} watchers reported",
+            lat.len()
+        );
     }
     println!(
         "fan-out to {} watchers: p50 {}  p99 {}  max {}  server CPU {} (for the change and all answers)",
@@ -256,7 +274,12 @@ async fn run_watchers(url: String, count: u32) {
             let _ = sent.send(());
             let r = fut.await.ok()?;
             let _ = r.bytes().await.ok()?;
-            Some(SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_nanos())
+            Some(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .ok()?
+                    .as_nanos(),
+            )
         }));
         // Pace connection setup so the accept queue is not flooded.
         tokio::task::yield_now().await;
@@ -279,7 +302,10 @@ async fn bench_dead(server: &Server, tries: u32) {
     let mut lat = Vec::new();
     for i in 0..tries {
         let node = format!("victim-{i}");
-        let agent = Agent::start(server.catalog.clone(), AgentConfig::new(node.clone(), "127.0.0.9"));
+        let agent = Agent::start(
+            server.catalog.clone(),
+            AgentConfig::new(node.clone(), "127.0.0.9"),
+        );
         let reg = InstanceRegistration {
             id: format!("v-{i}"),
             service: format!("victim-svc-{i}"),
@@ -339,7 +365,11 @@ async fn main() {
         plan.push((name.clone(), n));
     }
     if plan.is_empty() {
-        plan = vec![("passing".into(), 100), ("fanout".into(), 10_000), ("dead".into(), 5)];
+        plan = vec![
+            ("passing".into(), 100),
+            ("fanout".into(), 10_000),
+            ("dead".into(), 5),
+        ];
     }
     let server = start_server().await;
     for (name, n) in plan {

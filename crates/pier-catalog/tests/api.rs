@@ -56,7 +56,10 @@ async fn register_read_back_and_deregister() {
         .await
         .unwrap();
     assert_eq!(health.len(), 2);
-    let web1 = health.iter().find(|h| h["Service"]["ID"] == "web-1").unwrap();
+    let web1 = health
+        .iter()
+        .find(|h| h["Service"]["ID"] == "web-1")
+        .unwrap();
     assert_eq!(web1["Node"]["Node"], "server1");
     assert_eq!(web1["Node"]["Address"], "127.0.0.1");
     assert_eq!(web1["Service"]["Service"], "web");
@@ -64,8 +67,13 @@ async fn register_read_back_and_deregister() {
     assert_eq!(web1["Service"]["Port"], 8080);
     assert_eq!(web1["Service"]["Meta"]["version"], "1");
     let checks = web1["Checks"].as_array().unwrap();
-    assert!(checks.iter().any(|c| c["CheckID"] == "serfHealth" && c["Status"] == "passing"));
-    let svc_check = checks.iter().find(|c| c["CheckID"] == "service:web-1").unwrap();
+    assert!(checks
+        .iter()
+        .any(|c| c["CheckID"] == "serfHealth" && c["Status"] == "passing"));
+    let svc_check = checks
+        .iter()
+        .find(|c| c["CheckID"] == "service:web-1")
+        .unwrap();
     assert_eq!(svc_check["Status"], "passing");
     assert_eq!(svc_check["ServiceID"], "web-1");
     assert_eq!(svc_check["ServiceName"], "web");
@@ -90,17 +98,22 @@ async fn register_read_back_and_deregister() {
         .await
         .unwrap();
     assert!(none.is_empty());
-    let r = c.put(s.url("/v1/agent/check/fail/service:web-1?note=down")).send().await.unwrap();
+    let r = c
+        .put(s.url("/v1/agent/check/fail/service:web-1?note=down"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let passing: Vec<Value> = common::eventually(Duration::from_secs(5), "web-1 leaves passing", || {
-        let c = c.clone();
-        let url = s.url("/v1/health/service/web?passing=1");
-        async move {
-            let v: Vec<Value> = c.get(url).send().await.ok()?.json().await.ok()?;
-            (v.len() == 1).then_some(v)
-        }
-    })
-    .await;
+    let passing: Vec<Value> =
+        common::eventually(Duration::from_secs(5), "web-1 leaves passing", || {
+            let c = c.clone();
+            let url = s.url("/v1/health/service/web?passing=1");
+            async move {
+                let v: Vec<Value> = c.get(url).send().await.ok()?.json().await.ok()?;
+                (v.len() == 1).then_some(v)
+            }
+        })
+        .await;
     assert_eq!(passing[0]["Service"]["ID"], "web-2");
     let critical: Vec<Value> = c
         .get(s.url("/v1/health/state/critical"))
@@ -110,7 +123,9 @@ async fn register_read_back_and_deregister() {
         .json()
         .await
         .unwrap();
-    assert!(critical.iter().any(|c| c["CheckID"] == "service:web-1" && c["Output"] == "down"));
+    assert!(critical
+        .iter()
+        .any(|c| c["CheckID"] == "service:web-1" && c["Output"] == "down"));
     let svc_checks: Vec<Value> = c
         .get(s.url("/v1/health/checks/web"))
         .send()
@@ -128,7 +143,11 @@ async fn register_read_back_and_deregister() {
         .json()
         .await
         .unwrap();
-    assert_eq!(node_checks.len(), 2, "serfHealth and the TTL check: {node_checks:?}");
+    assert_eq!(
+        node_checks.len(),
+        2,
+        "serfHealth and the TTL check: {node_checks:?}"
+    );
 
     // Catalog views.
     let cat: Vec<Value> = c
@@ -145,7 +164,14 @@ async fn register_read_back_and_deregister() {
     assert_eq!(cat[0]["ServiceAddress"], "");
     assert_eq!(cat[0]["Address"], "127.0.0.1");
     assert_eq!(cat[0]["Datacenter"], "dc1");
-    let nodes: Vec<Value> = c.get(s.url("/v1/catalog/nodes")).send().await.unwrap().json().await.unwrap();
+    let nodes: Vec<Value> = c
+        .get(s.url("/v1/catalog/nodes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(nodes.len(), 1);
     let node: Value = c
         .get(s.url("/v1/catalog/node/server1"))
@@ -165,16 +191,51 @@ async fn register_read_back_and_deregister() {
         .await
         .unwrap();
     assert_eq!(dcs, vec!["dc1"]);
-    let me: Value = c.get(s.url("/v1/agent/self")).send().await.unwrap().json().await.unwrap();
+    let me: Value = c
+        .get(s.url("/v1/agent/self"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(me["Config"]["Datacenter"], "dc1");
     assert_eq!(me["Config"]["NodeName"], "server1");
-    let agent_services: Value = c.get(s.url("/v1/agent/services")).send().await.unwrap().json().await.unwrap();
+    let agent_services: Value = c
+        .get(s.url("/v1/agent/services"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(agent_services["web-1"]["Port"] == 8080);
-    let agent_checks: Value = c.get(s.url("/v1/agent/checks")).send().await.unwrap().json().await.unwrap();
+    let agent_checks: Value = c
+        .get(s.url("/v1/agent/checks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(agent_checks["service:web-1"]["Status"], "critical");
-    let leader: String = c.get(s.url("/v1/status/leader")).send().await.unwrap().json().await.unwrap();
+    let leader: String = c
+        .get(s.url("/v1/status/leader"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(leader, s.raft_addr.to_string());
-    let peers: Vec<String> = c.get(s.url("/v1/status/peers")).send().await.unwrap().json().await.unwrap();
+    let peers: Vec<String> = c
+        .get(s.url("/v1/status/peers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(peers, vec![s.raft_addr.to_string()]);
 
     // check/update with a body; pass and warn.
@@ -185,15 +246,31 @@ async fn register_read_back_and_deregister() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    let r = c.put(s.url("/v1/agent/check/pass/service:web-1")).send().await.unwrap();
+    let r = c
+        .put(s.url("/v1/agent/check/pass/service:web-1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = c.put(s.url("/v1/agent/check/pass/nope")).send().await.unwrap();
+    let r = c
+        .put(s.url("/v1/agent/check/pass/nope"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     // Deregister.
-    let r = c.put(s.url("/v1/agent/service/deregister/web-1")).send().await.unwrap();
+    let r = c
+        .put(s.url("/v1/agent/service/deregister/web-1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = c.put(s.url("/v1/agent/service/deregister/web-1")).send().await.unwrap();
+    let r = c
+        .put(s.url("/v1/agent/service/deregister/web-1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let health: Vec<Value> = c
         .get(s.url("/v1/health/service/web"))
@@ -204,8 +281,18 @@ async fn register_read_back_and_deregister() {
         .await
         .unwrap();
     assert_eq!(health.len(), 1);
-    let checks: Vec<Value> = c.get(s.url("/v1/health/checks/web")).send().await.unwrap().json().await.unwrap();
-    assert!(checks.is_empty(), "checks of a deregistered instance are gone");
+    let checks: Vec<Value> = c
+        .get(s.url("/v1/health/checks/web"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        checks.is_empty(),
+        "checks of a deregistered instance are gone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +304,10 @@ async fn kv_get_put_delete_cas_recurse_keys() {
 
     let r = c.get(s.url("/v1/kv/app/missing")).send().await.unwrap();
     assert_eq!(r.status(), 404);
-    assert!(header_u64(&r, "x-consul-index") >= 1, "404 carries an index");
+    assert!(
+        header_u64(&r, "x-consul-index") >= 1,
+        "404 carries an index"
+    );
 
     let ok: bool = c
         .put(s.url("/v1/kv/app/config/a?flags=42"))
@@ -237,27 +327,73 @@ async fn kv_get_put_delete_cas_recurse_keys() {
     assert_eq!(body[0]["Flags"], 42);
     assert_eq!(body[0]["ModifyIndex"], idx);
     assert_eq!(body[0]["LockIndex"], 0);
-    let raw = c.get(s.url("/v1/kv/app/config/a?raw")).send().await.unwrap().text().await.unwrap();
+    let raw = c
+        .get(s.url("/v1/kv/app/config/a?raw"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(raw, "hello");
 
     // CAS: 0 = only if absent; a stale index fails; the right index succeeds.
     let put = |url: String, body: &'static str| {
         let c = c.clone();
-        async move { c.put(url).body(body).send().await.unwrap().json::<bool>().await.unwrap() }
+        async move {
+            c.put(url)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .json::<bool>()
+                .await
+                .unwrap()
+        }
     };
     assert!(!put(s.url("/v1/kv/app/config/a?cas=0"), "x").await);
-    assert!(!put(s.url(&format!("/v1/kv/app/config/a?cas={}", idx + 1000)), "x").await);
+    assert!(
+        !put(
+            s.url(&format!("/v1/kv/app/config/a?cas={}", idx + 1000)),
+            "x"
+        )
+        .await
+    );
     assert!(put(s.url(&format!("/v1/kv/app/config/a?cas={idx}")), "world").await);
     assert!(put(s.url("/v1/kv/app/config/b?cas=0"), "b").await);
     assert!(put(s.url("/v1/kv/app/other"), "o").await);
     assert!(put(s.url("/v1/kv/app/empty"), "").await);
 
-    let all: Vec<Value> = c.get(s.url("/v1/kv/app/config?recurse=true")).send().await.unwrap().json().await.unwrap();
+    let all: Vec<Value> = c
+        .get(s.url("/v1/kv/app/config?recurse=true"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(all.len(), 2);
-    let empty: Vec<Value> = c.get(s.url("/v1/kv/app/empty")).send().await.unwrap().json().await.unwrap();
+    let empty: Vec<Value> = c
+        .get(s.url("/v1/kv/app/empty"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(empty[0]["Value"], Value::Null);
-    let keys: Vec<String> = c.get(s.url("/v1/kv/app/?keys")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(keys, vec!["app/config/a", "app/config/b", "app/empty", "app/other"]);
+    let keys: Vec<String> = c
+        .get(s.url("/v1/kv/app/?keys"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        keys,
+        vec!["app/config/a", "app/config/b", "app/empty", "app/other"]
+    );
     let keys: Vec<String> = c
         .get(s.url("/v1/kv/app/?keys&separator=/"))
         .send()
@@ -267,17 +403,39 @@ async fn kv_get_put_delete_cas_recurse_keys() {
         .await
         .unwrap();
     assert_eq!(keys, vec!["app/config/", "app/empty", "app/other"]);
-    let root: Vec<Value> = c.get(s.url("/v1/kv/?recurse")).send().await.unwrap().json().await.unwrap();
+    let root: Vec<Value> = c
+        .get(s.url("/v1/kv/?recurse"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(root.len(), 4);
 
     // Delete with cas, then recurse.
     let b_idx = {
-        let v: Vec<Value> = c.get(s.url("/v1/kv/app/config/b")).send().await.unwrap().json().await.unwrap();
+        let v: Vec<Value> = c
+            .get(s.url("/v1/kv/app/config/b"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         v[0]["ModifyIndex"].as_u64().unwrap()
     };
     let del = |url: String| {
         let c = c.clone();
-        async move { c.delete(url).send().await.unwrap().json::<bool>().await.unwrap() }
+        async move {
+            c.delete(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<bool>()
+                .await
+                .unwrap()
+        }
     };
     assert!(!del(s.url(&format!("/v1/kv/app/config/b?cas={}", b_idx + 1))).await);
     assert!(del(s.url(&format!("/v1/kv/app/config/b?cas={b_idx}"))).await);
@@ -292,7 +450,14 @@ async fn blocking_query_rules() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::single(dir.path(), Options::default()).await;
     let c = reqwest::Client::new();
-    assert!(c.put(s.url("/v1/kv/watched")).body("1").send().await.unwrap().status().is_success());
+    assert!(c
+        .put(s.url("/v1/kv/watched"))
+        .body("1")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
     let r = c.get(s.url("/v1/kv/watched")).send().await.unwrap();
     let idx = header_u64(&r, "x-consul-index");
 
@@ -304,13 +469,27 @@ async fn blocking_query_rules() {
         tokio::spawn(async move { c.get(url).send().await.unwrap() })
     };
     for i in 0..5 {
-        c.put(s.url(&format!("/v1/kv/unrelated/{i}"))).body("x").send().await.unwrap();
+        c.put(s.url(&format!("/v1/kv/unrelated/{i}")))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
     }
     let r = blocked.await.unwrap();
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(780), "returned after {waited:?}");
-    assert!(waited < Duration::from_millis(800 + 800 / 16 + 500), "jitter bound: {waited:?}");
-    assert_eq!(header_u64(&r, "x-consul-index"), idx, "unrelated writes do not move the index");
+    assert!(
+        waited >= Duration::from_millis(780),
+        "returned after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(800 + 800 / 16 + 500),
+        "jitter bound: {waited:?}"
+    );
+    assert_eq!(
+        header_u64(&r, "x-consul-index"),
+        idx,
+        "unrelated writes do not move the index"
+    );
 
     // A write to the key ends the wait at once.
     let started = Instant::now();
@@ -320,7 +499,11 @@ async fn blocking_query_rules() {
         tokio::spawn(async move { c.get(url).send().await.unwrap() })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    c.put(s.url("/v1/kv/watched")).body("2").send().await.unwrap();
+    c.put(s.url("/v1/kv/watched"))
+        .body("2")
+        .send()
+        .await
+        .unwrap();
     let r = blocked.await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(header_u64(&r, "x-consul-index") > idx);
@@ -345,17 +528,29 @@ async fn blocking_query_rules() {
         tokio::spawn(async move { c.get(url).send().await.unwrap() })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    c.put(s.url("/v1/kv/later")).body("now").send().await.unwrap();
+    c.put(s.url("/v1/kv/later"))
+        .body("now")
+        .send()
+        .await
+        .unwrap();
     let r = blocked.await.unwrap();
     assert_eq!(r.status(), 200);
 
     // stale and consistent modes answer; index never 0.
     for q in ["stale", "consistent", "stale=true", "consistent=1"] {
-        let r = c.get(s.url(&format!("/v1/catalog/services?{q}"))).send().await.unwrap();
+        let r = c
+            .get(s.url(&format!("/v1/catalog/services?{q}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{q}");
         assert!(header_u64(&r, "x-consul-index") >= 1);
     }
-    let r = c.get(s.url("/v1/health/service/nothing-here")).send().await.unwrap();
+    let r = c
+        .get(s.url("/v1/health/service/nothing-here"))
+        .send()
+        .await
+        .unwrap();
     assert!(header_u64(&r, "x-consul-index") >= 1);
     // Tokens are accepted (and ignored).
     let r = c
@@ -376,24 +571,96 @@ async fn bad_input_is_refused_and_writes_nothing() {
     let before = s.catalog().store().status().last_applied_index;
 
     let cases: Vec<(&str, String, Option<String>)> = vec![
-        ("PUT", "/v1/agent/service/register".into(), Some("{not json".into())),
-        ("PUT", "/v1/agent/service/register".into(), Some("[1,2]".into())),
-        ("PUT", "/v1/agent/service/register".into(), Some(r#"{"Name":"web","Port":"eighty"}"#.into())),
-        ("PUT", "/v1/agent/service/register".into(), Some(r#"{"Port":80}"#.into())),
-        ("PUT", "/v1/agent/service/register".into(), Some(r#"{"Name":"bad name!"}"#.into())),
-        ("PUT", "/v1/agent/service/register".into(), Some(r#"{"Name":"_hidden"}"#.into())),
-        ("PUT", "/v1/agent/service/register".into(), Some(r#"{"Name":"a/b"}"#.into())),
-        ("PUT", "/v1/agent/service/register".into(), Some(format!(r#"{{"Name":"{}"}}"#, "x".repeat(200)))),
-        ("PUT", "/v1/agent/service/register".into(), Some(r#"{"Name":"web","Check":{"GRPC":"127.0.0.1:1","Interval":"1s"}}"#.into())),
-        ("PUT", "/v1/agent/service/register".into(), Some(r#"{"Name":"web","Check":{"Interval":"1s"}}"#.into())),
-        ("PUT", "/v1/agent/service/register".into(), Some(r#"{"Name":"web","Check":{"HTTP":"http://x/","Interval":"soon"}}"#.into())),
-        ("PUT", "/v1/agent/service/register".into(), Some(r#"{"Name":"web","Check":{"HTTP":"http://x/"}}"#.into())),
-        ("PUT", "/v1/agent/service/register".into(), Some(r#"{"Name":"web","Check":{"TCP":"nohostport","Interval":"1s"}}"#.into())),
-        ("PUT", "/v1/agent/service/register".into(), Some(r#"{"Name":"web","Check":{"Args":["/bin/true"],"Interval":"1s"}}"#.into())),
-        ("PUT", "/v1/agent/service/register".into(), Some(r#"{"Name":"web","Check":{"TTL":"10s","Status":"sideways"}}"#.into())),
-        ("PUT", "/v1/agent/service/register".into(), Some(r#"{"Name":"web","Meta":{"bad key":"v"}}"#.into())),
-        ("PUT", "/v1/agent/check/update/x".into(), Some(r#"{"Status":"meh"}"#.into())),
-        ("PUT", format!("/v1/kv/{}", "k".repeat(513)), Some("v".into())),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some("{not json".into()),
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some("[1,2]".into()),
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some(r#"{"Name":"web","Port":"eighty"}"#.into()),
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some(r#"{"Port":80}"#.into()),
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some(r#"{"Name":"bad name!"}"#.into()),
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some(r#"{"Name":"_hidden"}"#.into()),
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some(r#"{"Name":"a/b"}"#.into()),
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some(format!(r#"{{"Name":"{}"}}"#, "x".repeat(200))),
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some(r#"{"Name":"web","Check":{"GRPC":"127.0.0.1:1","Interval":"1s"}}"#.into()),
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some(r#"{"Name":"web","Check":{"Interval":"1s"}}"#.into()),
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some(r#"{"Name":"web","Check":{"HTTP":"http://x/","Interval":"soon"}}"#.into()),
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some(r#"{"Name":"web","Check":{"HTTP":"http://x/"}}"#.into()),
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some(r#"{"Name":"web","Check":{"TCP":"nohostport","Interval":"1s"}}"#.into()),
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some(r#"{"Name":"web","Check":{"Args":["/bin/true"],"Interval":"1s"}}"#.into()),
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some(r#"{"Name":"web","Check":{"TTL":"10s","Status":"sideways"}}"#.into()),
+        ),
+        (
+            "PUT",
+            "/v1/agent/service/register".into(),
+            Some(r#"{"Name":"web","Meta":{"bad key":"v"}}"#.into()),
+        ),
+        (
+            "PUT",
+            "/v1/agent/check/update/x".into(),
+            Some(r#"{"Status":"meh"}"#.into()),
+        ),
+        (
+            "PUT",
+            format!("/v1/kv/{}", "k".repeat(513)),
+            Some("v".into()),
+        ),
         // reqwest would normalise a literal "/../"; percent-encoded slashes reach the key as "a/../b".
         ("PUT", "/v1/kv/a%2F..%2Fb".into(), Some("v".into())),
         ("PUT", "/v1/kv/x%2F..".into(), Some("v".into())),
@@ -420,18 +687,43 @@ async fn bad_input_is_refused_and_writes_nothing() {
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default();
         let text = r.text().await.unwrap();
-        assert_eq!(status, 400, "{method} {} answered {status}: {text}", &path[..path.len().min(80)]);
-        assert!(ctype.starts_with("text/plain"), "plain-text error for {path}: {ctype}");
+        assert_eq!(
+            status,
+            400,
+            "{method} {} answered {status}: {text}",
+            &path[..path.len().min(80)]
+        );
+        assert!(
+            ctype.starts_with("text/plain"),
+            "plain-text error for {path}: {ctype}"
+        );
         assert!(!text.is_empty());
     }
     // Nothing above reached the store (the agent's heartbeats are in memory, not Raft).
     let after = s.catalog().store().status().last_applied_index;
     assert_eq!(before, after, "a refused request wrote something");
-    let services: Value = c.get(s.url("/v1/catalog/services")).send().await.unwrap().json().await.unwrap();
+    let services: Value = c
+        .get(s.url("/v1/catalog/services"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(services, json!({}));
     // The limits themselves are accepted.
-    let r = c.put(s.url(&format!("/v1/kv/{}", "k".repeat(512)))).body("v".repeat(512 * 1024)).send().await.unwrap();
+    let r = c
+        .put(s.url(&format!("/v1/kv/{}", "k".repeat(512))))
+        .body("v".repeat(512 * 1024))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = c.get(s.url("/v1/kv/a?wait=10m")).timeout(Duration::from_secs(5)).send().await.unwrap();
+    let r = c
+        .get(s.url("/v1/kv/a?wait=10m"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404, "10m is the maximum wait and is accepted");
 }

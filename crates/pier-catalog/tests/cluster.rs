@@ -20,18 +20,27 @@ async fn wait_ready(servers: &[TestServer], voters: usize) {
         let leader = statuses[0].leader.as_ref().map(|l| l.id);
         if leader.is_some()
             && statuses.iter().all(|s| {
-                s.leader.as_ref().map(|l| l.id) == leader && s.members.iter().filter(|m| m.voter).count() == voters
+                s.leader.as_ref().map(|l| l.id) == leader
+                    && s.members.iter().filter(|m| m.voter).count() == voters
             })
         {
             return;
         }
-        assert!(Instant::now() < deadline, "cluster not ready: {statuses:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "cluster not ready: {statuses:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn get_json(c: &reqwest::Client, url: String) -> Option<Value> {
-    let r = c.get(url).timeout(Duration::from_secs(5)).send().await.ok()?;
+    let r = c
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
     if !r.status().is_success() {
         return None;
     }
@@ -49,7 +58,9 @@ async fn three_servers_share_the_catalog_and_survive_leader_loss() {
             .map(|f: &TestServer| vec![f.raft_addr.to_string()])
             .unwrap_or_default();
         let name = format!("s{i}");
-        servers.push(TestServer::start(&name, &dir.path().join(&name), 3, join, Options::default()).await);
+        servers.push(
+            TestServer::start(&name, &dir.path().join(&name), 3, join, Options::default()).await,
+        );
     }
     wait_ready(&servers, 3).await;
     for s in &servers {
@@ -61,19 +72,30 @@ async fn three_servers_share_the_catalog_and_survive_leader_loss() {
     for (i, s) in servers.iter().enumerate() {
         let r = c
             .put(s.url("/v1/agent/service/register"))
-            .json(&json!({"ID": format!("web-{i}"), "Name": "web", "Port": 8000 + i,
-                          "Check": {"TTL": "1h", "Status": "passing"}}))
+            .json(
+                &json!({"ID": format!("web-{i}"), "Name": "web", "Port": 8000 + i,
+                          "Check": {"TTL": "1h", "Status": "passing"}}),
+            )
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     }
     for s in &servers {
-        let health = get_json(&c, s.url("/v1/health/service/web?passing")).await.unwrap();
-        assert_eq!(health.as_array().unwrap().len(), 3, "server {} sees all instances", s.name);
+        let health = get_json(&c, s.url("/v1/health/service/web?passing"))
+            .await
+            .unwrap();
+        assert_eq!(
+            health.as_array().unwrap().len(),
+            3,
+            "server {} sees all instances",
+            s.name
+        );
         let nodes = get_json(&c, s.url("/v1/catalog/nodes")).await.unwrap();
         assert_eq!(nodes.as_array().unwrap().len(), 3);
-        let stale = get_json(&c, s.url("/v1/health/service/web?stale")).await.unwrap();
+        let stale = get_json(&c, s.url("/v1/health/service/web?stale"))
+            .await
+            .unwrap();
         assert_eq!(stale.as_array().unwrap().len(), 3);
         let leader: String = get_json(&c, s.url("/v1/status/leader"))
             .await
@@ -83,23 +105,39 @@ async fn three_servers_share_the_catalog_and_survive_leader_loss() {
         let peers = get_json(&c, s.url("/v1/status/peers")).await.unwrap();
         assert_eq!(peers.as_array().unwrap().len(), 3);
     }
-    assert!(c.put(servers[1].url("/v1/kv/cfg/x")).body("1").send().await.unwrap().status().is_success());
-    let v = get_json(&c, servers[2].url("/v1/kv/cfg/x?consistent")).await.unwrap();
+    assert!(c
+        .put(servers[1].url("/v1/kv/cfg/x"))
+        .body("1")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    let v = get_json(&c, servers[2].url("/v1/kv/cfg/x?consistent"))
+        .await
+        .unwrap();
     assert_eq!(v[0]["Value"], "MQ==");
 
     // Kill the leader abruptly.
-    let leader = servers.iter().position(|s| s.catalog().store().status().is_leader).unwrap();
+    let leader = servers
+        .iter()
+        .position(|s| s.catalog().store().status().is_leader)
+        .unwrap();
     let leader_name = servers[leader].name.clone();
     servers[leader].kill();
     let killed = Instant::now();
     let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-    common::eventually(Duration::from_secs(20), "a surviving server becomes leader", || async {
-        let ok = survivors.iter().all(|i| {
-            let st = servers[*i].catalog().store().status();
-            st.leader.as_ref().is_some_and(|l| l.name != leader_name)
-        });
-        ok.then_some(())
-    })
+    common::eventually(
+        Duration::from_secs(20),
+        "a surviving server becomes leader",
+        || async {
+            let ok = survivors.iter().all(|i| {
+                let st = servers[*i].catalog().store().status();
+                st.leader.as_ref().is_some_and(|l| l.name != leader_name)
+            });
+            ok.then_some(())
+        },
+    )
     .await;
     let elected = killed.elapsed();
 
@@ -120,7 +158,9 @@ async fn three_servers_share_the_catalog_and_survive_leader_loss() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let api = get_json(&c, a.url("/v1/catalog/service/api")).await.unwrap();
+    let api = get_json(&c, a.url("/v1/catalog/service/api"))
+        .await
+        .unwrap();
     assert_eq!(api.as_array().unwrap().len(), 1);
 
     // The dead server's instance leaves the passing set (new leader's grace, then critical);
@@ -137,10 +177,15 @@ async fn three_servers_share_the_catalog_and_survive_leader_loss() {
         if n == 2 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "dead server's instance stayed passing");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "dead server's instance stayed passing"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let dead_checks = get_json(&c, a.url(&format!("/v1/health/node/{leader_name}"))).await.unwrap();
+    let dead_checks = get_json(&c, a.url(&format!("/v1/health/node/{leader_name}")))
+        .await
+        .unwrap();
     assert!(dead_checks
         .as_array()
         .unwrap()

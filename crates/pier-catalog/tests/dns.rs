@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::{Options, TestServer};
 use pier_catalog::{
-    CheckDefinition, CheckKind, CheckRegistration, CheckStatus, InstanceRegistration, NodeRegistration,
+    CheckDefinition, CheckKind, CheckRegistration, CheckStatus, InstanceRegistration,
+    NodeRegistration,
 };
 
 fn dig(server: &TestServer, args: &[&str]) -> String {
@@ -19,14 +20,22 @@ fn dig(server: &TestServer, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("dig is required (apt-get install dnsutils)");
-    assert!(out.status.success(), "dig {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "dig {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn short(server: &TestServer, args: &[&str]) -> BTreeSet<String> {
     let mut a = args.to_vec();
     a.push("+short");
-    dig(server, &a).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+    dig(server, &a)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 fn status_of(output: &str) -> String {
@@ -70,21 +79,37 @@ async fn dig_answers_a_srv_tags_nodes_and_nxdomain() {
             })
             .await
             .unwrap();
-        let inst = |id: &str, node: &str, addr: &str, port: u16, tags: &[&str], status| InstanceRegistration {
-            id: id.into(),
-            service: "web".into(),
-            node: node.into(),
-            address: addr.into(),
-            port,
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            checks: vec![ttl_check(status)],
-            ..Default::default()
+        let inst = |id: &str, node: &str, addr: &str, port: u16, tags: &[&str], status| {
+            InstanceRegistration {
+                id: id.into(),
+                service: "web".into(),
+                node: node.into(),
+                address: addr.into(),
+                port,
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                checks: vec![ttl_check(status)],
+                ..Default::default()
+            }
         };
         for reg in [
             inst("web-1", "server1", "", 8080, &["v1"], CheckStatus::Passing),
             inst("web-2", "n2", "", 8081, &["v2"], CheckStatus::Warning),
-            inst("web-3", "n2", "127.0.0.9", 8082, &["v2"], CheckStatus::Critical),
-            inst("web-4", "server1", "127.0.0.7", 8083, &["own"], CheckStatus::Passing),
+            inst(
+                "web-3",
+                "n2",
+                "127.0.0.9",
+                8082,
+                &["v2"],
+                CheckStatus::Critical,
+            ),
+            inst(
+                "web-4",
+                "server1",
+                "127.0.0.7",
+                8083,
+                &["own"],
+                CheckStatus::Passing,
+            ),
         ] {
             catalog.register_instance(&reg).await.unwrap();
         }
@@ -95,22 +120,43 @@ async fn dig_answers_a_srv_tags_nodes_and_nxdomain() {
     .await;
 
     // A: every instance that is not critical (warning counts as up); +tcp gets them all.
-    let want: BTreeSet<String> = ["127.0.0.1", "127.0.0.5", "127.0.0.7"].iter().map(|s| s.to_string()).collect();
+    let want: BTreeSet<String> = ["127.0.0.1", "127.0.0.5", "127.0.0.7"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     assert_eq!(short(&s, &["web.service.consul", "A", "+tcp"]), want);
     assert_eq!(short(&s, &["web.service.dc1.consul", "A", "+tcp"]), want);
     // UDP answers are limited to 3 instances (all 3 here).
     assert_eq!(short(&s, &["web.service.consul", "A"]), want);
     // Tag lookup, both forms.
-    assert_eq!(short(&s, &["v2.web.service.consul", "A"]), BTreeSet::from(["127.0.0.5".to_string()]));
-    assert_eq!(short(&s, &["_web._v1.service.consul", "A"]), BTreeSet::from(["127.0.0.1".to_string()]));
+    assert_eq!(
+        short(&s, &["v2.web.service.consul", "A"]),
+        BTreeSet::from(["127.0.0.5".to_string()])
+    );
+    assert_eq!(
+        short(&s, &["_web._v1.service.consul", "A"]),
+        BTreeSet::from(["127.0.0.1".to_string()])
+    );
     // Node lookup.
-    assert_eq!(short(&s, &["n2.node.consul", "A"]), BTreeSet::from(["127.0.0.5".to_string()]));
-    assert_eq!(short(&s, &["server1.node.dc1.consul", "A"]), BTreeSet::from(["127.0.0.1".to_string()]));
+    assert_eq!(
+        short(&s, &["n2.node.consul", "A"]),
+        BTreeSet::from(["127.0.0.5".to_string()])
+    );
+    assert_eq!(
+        short(&s, &["server1.node.dc1.consul", "A"]),
+        BTreeSet::from(["127.0.0.1".to_string()])
+    );
 
     // SRV, plain and RFC 2782, with the target's A record in the additional section.
     for name in ["web.service.consul", "_web._tcp.service.consul"] {
-        let out = dig(&s, &[name, "SRV", "+tcp", "+noall", "+answer", "+additional"]);
-        let srv: Vec<&str> = out.lines().filter(|l| l.contains("\tSRV\t") || l.contains(" SRV ")).collect();
+        let out = dig(
+            &s,
+            &[name, "SRV", "+tcp", "+noall", "+answer", "+additional"],
+        );
+        let srv: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("\tSRV\t") || l.contains(" SRV "))
+            .collect();
         assert_eq!(srv.len(), 3, "{out}");
         assert!(out.contains("8080 server1.node.dc1.consul."), "{out}");
         assert!(out.contains("8081 n2.node.dc1.consul."), "{out}");
@@ -120,15 +166,27 @@ async fn dig_answers_a_srv_tags_nodes_and_nxdomain() {
             out.lines()
                 .any(|l| l.starts_with(target) && l.contains("\tA\t") && l.trim_end().ends_with(ip))
         };
-        assert!(additional_a("server1.node.dc1.consul.", "127.0.0.1"), "{out}");
+        assert!(
+            additional_a("server1.node.dc1.consul.", "127.0.0.1"),
+            "{out}"
+        );
         assert!(additional_a("n2.node.dc1.consul.", "127.0.0.5"), "{out}");
-        assert!(additional_a("7f000007.addr.dc1.consul.", "127.0.0.7"), "{out}");
+        assert!(
+            additional_a("7f000007.addr.dc1.consul.", "127.0.0.7"),
+            "{out}"
+        );
     }
-    assert_eq!(short(&s, &["7f000007.addr.dc1.consul", "A"]), BTreeSet::from(["127.0.0.7".to_string()]));
+    assert_eq!(
+        short(&s, &["7f000007.addr.dc1.consul", "A"]),
+        BTreeSet::from(["127.0.0.7".to_string()])
+    );
 
     // TTL 0 by default.
     let out = dig(&s, &["n2.node.consul", "A", "+noall", "+answer"]);
-    assert!(out.contains("n2.node.consul.\t\t0\tIN\tA\t127.0.0.5") || out.contains("\t0\tIN\tA"), "{out}");
+    assert!(
+        out.contains("n2.node.consul.\t\t0\tIN\tA\t127.0.0.5") || out.contains("\t0\tIN\tA"),
+        "{out}"
+    );
 
     // NXDOMAIN: unknown service, unknown node, a service whose only instance is critical,
     // a wrong datacenter, a name we do not understand.

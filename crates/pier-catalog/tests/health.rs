@@ -11,15 +11,26 @@ use pier_catalog::{Agent, AgentConfig};
 use serde_json::{json, Value};
 
 async fn check_of(c: &reqwest::Client, s: &TestServer, id: &str) -> Option<Value> {
-    let checks: Value = c.get(s.url("/v1/agent/checks")).send().await.ok()?.json().await.ok()?;
+    let checks: Value = c
+        .get(s.url("/v1/agent/checks"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
     checks.get(id).cloned()
 }
 
 async fn wait_status(c: &reqwest::Client, s: &TestServer, id: &str, status: &str) -> Value {
-    common::eventually(Duration::from_secs(10), &format!("{id} becomes {status}"), || async {
-        let check = check_of(c, s, id).await?;
-        (check["Status"] == status).then_some(check)
-    })
+    common::eventually(
+        Duration::from_secs(10),
+        &format!("{id} becomes {status}"),
+        || async {
+            let check = check_of(c, s, id).await?;
+            (check["Status"] == status).then_some(check)
+        },
+    )
     .await
 }
 
@@ -39,7 +50,10 @@ async fn http_check_writes_only_on_transitions() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let passing = wait_status(&c, &s, "service:web-1", "passing").await;
-    assert!(passing["Output"].as_str().unwrap().contains("200"), "{passing}");
+    assert!(
+        passing["Output"].as_str().unwrap().contains("200"),
+        "{passing}"
+    );
     let writes = s.agent().runner().writes();
     let modify = passing["ModifyIndex"].as_u64().unwrap();
     let hits = target.hits.load(std::sync::atomic::Ordering::Relaxed);
@@ -47,16 +61,28 @@ async fn http_check_writes_only_on_transitions() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let probes = target.hits.load(std::sync::atomic::Ordering::Relaxed) - hits;
     assert!(probes >= 8, "the check kept probing ({probes} probes)");
-    assert_eq!(s.agent().runner().writes(), writes, "no write while the status stays the same");
+    assert_eq!(
+        s.agent().runner().writes(),
+        writes,
+        "no write while the status stays the same"
+    );
     let same = check_of(&c, &s, "service:web-1").await.unwrap();
-    assert_eq!(same["ModifyIndex"].as_u64().unwrap(), modify, "the stored check did not change");
+    assert_eq!(
+        same["ModifyIndex"].as_u64().unwrap(),
+        modify,
+        "the stored check did not change"
+    );
 
     target.set(500);
     wait_status(&c, &s, "service:web-1", "critical").await;
     target.set(429);
     wait_status(&c, &s, "service:web-1", "warning").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(s.agent().runner().writes(), writes + 2, "exactly one write per transition");
+    assert_eq!(
+        s.agent().runner().writes(),
+        writes + 2,
+        "exactly one write per transition"
+    );
     target.set(204);
     wait_status(&c, &s, "service:web-1", "passing").await;
 
@@ -71,7 +97,10 @@ async fn http_check_writes_only_on_transitions() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let crit = wait_status(&c, &s, "service:slow-1", "critical").await;
-    assert!(crit["Output"].as_str().unwrap().contains("timed out"), "{crit}");
+    assert!(
+        crit["Output"].as_str().unwrap().contains("timed out"),
+        "{crit}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,14 +137,25 @@ async fn tcp_ttl_script_and_deregister_after() {
     // TTL: expires to critical without an update, comes back with one.
     let started = Instant::now();
     let expired = wait_status(&c, &s, "db-ttl", "critical").await;
-    assert!(expired["Output"].as_str().unwrap().contains("TTL expired"), "{expired}");
+    assert!(
+        expired["Output"].as_str().unwrap().contains("TTL expired"),
+        "{expired}"
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
-    let r = c.put(s.url("/v1/agent/check/pass/db-ttl?note=alive")).send().await.unwrap();
+    let r = c
+        .put(s.url("/v1/agent/check/pass/db-ttl?note=alive"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let back = wait_status(&c, &s, "db-ttl", "passing").await;
     assert_eq!(back["Output"], "alive");
     // A pass on a non-TTL check is refused.
-    let r = c.put(s.url("/v1/agent/check/pass/db-script")).send().await.unwrap();
+    let r = c
+        .put(s.url("/v1/agent/check/pass/db-script"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     // TCP: close the listener → critical.
     drop(listener);
@@ -126,18 +166,35 @@ async fn tcp_ttl_script_and_deregister_after() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    register(json!({"ID":"gone-1","Name":"gone","Check":{"TCP":closed.to_string(),"Interval":"100ms",
-        "DeregisterCriticalServiceAfter":"1s"}}))
+    register(
+        json!({"ID":"gone-1","Name":"gone","Check":{"TCP":closed.to_string(),"Interval":"100ms",
+        "DeregisterCriticalServiceAfter":"1s"}}),
+    )
     .await;
     let started = Instant::now();
     common::eventually(Duration::from_secs(10), "gone-1 deregistered", || async {
-        let v: Vec<Value> = c.get(s.url("/v1/catalog/service/gone")).send().await.ok()?.json().await.ok()?;
+        let v: Vec<Value> = c
+            .get(s.url("/v1/catalog/service/gone"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         v.is_empty().then_some(())
     })
     .await;
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(900), "deregistered too early: {took:?}");
-    assert!(s.agent().runner().running_checks().iter().all(|id| id != "service:gone-1"));
+    assert!(
+        took >= Duration::from_millis(900),
+        "deregistered too early: {took:?}"
+    );
+    assert!(s
+        .agent()
+        .runner()
+        .running_checks()
+        .iter()
+        .all(|id| id != "service:gone-1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,13 +222,28 @@ async fn silent_node_goes_critical_within_3s_and_recovers() {
         .await;
     })
     .await;
-    let r = c.get(s.url("/v1/health/service/api?passing")).send().await.unwrap();
+    let r = c
+        .get(s.url("/v1/health/service/api?passing"))
+        .send()
+        .await
+        .unwrap();
     let mut index = header_u64(&r, "x-consul-index");
     let list: Vec<Value> = r.json().await.unwrap();
-    assert_eq!(list.len(), 1, "instance with no checks on a live node is passing");
+    assert_eq!(
+        list.len(),
+        1,
+        "instance with no checks on a live node is passing"
+    );
     // Stay passing over a few heartbeat rounds (no false positive).
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let list: Vec<Value> = c.get(s.url("/v1/health/service/api?passing")).send().await.unwrap().json().await.unwrap();
+    let list: Vec<Value> = c
+        .get(s.url("/v1/health/service/api?passing"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list.len(), 1, "heartbeating node stays passing");
 
     // The agent dies (no more heartbeats): a blocking watcher sees the instance leave the
@@ -180,7 +252,9 @@ async fn silent_node_goes_critical_within_3s_and_recovers() {
     agent.shutdown();
     let gone_after = loop {
         let r = c
-            .get(s.url(&format!("/v1/health/service/api?passing&index={index}&wait=5s")))
+            .get(s.url(&format!(
+                "/v1/health/service/api?passing&index={index}&wait=5s"
+            )))
             .send()
             .await
             .unwrap();
@@ -189,14 +263,39 @@ async fn silent_node_goes_critical_within_3s_and_recovers() {
         if list.is_empty() {
             break killed.elapsed();
         }
-        assert!(killed.elapsed() < Duration::from_secs(10), "instance never left the passing set");
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "instance never left the passing set"
+        );
     };
     assert!(gone_after < Duration::from_secs(3), "took {gone_after:?}");
-    let node: Vec<Value> = c.get(s.url("/v1/health/node/worker-1")).send().await.unwrap().json().await.unwrap();
-    assert!(node.iter().any(|c| c["CheckID"] == "serfHealth" && c["Status"] == "critical"), "{node:?}");
+    let node: Vec<Value> = c
+        .get(s.url("/v1/health/node/worker-1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        node.iter()
+            .any(|c| c["CheckID"] == "serfHealth" && c["Status"] == "critical"),
+        "{node:?}"
+    );
     // The server's own node, which keeps heartbeating, stays passing.
-    let own: Vec<Value> = c.get(s.url("/v1/health/node/server1")).send().await.unwrap().json().await.unwrap();
-    assert!(own.iter().any(|c| c["CheckID"] == "serfHealth" && c["Status"] == "passing"), "{own:?}");
+    let own: Vec<Value> = c
+        .get(s.url("/v1/health/node/server1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        own.iter()
+            .any(|c| c["CheckID"] == "serfHealth" && c["Status"] == "passing"),
+        "{own:?}"
+    );
 
     // Heartbeats resume → passing again.
     let catalog = s.catalog().clone();
@@ -204,9 +303,19 @@ async fn silent_node_goes_critical_within_3s_and_recovers() {
     cfg.heartbeat_interval_ms = 300;
     let _agent: Agent = s.on(async move { Agent::start(catalog, cfg) }).await;
     common::eventually(Duration::from_secs(5), "api-1 passing again", || async {
-        let v: Vec<Value> = c.get(s.url("/v1/health/service/api?passing")).send().await.ok()?.json().await.ok()?;
+        let v: Vec<Value> = c
+            .get(s.url("/v1/health/service/api?passing"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         (v.len() == 1).then_some(())
     })
     .await;
-    println!("instance left the passing set {} ms after the agent stopped", gone_after.as_millis());
+    println!(
+        "instance left the passing set {} ms after the agent stopped",
+        gone_after.as_millis()
+    );
 }

@@ -30,9 +30,18 @@ fn python_with_py_consul() -> PathBuf {
         .arg(&venv)
         .status()
         .expect("python3 is required for this test (apt-get install python3 python3-venv)");
-    assert!(status.success(), "cannot create a venv at {}", venv.display());
+    assert!(
+        status.success(),
+        "cannot create a venv at {}",
+        venv.display()
+    );
     let out = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", PY_CONSUL])
+        .args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            PY_CONSUL,
+        ])
         .output()
         .expect("run pip");
     assert!(
@@ -40,14 +49,19 @@ fn python_with_py_consul() -> PathBuf {
         "pip install {PY_CONSUL} failed (needs PyPI): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(has_it(&python), "py-consul installed but `import consul` fails");
+    assert!(
+        has_it(&python),
+        "py-consul installed but `import consul` fails"
+    );
     python
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn py_consul_client_end_to_end() {
     common::init_tracing();
-    let python = tokio::task::spawn_blocking(python_with_py_consul).await.unwrap();
+    let python = tokio::task::spawn_blocking(python_with_py_consul)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::single(dir.path(), Options::default()).await;
     let target = StatusServer::start(200).await;
@@ -62,7 +76,13 @@ async fn py_consul_client_end_to_end() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "py-consul script failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "py-consul script failed:\n{stdout}\n{stderr}"
+    );
     assert_eq!(stdout.trim(), "OK");
-    assert!(target.hits.load(std::sync::atomic::Ordering::Relaxed) > 0, "the HTTP check ran");
+    assert!(
+        target.hits.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the HTTP check ran"
+    );
 }

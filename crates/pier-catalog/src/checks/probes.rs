@@ -93,7 +93,10 @@ async fn probe_http(
         ),
         Ok(Err(e)) if e.is_timeout() => (
             CheckStatus::Critical,
-            format!("HTTP {method} {url}: timed out after {} ms", timeout.as_millis()),
+            format!(
+                "HTTP {method} {url}: timed out after {} ms",
+                timeout.as_millis()
+            ),
         ),
         Ok(Err(e)) => {
             // reqwest's top-level message is generic; the sources say what failed.
@@ -104,7 +107,10 @@ async fn probe_http(
                 detail.push_str(&s.to_string());
                 source = s.source();
             }
-            (CheckStatus::Critical, truncate(format!("HTTP {method} {url}: {detail}")))
+            (
+                CheckStatus::Critical,
+                truncate(format!("HTTP {method} {url}: {detail}")),
+            )
         }
         Err(_) => (
             CheckStatus::Critical,

@@ -47,7 +47,13 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub async fn start(name: &str, dir: &Path, expect: usize, join: Vec<String>, opts: Options) -> TestServer {
+    pub async fn start(
+        name: &str,
+        dir: &Path,
+        expect: usize,
+        join: Vec<String>,
+        opts: Options,
+    ) -> TestServer {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -85,9 +91,13 @@ impl TestServer {
                 tokio::spawn(async move {
                     axum::serve(listener, app).await.unwrap();
                 });
-                let dns = DnsServer::bind(catalog.clone(), SocketAddr::from(([127, 0, 0, 1], 0)), opts.dns)
-                    .await
-                    .unwrap();
+                let dns = DnsServer::bind(
+                    catalog.clone(),
+                    SocketAddr::from(([127, 0, 0, 1], 0)),
+                    opts.dns,
+                )
+                .await
+                .unwrap();
                 let dns_addr = dns.local_addr().unwrap();
                 tokio::spawn(dns.run(std::future::pending()));
                 (catalog, agent, http_addr, dns_addr, raft_addr)
@@ -108,7 +118,11 @@ impl TestServer {
     /// One server, leader of itself, with its agent's node registered.
     pub async fn single(dir: &Path, opts: Options) -> TestServer {
         let s = TestServer::start("server1", dir, 1, vec![], opts).await;
-        s.catalog().store().wait_for_leader(Duration::from_secs(10)).await.unwrap();
+        s.catalog()
+            .store()
+            .wait_for_leader(Duration::from_secs(10))
+            .await
+            .unwrap();
         s.wait_node_registered(Duration::from_secs(10)).await;
         s
     }
@@ -135,20 +149,32 @@ impl TestServer {
         F: std::future::Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        self.rt.as_ref().expect("server is down").spawn(f).await.unwrap()
+        self.rt
+            .as_ref()
+            .expect("server is down")
+            .spawn(f)
+            .await
+            .unwrap()
     }
 
     pub async fn wait_node_registered(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let client = reqwest::Client::new();
         loop {
-            let r = client.get(self.url(&format!("/v1/catalog/node/{}", self.name))).send().await;
+            let r = client
+                .get(self.url(&format!("/v1/catalog/node/{}", self.name)))
+                .send()
+                .await;
             if let Ok(r) = r {
                 if r.status().is_success() && r.text().await.unwrap_or_default() != "null" {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "node {} never registered", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "node {} never registered",
+                self.name
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -223,7 +249,8 @@ impl StatusServer {
     }
 
     pub fn set(&self, status: u16) {
-        self.status.store(status, std::sync::atomic::Ordering::Relaxed);
+        self.status
+            .store(status, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
