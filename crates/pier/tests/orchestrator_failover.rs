@@ -1,0 +1,90 @@
+//! Self-healing on the real engine with `pier agent` processes: spread across zones, a dead
+//! node's tasks move to the other zone within seconds, a killed container is replaced, and a
+//! restarted agent adopts its containers (no duplicates, no orphans).
+
+mod orchestrator_common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use orchestrator_common::*;
+use pier_testkit::images::HttpdVariant;
+
+async fn zones_of_passing(c: &Cluster, service: &str) -> Vec<String> {
+    let tasks = c.tasks(service).await;
+    let mut zones = Vec::new();
+    for (id, _, _) in c.passing(service).await {
+        if let Some(t) = tasks.iter().find(|t| t["task"]["id"] == id.as_str()) {
+            zones.push(t["task"]["zone"].as_str().unwrap_or("").to_string());
+        }
+    }
+    zones.sort();
+    zones
+}
+
+fn containers_of_node(c: &Cluster, node: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter", &c.guard.filter(), "--filter", &format!("label=pier.node={node}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_failover_kill_and_adoption() {
+    let mut c = Cluster::start(false, &["--node-down-after", "2s"]).await;
+    let image = c.push_image("spread:v1", HttpdVariant::Healthy);
+    let a = c.start_agent("node-a", "a");
+    c.start_agent("node-b", "b");
+    eventually("two nodes registered", Duration::from_secs(20), || async {
+        c.get("/api/v1/nodes").await.as_array().is_some_and(|n| n.len() == 2)
+    })
+    .await;
+    let file = c.write_file("spread.toml", &service_file("spread", &image, 4, ""));
+    let out = c.pier(&["deploy", &file]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(zones_of_passing(&c, "spread").await, vec!["a", "a", "b", "b"]);
+
+    // A killed container is replaced.
+    let victim = containers_of_node(&c, "node-b")[0].clone();
+    let _ = Command::new("docker").args(["kill", &victim]).output();
+    eventually("the killed container is replaced", Duration::from_secs(20), || async {
+        let p = c.passing("spread").await;
+        p.len() == 4 && c.guard.containers(false).len() == 4 && !c.guard.containers(false).contains(&victim)
+    })
+    .await;
+
+    // Restarting agent b: its containers are adopted, not duplicated, not killed.
+    let before: Vec<String> = {
+        let mut v = containers_of_node(&c, "node-b");
+        v.sort();
+        v
+    };
+    let b = c.agents.len() - 1;
+    c.agents[b].kill9();
+    let args = c.agent_args("node-b", "b");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.agents[b] = pier_testkit::process::PierProcess::spawn(BIN, "agent-node-b-2", &refs, c.dir.path());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut after = containers_of_node(&c, "node-b");
+    after.sort();
+    assert_eq!(before, after, "the restarted agent changed its containers");
+    assert_eq!(c.passing("spread").await.len(), 4);
+
+    // Node a dies with its containers: within seconds four healthy replicas run in zone b.
+    c.agents[a].kill9();
+    let killed = Instant::now();
+    for id in containers_of_node(&c, "node-a") {
+        let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+    }
+    eventually("four healthy replicas in zone b", Duration::from_secs(20), || async {
+        zones_of_passing(&c, "spread").await == vec!["b", "b", "b", "b"]
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(10), "failover took {took:?}");
+    let nodes = c.get("/api/v1/nodes").await;
+    let a_state = nodes.as_array().unwrap().iter().find(|n| n["name"] == "node-a").unwrap()["state"].clone();
+    assert_eq!(a_state, "down");
+    eprintln!("failover to zone b took {took:?}");
+}
