@@ -153,7 +153,7 @@ async fn digest_mismatch_stores_nothing() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let resp = r
         .http
-        .put(format!("{loc}"))
+        .put(&loc)
         .body(data.clone())
         .send()
         .await

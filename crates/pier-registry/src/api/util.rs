@@ -22,7 +22,8 @@ pub(crate) fn percent_decode(s: &str) -> Option<String> {
 }
 
 fn decode(s: &str, plus_is_space: bool) -> Option<String> {
-    if !s.contains('%') && !(plus_is_space && s.contains('+')) {
+    let needs_work = s.contains('%') || (plus_is_space && s.contains('+'));
+    if !needs_work {
         return Some(s.to_string());
     }
     let bytes = s.as_bytes();
