@@ -20,20 +20,11 @@ pub fn init_tracing() {
         .try_init();
 }
 
+#[derive(Default)]
 pub struct Options {
     pub catalog: CatalogConfig,
     pub dns: DnsConfig,
     pub enable_script_checks: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            catalog: CatalogConfig::default(),
-            dns: DnsConfig::default(),
-            enable_script_checks: false,
-        }
-    }
 }
 
 pub struct TestServer {
