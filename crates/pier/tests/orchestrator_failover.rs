@@ -71,6 +71,17 @@ async fn spread_failover_kill_and_adoption() {
     assert_eq!(before, after, "the restarted agent changed its containers");
     assert_eq!(c.passing("spread").await.len(), 4);
 
+    // A blip shorter than the down timeout (agent b frozen for 1 s) moves nothing.
+    let tasks_before: Vec<String> = c.tasks("spread").await.iter().map(|t| t["task"]["id"].to_string()).collect();
+    let pid = c.agents[b].pid().to_string();
+    let _ = Command::new("kill").args(["-STOP", &pid]).status();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let tasks_after: Vec<String> = c.tasks("spread").await.iter().map(|t| t["task"]["id"].to_string()).collect();
+    assert_eq!(tasks_before, tasks_after, "a 1 s blip moved tasks");
+    assert_eq!(c.passing("spread").await.len(), 4);
+
     // Node a dies with its containers: within seconds four healthy replicas run in zone b.
     c.agents[a].kill9();
     let killed = Instant::now();
