@@ -173,24 +173,24 @@ impl Deployer for HttpDeployer {
             .reason
             .clone()
             .unwrap_or_else(|| format!("deployment {} {}", dep.id, dep.status.as_str()));
+        // A failed deployment names the rollback it triggered: wait for it too, so the run
+        // ends once the previous revision serves again.
+        if let Some(rollback) = dep.rolled_back_by.clone() {
+            log.line(format!("deploy: rolling back with deployment {rollback}"));
+            let rb = self.follow(&rollback, deadline, log).await?;
+            if rb.status != DeploymentStatus::Succeeded {
+                log.line(format!(
+                    "deploy: the rollback ended {}: {}",
+                    rb.status.as_str(),
+                    rb.reason.unwrap_or_default()
+                ));
+            }
+            return Ok(DeployOutcome::RolledBack { reason });
+        }
         Ok(match dep.status {
             DeploymentStatus::Succeeded => DeployOutcome::Succeeded,
             DeploymentStatus::RolledBack => DeployOutcome::RolledBack { reason },
-            DeploymentStatus::Failed => match &dep.rolled_back_by {
-                Some(rollback) => {
-                    log.line(format!("deploy: rolling back with deployment {rollback}"));
-                    let rb = self.follow(rollback, deadline, log).await?;
-                    if rb.status != DeploymentStatus::Succeeded {
-                        log.line(format!(
-                            "deploy: the rollback ended {}: {}",
-                            rb.status.as_str(),
-                            rb.reason.unwrap_or_default()
-                        ));
-                    }
-                    DeployOutcome::RolledBack { reason }
-                }
-                None => DeployOutcome::Failed { reason },
-            },
+            DeploymentStatus::Failed => DeployOutcome::Failed { reason },
             DeploymentStatus::Superseded => DeployOutcome::Failed {
                 reason: format!(
                     "deployment {id} was superseded by a newer deployment of the service"

@@ -1,0 +1,323 @@
+//! Harness of the pipeline process tests: `pier dev` on free ports (its containers carry
+//! `pier.test=1` and a per-run label and are removed on drop, also on panic), git
+//! repositories made with the git CLI, CLI runs, and what the service serves.
+//!
+//! "Served" means: what the catalog's passing instances of the service answer, i.e. exactly
+//! the set the gateway routes to.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use pier_testkit::images::ContainerGuard;
+use pier_testkit::net::free_port;
+use pier_testkit::process::{wait_http_ok, PierProcess};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pier");
+
+pub struct Dev {
+    pub dir: tempfile::TempDir,
+    pub dev: PierProcess,
+    pub http_port: u16,
+    pub registry_port: u16,
+    pub http: reqwest::Client,
+    // Containers before images.
+    pub guard: ContainerGuard,
+    pub images: RegistryImages,
+}
+
+/// Removes every local image tagged under the dev registry when dropped.
+pub struct RegistryImages(pub String);
+
+impl Drop for RegistryImages {
+    fn drop(&mut self) {
+        let Ok(out) = Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()
+        else {
+            return;
+        };
+        let refs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&self.0))
+            .map(str::to_string)
+            .collect();
+        if !refs.is_empty() {
+            let _ = Command::new("docker")
+                .arg("rmi")
+                .arg("-f")
+                .args(&refs)
+                .output();
+        }
+    }
+}
+
+impl Dev {
+    pub async fn start(extra: &[&str]) -> Dev {
+        pier_testkit::images::require_docker();
+        let dir = tempfile::tempdir().unwrap();
+        let guard = ContainerGuard::new_run();
+        let http_port = free_port();
+        let registry_port = free_port();
+        let raft_port = free_port();
+        let data = dir.path().join("data");
+        let run_label = format!("{}={}", guard.label, guard.value);
+        let mut args: Vec<String> = vec![
+            "dev".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--http-port".into(),
+            http_port.to_string(),
+            "--raft-port".into(),
+            raft_port.to_string(),
+            "--registry-port".into(),
+            registry_port.to_string(),
+            "--container-label".into(),
+            "pier.test=1".into(),
+            "--container-label".into(),
+            run_label,
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let dev = PierProcess::spawn(BIN, "dev", &refs, dir.path());
+        wait_http_ok(
+            &format!("http://127.0.0.1:{http_port}/api/v1/status"),
+            Duration::from_secs(30),
+        )
+        .await;
+        Dev {
+            dir,
+            dev,
+            http_port,
+            registry_port,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            guard,
+            images: RegistryImages(format!("127.0.0.1:{registry_port}/")),
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn registry(&self) -> String {
+        format!("127.0.0.1:{}", self.registry_port)
+    }
+
+    /// Runs the CLI against this server.
+    pub fn pier(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("PIER_ADDR", self.addr())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI and expects success; returns stdout.
+    pub fn pier_ok(&self, args: &[&str]) -> String {
+        let out = self.pier(args);
+        assert!(
+            out.status.success(),
+            "pier {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn runs(&self, pipeline: &str) -> Vec<Value> {
+        let out = self.pier_ok(&["pipeline", "runs", pipeline, "--json"]);
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// Waits until run `number` of `pipeline` is finished; returns it.
+    pub async fn wait_run(&self, pipeline: &str, number: u64, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let url = format!("{}/api/v1/pipelines/{pipeline}/runs/{number}", self.addr());
+            if let Ok(resp) = self.http.get(&url).send().await {
+                if resp.status().is_success() {
+                    let run: Value = resp.json().await.unwrap();
+                    let state = run["status"]["state"].as_str().unwrap_or("").to_string();
+                    if !["queued", "building", "pushing", "deploying"].contains(&state.as_str()) {
+                        return run;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {pipeline}/{number} did not finish in {timeout:?}: {:?}",
+                self.runs(pipeline)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until a run numbered `number` exists.
+    pub async fn wait_run_exists(&self, pipeline: &str, number: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let url = format!("{}/api/v1/pipelines/{pipeline}/runs/{number}", self.addr());
+            if let Ok(resp) = self.http.get(&url).send().await {
+                if resp.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {pipeline}/{number} never appeared"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn log(&self, pipeline: &str, number: u64) -> String {
+        let url = format!(
+            "{}/api/v1/pipelines/{pipeline}/runs/{number}/logs",
+            self.addr()
+        );
+        self.http
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `(address, body)` of every passing instance of `service`: what the gateway serves.
+    pub async fn served(&self, service: &str, path: &str) -> Vec<(String, String)> {
+        let url = format!("{}/v1/health/service/{service}?passing", self.addr());
+        let Ok(resp) = self.http.get(&url).send().await else {
+            return Vec::new();
+        };
+        let list: Value = resp.json().await.unwrap_or(Value::Null);
+        let mut out = Vec::new();
+        for inst in list.as_array().cloned().unwrap_or_default() {
+            let addr = inst["Service"]["Address"]
+                .as_str()
+                .unwrap_or("127.0.0.1")
+                .to_string();
+            let port = inst["Service"]["Port"].as_u64().unwrap_or(0);
+            let target = format!("{addr}:{port}");
+            let body = match self.http.get(format!("http://{target}{path}")).send().await {
+                Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+                Ok(r) => format!("HTTP {}", r.status()),
+                Err(e) => format!("error: {e}"),
+            };
+            out.push((target, body));
+        }
+        out
+    }
+
+    /// Waits until every passing instance serves `want` (and there is at least one).
+    pub async fn wait_served(&self, service: &str, want: &str, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let served = self.served(service, "/index.html").await;
+            if !served.is_empty() && served.iter().all(|(_, b)| b == want) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{service} does not serve {want:?} after {timeout:?}: {served:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn registry_tags(&self, name: &str) -> Vec<String> {
+        let url = format!("http://{}/v2/{name}/tags/list", self.registry());
+        let resp = self.http.get(&url).send().await.unwrap();
+        if resp.status() == 404 {
+            return Vec::new();
+        }
+        let v: Value = resp.json().await.unwrap();
+        v["tags"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A git work tree on branch `main`, driven with the git CLI.
+pub struct Repo {
+    pub dir: tempfile::TempDir,
+}
+
+impl Repo {
+    /// The busybox httpd site: Dockerfile, www/index.html = `page`, pier.toml for `service`.
+    pub fn busybox_site(service: &str, page: &str) -> Repo {
+        let r = Repo {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.git(&["init", "-q", "-b", "main"]);
+        r.git(&["config", "user.email", "test@pier.invalid"]);
+        r.git(&["config", "user.name", "Pier Test"]);
+        r.git(&["config", "commit.gpgsign", "false"]);
+        std::fs::copy(
+            pier_testkit::docker::static_busybox(),
+            r.path().join("busybox"),
+        )
+        .unwrap();
+        r.write(
+            "Dockerfile",
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nCMD [\"/bin/busybox\",\"httpd\",\"-f\",\"-p\",\"8080\",\"-h\",\"/www\"]\n",
+        );
+        r.write("www/index.html", page);
+        r.write("pier.toml", &service_file(service, "/index.html"));
+        r.commit("site v1");
+        r
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(self.path())
+            .output()
+            .expect("the git CLI must be installed for these tests");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    pub fn commit(&self, message: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+}
+
+/// The service file of the busybox site, checking `health_path`.
+pub fn service_file(service: &str, health_path: &str) -> String {
+    format!(
+        "name = \"{service}\"\ncount = 2\nport = 8080\n\n[health]\nhttp = \"{health_path}\"\ninterval = \"1s\"\n"
+    )
+}
+
+pub fn json_of(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
