@@ -40,8 +40,14 @@ impl ServerClient {
         ServerClient { base, http }
     }
 
-    async fn check(&self, resp: Result<reqwest::Response, reqwest::Error>) -> Result<reqwest::Response, ClientError> {
-        let resp = resp.map_err(|e| ClientError::Unreachable { addr: self.base.clone(), detail: e.to_string() })?;
+    async fn check(
+        &self,
+        resp: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let resp = resp.map_err(|e| ClientError::Unreachable {
+            addr: self.base.clone(),
+            detail: e.to_string(),
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -52,30 +58,62 @@ impl ServerClient {
 
     pub async fn register(&self, node: &str, body: &RegisterNode) -> Result<(), ClientError> {
         let url = format!("{}/api/v1/nodes/{node}", self.base);
-        self.check(self.http.put(url).json(body).timeout(Duration::from_secs(10)).send().await).await?;
+        self.check(
+            self.http
+                .put(url)
+                .json(body)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await,
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn heartbeat(&self, node: &str) -> Result<(), ClientError> {
         let url = format!("{}/api/v1/nodes/{node}/alive", self.base);
-        self.check(self.http.put(url).timeout(Duration::from_secs(2)).send().await).await?;
+        self.check(
+            self.http
+                .put(url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await,
+        )
+        .await?;
         Ok(())
     }
 
     /// Blocks until the node's tasks change past `index` or `wait_ms` passes.
-    pub async fn tasks(&self, node: &str, index: Option<u64>, wait_ms: u64) -> Result<AgentTasks, ClientError> {
+    pub async fn tasks(
+        &self,
+        node: &str,
+        index: Option<u64>,
+        wait_ms: u64,
+    ) -> Result<AgentTasks, ClientError> {
         let mut url = format!("{}/api/v1/nodes/{node}/tasks?wait={wait_ms}ms", self.base);
         if let Some(i) = index {
             url.push_str(&format!("&index={i}"));
         }
         let timeout = Duration::from_millis(wait_ms + wait_ms / 16 + 5_000);
-        let resp = self.check(self.http.get(url).timeout(timeout).send().await).await?;
-        resp.json().await.map_err(|e| ClientError::Decode(e.to_string()))
+        let resp = self
+            .check(self.http.get(url).timeout(timeout).send().await)
+            .await?;
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     pub async fn report(&self, task_id: &str, status: &TaskStatus) -> Result<(), ClientError> {
         let url = format!("{}/api/v1/tasks/{task_id}/status", self.base);
-        self.check(self.http.put(url).json(status).timeout(Duration::from_secs(5)).send().await).await?;
+        self.check(
+            self.http
+                .put(url)
+                .json(status)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await,
+        )
+        .await?;
         Ok(())
     }
 }

@@ -48,7 +48,11 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    pub fn new(server: impl Into<String>, name: impl Into<String>, zone: impl Into<String>) -> AgentConfig {
+    pub fn new(
+        server: impl Into<String>,
+        name: impl Into<String>,
+        zone: impl Into<String>,
+    ) -> AgentConfig {
         AgentConfig {
             server: server.into(),
             name: name.into(),
@@ -69,7 +73,10 @@ pub enum AgentError {
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("invalid agent configuration: {0}")]
     Config(String),
 }
@@ -85,14 +92,22 @@ pub struct Agent {
 impl Agent {
     pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
         if config.name.is_empty() || config.zone.is_empty() {
-            return Err(AgentError::Config("the node name and the zone must not be empty".into()));
+            return Err(AgentError::Config(
+                "the node name and the zone must not be empty".into(),
+            ));
         }
         let docker = DockerDriver::connect(&config.name, config.container_labels.clone()).await?;
         let (engine_cpu, engine_mem) = docker.capacity().await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|source| AgentError::Listen { addr: config.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| AgentError::Listen { addr: config.listen, source })?;
+            .map_err(|source| AgentError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| AgentError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         let client = ServerClient::new(&config.server);
         let registration = RegisterNode {
@@ -107,16 +122,29 @@ impl Agent {
             docker: docker.clone(),
             client: client.clone(),
             host_ip: config.host_ip.clone(),
-            http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap_or_default(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap_or_default(),
         });
         let workers: Workers = Arc::default();
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(http::serve(listener, docker.clone(), rx.clone())));
-        tasks.push(tokio::spawn(heartbeat_loop(client.clone(), config.clone(), registration, rx.clone())));
-        tasks.push(tokio::spawn(events_loop(docker.clone(), workers.clone(), rx.clone())));
-        tasks.push(tokio::spawn(sync_loop(ctx, config.name.clone(), workers, rx)));
+        let tasks = vec![
+            tokio::spawn(http::serve(listener, docker.clone(), rx.clone())),
+            tokio::spawn(heartbeat_loop(
+                client.clone(),
+                config.clone(),
+                registration,
+                rx.clone(),
+            )),
+            tokio::spawn(events_loop(docker.clone(), workers.clone(), rx.clone())),
+            tokio::spawn(sync_loop(ctx, config.name.clone(), workers, rx)),
+        ];
         tracing::info!(node = %config.name, zone = %config.zone, agent = %addr, server = %config.server, "agent started");
-        Ok(Agent { addr, shutdown: tx, tasks })
+        Ok(Agent {
+            addr,
+            shutdown: tx,
+            tasks,
+        })
     }
 
     /// The agent's own HTTP listener.
@@ -161,7 +189,11 @@ async fn heartbeat_loop(
     }
 }
 
-async fn events_loop(docker: DockerDriver, workers: Workers, shutdown: tokio::sync::watch::Receiver<bool>) {
+async fn events_loop(
+    docker: DockerDriver,
+    workers: Workers,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         if *shutdown.borrow() {
             return;
@@ -171,7 +203,11 @@ async fn events_loop(docker: DockerDriver, workers: Workers, shutdown: tokio::sy
             match item {
                 Ok(ev) => {
                     let Some(task) = ev.task_id else { continue };
-                    let sender = workers.lock().unwrap_or_else(|p| p.into_inner()).get(&task).cloned();
+                    let sender = workers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&task)
+                        .cloned();
                     if let Some(s) = sender {
                         let _ = s.send(WorkerMsg::Event(ev.action)).await;
                     }
@@ -186,7 +222,12 @@ async fn events_loop(docker: DockerDriver, workers: Workers, shutdown: tokio::sy
     }
 }
 
-async fn sync_loop(ctx: Arc<WorkerCtx>, node: String, workers: Workers, shutdown: tokio::sync::watch::Receiver<bool>) {
+async fn sync_loop(
+    ctx: Arc<WorkerCtx>,
+    node: String,
+    workers: Workers,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     // Containers this agent ran before a restart, to adopt instead of starting duplicates.
     let mut adoptable: HashMap<String, ContainerInfo> = loop {
         match ctx.docker.list_managed().await {
@@ -213,9 +254,17 @@ async fn sync_loop(ctx: Arc<WorkerCtx>, node: String, workers: Workers, shutdown
             }
         };
         index = Some(desired.index);
-        let wanted: HashMap<String, _> = desired.tasks.into_iter().map(|t| (t.task.id.clone(), t)).collect();
-        let current: Vec<(String, mpsc::Sender<WorkerMsg>)> =
-            workers.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let wanted: HashMap<String, _> = desired
+            .tasks
+            .into_iter()
+            .map(|t| (t.task.id.clone(), t))
+            .collect();
+        let current: Vec<(String, mpsc::Sender<WorkerMsg>)> = workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (id, sender) in &current {
             if !wanted.contains_key(id) {
                 let _ = sender.send(WorkerMsg::Gone).await;
@@ -223,14 +272,25 @@ async fn sync_loop(ctx: Arc<WorkerCtx>, node: String, workers: Workers, shutdown
             }
         }
         for (id, task) in wanted.iter() {
-            let existing = workers.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
+            let existing = workers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+                .cloned();
             if let Some(sender) = existing {
-                if sender.send(WorkerMsg::Desired(Box::new(task.clone()))).await.is_ok() {
+                if sender
+                    .send(WorkerMsg::Desired(Box::new(task.clone())))
+                    .await
+                    .is_ok()
+                {
                     continue;
                 }
             }
             let (tx, rx) = mpsc::channel(16);
-            workers.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), tx);
+            workers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), tx);
             let adopted = adoptable.remove(id);
             let ctx2 = ctx.clone();
             let workers2 = workers.clone();
@@ -250,8 +310,12 @@ async fn sync_loop(ctx: Arc<WorkerCtx>, node: String, workers: Workers, shutdown
             last_orphan_sweep = std::time::Instant::now();
             adoptable.retain(|id, _| wanted.contains_key(id));
             if let Ok(list) = ctx.docker.list_managed().await {
-                let live: std::collections::HashSet<String> =
-                    workers.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+                let live: std::collections::HashSet<String> = workers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .keys()
+                    .cloned()
+                    .collect();
                 for c in list {
                     if !wanted.contains_key(&c.task_id) && !live.contains(&c.task_id) {
                         tracing::info!(task = %c.task_id, container = %c.id, "removing the container of a task this node no longer runs");

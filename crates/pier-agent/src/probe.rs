@@ -30,7 +30,9 @@ pub async fn run(
             };
             let url = format!("http://{}:{host_port}{path}", target.host_ip);
             match http.get(&url).timeout(timeout).send().await {
-                Ok(resp) if resp.status().is_success() || resp.status().is_redirection() => CheckResult::passing(),
+                Ok(resp) if resp.status().is_success() || resp.status().is_redirection() => {
+                    CheckResult::passing()
+                }
                 Ok(resp) => CheckResult::critical(format!("GET {path} answered {}", resp.status())),
                 Err(e) if e.is_timeout() => CheckResult::timed_out(timeout_ms),
                 Err(e) => CheckResult::critical(format!("GET {path} failed: {e}")),
@@ -47,7 +49,8 @@ pub async fn run(
                 Err(_) => CheckResult::timed_out(timeout_ms),
             }
         }
-        HealthKind::Command { argv } => match docker.exec(target.container_id, argv, timeout).await {
+        HealthKind::Command { argv } => match docker.exec(target.container_id, argv, timeout).await
+        {
             Ok(Some(0)) => CheckResult::passing(),
             Ok(Some(code)) => CheckResult::critical(format!("{} exited {code}", argv.join(" "))),
             Ok(None) => CheckResult::timed_out(timeout_ms),

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pier_api::service::{AgentTask, DesiredState, HealthSpec, StopPhase, TaskHealth, TaskState, TaskStatus};
+use pier_api::service::{
+    AgentTask, DesiredState, HealthSpec, StopPhase, TaskHealth, TaskState, TaskStatus,
+};
 use pier_core::health::{self, CheckResult, CheckSettings, CheckState, HealthStatus};
 use tokio::sync::mpsc;
 
@@ -68,7 +70,12 @@ fn check_settings(h: &HealthSpec) -> CheckSettings {
     }
 }
 
-pub async fn run(ctx: Arc<WorkerCtx>, task: AgentTask, adopted: Option<ContainerInfo>, mut rx: mpsc::Receiver<WorkerMsg>) {
+pub async fn run(
+    ctx: Arc<WorkerCtx>,
+    task: AgentTask,
+    adopted: Option<ContainerInfo>,
+    mut rx: mpsc::Receiver<WorkerMsg>,
+) {
     let mut w = Worker {
         ctx,
         task,
@@ -88,7 +95,10 @@ pub async fn run(ctx: Arc<WorkerCtx>, task: AgentTask, adopted: Option<Container
             return;
         }
         w.flush().await;
-        let wait_ms = w.next_wake_ms().saturating_sub(now_ms()).clamp(10, FALLBACK_TICK_MS);
+        let wait_ms = w
+            .next_wake_ms()
+            .saturating_sub(now_ms())
+            .clamp(10, FALLBACK_TICK_MS);
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some(WorkerMsg::Desired(t)) => w.task = *t,
@@ -270,16 +280,16 @@ impl Worker {
         if !matches!(action, "die" | "oom" | "destroy" | "kill") {
             return;
         }
-        let Some(id) = self.container.clone() else { return };
+        let Some(id) = self.container.clone() else {
+            return;
+        };
         match self.ctx.docker.inspect(&id).await {
             Ok(Some(info)) if !info.running => self.exited(&info),
-            Ok(None) => {
-                if !self.status.state.is_terminal() {
-                    self.status.exit_code = Some(137);
-                    self.set_state(TaskState::Exited, Some("container removed".into()));
-                    self.status.finished_at_ms = Some(now_ms());
-                    self.check = None;
-                }
+            Ok(None) if !self.status.state.is_terminal() => {
+                self.status.exit_code = Some(137);
+                self.set_state(TaskState::Exited, Some("container removed".into()));
+                self.status.finished_at_ms = Some(now_ms());
+                self.check = None;
             }
             _ => {}
         }
@@ -291,14 +301,22 @@ impl Worker {
             self.mark_not_started();
             return;
         };
-        if let Err(e) = self.ctx.docker.stop(&id, self.task.spec.stop_timeout_ms).await {
+        if let Err(e) = self
+            .ctx
+            .docker
+            .stop(&id, self.task.spec.stop_timeout_ms)
+            .await
+        {
             tracing::warn!(task = %self.id(), error = %e, "stop failed; removing the container by force");
         }
         match self.ctx.docker.inspect(&id).await {
             Ok(Some(info)) => {
                 if !self.status.state.is_terminal() {
                     self.status.exit_code = info.exit_code;
-                    self.set_state(TaskState::Exited, Some(format!("stopped ({})", exit_message(&info))));
+                    self.set_state(
+                        TaskState::Exited,
+                        Some(format!("stopped ({})", exit_message(&info))),
+                    );
                     self.status.finished_at_ms = Some(now_ms());
                 }
             }
@@ -334,11 +352,15 @@ impl Worker {
     }
 
     async fn probe_if_due(&mut self) {
-        let Some((settings, state)) = self.check.clone() else { return };
+        let Some((settings, state)) = self.check.clone() else {
+            return;
+        };
         if self.status.state != TaskState::Running {
             return;
         }
-        let Some(hs) = self.task.spec.health.clone() else { return };
+        let Some(hs) = self.task.spec.health.clone() else {
+            return;
+        };
         let now = now_ms();
         let regular_due = now >= health::next_run_at_ms(&settings, &state);
         let quick_due = !state.has_passed && now >= self.next_quick_probe_ms;
@@ -346,8 +368,19 @@ impl Worker {
             return;
         }
         let container = self.container.clone().unwrap_or_default();
-        let target = ProbeTarget { host_ip: &self.ctx.host_ip, host_ports: &self.status.host_ports, container_id: &container };
-        let result = probe::run(&hs.kind, &target, settings.timeout_ms, &self.ctx.http, &self.ctx.docker).await;
+        let target = ProbeTarget {
+            host_ip: &self.ctx.host_ip,
+            host_ports: &self.status.host_ports,
+            container_id: &container,
+        };
+        let result = probe::run(
+            &hs.kind,
+            &target,
+            settings.timeout_ms,
+            &self.ctx.http,
+            &self.ctx.docker,
+        )
+        .await;
         let done = now_ms();
         if !regular_due {
             self.next_quick_probe_ms = done + STARTUP_PROBE_MS;
@@ -380,7 +413,9 @@ impl Worker {
                 // The task is gone from the server: nothing to report to, nothing to run.
                 self.task.task.stop_phase = StopPhase::Stopped;
             }
-            Err(e) => tracing::debug!(task = %self.id(), error = %e, "status report failed; will retry"),
+            Err(e) => {
+                tracing::debug!(task = %self.id(), error = %e, "status report failed; will retry")
+            }
         }
     }
 }

@@ -11,9 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use pier_api::service::{
-    parse_service_file, AgentTask, AgentTasks, DeployRequest, DeployResponse, DeploymentRecord, DeploymentStatus,
-    DrainRequest, Limits, NodeRecord, NodeView, RegisterNode, RevisionRecord, RollbackRequest, ScaleRequest,
-    ServiceDetail, ServiceRecord, ServiceSummary, StopPhase, TaskHealth, TaskState, TaskStatus, TaskView,
+    parse_service_file, AgentTask, AgentTasks, DeployRequest, DeployResponse, DeploymentRecord,
+    DeploymentStatus, DrainRequest, Limits, NodeRecord, NodeView, RegisterNode, RevisionRecord,
+    RollbackRequest, ScaleRequest, ServiceDetail, ServiceRecord, ServiceSummary, StopPhase,
+    TaskHealth, TaskState, TaskStatus, TaskView,
 };
 use pier_api::{ApiError, ErrorCode};
 use pier_store::{Consistency, StoreError, Txn, WatchKey};
@@ -30,11 +31,17 @@ const MAX_WAIT_MS: u64 = 300_000;
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/v1/services", get(list_services).post(deploy))
-        .route("/api/v1/services/{name}", get(inspect_service).delete(remove_service))
+        .route(
+            "/api/v1/services/{name}",
+            get(inspect_service).delete(remove_service),
+        )
         .route("/api/v1/services/{name}/tasks", get(service_tasks))
         .route("/api/v1/services/{name}/scale", put(scale))
         .route("/api/v1/services/{name}/rollback", post(rollback))
-        .route("/api/v1/services/{name}/logs", get(crate::logs::service_logs))
+        .route(
+            "/api/v1/services/{name}/logs",
+            get(crate::logs::service_logs),
+        )
         .route("/api/v1/deployments/{id}", get(get_deployment))
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{name}", put(register_node))
@@ -66,7 +73,8 @@ impl From<OrchestratorError> for HttpError {
             OrchestratorError::Unavailable(_) => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         };
-        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         HttpError(status, ApiError::new(code, e.to_string()))
     }
 }
@@ -94,12 +102,17 @@ struct Blocking {
 }
 
 fn blocking_params(q: &HashMap<String, String>) -> ApiResult<Blocking> {
-    let min_index = match q.get("index") {
-        Some(v) => Some(v.parse::<u64>().map_err(|_| invalid(format!("`index` must be a non-negative integer, got {v:?}")))?),
-        None => None,
-    };
+    let min_index =
+        match q.get("index") {
+            Some(v) => Some(v.parse::<u64>().map_err(|_| {
+                invalid(format!("`index` must be a non-negative integer, got {v:?}"))
+            })?),
+            None => None,
+        };
     let wait_ms = match q.get("wait") {
-        Some(v) => pier_api::service::parse_duration_ms(v).map_err(|e| invalid(format!("`wait`: {e}")))?.min(MAX_WAIT_MS),
+        Some(v) => pier_api::service::parse_duration_ms(v)
+            .map_err(|e| invalid(format!("`wait`: {e}")))?
+            .min(MAX_WAIT_MS),
         None => 30_000,
     };
     Ok(Blocking { min_index, wait_ms })
@@ -109,7 +122,10 @@ async fn wait_for_change(shared: &Shared, keys: &[WatchKey], b: &Blocking) -> Ap
     let mut watch = shared.store.watch(keys);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(b.wait_ms);
     loop {
-        let index = shared.store.read(Consistency::Default, |v| v.index_of(keys)).await?;
+        let index = shared
+            .store
+            .read(Consistency::Default, |v| v.index_of(keys))
+            .await?;
         let ready = b.min_index.is_none_or(|min| index > min);
         let now = tokio::time::Instant::now();
         if ready || now >= deadline {
@@ -128,8 +144,12 @@ fn with_index<T: serde::Serialize>(index: u64, body: T) -> Response {
 // ------------------------------------------------------------------ services
 
 async fn check_image(shared: &Shared, image: &str) -> ApiResult<()> {
-    let Some(registry) = shared.config.registry_addr.as_deref() else { return Ok(()) };
-    let Some(rest) = image.strip_prefix(&format!("{registry}/")) else { return Ok(()) };
+    let Some(registry) = shared.config.registry_addr.as_deref() else {
+        return Ok(());
+    };
+    let Some(rest) = image.strip_prefix(&format!("{registry}/")) else {
+        return Ok(());
+    };
     let (repo, reference) = match rest.split_once('@') {
         Some((repo, digest)) => (repo.to_string(), digest.to_string()),
         None => match rest.rsplit_once(':') {
@@ -164,9 +184,17 @@ async fn check_image(shared: &Shared, image: &str) -> ApiResult<()> {
     }
 }
 
-async fn deploy(State(shared): State<Arc<Shared>>, Json(req): Json<DeployRequest>) -> ApiResult<Json<DeployResponse>> {
-    let spec = parse_service_file(&req.file, Limits { max_count: shared.config.max_count })
-        .map_err(|e| invalid(format!("service file: {e}")))?;
+async fn deploy(
+    State(shared): State<Arc<Shared>>,
+    Json(req): Json<DeployRequest>,
+) -> ApiResult<Json<DeployResponse>> {
+    let spec = parse_service_file(
+        &req.file,
+        Limits {
+            max_count: shared.config.max_count,
+        },
+    )
+    .map_err(|e| invalid(format!("service file: {e}")))?;
     let world = World::load(&shared.store, Consistency::Default).await?;
     let now = now_ms();
     let existing = world.services.get(&spec.name);
@@ -220,8 +248,21 @@ async fn deploy(State(shared): State<Arc<Shared>>, Json(req): Json<DeployRequest
     };
     let revision = record.latest_revision + 1;
     let from_revision = (record.revision != 0 && !record.deleting).then_some(record.revision);
-    let previous_stable = if record.deleting { None } else { record.stable_revision };
-    let dep = new_deployment(&spec.name, revision, from_revision, &spec, spec.count, previous_stable, None, now);
+    let previous_stable = if record.deleting {
+        None
+    } else {
+        record.stable_revision
+    };
+    let dep = new_deployment(
+        &spec.name,
+        revision,
+        from_revision,
+        &spec,
+        spec.count,
+        previous_stable,
+        None,
+        now,
+    );
     let mut ops = Vec::new();
     // A deployment still in progress is superseded by this one.
     if let Some(old) = existing.and_then(|s| world.deployment_of(&s.value)) {
@@ -243,11 +284,21 @@ async fn deploy(State(shared): State<Arc<Shared>>, Json(req): Json<DeployRequest
     if previous_stable.is_none() {
         record.stable_revision = None;
     }
-    let doc = ServiceDoc { record, restart: existing.map(|s| s.value.restart.clone()).unwrap_or_default() };
+    let doc = ServiceDoc {
+        record,
+        restart: existing
+            .map(|s| s.value.restart.clone())
+            .unwrap_or_default(),
+    };
     ops.push(tables::services().put_cas(spec.name.clone(), &doc, guard)?);
     ops.push(tables::revisions().put_cas(
         tables::revision_key(&spec.name, revision),
-        &RevisionRecord { service: spec.name.clone(), revision, spec: spec.clone(), created_at_ms: now },
+        &RevisionRecord {
+            service: spec.name.clone(),
+            revision,
+            spec: spec.clone(),
+            created_at_ms: now,
+        },
         0,
     )?);
     ops.push(tables::deployments().put_cas(dep.record.id.clone(), &dep, 0)?);
@@ -264,14 +315,26 @@ async fn deploy(State(shared): State<Arc<Shared>>, Json(req): Json<DeployRequest
         service: spec.name.clone(),
         revision,
         deployment: Some(dep.record.id.clone()),
-        outcome: if existing.is_some() { "updated".into() } else { "created".into() },
+        outcome: if existing.is_some() {
+            "updated".into()
+        } else {
+            "created".into()
+        },
     }))
 }
 
 /// Sets the desired count (and that of a deployment in progress). Returns the deployment in
 /// progress, if any.
-async fn scale_to(shared: &Shared, world: &World, name: &str, count: u32) -> ApiResult<Option<String>> {
-    let svc = world.services.get(name).ok_or_else(|| not_found(format!("no service named {name:?}")))?;
+async fn scale_to(
+    shared: &Shared,
+    world: &World,
+    name: &str,
+    count: u32,
+) -> ApiResult<Option<String>> {
+    let svc = world
+        .services
+        .get(name)
+        .ok_or_else(|| not_found(format!("no service named {name:?}")))?;
     if svc.value.record.deleting {
         return Err(OrchestratorError::Conflict(format!("service {name} is being removed")).into());
     }
@@ -295,7 +358,10 @@ async fn scale_to(shared: &Shared, world: &World, name: &str, count: u32) -> Api
     }
     let result = shared.store.write(Txn { ops }).await?;
     if !result.applied {
-        return Err(OrchestratorError::Conflict(format!("service {name} changed meanwhile; try again")).into());
+        return Err(OrchestratorError::Conflict(format!(
+            "service {name} changed meanwhile; try again"
+        ))
+        .into());
     }
     Ok(in_progress)
 }
@@ -309,12 +375,24 @@ async fn scale(
         return Err(invalid(format!("count {} must not be negative", req.count)));
     }
     if req.count > i64::from(shared.config.max_count) {
-        return Err(invalid(format!("count {} is above this cluster's maximum of {}", req.count, shared.config.max_count)));
+        return Err(invalid(format!(
+            "count {} is above this cluster's maximum of {}",
+            req.count, shared.config.max_count
+        )));
     }
     let world = World::load(&shared.store, Consistency::Default).await?;
     let deployment = scale_to(&shared, &world, &name, req.count as u32).await?;
-    let revision = world.services.get(&name).map(|s| s.value.record.revision).unwrap_or(0);
-    Ok(Json(DeployResponse { service: name, revision, deployment, outcome: "scaled".into() }))
+    let revision = world
+        .services
+        .get(&name)
+        .map(|s| s.value.record.revision)
+        .unwrap_or(0);
+    Ok(Json(DeployResponse {
+        service: name,
+        revision,
+        deployment,
+        outcome: "scaled".into(),
+    }))
 }
 
 async fn rollback(
@@ -323,7 +401,10 @@ async fn rollback(
     body: Option<Json<RollbackRequest>>,
 ) -> ApiResult<Json<DeployResponse>> {
     let world = World::load(&shared.store, Consistency::Default).await?;
-    let svc = world.services.get(&name).ok_or_else(|| not_found(format!("no service named {name:?}")))?;
+    let svc = world
+        .services
+        .get(&name)
+        .ok_or_else(|| not_found(format!("no service named {name:?}")))?;
     let current = svc.value.record.revision;
     let target = match body.and_then(|b| b.0.revision) {
         Some(r) => r,
@@ -333,18 +414,36 @@ async fn rollback(
             .filter(|(s, r)| s == &name && *r < current)
             .map(|(_, r)| *r)
             .max()
-            .ok_or_else(|| invalid(format!("service {name} has no revision before {current} to roll back to")))?,
+            .ok_or_else(|| {
+                invalid(format!(
+                    "service {name} has no revision before {current} to roll back to"
+                ))
+            })?,
     };
     if target == current {
-        return Err(invalid(format!("revision {target} is already the current revision of {name}")));
+        return Err(invalid(format!(
+            "revision {target} is already the current revision of {name}"
+        )));
     }
     let spec = world
         .spec(&name, target)
         .ok_or_else(|| not_found(format!("service {name} has no revision {target}")))?
         .clone();
     let now = now_ms();
-    let mut dep = new_deployment(&name, target, Some(current), &spec, svc.value.record.count, Some(target), Some(current), now);
-    dep.record.events.push(pier_api::service::DeploymentEvent { at_ms: now, message: "rollback requested".into() });
+    let mut dep = new_deployment(
+        &name,
+        target,
+        Some(current),
+        &spec,
+        svc.value.record.count,
+        Some(target),
+        Some(current),
+        now,
+    );
+    dep.record.events.push(pier_api::service::DeploymentEvent {
+        at_ms: now,
+        message: "rollback requested".into(),
+    });
     let mut ops = Vec::new();
     if let Some(old) = world.deployment_of(&svc.value) {
         if old.value.record.status == DeploymentStatus::InProgress {
@@ -361,14 +460,28 @@ async fn rollback(
     ops.push(tables::services().put_cas(name.clone(), &doc, svc.modify_index)?);
     ops.push(tables::deployments().put_cas(dep.record.id.clone(), &dep, 0)?);
     if !shared.store.write(Txn { ops }).await?.applied {
-        return Err(OrchestratorError::Conflict(format!("service {name} changed meanwhile; try again")).into());
+        return Err(OrchestratorError::Conflict(format!(
+            "service {name} changed meanwhile; try again"
+        ))
+        .into());
     }
-    Ok(Json(DeployResponse { service: name, revision: target, deployment: Some(dep.record.id), outcome: "rolled_back".into() }))
+    Ok(Json(DeployResponse {
+        service: name,
+        revision: target,
+        deployment: Some(dep.record.id),
+        outcome: "rolled_back".into(),
+    }))
 }
 
-async fn remove_service(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Json<DeployResponse>> {
+async fn remove_service(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<DeployResponse>> {
     let world = World::load(&shared.store, Consistency::Default).await?;
-    let svc = world.services.get(&name).ok_or_else(|| not_found(format!("no service named {name:?}")))?;
+    let svc = world
+        .services
+        .get(&name)
+        .ok_or_else(|| not_found(format!("no service named {name:?}")))?;
     let mut doc = svc.value.clone();
     doc.record.deleting = true;
     doc.record.updated_at_ms = now_ms();
@@ -382,9 +495,17 @@ async fn remove_service(State(shared): State<Arc<Shared>>, Path(name): Path<Stri
         }
     }
     if !shared.store.write(Txn { ops }).await?.applied {
-        return Err(OrchestratorError::Conflict(format!("service {name} changed meanwhile; try again")).into());
+        return Err(OrchestratorError::Conflict(format!(
+            "service {name} changed meanwhile; try again"
+        ))
+        .into());
     }
-    Ok(Json(DeployResponse { service: name, revision: doc.record.revision, deployment: None, outcome: "removing".into() }))
+    Ok(Json(DeployResponse {
+        service: name,
+        revision: doc.record.revision,
+        deployment: None,
+        outcome: "removing".into(),
+    }))
 }
 
 fn restart_status(doc: &ServiceDoc) -> Option<String> {
@@ -414,17 +535,30 @@ async fn list_services(State(shared): State<Arc<Shared>>) -> ApiResult<Response>
             desired: svc.value.record.count,
             running,
             healthy,
-            deployment_status: world.deployment_of(&svc.value).map(|d| d.value.record.status),
+            deployment_status: world
+                .deployment_of(&svc.value)
+                .map(|d| d.value.record.status),
             route: spec.map(|s| s.route.clone()).unwrap_or_default(),
-            placement_error: svc.value.record.placement_error.clone().or_else(|| restart_status(&svc.value)),
+            placement_error: svc
+                .value
+                .record
+                .placement_error
+                .clone()
+                .or_else(|| restart_status(&svc.value)),
         });
     }
     Ok(with_index(world.index, out))
 }
 
-async fn inspect_service(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Json<ServiceDetail>> {
+async fn inspect_service(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ServiceDetail>> {
     let world = World::load(&shared.store, Consistency::Default).await?;
-    let svc = world.services.get(&name).ok_or_else(|| not_found(format!("no service named {name:?}")))?;
+    let svc = world
+        .services
+        .get(&name)
+        .ok_or_else(|| not_found(format!("no service named {name:?}")))?;
     let spec = world
         .spec(&name, svc.value.record.revision)
         .cloned()
@@ -434,19 +568,36 @@ async fn inspect_service(State(shared): State<Arc<Shared>>, Path(name): Path<Str
     Ok(Json(ServiceDetail {
         service,
         spec,
-        deployment: world.deployment_of(&svc.value).map(|d| d.value.record.clone()),
-        revisions: world.revisions.keys().filter(|(s, _)| s == &name).map(|(_, r)| *r).collect(),
+        deployment: world
+            .deployment_of(&svc.value)
+            .map(|d| d.value.record.clone()),
+        revisions: world
+            .revisions
+            .keys()
+            .filter(|(s, _)| s == &name)
+            .map(|(_, r)| *r)
+            .collect(),
     }))
 }
 
-async fn service_tasks(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn service_tasks(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     let world = World::load(&shared.store, Consistency::Default).await?;
     if !world.services.contains_key(&name) {
         return Err(not_found(format!("no service named {name:?}")));
     }
-    let mut out: Vec<TaskView> =
-        world.tasks_of(&name).map(|t| TaskView::new(t.value.clone(), world.status_of(&t.value.id))).collect();
-    out.sort_by(|a, b| b.task.created_at_ms.cmp(&a.task.created_at_ms).then(a.task.id.cmp(&b.task.id)));
+    let mut out: Vec<TaskView> = world
+        .tasks_of(&name)
+        .map(|t| TaskView::new(t.value.clone(), world.status_of(&t.value.id)))
+        .collect();
+    out.sort_by(|a, b| {
+        b.task
+            .created_at_ms
+            .cmp(&a.task.created_at_ms)
+            .then(a.task.id.cmp(&b.task.id))
+    });
     Ok(with_index(world.index, out))
 }
 
@@ -460,7 +611,11 @@ async fn get_deployment(
     let index = wait_for_change(&shared, &keys, &b).await?;
     let dep: Option<DeploymentRecord> = shared
         .store
-        .read(Consistency::Default, |v| tables::deployments().get(v, &id).map(|d| d.map(|d| d.value.record)))
+        .read(Consistency::Default, |v| {
+            tables::deployments()
+                .get(v, &id)
+                .map(|d| d.map(|d| d.value.record))
+        })
         .await??;
     match dep {
         Some(d) => Ok(with_index(index, d)),
@@ -477,7 +632,11 @@ async fn list_nodes(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
     let mut out = Vec::new();
     for n in world.nodes.values() {
         let (mut tasks, mut cpu, mut mem) = (0, 0, 0);
-        for t in world.tasks.values().filter(|t| t.value.node == n.value.name) {
+        for t in world
+            .tasks
+            .values()
+            .filter(|t| t.value.node == n.value.name)
+        {
             if holds_resources(&t.value, &world.status_of(&t.value.id)) {
                 tasks += 1;
                 if let Some(spec) = world.spec(&t.value.service, t.value.revision) {
@@ -492,7 +651,14 @@ async fn list_nodes(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
             tasks,
             allocated_cpu_millis: cpu,
             allocated_memory_mb: mem,
-            last_heartbeat_age_ms: if leader { shared.heartbeats.get(&n.value.name).map(|l| now.saturating_sub(l)) } else { None },
+            last_heartbeat_age_ms: if leader {
+                shared
+                    .heartbeats
+                    .get(&n.value.name)
+                    .map(|l| now.saturating_sub(l))
+            } else {
+                None
+            },
         });
     }
     Ok(with_index(world.index, out))
@@ -501,11 +667,15 @@ async fn list_nodes(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
 fn valid_node_name(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if ok {
         Ok(())
     } else {
-        Err(invalid(format!("node name {name:?} must be 1-63 characters of letters, digits, '-', '_' and '.'")))
+        Err(invalid(format!(
+            "node name {name:?} must be 1-63 characters of letters, digits, '-', '_' and '.'"
+        )))
     }
 }
 
@@ -519,7 +689,10 @@ async fn register_node(
         return Err(invalid("zone must not be empty"));
     }
     let now = now_ms();
-    let existing = shared.store.read(Consistency::Default, |v| tables::nodes().get(v, &name)).await??;
+    let existing = shared
+        .store
+        .read(Consistency::Default, |v| tables::nodes().get(v, &name))
+        .await??;
     let record = NodeRecord {
         name: name.clone(),
         zone: req.zone,
@@ -530,10 +703,16 @@ async fn register_node(
         memory_mb: req.memory_mb,
         draining: existing.as_ref().is_some_and(|e| e.value.draining),
         down: existing.as_ref().is_some_and(|e| e.value.down),
-        registered_at_ms: existing.as_ref().map(|e| e.value.registered_at_ms).unwrap_or(now),
+        registered_at_ms: existing
+            .as_ref()
+            .map(|e| e.value.registered_at_ms)
+            .unwrap_or(now),
     };
     if existing.as_ref().map(|e| &e.value) != Some(&record) {
-        shared.store.write(Txn::single(tables::nodes().put(name.clone(), &record)?)).await?;
+        shared
+            .store
+            .write(Txn::single(tables::nodes().put(name.clone(), &record)?))
+            .await?;
     }
     catalog_sync::register_node(&shared.catalog, &record).await;
     if shared.store.status().is_leader {
@@ -543,22 +722,38 @@ async fn register_node(
     Ok(Json(record))
 }
 
-async fn heartbeat(State(shared): State<Arc<Shared>>, Path(name): Path<String>, headers: HeaderMap) -> ApiResult<StatusCode> {
+async fn heartbeat(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
     let status = shared.store.status();
     if status.is_leader {
-        let known = shared.store.read(Consistency::Stale, |v| v.get(&tables::NODES, &name).is_some()).await?;
+        let known = shared
+            .store
+            .read(Consistency::Stale, |v| {
+                v.get(&tables::NODES, &name).is_some()
+            })
+            .await?;
         if !known {
-            return Err(not_found(format!("unknown node {name:?}: register it first")));
+            return Err(not_found(format!(
+                "unknown node {name:?}: register it first"
+            )));
         }
         shared.heartbeats.record(&name, now_ms());
     } else {
         if headers.contains_key(FORWARDED_HEADER) {
-            return Err(OrchestratorError::Unavailable("not the leader (forwarded heartbeat)".into()).into());
+            return Err(OrchestratorError::Unavailable(
+                "not the leader (forwarded heartbeat)".into(),
+            )
+            .into());
         }
         let leader = status
             .leader
             .filter(|l| !l.http_addr.is_empty())
-            .ok_or_else(|| OrchestratorError::Unavailable("no raft leader known; retry shortly".into()))?;
+            .ok_or_else(|| {
+                OrchestratorError::Unavailable("no raft leader known; retry shortly".into())
+            })?;
         let url = format!("http://{}/api/v1/nodes/{name}/alive", leader.http_addr);
         let resp = shared
             .http
@@ -567,9 +762,15 @@ async fn heartbeat(State(shared): State<Arc<Shared>>, Path(name): Path<String>, 
             .timeout(Duration::from_secs(2))
             .send()
             .await
-            .map_err(|e| OrchestratorError::Unavailable(format!("cannot forward the heartbeat to the leader: {e}")))?;
+            .map_err(|e| {
+                OrchestratorError::Unavailable(format!(
+                    "cannot forward the heartbeat to the leader: {e}"
+                ))
+            })?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Err(not_found(format!("unknown node {name:?}: register it first")));
+            return Err(not_found(format!(
+                "unknown node {name:?}: register it first"
+            )));
         }
     }
     if let Err(err) = shared.catalog.heartbeat(&name).await {
@@ -591,7 +792,16 @@ async fn drain(
             .ok_or_else(|| not_found(format!("no node named {name:?}")))?;
         let mut record = node.value.clone();
         record.draining = req.draining;
-        if shared.store.write(Txn::single(tables::nodes().put_cas(name.clone(), &record, node.modify_index)?)).await?.applied {
+        if shared
+            .store
+            .write(Txn::single(tables::nodes().put_cas(
+                name.clone(),
+                &record,
+                node.modify_index,
+            )?))
+            .await?
+            .applied
+        {
             return Ok(Json(record));
         }
     }
@@ -610,31 +820,49 @@ async fn node_tasks(
     let index = wait_for_change(&shared, &keys, &b).await?;
     let tasks = shared
         .store
-        .read(Consistency::Default, |v| -> Result<Vec<AgentTask>, StoreError> {
-            let mut out = Vec::new();
-            for (_, t) in tables::tasks().list(v, &prefix)? {
-                if t.value.stop_phase == StopPhase::Stopped {
-                    continue;
+        .read(
+            Consistency::Default,
+            |v| -> Result<Vec<AgentTask>, StoreError> {
+                let mut out = Vec::new();
+                for (_, t) in tables::tasks().list(v, &prefix)? {
+                    if t.value.stop_phase == StopPhase::Stopped {
+                        continue;
+                    }
+                    let key = tables::revision_key(&t.value.service, t.value.revision);
+                    if let Some(rev) = tables::revisions().get(v, &key)? {
+                        out.push(AgentTask {
+                            task: t.value,
+                            spec: rev.value.spec,
+                        });
+                    }
                 }
-                let key = tables::revision_key(&t.value.service, t.value.revision);
-                if let Some(rev) = tables::revisions().get(v, &key)? {
-                    out.push(AgentTask { task: t.value, spec: rev.value.spec });
-                }
-            }
-            Ok(out)
-        })
+                Ok(out)
+            },
+        )
         .await??;
     Ok(with_index(index, AgentTasks { index, tasks }))
 }
 
 // ------------------------------------------------------------------ tasks
 
-async fn find_task(shared: &Shared, id: &str) -> ApiResult<Option<(pier_api::service::TaskRecord, Option<pier_store::Versioned<TaskStatus>>)>> {
+async fn find_task(
+    shared: &Shared,
+    id: &str,
+) -> ApiResult<
+    Option<(
+        pier_api::service::TaskRecord,
+        Option<pier_store::Versioned<TaskStatus>>,
+    )>,
+> {
     let id = id.to_string();
     Ok(shared
         .store
         .read(Consistency::Default, |v| -> Result<_, StoreError> {
-            let task = tables::tasks().list(v, "")?.into_iter().map(|(_, t)| t.value).find(|t| t.id == id);
+            let task = tables::tasks()
+                .list(v, "")?
+                .into_iter()
+                .map(|(_, t)| t.value)
+                .find(|t| t.id == id);
             match task {
                 Some(t) => Ok(Some((t, tables::task_status().get(v, &id)?))),
                 None => Ok(None),
@@ -643,9 +871,17 @@ async fn find_task(shared: &Shared, id: &str) -> ApiResult<Option<(pier_api::ser
         .await??)
 }
 
-async fn get_task(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult<Json<TaskView>> {
-    let (task, status) = find_task(&shared, &id).await?.ok_or_else(|| not_found(format!("no task {id:?}")))?;
-    Ok(Json(TaskView::new(task, status.map(|s| s.value).unwrap_or_default())))
+async fn get_task(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TaskView>> {
+    let (task, status) = find_task(&shared, &id)
+        .await?
+        .ok_or_else(|| not_found(format!("no task {id:?}")))?;
+    Ok(Json(TaskView::new(
+        task,
+        status.map(|s| s.value).unwrap_or_default(),
+    )))
 }
 
 async fn report_status(
@@ -653,9 +889,14 @@ async fn report_status(
     Path(id): Path<String>,
     Json(mut status): Json<TaskStatus>,
 ) -> ApiResult<StatusCode> {
-    let (task, previous) = find_task(&shared, &id).await?.ok_or_else(|| not_found(format!("no task {id:?}")))?;
+    let (task, previous) = find_task(&shared, &id)
+        .await?
+        .ok_or_else(|| not_found(format!("no task {id:?}")))?;
     status.updated_at_ms = now_ms();
-    let prev = previous.as_ref().map(|p| p.value.clone()).unwrap_or_default();
+    let prev = previous
+        .as_ref()
+        .map(|p| p.value.clone())
+        .unwrap_or_default();
     // Facts the agent may not repeat in every report are kept.
     if status.started_at_ms.is_none() {
         status.started_at_ms = prev.started_at_ms;
@@ -667,16 +908,23 @@ async fn report_status(
     let mut result = shared.store.write(Txn::single(op)).await?;
     if !result.applied {
         // Reports of one task come from one agent in order; a lost race means a retry.
-        result = shared.store.write(Txn::single(tables::task_status().put(id.clone(), &status)?)).await?;
+        result = shared
+            .store
+            .write(Txn::single(tables::task_status().put(id.clone(), &status)?))
+            .await?;
     }
     let _ = result;
-    let changed = prev.state != status.state || prev.health != status.health || prev.host_ports != status.host_ports;
+    let changed = prev.state != status.state
+        || prev.health != status.health
+        || prev.host_ports != status.host_ports;
     if changed {
         let serving = task.stop_phase == StopPhase::Active && status.state == TaskState::Running;
         if serving {
             let spec = shared
                 .store
-                .read(Consistency::Default, |v| tables::revisions().get(v, &tables::revision_key(&task.service, task.revision)))
+                .read(Consistency::Default, |v| {
+                    tables::revisions().get(v, &tables::revision_key(&task.service, task.revision))
+                })
                 .await??;
             if let Some(rev) = spec {
                 catalog_sync::register_task(&shared.catalog, &task, &status, &rev.value.spec).await;

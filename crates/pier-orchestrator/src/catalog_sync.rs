@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use pier_api::service::{NodeRecord, ServiceSpec, TaskHealth, TaskRecord, TaskStatus};
 use pier_catalog::{
-    Catalog, CheckDefinition, CheckRegistration, CheckStatus, InstanceRegistration, NodeRegistration,
+    Catalog, CheckDefinition, CheckRegistration, CheckStatus, InstanceRegistration,
+    NodeRegistration,
 };
 
 pub fn check_id(task_id: &str) -> String {
@@ -42,7 +43,12 @@ fn check_status(health: TaskHealth) -> CheckStatus {
 }
 
 /// Registers (or refreshes) a running task's instance and sets its check to its health.
-pub async fn register_task(catalog: &Catalog, task: &TaskRecord, status: &TaskStatus, spec: &ServiceSpec) {
+pub async fn register_task(
+    catalog: &Catalog,
+    task: &TaskRecord,
+    status: &TaskStatus,
+    spec: &ServiceSpec,
+) {
     let Some(container_port) = spec.ports.first() else {
         return;
     };
@@ -77,7 +83,12 @@ pub async fn register_task(catalog: &Catalog, task: &TaskRecord, status: &TaskSt
     }
     let output = status.message.clone().unwrap_or_default();
     if let Err(err) = catalog
-        .update_check(&task.node, &check_id(&task.id), check_status(status.health), Some(&output))
+        .update_check(
+            &task.node,
+            &check_id(&task.id),
+            check_status(status.health),
+            Some(&output),
+        )
         .await
     {
         tracing::warn!(task = %task.id, error = %err, "cannot update the task's catalog check");

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pier_api::service::{DeploymentEvent, DeploymentStatus, DesiredState, ServiceSpec, StopPhase, TaskRecord};
+use pier_api::service::{
+    DeploymentEvent, DeploymentStatus, DesiredState, ServiceSpec, StopPhase, TaskRecord,
+};
 use pier_core::deployment::{self as core, Action};
 use pier_core::placement::{ExistingTask, Resources};
 use pier_store::{Consistency, Op, Txn, WatchKey};
@@ -76,7 +78,11 @@ async fn pass(shared: &Shared, now: u64, grace_from: u64) -> Result<(), crate::O
                 tracing::info!(node = %node.value.name, "node is heartbeating again: marking it up");
             }
             node.value.down = down;
-            node_ops.push(tables::nodes().put_cas(node.value.name.clone(), &node.value, node.modify_index)?);
+            node_ops.push(tables::nodes().put_cas(
+                node.value.name.clone(),
+                &node.value,
+                node.modify_index,
+            )?);
         }
     }
     if !node_ops.is_empty() {
@@ -158,7 +164,10 @@ pub(crate) fn new_deployment(
             rollback_of: None,
             rolled_back_by: None,
             reason: None,
-            events: vec![DeploymentEvent { at_ms: now, message }],
+            events: vec![DeploymentEvent {
+                at_ms: now,
+                message,
+            }],
             created_at_ms: now,
             updated_at_ms: now,
         },
@@ -194,17 +203,27 @@ async fn service_pass(
     away: &BTreeSet<String>,
     extra_alloc: &mut BTreeMap<String, Resources>,
 ) -> Result<(), crate::OrchestratorError> {
-    let Some(svc) = world.services.get(name) else { return Ok(()) };
+    let Some(svc) = world.services.get(name) else {
+        return Ok(());
+    };
     let mut doc = svc.value.clone();
     let Some(current_spec) = world.spec(name, doc.record.revision).cloned() else {
         tracing::warn!(service = %name, revision = doc.record.revision, "service points at a missing revision");
         return Ok(());
     };
-    let own: Vec<(TaskRecord, pier_api::service::TaskStatus)> =
-        world.tasks_of(name).map(|t| (t.value.clone(), world.status_of(&t.value.id))).collect();
+    let own: Vec<(TaskRecord, pier_api::service::TaskStatus)> = world
+        .tasks_of(name)
+        .map(|t| (t.value.clone(), world.status_of(&t.value.id)))
+        .collect();
     let snaps: Vec<core::TaskSnapshot> = own.iter().map(|(t, s)| task_snapshot(t, s)).collect();
-    let desired_count = if doc.record.deleting { 0 } else { doc.record.count };
-    let dep = world.deployment_of(&doc).filter(|d| d.value.record.status == DeploymentStatus::InProgress);
+    let desired_count = if doc.record.deleting {
+        0
+    } else {
+        doc.record.count
+    };
+    let dep = world
+        .deployment_of(&doc)
+        .filter(|d| d.value.record.status == DeploymentStatus::InProgress);
 
     let mut new_dep: Option<DeploymentDoc> = None;
     let mut dep_doc = dep.map(|d| d.value.clone());
@@ -225,19 +244,28 @@ async fn service_pass(
             };
             let plan = core::step(&snapshot, now);
             let before = d.state.status;
-            let known_failures: BTreeSet<String> = d.state.failures.iter().map(|f| f.task.clone()).collect();
+            let known_failures: BTreeSet<String> =
+                d.state.failures.iter().map(|f| f.task.clone()).collect();
             d.state = StoredState::from(&plan.state);
             for f in &d.state.failures {
                 if !known_failures.contains(&f.task) {
                     let kind: core::FailureKind = (&f.kind).into();
-                    push_event(&mut d.record.events, now, format!("task {} failed: {}", f.task, kind.short()));
+                    push_event(
+                        &mut d.record.events,
+                        now,
+                        format!("task {} failed: {}", f.task, kind.short()),
+                    );
                 }
             }
             if before != d.state.status {
                 let text = format!(
                     "deployment {}{}",
                     wire_status(d.state.status).as_str().replace('_', " "),
-                    d.state.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                    d.state
+                        .reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
                 );
                 push_event(&mut d.record.events, now, text);
             }
@@ -278,12 +306,17 @@ async fn service_pass(
     let mut placement_error: Option<String> = None;
     let mut placement_attempted = false;
     let task_of = |id: &str, updated: &BTreeMap<String, TaskRecord>| -> Option<TaskRecord> {
-        updated.get(id).cloned().or_else(|| own.iter().find(|(t, _)| t.id == id).map(|(t, _)| t.clone()))
+        updated
+            .get(id)
+            .cloned()
+            .or_else(|| own.iter().find(|(t, _)| t.id == id).map(|(t, _)| t.clone()))
     };
     for action in &actions {
         match action {
             Action::StartTask { revision, count } => {
-                let Some(spec) = world.spec(name, *revision) else { continue };
+                let Some(spec) = world.spec(name, *revision) else {
+                    continue;
+                };
                 placement_attempted = true;
                 let mut existing: Vec<ExistingTask> = own
                     .iter()
@@ -294,13 +327,23 @@ async fn service_pass(
                             && !away.contains(&t.node)
                             && !updated.contains_key(&t.id)
                     })
-                    .map(|(t, _)| ExistingTask { node: t.node.clone(), zone: t.zone.clone() })
+                    .map(|(t, _)| ExistingTask {
+                        node: t.node.clone(),
+                        zone: t.zone.clone(),
+                    })
                     .collect();
-                existing.extend(created.iter().map(|t| ExistingTask { node: t.node.clone(), zone: t.zone.clone() }));
+                existing.extend(created.iter().map(|t| ExistingTask {
+                    node: t.node.clone(),
+                    zone: t.zone.clone(),
+                }));
                 let nodes = crate::place::cluster_nodes(world, extra_alloc);
                 let plan = crate::place::place(nodes, existing, spec, *count);
                 for p in &plan.placements {
-                    let zone = world.nodes.get(&p.node).map(|n| n.value.zone.clone()).unwrap_or_default();
+                    let zone = world
+                        .nodes
+                        .get(&p.node)
+                        .map(|n| n.value.zone.clone())
+                        .unwrap_or_default();
                     let task = TaskRecord {
                         id: format!("{name}-{revision}-{}", random_suffix()),
                         service: name.to_string(),
@@ -315,12 +358,24 @@ async fn service_pass(
                     let r = extra_alloc.entry(p.node.clone()).or_default();
                     *r = r.saturating_add(&Resources::new(spec.cpu_millis, spec.memory_mb));
                     if let Some(d) = dep_doc.as_mut() {
-                        push_event(&mut d.record.events, now, format!("task {} placed on node {} (zone {})", task.id, task.node, task.zone));
+                        push_event(
+                            &mut d.record.events,
+                            now,
+                            format!(
+                                "task {} placed on node {} (zone {})",
+                                task.id, task.node, task.zone
+                            ),
+                        );
                     }
                     created.push(task);
                 }
                 if let Some(f) = plan.failures.first() {
-                    let reason = format!("{} of {} tasks could not be placed: {}", plan.failures.len(), count, f.reason);
+                    let reason = format!(
+                        "{} of {} tasks could not be placed: {}",
+                        plan.failures.len(),
+                        count,
+                        f.reason
+                    );
                     placement_error = Some(reason);
                 }
             }
@@ -356,7 +411,9 @@ async fn service_pass(
             }
             Action::StartRollback { to_revision } => {
                 let Some(d) = dep_doc.as_mut() else { continue };
-                let Some(spec) = world.spec(name, *to_revision) else { continue };
+                let Some(spec) = world.spec(name, *to_revision) else {
+                    continue;
+                };
                 let mut rb = new_deployment(
                     name,
                     *to_revision,
@@ -369,14 +426,21 @@ async fn service_pass(
                 );
                 rb.record.rollback_of = Some(d.record.id.clone());
                 d.record.rolled_back_by = Some(rb.record.id.clone());
-                push_event(&mut d.record.events, now, format!("rolling back to revision {to_revision} ({})", rb.record.id));
+                push_event(
+                    &mut d.record.events,
+                    now,
+                    format!("rolling back to revision {to_revision} ({})", rb.record.id),
+                );
                 doc.record.revision = *to_revision;
                 doc.record.deployment = Some(rb.record.id.clone());
                 new_dep = Some(rb);
             }
         }
     }
-    let active = own.iter().filter(|(t, _)| t.stop_phase == StopPhase::Active && !updated.contains_key(&t.id)).count();
+    let active = own
+        .iter()
+        .filter(|(t, _)| t.stop_phase == StopPhase::Active && !updated.contains_key(&t.id))
+        .count();
     if placement_attempted {
         if doc.record.placement_error != placement_error {
             if let (Some(d), Some(e)) = (dep_doc.as_mut(), placement_error.as_ref()) {
@@ -397,7 +461,11 @@ async fn service_pass(
         d.record.failed = d.state.counts.failed;
         d.record.old_running = own
             .iter()
-            .filter(|(t, s)| t.revision != d.record.revision && t.stop_phase == StopPhase::Active && holds_resources(t, s))
+            .filter(|(t, s)| {
+                t.revision != d.record.revision
+                    && t.stop_phase == StopPhase::Active
+                    && holds_resources(t, s)
+            })
             .count() as u32;
     }
 
@@ -425,7 +493,12 @@ async fn service_pass(
         ops.push(tables::services().put_cas(name.to_string(), &doc, svc.modify_index)?);
     }
     // Deleting: once every task is stopped, the service goes with its history.
-    let all_stopped = own.iter().all(|(t, _)| t.stop_phase == StopPhase::Stopped || updated.get(&t.id).is_some_and(|u| u.stop_phase == StopPhase::Stopped));
+    let all_stopped = own.iter().all(|(t, _)| {
+        t.stop_phase == StopPhase::Stopped
+            || updated
+                .get(&t.id)
+                .is_some_and(|u| u.stop_phase == StopPhase::Stopped)
+    });
     if doc.record.deleting && all_stopped && created.is_empty() {
         ops.retain(|op| !matches!(op, Op::Put { table, .. } if *table == tables::SERVICES));
         ops.push(Op::delete(tables::SERVICES, name));
@@ -460,7 +533,10 @@ async fn gc(shared: &Shared, world: &World) -> Result<(), crate::OrchestratorErr
     let mut by_service: BTreeMap<&str, Vec<&TaskRecord>> = BTreeMap::new();
     for t in world.tasks.values() {
         if t.value.stop_phase == StopPhase::Stopped {
-            by_service.entry(t.value.service.as_str()).or_default().push(&t.value);
+            by_service
+                .entry(t.value.service.as_str())
+                .or_default()
+                .push(&t.value);
         }
     }
     let mut ops = Vec::new();

@@ -74,10 +74,20 @@ pub fn spawn(store: Store, catalog: Catalog, config: OrchestratorConfig) -> Orch
         .connect_timeout(std::time::Duration::from_secs(2))
         .build()
         .unwrap_or_default();
-    let shared = Arc::new(Shared { store, catalog, heartbeats: Default::default(), config, http });
+    let shared = Arc::new(Shared {
+        store,
+        catalog,
+        heartbeats: Default::default(),
+        config,
+        http,
+    });
     let (tx, rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(controller::run(shared.clone(), rx));
-    Orchestrator { shared, shutdown: tx, task: tokio::sync::Mutex::new(Some(task)) }
+    Orchestrator {
+        shared,
+        shutdown: tx,
+        task: tokio::sync::Mutex::new(Some(task)),
+    }
 }
 
 impl Orchestrator {

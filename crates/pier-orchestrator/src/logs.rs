@@ -24,7 +24,9 @@ pub(crate) async fn service_logs(
 ) -> Result<Response, HttpError> {
     let follow = q.get("follow").is_some_and(|v| v == "true" || v == "1");
     let tail = match q.get("tail") {
-        Some(t) => Some(t.parse::<u32>().map_err(|_| OrchestratorError::InvalidInput(format!("`tail` must be a number, got {t:?}")))?),
+        Some(t) => Some(t.parse::<u32>().map_err(|_| {
+            OrchestratorError::InvalidInput(format!("`tail` must be a number, got {t:?}"))
+        })?),
         None => None,
     };
     let world = World::load(&shared.store, Consistency::Default).await?;
@@ -36,25 +38,40 @@ pub(crate) async fn service_logs(
         if t.value.stop_phase == StopPhase::Stopped {
             continue;
         }
-        let Some(node) = world.nodes.get(&t.value.node) else { continue };
-        let mut url = format!("http://{}/v1/logs/{}?follow={follow}", node.value.agent_addr, t.value.id);
+        let Some(node) = world.nodes.get(&t.value.node) else {
+            continue;
+        };
+        let mut url = format!(
+            "http://{}/v1/logs/{}?follow={follow}",
+            node.value.agent_addr, t.value.id
+        );
         if let Some(n) = tail {
             url.push_str(&format!("&tail={n}"));
         }
         let resp = match shared.http.get(&url).send().await {
             Ok(r) if r.status().is_success() => r,
             Ok(r) => {
-                let line = format!("{} | (no logs: agent answered {})\n", t.value.id, r.status());
+                let line = format!(
+                    "{} | (no logs: agent answered {})\n",
+                    t.value.id,
+                    r.status()
+                );
                 streams.push(stream::once(async move { Ok(Bytes::from(line)) }).boxed());
                 continue;
             }
             Err(e) => {
-                let line = format!("{} | (no logs: agent {} unreachable: {e})\n", t.value.id, node.value.agent_addr);
+                let line = format!(
+                    "{} | (no logs: agent {} unreachable: {e})\n",
+                    t.value.id, node.value.agent_addr
+                );
                 streams.push(stream::once(async move { Ok(Bytes::from(line)) }).boxed());
                 continue;
             }
         };
-        streams.push(prefixed_lines(t.value.id.clone(), resp.bytes_stream().boxed()));
+        streams.push(prefixed_lines(
+            t.value.id.clone(),
+            resp.bytes_stream().boxed(),
+        ));
     }
     let merged = stream::select_all(streams);
     Ok(Response::builder()
@@ -68,36 +85,42 @@ fn prefixed_lines(
     task: String,
     input: BoxStream<'static, Result<Bytes, reqwest::Error>>,
 ) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
-    stream::unfold((input, Vec::<u8>::new(), false), move |(mut input, mut buf, done)| {
-        let task = task.clone();
-        async move {
-            if done {
-                return None;
-            }
-            loop {
-                if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    let mut out = format!("{task} | ").into_bytes();
-                    out.extend_from_slice(&line);
-                    return Some((Ok(Bytes::from(out)), (input, buf, false)));
+    stream::unfold(
+        (input, Vec::<u8>::new(), false),
+        move |(mut input, mut buf, done)| {
+            let task = task.clone();
+            async move {
+                if done {
+                    return None;
                 }
-                match input.next().await {
-                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                    Some(Err(e)) => {
-                        return Some((Err(std::io::Error::other(e.to_string())), (input, buf, true)));
-                    }
-                    None => {
-                        if buf.is_empty() {
-                            return None;
-                        }
+                loop {
+                    if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=pos).collect();
                         let mut out = format!("{task} | ").into_bytes();
-                        out.append(&mut buf);
-                        out.push(b'\n');
-                        return Some((Ok(Bytes::from(out)), (input, buf, true)));
+                        out.extend_from_slice(&line);
+                        return Some((Ok(Bytes::from(out)), (input, buf, false)));
+                    }
+                    match input.next().await {
+                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                        Some(Err(e)) => {
+                            return Some((
+                                Err(std::io::Error::other(e.to_string())),
+                                (input, buf, true),
+                            ));
+                        }
+                        None => {
+                            if buf.is_empty() {
+                                return None;
+                            }
+                            let mut out = format!("{task} | ").into_bytes();
+                            out.append(&mut buf);
+                            out.push(b'\n');
+                            return Some((Ok(Bytes::from(out)), (input, buf, true)));
+                        }
                     }
                 }
             }
-        }
-    })
+        },
+    )
     .boxed()
 }

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use pier_api::service::{ConstraintOp, PlacementStrategy, ServiceSpec};
 use pier_core::placement::{
-    self, ClusterSnapshot, Constraint, ConstraintOp as CoreOp, ConstraintTarget, ExistingTask, Node, NodeStatus,
-    PlacementPlan, PlacementRequest, Resource, Resources, Strategy,
+    self, ClusterSnapshot, Constraint, ConstraintOp as CoreOp, ConstraintTarget, ExistingTask,
+    Node, NodeStatus, PlacementPlan, PlacementRequest, Resource, Resources, Strategy,
 };
 
 use crate::world::{holds_resources, World};
@@ -28,7 +28,10 @@ pub fn constraints_of(spec: &ServiceSpec) -> Vec<Constraint> {
         out.push(Constraint::Match { target, op });
     }
     if !spec.placement.zones.is_empty() {
-        out.push(Constraint::Match { target: ConstraintTarget::Zone, op: CoreOp::In(spec.placement.zones.clone()) });
+        out.push(Constraint::Match {
+            target: ConstraintTarget::Zone,
+            op: CoreOp::In(spec.placement.zones.clone()),
+        });
     }
     if spec.placement.distinct_node {
         out.push(Constraint::DistinctNode);
@@ -39,8 +42,12 @@ pub fn constraints_of(spec: &ServiceSpec) -> Vec<Constraint> {
 pub fn strategy_of(spec: &ServiceSpec) -> Strategy {
     match spec.placement.strategy {
         PlacementStrategy::Spread => Strategy::Spread,
-        PlacementStrategy::BinpackMemory => Strategy::BinPack { resource: Resource::Memory },
-        PlacementStrategy::BinpackCpu => Strategy::BinPack { resource: Resource::Cpu },
+        PlacementStrategy::BinpackMemory => Strategy::BinPack {
+            resource: Resource::Memory,
+        },
+        PlacementStrategy::BinpackCpu => Strategy::BinPack {
+            resource: Resource::Cpu,
+        },
     }
 }
 
@@ -63,7 +70,10 @@ pub fn cluster_nodes(world: &World, extra: &BTreeMap<String, Resources>) -> Vec<
         .values()
         .map(|n| {
             let node = &n.value;
-            let mut alloc = allocated.get(node.name.as_str()).copied().unwrap_or_default();
+            let mut alloc = allocated
+                .get(node.name.as_str())
+                .copied()
+                .unwrap_or_default();
             if let Some(more) = extra.get(&node.name) {
                 alloc = alloc.saturating_add(more);
             }
@@ -86,7 +96,12 @@ pub fn cluster_nodes(world: &World, extra: &BTreeMap<String, Resources>) -> Vec<
 }
 
 /// Places `count` tasks of `spec`. `existing` are the service's tasks that stay.
-pub fn place(nodes: Vec<Node>, existing: Vec<ExistingTask>, spec: &ServiceSpec, count: u32) -> PlacementPlan {
+pub fn place(
+    nodes: Vec<Node>,
+    existing: Vec<ExistingTask>,
+    spec: &ServiceSpec,
+    count: u32,
+) -> PlacementPlan {
     let request = PlacementRequest {
         count,
         resources: Resources::new(spec.cpu_millis, spec.memory_mb),

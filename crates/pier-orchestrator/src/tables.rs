@@ -16,10 +16,12 @@
 
 use std::collections::BTreeSet;
 
-use pier_api::service::{DeploymentRecord, NodeRecord, RevisionRecord, ServiceRecord, TaskRecord, TaskStatus};
+use pier_api::service::{
+    DeploymentRecord, NodeRecord, RevisionRecord, ServiceRecord, TaskRecord, TaskStatus,
+};
 use pier_core::deployment::{
-    DeploymentCounts, DeploymentKind, DeploymentSettings, DeploymentState, DeploymentStatus, FailureKind, FailureRecord,
-    RestartState,
+    DeploymentCounts, DeploymentKind, DeploymentSettings, DeploymentState, DeploymentStatus,
+    FailureKind, FailureRecord, RestartState,
 };
 use pier_store::{Table, TypedTable};
 use serde::{Deserialize, Serialize};
@@ -163,10 +165,16 @@ pub enum StoredFailureKind {
 impl From<&FailureKind> for StoredFailureKind {
     fn from(k: &FailureKind) -> Self {
         match k {
-            FailureKind::FailedToStart { reason } => StoredFailureKind::FailedToStart { reason: reason.clone() },
-            FailureKind::ExitedDuringStart { code } => StoredFailureKind::ExitedDuringStart { code: *code },
+            FailureKind::FailedToStart { reason } => StoredFailureKind::FailedToStart {
+                reason: reason.clone(),
+            },
+            FailureKind::ExitedDuringStart { code } => {
+                StoredFailureKind::ExitedDuringStart { code: *code }
+            }
             FailureKind::Exited { code } => StoredFailureKind::Exited { code: *code },
-            FailureKind::Crashed { reason } => StoredFailureKind::Crashed { reason: reason.clone() },
+            FailureKind::Crashed { reason } => StoredFailureKind::Crashed {
+                reason: reason.clone(),
+            },
             FailureKind::HealthCritical => StoredFailureKind::HealthCritical,
         }
     }
@@ -175,10 +183,16 @@ impl From<&FailureKind> for StoredFailureKind {
 impl From<&StoredFailureKind> for FailureKind {
     fn from(k: &StoredFailureKind) -> Self {
         match k {
-            StoredFailureKind::FailedToStart { reason } => FailureKind::FailedToStart { reason: reason.clone() },
-            StoredFailureKind::ExitedDuringStart { code } => FailureKind::ExitedDuringStart { code: *code },
+            StoredFailureKind::FailedToStart { reason } => FailureKind::FailedToStart {
+                reason: reason.clone(),
+            },
+            StoredFailureKind::ExitedDuringStart { code } => {
+                FailureKind::ExitedDuringStart { code: *code }
+            }
             StoredFailureKind::Exited { code } => FailureKind::Exited { code: *code },
-            StoredFailureKind::Crashed { reason } => FailureKind::Crashed { reason: reason.clone() },
+            StoredFailureKind::Crashed { reason } => FailureKind::Crashed {
+                reason: reason.clone(),
+            },
             StoredFailureKind::HealthCritical => FailureKind::HealthCritical,
         }
     }
@@ -214,7 +228,11 @@ impl From<&StoredState> for DeploymentState {
             failures: s
                 .failures
                 .iter()
-                .map(|f| FailureRecord { task: f.task.clone(), kind: (&f.kind).into(), at_ms: f.at_ms })
+                .map(|f| FailureRecord {
+                    task: f.task.clone(),
+                    kind: (&f.kind).into(),
+                    at_ms: f.at_ms,
+                })
                 .collect(),
             counts: DeploymentCounts {
                 desired: s.counts.desired,
@@ -239,7 +257,11 @@ impl From<&DeploymentState> for StoredState {
             failures: s
                 .failures
                 .iter()
-                .map(|f| StoredFailure { task: f.task.clone(), kind: (&f.kind).into(), at_ms: f.at_ms })
+                .map(|f| StoredFailure {
+                    task: f.task.clone(),
+                    kind: (&f.kind).into(),
+                    at_ms: f.at_ms,
+                })
                 .collect(),
             counts: StoredCounts {
                 desired: s.counts.desired,

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use pier_api::service::{
-    DesiredState, NodeRecord, RevisionRecord, ServiceSpec, StopPhase, TaskHealth, TaskRecord, TaskState, TaskStatus,
+    DesiredState, NodeRecord, RevisionRecord, ServiceSpec, StopPhase, TaskHealth, TaskRecord,
+    TaskState, TaskStatus,
 };
 use pier_core::deployment as core;
 use pier_store::{Consistency, Store, Versioned};
@@ -43,27 +44,49 @@ impl World {
                     .collect();
                 let statuses = tables::task_status().list(view, "")?.into_iter().collect();
                 let nodes = tables::nodes().list(view, "")?.into_iter().collect();
-                Ok(World { index: view.applied_index(), services, revisions, deployments, tasks, statuses, nodes })
+                Ok(World {
+                    index: view.applied_index(),
+                    services,
+                    revisions,
+                    deployments,
+                    tasks,
+                    statuses,
+                    nodes,
+                })
             })
             .await??;
         Ok(world)
     }
 
     pub fn spec(&self, service: &str, revision: u64) -> Option<&ServiceSpec> {
-        self.revisions.get(&(service.to_string(), revision)).map(|r| &r.spec)
+        self.revisions
+            .get(&(service.to_string(), revision))
+            .map(|r| &r.spec)
     }
 
     pub fn status_of(&self, task_id: &str) -> TaskStatus {
-        self.statuses.get(task_id).map(|v| v.value.clone()).unwrap_or_default()
+        self.statuses
+            .get(task_id)
+            .map(|v| v.value.clone())
+            .unwrap_or_default()
     }
 
-    pub fn tasks_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Versioned<TaskRecord>> + 'a {
-        self.tasks.values().filter(move |t| t.value.service == service)
+    pub fn tasks_of<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> impl Iterator<Item = &'a Versioned<TaskRecord>> + 'a {
+        self.tasks
+            .values()
+            .filter(move |t| t.value.service == service)
     }
 
     /// The newest deployment of `service`.
     pub fn deployment_of(&self, service: &ServiceDoc) -> Option<&Versioned<DeploymentDoc>> {
-        service.record.deployment.as_ref().and_then(|id| self.deployments.get(id))
+        service
+            .record
+            .deployment
+            .as_ref()
+            .and_then(|id| self.deployments.get(id))
     }
 }
 
@@ -79,7 +102,10 @@ pub fn task_snapshot(task: &TaskRecord, status: &TaskStatus) -> core::TaskSnapsh
         TaskState::Starting => core::ObservedState::Starting,
         TaskState::Running => core::ObservedState::Running,
         TaskState::Exited => core::ObservedState::Exited {
-            code: status.exit_code.and_then(|c| i32::try_from(c).ok()).unwrap_or(-1),
+            code: status
+                .exit_code
+                .and_then(|c| i32::try_from(c).ok())
+                .unwrap_or(-1),
         },
         TaskState::Failed => core::ObservedState::Failed {
             reason: status.message.clone().unwrap_or_else(|| "failed".into()),
@@ -99,7 +125,11 @@ pub fn task_snapshot(task: &TaskRecord, status: &TaskStatus) -> core::TaskSnapsh
         },
         observed,
         health,
-        healthy_since_ms: if status.health == TaskHealth::Healthy { status.healthy_since_ms } else { None },
+        healthy_since_ms: if status.health == TaskHealth::Healthy {
+            status.healthy_since_ms
+        } else {
+            None
+        },
         stop_phase: match task.stop_phase {
             StopPhase::Active => core::StopPhase::Active,
             StopPhase::Draining { since_ms } => core::StopPhase::Draining { since_ms },

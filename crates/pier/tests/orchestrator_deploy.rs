@@ -16,7 +16,13 @@ async fn three_replicas_healthy_in_catalog_and_bad_input_refused() {
     let image = c.push_image("hello:v1", HttpdVariant::Healthy);
     let file = c.write_file("hello.toml", &service_file("hello", &image, 3, ""));
     let out = c.pier(&["deploy", &file]);
-    assert!(out.status.success(), "deploy failed:\n{}\n{}\n{}", stdout(&out), stderr(&out), c.log("dev"));
+    assert!(
+        out.status.success(),
+        "deploy failed:\n{}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        c.log("dev")
+    );
     let text = stdout(&out);
     assert!(text.contains("succeeded"), "{text}");
     assert!(text.contains("healthy"), "{text}");
@@ -40,27 +46,72 @@ async fn three_replicas_healthy_in_catalog_and_bad_input_refused() {
     assert_eq!(v[0]["healthy"], 3);
     let ps = c.pier(&["service", "ps", "hello", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
-    assert_eq!(v.as_array().unwrap().iter().filter(|t| t["display_state"] == "healthy").count(), 3);
+    assert_eq!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["display_state"] == "healthy")
+            .count(),
+        3
+    );
     let nodes = c.pier(&["node", "ls", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&nodes.stdout).unwrap();
     assert_eq!(v[0]["tasks"], 3);
 
     // Bad input: each a specific error, nothing changes.
     let cases: Vec<(&str, String, &str)> = vec![
-        ("typo", service_file("hello", &image, 3, "").replace("interval", "intervall"), "unknown field `intervall`"),
+        (
+            "typo",
+            service_file("hello", &image, 3, "").replace("interval", "intervall"),
+            "unknown field `intervall`",
+        ),
         ("toml", "name = \"hello\"\nimage = \n".to_string(), "line 2"),
-        ("negative", service_file("hello", &image, 3, "").replace("count = 3", "count = -2"), "must not be negative"),
-        ("too-many", service_file("hello", &image, 3, "").replace("count = 3", "count = 100000"), "maximum"),
-        ("port", service_file("hello", &image, 3, "").replace("port = 8080", "port = 70000"), "out of range"),
-        ("no-image", service_file("hello", &format!("127.0.0.1:{}/hello:nope", c.registry_port), 3, ""), "does not exist in the pier registry"),
-        ("too-big", service_file("hello", &image, 3, "").replace("port = 8080", "port = 8080\nmemory = \"100000GiB\""), "no node can ever run"),
-        ("never-pass", service_file("hello", &image, 3, "").replace("port = 8080\n", ""), "could never pass"),
+        (
+            "negative",
+            service_file("hello", &image, 3, "").replace("count = 3", "count = -2"),
+            "must not be negative",
+        ),
+        (
+            "too-many",
+            service_file("hello", &image, 3, "").replace("count = 3", "count = 100000"),
+            "maximum",
+        ),
+        (
+            "port",
+            service_file("hello", &image, 3, "").replace("port = 8080", "port = 70000"),
+            "out of range",
+        ),
+        (
+            "no-image",
+            service_file(
+                "hello",
+                &format!("127.0.0.1:{}/hello:nope", c.registry_port),
+                3,
+                "",
+            ),
+            "does not exist in the pier registry",
+        ),
+        (
+            "too-big",
+            service_file("hello", &image, 3, "")
+                .replace("port = 8080", "port = 8080\nmemory = \"100000GiB\""),
+            "no node can ever run",
+        ),
+        (
+            "never-pass",
+            service_file("hello", &image, 3, "").replace("port = 8080\n", ""),
+            "could never pass",
+        ),
     ];
     for (name, text, expected) in cases {
         let f = c.write_file(&format!("{name}.toml"), &text);
         let out = c.pier(&["deploy", &f]);
         assert!(!out.status.success(), "{name} was accepted");
-        assert!(stderr(&out).contains(expected), "{name}: expected {expected:?} in {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expected),
+            "{name}: expected {expected:?} in {}",
+            stderr(&out)
+        );
     }
     let detail = c.get("/api/v1/services/hello").await;
     assert_eq!(detail["service"]["revision"], 1);
@@ -73,12 +124,21 @@ async fn three_replicas_healthy_in_catalog_and_bad_input_refused() {
     // Scale down and remove: no container left behind.
     let out = c.pier(&["service", "scale", "hello", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    eventually("one container left", Duration::from_secs(20), || async { c.guard.containers(true).len() == 1 }).await;
+    eventually("one container left", Duration::from_secs(20), || async {
+        c.guard.containers(true).len() == 1
+    })
+    .await;
     let out = c.pier(&["service", "rm", "hello"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    eventually("no container left", Duration::from_secs(20), || async { c.guard.containers(true).is_empty() }).await;
+    eventually("no container left", Duration::from_secs(20), || async {
+        c.guard.containers(true).is_empty()
+    })
+    .await;
     eventually("service gone", Duration::from_secs(10), || async {
-        c.get("/api/v1/services").await.as_array().is_some_and(|a| a.is_empty())
+        c.get("/api/v1/services")
+            .await
+            .as_array()
+            .is_some_and(|a| a.is_empty())
     })
     .await;
 }

@@ -24,10 +24,21 @@ async fn zones_of_passing(c: &Cluster, service: &str) -> Vec<String> {
 
 fn containers_of_node(c: &Cluster, node: &str) -> Vec<String> {
     let out = Command::new("docker")
-        .args(["ps", "-aq", "--no-trunc", "--filter", &c.guard.filter(), "--filter", &format!("label=pier.node={node}")])
+        .args([
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &c.guard.filter(),
+            "--filter",
+            &format!("label=pier.node={node}"),
+        ])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,21 +48,33 @@ async fn spread_failover_kill_and_adoption() {
     let a = c.start_agent("node-a", "a");
     c.start_agent("node-b", "b");
     eventually("two nodes registered", Duration::from_secs(20), || async {
-        c.get("/api/v1/nodes").await.as_array().is_some_and(|n| n.len() == 2)
+        c.get("/api/v1/nodes")
+            .await
+            .as_array()
+            .is_some_and(|n| n.len() == 2)
     })
     .await;
     let file = c.write_file("spread.toml", &service_file("spread", &image, 4, ""));
     let out = c.pier(&["deploy", &file]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
-    assert_eq!(zones_of_passing(&c, "spread").await, vec!["a", "a", "b", "b"]);
+    assert_eq!(
+        zones_of_passing(&c, "spread").await,
+        vec!["a", "a", "b", "b"]
+    );
 
     // A killed container is replaced.
     let victim = containers_of_node(&c, "node-b")[0].clone();
     let _ = Command::new("docker").args(["kill", &victim]).output();
-    eventually("the killed container is replaced", Duration::from_secs(20), || async {
-        let p = c.passing("spread").await;
-        p.len() == 4 && c.guard.containers(false).len() == 4 && !c.guard.containers(false).contains(&victim)
-    })
+    eventually(
+        "the killed container is replaced",
+        Duration::from_secs(20),
+        || async {
+            let p = c.passing("spread").await;
+            p.len() == 4
+                && c.guard.containers(false).len() == 4
+                && !c.guard.containers(false).contains(&victim)
+        },
+    )
     .await;
 
     // Restarting agent b: its containers are adopted, not duplicated, not killed.
@@ -64,7 +87,8 @@ async fn spread_failover_kill_and_adoption() {
     c.agents[b].kill9();
     let args = c.agent_args("node-b", "b");
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    c.agents[b] = pier_testkit::process::PierProcess::spawn(BIN, "agent-node-b-2", &refs, c.dir.path());
+    c.agents[b] =
+        pier_testkit::process::PierProcess::spawn(BIN, "agent-node-b-2", &refs, c.dir.path());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut after = containers_of_node(&c, "node-b");
     after.sort();
@@ -72,13 +96,23 @@ async fn spread_failover_kill_and_adoption() {
     assert_eq!(c.passing("spread").await.len(), 4);
 
     // A blip shorter than the down timeout (agent b frozen for 1 s) moves nothing.
-    let tasks_before: Vec<String> = c.tasks("spread").await.iter().map(|t| t["task"]["id"].to_string()).collect();
+    let tasks_before: Vec<String> = c
+        .tasks("spread")
+        .await
+        .iter()
+        .map(|t| t["task"]["id"].to_string())
+        .collect();
     let pid = c.agents[b].pid().to_string();
     let _ = Command::new("kill").args(["-STOP", &pid]).status();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let _ = Command::new("kill").args(["-CONT", &pid]).status();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let tasks_after: Vec<String> = c.tasks("spread").await.iter().map(|t| t["task"]["id"].to_string()).collect();
+    let tasks_after: Vec<String> = c
+        .tasks("spread")
+        .await
+        .iter()
+        .map(|t| t["task"]["id"].to_string())
+        .collect();
     assert_eq!(tasks_before, tasks_after, "a 1 s blip moved tasks");
     assert_eq!(c.passing("spread").await.len(), 4);
 
@@ -88,14 +122,22 @@ async fn spread_failover_kill_and_adoption() {
     for id in containers_of_node(&c, "node-a") {
         let _ = Command::new("docker").args(["rm", "-f", &id]).output();
     }
-    eventually("four healthy replicas in zone b", Duration::from_secs(20), || async {
-        zones_of_passing(&c, "spread").await == vec!["b", "b", "b", "b"]
-    })
+    eventually(
+        "four healthy replicas in zone b",
+        Duration::from_secs(20),
+        || async { zones_of_passing(&c, "spread").await == vec!["b", "b", "b", "b"] },
+    )
     .await;
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(10), "failover took {took:?}");
     let nodes = c.get("/api/v1/nodes").await;
-    let a_state = nodes.as_array().unwrap().iter().find(|n| n["name"] == "node-a").unwrap()["state"].clone();
+    let a_state = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node-a")
+        .unwrap()["state"]
+        .clone();
     assert_eq!(a_state, "down");
     eprintln!("failover to zone b took {took:?}");
 }

@@ -31,7 +31,11 @@ async fn rollout_keeps_capacity_and_failures_roll_back() {
         tokio::spawn(async move {
             let client = reqwest::Client::new();
             while !stop.load(Ordering::SeqCst) {
-                if let Ok(r) = client.get(format!("{addr}/v1/health/service/web?passing")).send().await {
+                if let Ok(r) = client
+                    .get(format!("{addr}/v1/health/service/web?passing"))
+                    .send()
+                    .await
+                {
                     if let Ok(v) = r.json::<serde_json::Value>().await {
                         let n = v.as_array().map(|a| a.len()).unwrap_or(0);
                         min_seen.fetch_min(n, Ordering::SeqCst);
@@ -46,38 +50,76 @@ async fn rollout_keeps_capacity_and_failures_roll_back() {
     stop.store(true, Ordering::SeqCst);
     watcher.await.unwrap();
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
-    assert!(min_seen.load(Ordering::SeqCst) >= 3, "passing instances fell to {}", min_seen.load(Ordering::SeqCst));
-    eventually("only v2 containers left", Duration::from_secs(20), || async { c.guard.containers(true).len() == 3 }).await;
+    assert!(
+        min_seen.load(Ordering::SeqCst) >= 3,
+        "passing instances fell to {}",
+        min_seen.load(Ordering::SeqCst)
+    );
+    eventually(
+        "only v2 containers left",
+        Duration::from_secs(20),
+        || async { c.guard.containers(true).len() == 3 },
+    )
+    .await;
     let passing = c.passing("web").await;
     assert_eq!(passing.len(), 3);
-    assert!(passing.iter().all(|(_, _, rev)| rev == "rev-2"), "{passing:?}");
+    assert!(
+        passing.iter().all(|(_, _, rev)| rev == "rev-2"),
+        "{passing:?}"
+    );
 
     // A version whose health check never passes: fails, rolls back, old keeps serving.
     let fb = c.write_file("bad.toml", &service_file("web", &bad, 3, ""));
     let out = c.pier(&["deploy", &fb]);
-    assert!(!out.status.success(), "a failing version was reported as success");
+    assert!(
+        !out.status.success(),
+        "a failing version was reported as success"
+    );
     let err = stderr(&out);
-    assert!(err.contains("rolled back") && err.contains("health"), "{err}");
+    assert!(
+        err.contains("rolled back") && err.contains("health"),
+        "{err}"
+    );
     assert!(c.passing("web").await.len() >= 3);
-    eventually("back on revision 2 only", Duration::from_secs(30), || async {
-        let p = c.passing("web").await;
-        p.len() == 3 && p.iter().all(|(_, _, r)| r == "rev-2") && c.guard.containers(true).len() == 3
-    })
+    eventually(
+        "back on revision 2 only",
+        Duration::from_secs(30),
+        || async {
+            let p = c.passing("web").await;
+            p.len() == 3
+                && p.iter().all(|(_, _, r)| r == "rev-2")
+                && c.guard.containers(true).len() == 3
+        },
+    )
     .await;
     for (_, port, _) in c.passing("web").await {
         assert!(body_of(port).await.unwrap_or_default().contains("web:v2"));
     }
 
     // Healthy first, crashing after 5 s: the breaker counts failures after running too.
-    let fc = c.write_file("crash.toml", &service_file("web", &crash, 3, "failure_threshold = 2\n"));
+    let fc = c.write_file(
+        "crash.toml",
+        &service_file("web", &crash, 3, "failure_threshold = 2\n"),
+    );
     let out = c.pier(&["deploy", &fc]);
-    assert!(!out.status.success(), "a crashing version was reported as success:\n{}", stdout(&out));
+    assert!(
+        !out.status.success(),
+        "a crashing version was reported as success:\n{}",
+        stdout(&out)
+    );
     let err = stderr(&out);
-    assert!(err.contains("rolled back") && err.contains("exited"), "{err}");
-    eventually("back on revision 2 after the crash rollback", Duration::from_secs(40), || async {
-        let p = c.passing("web").await;
-        p.len() == 3 && p.iter().all(|(_, _, r)| r == "rev-2")
-    })
+    assert!(
+        err.contains("rolled back") && err.contains("exited"),
+        "{err}"
+    );
+    eventually(
+        "back on revision 2 after the crash rollback",
+        Duration::from_secs(40),
+        || async {
+            let p = c.passing("web").await;
+            p.len() == 3 && p.iter().all(|(_, _, r)| r == "rev-2")
+        },
+    )
     .await;
     let detail = c.get("/api/v1/services/web").await;
     assert_eq!(detail["service"]["revision"], 2, "{detail}");

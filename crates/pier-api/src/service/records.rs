@@ -119,8 +119,12 @@ pub enum DesiredState {
 pub enum StopPhase {
     #[default]
     Active,
-    Draining { since_ms: u64 },
-    Stopping { since_ms: u64 },
+    Draining {
+        since_ms: u64,
+    },
+    Stopping {
+        since_ms: u64,
+    },
     Stopped,
 }
 
@@ -234,7 +238,12 @@ impl TaskView {
             StopPhase::Draining { .. } => "draining",
             StopPhase::Stopping { .. } => "stopping",
             StopPhase::Stopped if status.state == TaskState::Failed => "failed",
-            StopPhase::Stopped if status.exit_code.is_some_and(|c| c != 0) && task.stop_reason.as_deref() == Some("task exited") => "exited",
+            StopPhase::Stopped
+                if status.exit_code.is_some_and(|c| c != 0)
+                    && task.stop_reason.as_deref() == Some("task exited") =>
+            {
+                "exited"
+            }
             StopPhase::Stopped => "stopped",
             StopPhase::Active => match (status.state, status.health) {
                 (TaskState::Running, TaskHealth::Healthy) => "healthy",
@@ -243,7 +252,11 @@ impl TaskView {
             },
         }
         .to_string();
-        TaskView { task, status, display_state }
+        TaskView {
+            task,
+            status,
+            display_state,
+        }
     }
 }
 

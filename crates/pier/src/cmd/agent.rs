@@ -48,7 +48,9 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    let name = args.name.unwrap_or_else(crate::cmd::server::default_node_name);
+    let name = args
+        .name
+        .unwrap_or_else(crate::cmd::server::default_node_name);
     let config = pier_agent::AgentConfig {
         server: args.server,
         name,
@@ -61,7 +63,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         cpu_millis: args.cpu,
         memory_mb: args.memory_mb,
     };
-    let agent = pier_agent::Agent::start(config).await.context("cannot start the agent")?;
+    let agent = pier_agent::Agent::start(config)
+        .await
+        .context("cannot start the agent")?;
     crate::server::Shutdown::on_signals().wait().await;
     agent.shutdown().await;
     Ok(ExitCode::SUCCESS)

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use pier_api::service::{DeployRequest, DeployResponse, DeploymentRecord, DeploymentStatus, TaskView};
+use pier_api::service::{
+    DeployRequest, DeployResponse, DeploymentRecord, DeploymentStatus, TaskView,
+};
 
 use crate::client::{decode, Client};
 
@@ -25,13 +27,17 @@ pub struct DeployArgs {
 }
 
 pub async fn run(client: &Client, args: DeployArgs) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
     let started = Instant::now();
     let resp: DeployResponse = client
         .post_json("/api/v1/services", &DeployRequest { file: text })
         .await
         .with_context(|| format!("{} was not deployed", args.file.display()))?;
-    println!("service {}: {} (revision {})", resp.service, resp.outcome, resp.revision);
+    println!(
+        "service {}: {} (revision {})",
+        resp.service, resp.outcome, resp.revision
+    );
     let Some(id) = resp.deployment.clone() else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -43,7 +49,13 @@ pub async fn run(client: &Client, args: DeployArgs) -> anyhow::Result<ExitCode> 
 }
 
 /// Prints progress until the deployment ends; returns the exit code it deserves.
-pub async fn follow(client: &Client, service: &str, id: &str, started: Instant, timeout: Duration) -> anyhow::Result<ExitCode> {
+pub async fn follow(
+    client: &Client,
+    service: &str,
+    id: &str,
+    started: Instant,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
     let mut index: Option<u64> = None;
     let mut seen_events = 0usize;
     let mut states: BTreeMap<String, String> = BTreeMap::new();
@@ -55,17 +67,29 @@ pub async fn follow(client: &Client, service: &str, id: &str, started: Instant, 
             None => format!("/api/v1/deployments/{id}"),
         };
         let resp = client.send(client.http().get(client.url(&path))).await?;
-        let next_index = resp.headers().get("x-pier-index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let next_index = resp
+            .headers()
+            .get("x-pier-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let dep: DeploymentRecord = decode(resp).await?;
         index = next_index;
         for ev in dep.events.iter().skip(seen_events) {
             println!("  {}", ev.message);
         }
         seen_events = dep.events.len();
-        if let Ok(tasks) = client.get::<Vec<TaskView>>(&format!("/api/v1/services/{service}/tasks")).await {
+        if let Ok(tasks) = client
+            .get::<Vec<TaskView>>(&format!("/api/v1/services/{service}/tasks"))
+            .await
+        {
             for t in tasks.iter().filter(|t| t.task.revision == dep.revision) {
                 let line = match &t.status.message {
-                    Some(m) if matches!(t.display_state.as_str(), "failed" | "exited" | "unhealthy") => {
+                    Some(m)
+                        if matches!(
+                            t.display_state.as_str(),
+                            "failed" | "exited" | "unhealthy"
+                        ) =>
+                    {
                         format!("{} ({m})", t.display_state)
                     }
                     _ => t.display_state.clone(),
@@ -87,14 +111,21 @@ pub async fn follow(client: &Client, service: &str, id: &str, started: Instant, 
         match dep.status {
             DeploymentStatus::InProgress => {}
             DeploymentStatus::Succeeded => {
-                println!("deployment {} succeeded in {:.1}s", dep.id, started.elapsed().as_secs_f64());
+                println!(
+                    "deployment {} succeeded in {:.1}s",
+                    dep.id,
+                    started.elapsed().as_secs_f64()
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             DeploymentStatus::RolledBack => {
                 eprintln!(
                     "deployment {} failed and was rolled back{}: {}",
                     dep.id,
-                    dep.rolled_back_by.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
+                    dep.rolled_back_by
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default(),
                     dep.reason.as_deref().unwrap_or("no reason recorded")
                 );
                 return Ok(ExitCode::from(1));

@@ -21,13 +21,18 @@ pub struct LogsArgs {
 }
 
 pub async fn run(client: &Client, args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let mut path = format!("/api/v1/services/{}/logs?follow={}", args.service, args.follow);
+    let mut path = format!(
+        "/api/v1/services/{}/logs?follow={}",
+        args.service, args.follow
+    );
     if let Some(n) = args.tail {
         path.push_str(&format!("&tail={n}"));
     }
     let resp = client.send(client.http().get(client.url(&path))).await?;
     if !resp.status().is_success() {
-        return crate::client::decode::<serde_json::Value>(resp).await.map(|_| ExitCode::from(1));
+        return crate::client::decode::<serde_json::Value>(resp)
+            .await
+            .map(|_| ExitCode::from(1));
     }
     let mut body = resp.bytes_stream();
     let mut out = std::io::stdout();

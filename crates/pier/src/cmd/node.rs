@@ -34,7 +34,10 @@ pub async fn run(client: &Client, args: NodeArgs) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&nodes)?;
             } else {
-                println!("{:<16} {:<8} {:<9} {:>5} {:>17} {:>19} {:<22} HEARTBEAT", "NODE", "ZONE", "STATE", "TASKS", "CPU (millicpu)", "MEMORY (MiB)", "AGENT");
+                println!(
+                    "{:<16} {:<8} {:<9} {:>5} {:>17} {:>19} {:<22} HEARTBEAT",
+                    "NODE", "ZONE", "STATE", "TASKS", "CPU (millicpu)", "MEMORY (MiB)", "AGENT"
+                );
                 for n in nodes {
                     println!(
                         "{:<16} {:<8} {:<9} {:>5} {:>17} {:>19} {:<22} {}",
@@ -45,7 +48,9 @@ pub async fn run(client: &Client, args: NodeArgs) -> anyhow::Result<ExitCode> {
                         format!("{}/{}", n.allocated_cpu_millis, n.node.cpu_millis),
                         format!("{}/{}", n.allocated_memory_mb, n.node.memory_mb),
                         n.node.agent_addr,
-                        n.last_heartbeat_age_ms.map(|a| format!("{a} ms ago")).unwrap_or_else(|| "-".into())
+                        n.last_heartbeat_age_ms
+                            .map(|a| format!("{a} ms ago"))
+                            .unwrap_or_else(|| "-".into())
                     );
                 }
             }

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use pier_api::service::{
-    format_duration_ms, DeployResponse, RollbackRequest, ScaleRequest, ServiceDetail, ServiceSummary, TaskView,
+    format_duration_ms, DeployResponse, RollbackRequest, ScaleRequest, ServiceDetail,
+    ServiceSummary, TaskView,
 };
 
 use crate::client::{decode, print_json, Client};
@@ -58,7 +59,10 @@ pub async fn run(client: &Client, args: ServiceArgs) -> anyhow::Result<ExitCode>
             if json {
                 print_json(&list)?;
             } else {
-                println!("{:<20} {:<40} {:>4} {:>9} {:>8} {:<12} ROUTE", "NAME", "IMAGE", "REV", "HEALTHY", "DESIRED", "DEPLOYMENT");
+                println!(
+                    "{:<20} {:<40} {:>4} {:>9} {:>8} {:<12} ROUTE",
+                    "NAME", "IMAGE", "REV", "HEALTHY", "DESIRED", "DEPLOYMENT"
+                );
                 for s in list {
                     let status = s.deployment_status.map(|d| d.as_str()).unwrap_or("-");
                     println!(
@@ -70,23 +74,36 @@ pub async fn run(client: &Client, args: ServiceArgs) -> anyhow::Result<ExitCode>
                         s.desired,
                         status,
                         s.route,
-                        s.placement_error.map(|e| format!("  ({e})")).unwrap_or_default()
+                        s.placement_error
+                            .map(|e| format!("  ({e})"))
+                            .unwrap_or_default()
                     );
                 }
             }
         }
         ServiceCommand::Ps { name, json, all } => {
-            let tasks: Vec<TaskView> = client.get(&format!("/api/v1/services/{name}/tasks")).await?;
-            let tasks: Vec<TaskView> =
-                tasks.into_iter().filter(|t| all || t.display_state != "stopped" || t.task.stop_reason.is_none()).collect();
+            let tasks: Vec<TaskView> = client
+                .get(&format!("/api/v1/services/{name}/tasks"))
+                .await?;
+            let tasks: Vec<TaskView> = tasks
+                .into_iter()
+                .filter(|t| all || t.display_state != "stopped" || t.task.stop_reason.is_none())
+                .collect();
             if json {
                 print_json(&tasks)?;
             } else {
-                let detail: Option<ServiceDetail> = client.get(&format!("/api/v1/services/{name}")).await.ok();
-                if let Some(status) = detail.as_ref().and_then(|d| d.service.restart_status.clone()) {
+                let detail: Option<ServiceDetail> =
+                    client.get(&format!("/api/v1/services/{name}")).await.ok();
+                if let Some(status) = detail
+                    .as_ref()
+                    .and_then(|d| d.service.restart_status.clone())
+                {
                     println!("{status}");
                 }
-                println!("{:<26} {:>4} {:<12} {:<8} {:<10} {:<22} {:<10} DETAIL", "TASK", "REV", "NODE", "ZONE", "STATE", "PORTS", "AGE");
+                println!(
+                    "{:<26} {:>4} {:<12} {:<8} {:<10} {:<22} {:<10} DETAIL",
+                    "TASK", "REV", "NODE", "ZONE", "STATE", "PORTS", "AGE"
+                );
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
@@ -96,7 +113,9 @@ pub async fn run(client: &Client, args: ServiceArgs) -> anyhow::Result<ExitCode>
                         .status
                         .host_ports
                         .iter()
-                        .map(|(c, h)| format!("{}:{h}->{c}", t.status.host_ip.as_deref().unwrap_or("")))
+                        .map(|(c, h)| {
+                            format!("{}:{h}->{c}", t.status.host_ip.as_deref().unwrap_or(""))
+                        })
                         .collect();
                     let detail = t
                         .task
@@ -128,7 +147,14 @@ pub async fn run(client: &Client, args: ServiceArgs) -> anyhow::Result<ExitCode>
                 println!("service    {}", s.name);
                 println!("image      {}", detail.spec.image);
                 println!("count      {}", s.count);
-                println!("revision   {} (latest {}, stable {})", s.revision, s.latest_revision, s.stable_revision.map(|r| r.to_string()).unwrap_or("-".into()));
+                println!(
+                    "revision   {} (latest {}, stable {})",
+                    s.revision,
+                    s.latest_revision,
+                    s.stable_revision
+                        .map(|r| r.to_string())
+                        .unwrap_or("-".into())
+                );
                 println!("route      {}", detail.spec.route);
                 println!("revisions  {:?}", detail.revisions);
                 if let Some(e) = &s.placement_error {
@@ -146,23 +172,47 @@ pub async fn run(client: &Client, args: ServiceArgs) -> anyhow::Result<ExitCode>
                         d.healthy,
                         d.desired,
                         d.failed,
-                        d.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                        d.reason
+                            .as_deref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
                     );
                 }
             }
         }
         ServiceCommand::Scale { name, count } => {
-            let req = client.http().put(client.url(&format!("/api/v1/services/{name}/scale"))).json(&ScaleRequest { count });
+            let req = client
+                .http()
+                .put(client.url(&format!("/api/v1/services/{name}/scale")))
+                .json(&ScaleRequest { count });
             let resp: DeployResponse = decode(client.send(req).await?).await?;
             println!("service {}: desired count {count}", resp.service);
         }
-        ServiceCommand::Rollback { name, revision, detach } => {
+        ServiceCommand::Rollback {
+            name,
+            revision,
+            detach,
+        } => {
             let started = Instant::now();
-            let resp: DeployResponse =
-                client.post_json(&format!("/api/v1/services/{name}/rollback"), &RollbackRequest { revision }).await?;
-            println!("service {}: rolling back to revision {}", resp.service, resp.revision);
+            let resp: DeployResponse = client
+                .post_json(
+                    &format!("/api/v1/services/{name}/rollback"),
+                    &RollbackRequest { revision },
+                )
+                .await?;
+            println!(
+                "service {}: rolling back to revision {}",
+                resp.service, resp.revision
+            );
             if let (Some(id), false) = (resp.deployment, detach) {
-                return crate::cmd::deploy::follow(client, &name, &id, started, Duration::from_secs(900)).await;
+                return crate::cmd::deploy::follow(
+                    client,
+                    &name,
+                    &id,
+                    started,
+                    Duration::from_secs(900),
+                )
+                .await;
             }
         }
         ServiceCommand::Rm { name } => {

@@ -58,8 +58,20 @@ impl Cluster {
         args.extend(extra.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let dev = PierProcess::spawn(BIN, "dev", &refs, dir.path());
-        wait_http_ok(&format!("http://127.0.0.1:{http_port}/api/v1/status"), Duration::from_secs(20)).await;
-        Cluster { dir, dev, http_port, registry_port, agents: Vec::new(), guard, images: ImageGuard(Vec::new()) }
+        wait_http_ok(
+            &format!("http://127.0.0.1:{http_port}/api/v1/status"),
+            Duration::from_secs(20),
+        )
+        .await;
+        Cluster {
+            dir,
+            dev,
+            http_port,
+            registry_port,
+            agents: Vec::new(),
+            guard,
+            images: ImageGuard(Vec::new()),
+        }
     }
 
     pub fn addr(&self) -> String {
@@ -86,7 +98,12 @@ impl Cluster {
     pub fn start_agent(&mut self, name: &str, zone: &str) -> usize {
         let args = self.agent_args(name, zone);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.agents.push(PierProcess::spawn(BIN, &format!("agent-{name}"), &refs, self.dir.path()));
+        self.agents.push(PierProcess::spawn(
+            BIN,
+            &format!("agent-{name}"),
+            &refs,
+            self.dir.path(),
+        ));
         self.agents.len() - 1
     }
 
@@ -96,14 +113,26 @@ impl Cluster {
         let image = format!("127.0.0.1:{}/{name_tag}", self.registry_port);
         build_httpd_image(&image, variant);
         self.images.0.push(image.clone());
-        let out = Command::new("docker").args(["push", &image]).output().expect("docker push");
-        assert!(out.status.success(), "docker push {image}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("docker")
+            .args(["push", &image])
+            .output()
+            .expect("docker push");
+        assert!(
+            out.status.success(),
+            "docker push {image}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let _ = Command::new("docker").args(["rmi", &image]).output();
         image
     }
 
     pub fn pier(&self, args: &[&str]) -> Output {
-        Command::new(BIN).arg("--addr").arg(self.addr()).args(args).output().expect("run pier")
+        Command::new(BIN)
+            .arg("--addr")
+            .arg(self.addr())
+            .args(args)
+            .output()
+            .expect("run pier")
     }
 
     pub fn write_file(&self, name: &str, text: &str) -> String {
@@ -113,18 +142,30 @@ impl Cluster {
     }
 
     pub async fn get(&self, path: &str) -> Value {
-        reqwest::get(format!("{}{path}", self.addr())).await.unwrap().json().await.unwrap()
+        reqwest::get(format!("{}{path}", self.addr()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// Passing catalog instances of `service`: (task id, host port, revision tag).
     pub async fn passing(&self, service: &str) -> Vec<(String, u16, String)> {
-        let v = self.get(&format!("/v1/health/service/{service}?passing")).await;
+        let v = self
+            .get(&format!("/v1/health/service/{service}?passing"))
+            .await;
         v.as_array()
             .map(|a| {
                 a.iter()
                     .map(|e| {
                         let tags = e["Service"]["Tags"].as_array().cloned().unwrap_or_default();
-                        let rev = tags.iter().filter_map(|t| t.as_str()).find(|t| t.starts_with("rev-")).unwrap_or("").to_string();
+                        let rev = tags
+                            .iter()
+                            .filter_map(|t| t.as_str())
+                            .find(|t| t.starts_with("rev-"))
+                            .unwrap_or("")
+                            .to_string();
                         (
                             e["Service"]["ID"].as_str().unwrap_or("").to_string(),
                             e["Service"]["Port"].as_u64().unwrap_or(0) as u16,
@@ -137,12 +178,20 @@ impl Cluster {
     }
 
     pub async fn tasks(&self, service: &str) -> Vec<Value> {
-        self.get(&format!("/api/v1/services/{service}/tasks")).await.as_array().cloned().unwrap_or_default()
+        self.get(&format!("/api/v1/services/{service}/tasks"))
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Tasks in display state `state`.
     pub async fn count_state(&self, service: &str, state: &str) -> usize {
-        self.tasks(service).await.iter().filter(|t| t["display_state"] == state).count()
+        self.tasks(service)
+            .await
+            .iter()
+            .filter(|t| t["display_state"] == state)
+            .count()
     }
 
     pub fn log(&self, name: &str) -> String {
