@@ -118,7 +118,7 @@ pub fn retention<'a>(runs: impl IntoIterator<Item = (u64, &'a RunStatus)>, keep:
         .into_iter()
         .map(|(n, s)| (n, s.is_terminal()))
         .collect();
-    all.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    all.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
     all.into_iter()
         .skip(keep as usize)
         .filter(|(_, terminal)| *terminal)
