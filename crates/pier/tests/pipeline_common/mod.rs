@@ -23,6 +23,7 @@ pub struct Dev {
     pub http_port: u16,
     pub registry_port: u16,
     pub http: reqwest::Client,
+    args: Vec<String>,
     // Containers before images.
     pub guard: ContainerGuard,
     pub images: RegistryImages,
@@ -96,9 +97,22 @@ impl Dev {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
+            args,
             guard,
             images: RegistryImages(format!("127.0.0.1:{registry_port}/")),
         }
+    }
+
+    /// `kill -9` of the server, then a start on the same data dir and ports.
+    pub async fn kill9_and_restart(&mut self) {
+        self.dev.kill9();
+        let refs: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.dev = PierProcess::spawn(BIN, "dev-restarted", &refs, self.dir.path());
+        wait_http_ok(
+            &format!("http://127.0.0.1:{}/api/v1/status", self.http_port),
+            Duration::from_secs(30),
+        )
+        .await;
     }
 
     pub fn addr(&self) -> String {
