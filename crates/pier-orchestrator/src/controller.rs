@@ -215,7 +215,22 @@ async fn service_pass(
         .tasks_of(name)
         .map(|t| (t.value.clone(), world.status_of(&t.value.id)))
         .collect();
-    let snaps: Vec<core::TaskSnapshot> = own.iter().map(|(t, s)| task_snapshot(t, s)).collect();
+    let snaps: Vec<core::TaskSnapshot> = own
+        .iter()
+        .map(|(t, s)| {
+            let mut snap = task_snapshot(t, s);
+            // Nobody will ever report the exit of a task on a down node: once its stop
+            // sequence has begun, it counts as gone so the sequence can finish (if the node
+            // comes back, its agent removes the container because the task is stopped).
+            let node_down = world.nodes.get(&t.node).is_none_or(|n| n.value.down);
+            if node_down && t.stop_phase != StopPhase::Active && !snap.observed.is_terminal() {
+                snap.observed = core::ObservedState::Failed {
+                    reason: "node down".into(),
+                };
+            }
+            snap
+        })
+        .collect();
     let desired_count = if doc.record.deleting {
         0
     } else {
