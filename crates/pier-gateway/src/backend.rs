@@ -28,8 +28,11 @@ impl Clock {
         }
     }
     pub(crate) fn now_ms(&self) -> u64 {
-        // Starts at 1 so that 0 can mean "never".
-        self.epoch.elapsed().as_millis() as u64 + 1
+        self.ms_at(Instant::now())
+    }
+    /// Starts at 1 so that 0 can mean "never".
+    pub(crate) fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64 + 1
     }
 }
 

@@ -33,11 +33,15 @@ pub enum GatewayError {
 /// come back.
 const MAX_IDLE_PER_BACKEND: usize = 1024;
 
+/// Pool idle ages are counted in ticks of `backend_pool_idle_ms / (N - 1)`.
+const POOL_PRUNE_TICKS: u64 = 5;
+
 /// A bound, not yet serving gateway.
 pub struct Gateway {
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
     local_addr: SocketAddr,
+    pool_tick: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Gateway {
@@ -61,9 +65,11 @@ impl Gateway {
         let metrics = GatewayMetrics::new();
         let pool = PoolConfig {
             connect_timeout: Duration::from_millis(cfg.timeouts.connect_ms),
-            idle_timeout: Duration::from_millis(cfg.timeouts.backend_pool_idle_ms),
+            idle_ticks: POOL_PRUNE_TICKS,
             max_idle: MAX_IDLE_PER_BACKEND,
+            tick: Arc::default(),
         };
+        let pool_tick = Arc::clone(&pool.tick);
         let router = Router::new(routes, cfg.zone.clone(), clock, metrics.clone(), pool);
         let unrouted = metrics.service(UNROUTED);
         Ok(Gateway {
@@ -76,6 +82,7 @@ impl Gateway {
             }),
             listener,
             local_addr,
+            pool_tick,
         })
     }
 
@@ -119,13 +126,18 @@ impl Gateway {
         tracing::info!(listen = %self.local_addr, zone = %shared.cfg.zone, "gateway serving");
         let pruner = {
             let shared = Arc::clone(&shared);
-            let every =
-                Duration::from_millis((shared.cfg.timeouts.backend_pool_idle_ms / 2).max(1_000));
+            let pool_tick = Arc::clone(&self.pool_tick);
+            // An idle backend connection closes between POOL_PRUNE_TICKS - 1
+            // and POOL_PRUNE_TICKS ticks after it came back.
+            let every = Duration::from_millis(
+                (shared.cfg.timeouts.backend_pool_idle_ms / (POOL_PRUNE_TICKS - 1)).max(100),
+            );
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
+                    pool_tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     shared.router.prune_pools();
                 }
             })

@@ -16,8 +16,9 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -31,8 +32,12 @@ pub(crate) type Sender = SendRequest<UpstreamBody>;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PoolConfig {
     pub(crate) connect_timeout: Duration,
-    pub(crate) idle_timeout: Duration,
+    /// Idle connections are closed after this many prune ticks.
+    pub(crate) idle_ticks: u64,
     pub(crate) max_idle: usize,
+    /// Advanced by the pruner; idle entries remember the tick they came
+    /// back in, so the request path never reads a clock.
+    pub(crate) tick: Arc<AtomicU64>,
 }
 
 /// Why no connection could be had: nothing was sent.
@@ -56,7 +61,7 @@ pub(crate) enum ConnectError {
 
 struct Idle {
     sender: Sender,
-    since: Instant,
+    since_tick: u64,
 }
 
 pub(crate) struct BackendPool {
@@ -91,14 +96,13 @@ impl BackendPool {
 
     /// An idle connection that can take a request now, or a new one.
     pub(crate) async fn checkout(&self) -> Result<Sender, ConnectError> {
-        let cfg = &self.cfg;
         let mut waiting: Option<Sender> = None;
         {
             let mut idle = self.lock();
             // Oldest first: the longer a connection has been back, the more
             // likely its task has already marked it ready.
             while let Some(entry) = idle.pop_front() {
-                if entry.sender.is_closed() || entry.since.elapsed() > cfg.idle_timeout {
+                if entry.sender.is_closed() {
                     continue;
                 }
                 if entry.sender.is_ready() {
@@ -114,7 +118,9 @@ impl BackendPool {
                 return Ok(sender);
             }
         }
-        self.connect().await
+        // Boxed: connecting is the rare path and its future is large; inline
+        // it would bloat every request's future.
+        Box::pin(self.connect()).await
     }
 
     async fn connect(&self) -> Result<Sender, ConnectError> {
@@ -162,15 +168,16 @@ impl BackendPool {
         }
         idle.push_back(Idle {
             sender,
-            since: Instant::now(),
+            since_tick: cfg.tick.load(Ordering::Relaxed),
         });
     }
 
     /// Drops idle connections past the idle timeout (their tasks then close
     /// the sockets) and handles whose connection is gone.
     pub(crate) fn prune(&self) {
-        let cfg = &self.cfg;
+        let now = self.cfg.tick.load(Ordering::Relaxed);
+        let max_age = self.cfg.idle_ticks;
         let mut idle = self.lock();
-        idle.retain(|e| !e.sender.is_closed() && e.since.elapsed() <= cfg.idle_timeout);
+        idle.retain(|e| !e.sender.is_closed() && now.saturating_sub(e.since_tick) < max_age);
     }
 }

@@ -235,7 +235,7 @@ pub(crate) async fn handle(
     let prepared = if body.is_end_stream() {
         Prepared::Empty
     } else if idempotent && content_length.is_some_and(|n| n <= limits.replay_body_bytes) {
-        match body.collect().await {
+        match Box::pin(body.collect()).await {
             Ok(c) => Prepared::Full(c.to_bytes()),
             Err(_) => {
                 let r = local::bad_request(json, "request body could not be read");
@@ -287,7 +287,11 @@ pub(crate) async fn handle(
     let origin_form = Uri::from(path_and_query);
 
     loop {
-        let now_ms = shared.clock.now_ms();
+        let now_ms = if tried.is_empty() {
+            shared.clock.ms_at(start)
+        } else {
+            shared.clock.now_ms()
+        };
         let Some(i) = service.pick(cfg.balancing, now_ms, &tried) else {
             break;
         };
@@ -530,3 +534,4 @@ async fn tunnel(
     };
     completion.finish(outcome);
 }
+

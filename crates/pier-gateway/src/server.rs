@@ -225,7 +225,9 @@ pub(crate) async fn serve_connection(
         inner: stream,
         mark: Arc::clone(&mark),
     });
-    let svc = service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&ctx), req));
+    // The request future is a few KiB; boxing it once is cheaper than the
+    // copies hyper's dispatcher would otherwise make of it.
+    let svc = service_fn(move |req| Box::pin(handle(Arc::clone(&shared), Arc::clone(&ctx), req)));
     match proto {
         Proto::Http1 => {
             let conn = h1.serve_connection(io, svc).with_upgrades();
