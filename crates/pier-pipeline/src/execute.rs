@@ -133,16 +133,21 @@ async fn stages(
     let git = shared.git.clone();
     let (source, branch, commit) = (def.source.clone(), def.branch.clone(), run.commit.clone());
     let (file, dockerfile) = (def.file.clone(), def.dockerfile.clone());
-    let checkout = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String), GitError> {
-        let repo = git.open(&source, &branch)?;
-        let full = repo.find_commit(&commit)?.id;
-        repo.read_file(&full, &dockerfile)?;
-        let service = repo.read_file(&full, &file)?;
-        let context = repo.context_tar(&full)?;
-        Ok((context, String::from_utf8_lossy(&service).into_owned()))
-    })
-    .await;
-    let (context_tar, service_text) = match checkout {
+    let checkout =
+        tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String, String), GitError> {
+            let repo = git.open(&source, &branch)?;
+            let found = repo.find_commit(&commit)?;
+            repo.read_file(&found.id, &dockerfile)?;
+            let service = repo.read_file(&found.id, &file)?;
+            let context = repo.context_tar(&found.id)?;
+            Ok((
+                context,
+                String::from_utf8_lossy(&service).into_owned(),
+                found.subject,
+            ))
+        })
+        .await;
+    let (context_tar, service_text, subject) = match checkout {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return fail(RunStage::Checkout, e.to_string()),
         Err(e) => return fail(RunStage::Checkout, format!("checkout task failed: {e}")),
@@ -154,6 +159,18 @@ async fn stages(
         Err(e) => return fail(RunStage::Checkout, e.to_string()),
     };
     log.line(format!("    build context: {} bytes", context_tar.len()));
+    if run.commit_message.is_none() {
+        // A webhook without the commit message: take it from the repository.
+        let me = shared.runner_id.clone();
+        let _ = update_run(&shared.store, &run.pipeline, run.number, |r| {
+            if r.runner.as_deref() != Some(me.as_str()) || r.commit_message.is_some() {
+                return false;
+            }
+            r.commit_message = Some(subject.clone());
+            true
+        })
+        .await;
+    }
 
     // Build.
     stage(format!("build {image} ({})", def.dockerfile));
