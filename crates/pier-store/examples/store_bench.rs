@@ -31,10 +31,18 @@ fn config(name: &str, dir: &std::path::Path, expect: usize, join: Vec<String>) -
 async fn cluster(n: usize, base: &std::path::Path) -> Vec<Store> {
     let mut stores: Vec<Store> = Vec::new();
     for i in 0..n {
-        let join = stores.first().map(|s| vec![s.raft_addr().to_string()]).unwrap_or_default();
-        let s = Store::open(config(&format!("b{i}"), &base.join(format!("b{i}")), n, join))
-            .await
-            .expect("open");
+        let join = stores
+            .first()
+            .map(|s| vec![s.raft_addr().to_string()])
+            .unwrap_or_default();
+        let s = Store::open(config(
+            &format!("b{i}"),
+            &base.join(format!("b{i}")),
+            n,
+            join,
+        ))
+        .await
+        .expect("open");
         stores.push(s);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -117,7 +125,10 @@ async fn main() {
         .map(|s| s.split(',').filter_map(|c| c.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 3]);
     println!("pier-store write benchmark: {secs} s per run, {value_bytes}-byte values, one put per txn, fsync on");
-    println!("{:<8} {:>6} {:>10} {:>10} {:>9} {:>9} {:>9}", "servers", "conc", "writes", "writes/s", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "{:<8} {:>6} {:>10} {:>10} {:>9} {:>9} {:>9}",
+        "servers", "conc", "writes", "writes/s", "p50 ms", "p99 ms", "max ms"
+    );
     for &n in &servers {
         let tmp = tempfile::tempdir().expect("tempdir");
         let stores = cluster(n, tmp.path()).await;

@@ -33,13 +33,20 @@ pub(crate) struct PendingWrite {
 }
 
 impl PendingWrite {
-    pub fn new(txn: TxnWire) -> (PendingWrite, oneshot::Receiver<Result<TxnResultWire, BatchError>>) {
+    pub fn new(
+        txn: TxnWire,
+    ) -> (
+        PendingWrite,
+        oneshot::Receiver<Result<TxnResultWire, BatchError>>,
+    ) {
         let mut keys = Vec::with_capacity(txn.ops.len());
         let mut exclusive = false;
         let mut bytes = 0;
         for op in &txn.ops {
             match op {
-                OpWire::Put { table, key, value, .. } => {
+                OpWire::Put {
+                    table, key, value, ..
+                } => {
                     bytes += key.len() + value.len();
                     keys.push((table.clone(), key.clone()));
                 }
@@ -96,9 +103,11 @@ fn take_batch(waiting: &mut VecDeque<PendingWrite>) -> Vec<PendingWrite> {
     let mut bytes = 0;
     let mut rest = VecDeque::new();
     while let Some(w) = waiting.pop_front() {
-        let full = batch.len() >= MAX_BATCH_TXNS || (!batch.is_empty() && bytes + w.bytes > MAX_BATCH_BYTES);
+        let full = batch.len() >= MAX_BATCH_TXNS
+            || (!batch.is_empty() && bytes + w.bytes > MAX_BATCH_BYTES);
         let alone = batch.first().is_some_and(|b| b.exclusive);
-        let conflicts = (w.exclusive && !batch.is_empty()) || w.keys.iter().any(|k| claimed.contains(k));
+        let conflicts =
+            (w.exclusive && !batch.is_empty()) || w.keys.iter().any(|k| claimed.contains(k));
         if full || alone || conflicts {
             rest.push_back(w);
             continue;
@@ -112,7 +121,8 @@ fn take_batch(waiting: &mut VecDeque<PendingWrite>) -> Vec<PendingWrite> {
 }
 
 async fn commit(raft: Raft, batch: Vec<PendingWrite>) {
-    let (txns, replies): (Vec<TxnWire>, Vec<_>) = batch.into_iter().map(|w| (w.txn, w.reply)).unzip();
+    let (txns, replies): (Vec<TxnWire>, Vec<_>) =
+        batch.into_iter().map(|w| (w.txn, w.reply)).unzip();
     let res = raft.client_write(Request::Batch(txns)).await;
     match res {
         Ok(resp) => match resp.data {
@@ -160,7 +170,8 @@ mod tests {
 
     #[test]
     fn batches_hold_disjoint_keys_in_order() {
-        let mut q: VecDeque<PendingWrite> = ["a", "b", "a", "c", "b"].iter().map(|k| put(k)).collect();
+        let mut q: VecDeque<PendingWrite> =
+            ["a", "b", "a", "c", "b"].iter().map(|k| put(k)).collect();
         let keys = |b: &[PendingWrite]| b.iter().map(|w| w.keys[0].1.clone()).collect::<Vec<_>>();
         assert_eq!(keys(&take_batch(&mut q)), ["a", "b", "c"]);
         assert_eq!(keys(&take_batch(&mut q)), ["a", "b"]);

@@ -72,7 +72,8 @@ async fn step(me: &Inner) -> bool {
     };
     let mut existing: Option<InfoReply> = None;
     for t in &targets {
-        let res: Result<InfoReply, CallError> = me.client().call(t, "/raft/info", &req, INFO_TIMEOUT).await;
+        let res: Result<InfoReply, CallError> =
+            me.client().call(t, "/raft/info", &req, INFO_TIMEOUT).await;
         match res {
             Ok(info) => {
                 if info.id == me.node_id() {
@@ -98,8 +99,10 @@ async fn step(me: &Inner) -> bool {
     if let Some(info) = existing {
         // A cluster exists: ask its leader to add us.
         let leader_addr = info.leader.map(|l| l.raft_addr).unwrap_or(info.raft_addr);
-        let res: Result<LeaderReply<()>, CallError> =
-            me.client().call(&leader_addr, "/raft/join", &self_member, JOIN_TIMEOUT).await;
+        let res: Result<LeaderReply<()>, CallError> = me
+            .client()
+            .call(&leader_addr, "/raft/join", &self_member, JOIN_TIMEOUT)
+            .await;
         match res {
             Ok(LeaderReply::Ok(())) => {
                 tracing::info!(leader = %leader_addr, "joined the cluster");
@@ -108,8 +111,12 @@ async fn step(me: &Inner) -> bool {
             Ok(LeaderReply::Invalid(m)) => {
                 tracing::error!(leader = %leader_addr, error = %m, "the cluster refused to add this server");
             }
-            Ok(other) => tracing::info!(leader = %leader_addr, reply = ?other, "join not done yet; retrying"),
-            Err(e) => tracing::info!(leader = %leader_addr, error = %e, "join not done yet; retrying"),
+            Ok(other) => {
+                tracing::info!(leader = %leader_addr, reply = ?other, "join not done yet; retrying")
+            }
+            Err(e) => {
+                tracing::info!(leader = %leader_addr, error = %e, "join not done yet; retrying")
+            }
         }
         return false;
     }

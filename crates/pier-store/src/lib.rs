@@ -74,7 +74,8 @@ mod wire;
 
 pub use error::StoreError;
 pub use model::{
-    Consistency, Entry, Op, Table, Txn, TxnResult, WatchKey, MAX_KEY_BYTES, MAX_TABLE_NAME_BYTES, MAX_VALUE_BYTES,
+    Consistency, Entry, Op, Table, Txn, TxnResult, WatchKey, MAX_KEY_BYTES, MAX_TABLE_NAME_BYTES,
+    MAX_VALUE_BYTES,
 };
 pub use state::{PrefixIter, StateView};
 pub use store::{MemberInfo, Store, StoreConfig, StoreStatus};

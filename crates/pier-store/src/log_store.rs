@@ -1,3 +1,5 @@
+// openraft's trait methods return its `StorageError`; helpers return the same type.
+#![allow(clippy::result_large_err)]
 //! The Raft log and vote in one redb file. Every append is fsynced before openraft hears it is
 //! flushed; one redb transaction per append batch.
 
@@ -24,7 +26,11 @@ const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
 
-pub(crate) fn sto_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl Display) -> StorageError<u64> {
+pub(crate) fn sto_err(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl Display,
+) -> StorageError<u64> {
     StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
 }
 
@@ -118,7 +124,10 @@ impl LogStore {
                         _ => serde_json::from_slice::<Option<LogId>>(v.value()).is_ok(),
                     };
                     if !ok {
-                        return Err(StoreError::corrupt(&path, format!("undecodable {key} record")));
+                        return Err(StoreError::corrupt(
+                            &path,
+                            format!("undecodable {key} record"),
+                        ));
                     }
                 }
             }
@@ -154,7 +163,10 @@ impl LogStore {
         })
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<u64>> {
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError<u64>> {
         read_meta(&self.db, key)
     }
 
@@ -168,13 +180,25 @@ impl LogStore {
         })
     }
 
-    async fn durable(&self, subject: ErrorSubject<u64>, op: DurableOp) -> Result<(), StorageError<u64>> {
+    async fn durable(
+        &self,
+        subject: ErrorSubject<u64>,
+        op: DurableOp,
+    ) -> Result<(), StorageError<u64>> {
         let (done, rx) = oneshot::channel();
         self.send(LogCmd::Durable { op, done })?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(sto_err(subject, ErrorVerb::Write, format!("{}: {e}", self.path.display()))),
-            Err(_) => Err(sto_err(subject, ErrorVerb::Write, "log writer thread is gone")),
+            Ok(Err(e)) => Err(sto_err(
+                subject,
+                ErrorVerb::Write,
+                format!("{}: {e}", self.path.display()),
+            )),
+            Err(_) => Err(sto_err(
+                subject,
+                ErrorVerb::Write,
+                "log writer thread is gone",
+            )),
         }
     }
 }
@@ -182,7 +206,12 @@ impl LogStore {
 /// Single writer of the log file: drains every queued command into one redb transaction, one
 /// fsync for the lot, then reports completion in order. This is where appends get batched:
 /// openraft hands us one entry per client write.
-fn writer_loop(db: Arc<Database>, path: PathBuf, cache: Arc<Mutex<LogCache>>, rx: std::sync::mpsc::Receiver<LogCmd>) {
+fn writer_loop(
+    db: Arc<Database>,
+    path: PathBuf,
+    cache: Arc<Mutex<LogCache>>,
+    rx: std::sync::mpsc::Receiver<LogCmd>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -196,8 +225,12 @@ fn writer_loop(db: Arc<Database>, path: PathBuf, cache: Arc<Mutex<LogCache>>, rx
         let mut max_appended = 0;
         let res = (|| -> Result<(), String> {
             let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-            txn.set_durability(if durable { Durability::Immediate } else { Durability::None })
-                .map_err(|e| e.to_string())?;
+            txn.set_durability(if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })
+            .map_err(|e| e.to_string())?;
             {
                 let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
                 let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
@@ -206,22 +239,38 @@ fn writer_loop(db: Arc<Database>, path: PathBuf, cache: Arc<Mutex<LogCache>>, rx
                         LogCmd::Append { entries, .. } => {
                             for e in entries {
                                 let bytes = serde_json::to_vec(e).map_err(|e| e.to_string())?;
-                                log.insert(e.log_id.index, bytes.as_slice()).map_err(|e| e.to_string())?;
+                                log.insert(e.log_id.index, bytes.as_slice())
+                                    .map_err(|e| e.to_string())?;
                                 max_appended = max_appended.max(e.log_id.index);
                             }
                         }
-                        LogCmd::Durable { op: DurableOp::Vote(bytes), .. } => {
-                            meta.insert(KEY_VOTE, bytes.as_slice()).map_err(|e| e.to_string())?;
+                        LogCmd::Durable {
+                            op: DurableOp::Vote(bytes),
+                            ..
+                        } => {
+                            meta.insert(KEY_VOTE, bytes.as_slice())
+                                .map_err(|e| e.to_string())?;
                         }
-                        LogCmd::Durable { op: DurableOp::Truncate(from), .. } => {
-                            log.retain_in::<u64, _>(*from.., |_, _| false).map_err(|e| e.to_string())?;
+                        LogCmd::Durable {
+                            op: DurableOp::Truncate(from),
+                            ..
+                        } => {
+                            log.retain_in::<u64, _>(*from.., |_, _| false)
+                                .map_err(|e| e.to_string())?;
                         }
-                        LogCmd::Lazy { op: LazyOp::Committed(bytes) } => {
-                            meta.insert(KEY_COMMITTED, bytes.as_slice()).map_err(|e| e.to_string())?;
+                        LogCmd::Lazy {
+                            op: LazyOp::Committed(bytes),
+                        } => {
+                            meta.insert(KEY_COMMITTED, bytes.as_slice())
+                                .map_err(|e| e.to_string())?;
                         }
-                        LogCmd::Lazy { op: LazyOp::Purge { upto, record } } => {
-                            meta.insert(KEY_PURGED, record.as_slice()).map_err(|e| e.to_string())?;
-                            log.retain_in::<u64, _>(..=*upto, |_, _| false).map_err(|e| e.to_string())?;
+                        LogCmd::Lazy {
+                            op: LazyOp::Purge { upto, record },
+                        } => {
+                            meta.insert(KEY_PURGED, record.as_slice())
+                                .map_err(|e| e.to_string())?;
+                            log.retain_in::<u64, _>(..=*upto, |_, _| false)
+                                .map_err(|e| e.to_string())?;
                         }
                     }
                 }
@@ -262,7 +311,10 @@ fn writer_loop(db: Arc<Database>, path: PathBuf, cache: Arc<Mutex<LogCache>>, rx
     }
 }
 
-fn read_meta<T: serde::de::DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, StorageError<u64>> {
+fn read_meta<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    key: &str,
+) -> Result<Option<T>, StorageError<u64>> {
     let e = |e: &dyn Display| sto_err(ErrorSubject::Store, ErrorVerb::Read, e);
     let txn = db.begin_read().map_err(|x| e(&x))?;
     let table = txn.open_table(META).map_err(|x| e(&x))?;
@@ -276,7 +328,11 @@ fn decode_entry(bytes: &[u8]) -> Result<RaftEntry, StorageError<u64>> {
     serde_json::from_slice(bytes).map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Read, e))
 }
 
-fn read_db_range(db: &Database, start: u64, end: Bound<u64>) -> Result<Vec<RaftEntry>, StorageError<u64>> {
+fn read_db_range(
+    db: &Database,
+    start: u64,
+    end: Bound<u64>,
+) -> Result<Vec<RaftEntry>, StorageError<u64>> {
     let e = |e: &dyn Display| sto_err(ErrorSubject::Logs, ErrorVerb::Read, e);
     let txn = db.begin_read().map_err(|x| e(&x))?;
     let table = txn.open_table(LOG).map_err(|x| e(&x))?;
@@ -309,7 +365,11 @@ fn read_range<RB: RangeBounds<u64>>(
     };
     let (cached, cache_lo) = {
         let c = lock_cache(cache);
-        let lo = c.entries.first_key_value().map(|(i, _)| *i).unwrap_or(u64::MAX);
+        let lo = c
+            .entries
+            .first_key_value()
+            .map(|(i, _)| *i)
+            .unwrap_or(u64::MAX);
         let cached: Vec<RaftEntry> = c
             .entries
             .range((Bound::Included(start.max(lo)), end))
@@ -352,7 +412,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
-        let cached_last = lock_cache(&self.cache).entries.last_key_value().map(|(_, e)| e.log_id);
+        let cached_last = lock_cache(&self.cache)
+            .entries
+            .last_key_value()
+            .map(|(_, e)| e.log_id);
         let last = match cached_last {
             Some(l) => Some(l),
             None => {
@@ -380,8 +443,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError<u64>> {
-        let bytes = serde_json::to_vec(vote).map_err(|e| sto_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
-        self.durable(ErrorSubject::Vote, DurableOp::Vote(bytes)).await
+        let bytes = serde_json::to_vec(vote)
+            .map_err(|e| sto_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        self.durable(ErrorSubject::Vote, DurableOp::Vote(bytes))
+            .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError<u64>> {
@@ -392,7 +457,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(c) = committed {
             self.committed_index.store(c.index, Ordering::Relaxed);
         }
-        let bytes = serde_json::to_vec(&committed).map_err(|e| sto_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let bytes = serde_json::to_vec(&committed)
+            .map_err(|e| sto_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         // Rides on the next fsynced append; losing it only means replaying a little more.
         self.send(LogCmd::Lazy {
             op: LazyOp::Committed(bytes),
@@ -403,7 +469,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<u64>>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<u64>>
     where
         I: IntoIterator<Item = RaftEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -426,12 +496,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let _ = c.entries.split_off(&from);
             c.persisted_upto = c.persisted_upto.min(from.saturating_sub(1));
         }
-        self.durable(ErrorSubject::Logs, DurableOp::Truncate(from)).await
+        self.durable(ErrorSubject::Logs, DurableOp::Truncate(from))
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
         let upto = log_id.index;
-        let record = serde_json::to_vec(&Some(log_id)).map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        let record = serde_json::to_vec(&Some(log_id))
+            .map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         {
             let mut c = lock_cache(&self.cache);
             let rest = c.entries.split_off(&(upto + 1));

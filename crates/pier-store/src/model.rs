@@ -114,7 +114,12 @@ impl Op {
         }
     }
 
-    pub fn put_cas(table: Table, key: impl Into<String>, value: impl Into<Vec<u8>>, cas: u64) -> Op {
+    pub fn put_cas(
+        table: Table,
+        key: impl Into<String>,
+        value: impl Into<Vec<u8>>,
+        cas: u64,
+    ) -> Op {
         Op::Put {
             table,
             key: key.into(),
@@ -224,10 +229,9 @@ pub(crate) fn validate_table_name(name: &str) -> Result<(), StoreError> {
             name.len()
         )));
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-' || b == b'.')
-    {
+    if !name.bytes().all(|b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-' || b == b'.'
+    }) {
         return Err(StoreError::InvalidInput(format!(
             "table name {name:?} may only contain a-z, 0-9, '_', '-' and '.'"
         )));

@@ -5,10 +5,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use openraft::error::{
-    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Timeout, Unreachable,
 };
 use openraft::network::{Backoff, RPCOption};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use openraft::{OptionalSend, RPCTypes, RaftNetwork, RaftNetworkFactory, Snapshot};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -31,7 +34,9 @@ pub(crate) enum CallError {
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CallError::Unreachable(s) | CallError::Timeout(s) | CallError::Other(s) => f.write_str(s),
+            CallError::Unreachable(s) | CallError::Timeout(s) | CallError::Other(s) => {
+                f.write_str(s)
+            }
         }
     }
 }
@@ -62,7 +67,8 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Resp, CallError> {
         let url = format!("http://{addr}{path}");
-        let bytes = serde_json::to_vec(body).map_err(|e| CallError::Other(format!("encode {path}: {e}")))?;
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| CallError::Other(format!("encode {path}: {e}")))?;
         let resp = self
             .http
             .post(&url)
@@ -80,7 +86,8 @@ impl PeerClient {
                 String::from_utf8_lossy(&body[..body.len().min(300)])
             )));
         }
-        serde_json::from_slice(&body).map_err(|e| CallError::Other(format!("{url}: bad reply: {e}")))
+        serde_json::from_slice(&body)
+            .map_err(|e| CallError::Other(format!("{url}: bad reply: {e}")))
     }
 }
 
@@ -183,15 +190,25 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         };
         let call = self
             .client
-            .call::<_, Result<SnapshotResponse<NodeId>, Fatal<NodeId>>>(&self.addr, "/raft/snapshot", &body, ttl);
+            .call::<_, Result<SnapshotResponse<NodeId>, Fatal<NodeId>>>(
+                &self.addr,
+                "/raft/snapshot",
+                &body,
+                ttl,
+            );
         let res = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             res = call => res,
         };
         match res {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(fatal)) => Err(StreamingError::RemoteError(RemoteError::new(self.target, fatal))),
-            Err(e @ CallError::Unreachable(_)) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
+            Ok(Err(fatal)) => Err(StreamingError::RemoteError(RemoteError::new(
+                self.target,
+                fatal,
+            ))),
+            Err(e @ CallError::Unreachable(_)) => {
+                Err(StreamingError::Unreachable(Unreachable::new(&e)))
+            }
             Err(CallError::Timeout(_)) => Err(StreamingError::Timeout(Timeout {
                 action: RPCTypes::InstallSnapshot,
                 id: self.self_id,

@@ -7,13 +7,15 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use openraft::error::{Fatal, RaftError};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use openraft::Snapshot;
 
 use crate::store::Inner;
 use crate::wire::{
-    InfoReply, InfoRequest, LeaderReply, MemberWire, NodeId, RemoveRequest, SnapshotWire, TxnResultWire, TxnWire,
-    TypeConfig,
+    InfoReply, InfoRequest, LeaderReply, MemberWire, NodeId, RemoveRequest, SnapshotWire,
+    TxnResultWire, TxnWire, TypeConfig,
 };
 
 /// Snapshots and append batches can be large; a peer is trusted to send what Raft produced.
@@ -60,7 +62,10 @@ async fn snapshot(
     Json(inner.raft.install_full_snapshot(req.vote, snapshot).await)
 }
 
-async fn write(State(inner): State<Arc<Inner>>, Json(req): Json<TxnWire>) -> Json<LeaderReply<TxnResultWire>> {
+async fn write(
+    State(inner): State<Arc<Inner>>,
+    Json(req): Json<TxnWire>,
+) -> Json<LeaderReply<TxnResultWire>> {
     Json(inner.leader_write(req).await)
 }
 
@@ -68,11 +73,17 @@ async fn read_index(State(inner): State<Arc<Inner>>) -> Json<LeaderReply<u64>> {
     Json(inner.leader_read_index().await)
 }
 
-async fn join(State(inner): State<Arc<Inner>>, Json(req): Json<MemberWire>) -> Json<LeaderReply<()>> {
+async fn join(
+    State(inner): State<Arc<Inner>>,
+    Json(req): Json<MemberWire>,
+) -> Json<LeaderReply<()>> {
     Json(inner.leader_join(req).await)
 }
 
-async fn remove(State(inner): State<Arc<Inner>>, Json(req): Json<RemoveRequest>) -> Json<LeaderReply<()>> {
+async fn remove(
+    State(inner): State<Arc<Inner>>,
+    Json(req): Json<RemoveRequest>,
+) -> Json<LeaderReply<()>> {
     Json(inner.leader_remove(&req.name).await)
 }
 

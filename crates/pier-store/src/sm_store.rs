@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageError};
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, Snapshot,
+    StorageError,
+};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +22,9 @@ use crate::log_store::{open_db, sto_err};
 use crate::model::Entry;
 use crate::state::{Change, SmData, SnapshotState, TableData};
 use crate::watch::WatchRegistry;
-use crate::wire::{LogId, RaftEntry, Request, Response, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::wire::{
+    LogId, RaftEntry, Request, Response, SnapshotMeta, StoredMembership, TypeConfig,
+};
 
 const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entries");
 const TOMBSTONES: TableDefinition<(&str, &str), u64> = TableDefinition::new("tombstones");
@@ -72,7 +77,8 @@ impl SmShared {
     /// Makes every applied change durable (used at shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
-        txn.set_durability(Durability::Immediate).map_err(|e| self.db_err(e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| self.db_err(e))?;
         txn.commit().map_err(|e| self.db_err(e))
     }
 
@@ -108,11 +114,13 @@ fn decode_entry(b: &[u8]) -> Option<Entry> {
     })
 }
 
+/// Final state of one key after a batch: encoded entry (None = absent), tombstone index.
+type KeyWrite = (Option<Vec<u8>>, Option<u64>);
+
 /// Everything one apply batch writes to redb, resolved to final values.
 #[derive(Default)]
 struct PersistBatch {
-    /// (table, key) -> (entry, tombstone index)
-    keys: BTreeMap<(String, String), (Option<Vec<u8>>, Option<u64>)>,
+    keys: BTreeMap<(String, String), KeyWrite>,
     tables: BTreeMap<String, Vec<u8>>,
     last_applied: Vec<u8>,
     membership: Vec<u8>,
@@ -125,7 +133,9 @@ impl PersistBatch {
         let mut resolve = |table: &str, key: &str, t: Option<&TableData>| {
             let entry = t.and_then(|t| t.entries.get(key)).map(encode_entry);
             let tomb = t.and_then(|t| t.tombstones.get(key)).copied();
-            batch.keys.insert((table.to_string(), key.to_string()), (entry, tomb));
+            batch
+                .keys
+                .insert((table.to_string(), key.to_string()), (entry, tomb));
         };
         for c in changes {
             let table = c.table();
@@ -178,7 +188,10 @@ impl PersistBatch {
             }
         }
         for (name, bytes) in &self.tables {
-            meta.insert(format!("{TABLE_META_PREFIX}{name}").as_str(), bytes.as_slice())?;
+            meta.insert(
+                format!("{TABLE_META_PREFIX}{name}").as_str(),
+                bytes.as_slice(),
+            )?;
         }
         meta.insert(KEY_APPLIED, self.last_applied.as_slice())?;
         meta.insert(KEY_MEMBERSHIP, self.membership.as_slice())?;
@@ -188,7 +201,8 @@ impl PersistBatch {
 
 fn write_full_state(db: &Database, data: &SmData) -> Result<(), String> {
     let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-    txn.set_durability(Durability::Immediate).map_err(|e| e.to_string())?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| e.to_string())?;
     {
         txn.delete_table(ENTRIES).map_err(|e| e.to_string())?;
         txn.delete_table(TOMBSTONES).map_err(|e| e.to_string())?;
@@ -203,7 +217,9 @@ fn write_full_state(db: &Database, data: &SmData) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
             }
             for (k, i) in &t.tombstones {
-                tombs.insert((name.as_str(), k.as_str()), *i).map_err(|e| e.to_string())?;
+                tombs
+                    .insert((name.as_str(), k.as_str()), *i)
+                    .map_err(|e| e.to_string())?;
             }
             let tm = serde_json::to_vec(&TableMeta {
                 reaped_index: t.reaped_index,
@@ -214,9 +230,11 @@ fn write_full_state(db: &Database, data: &SmData) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
         }
         let la = serde_json::to_vec(&data.last_applied).map_err(|e| e.to_string())?;
-        meta.insert(KEY_APPLIED, la.as_slice()).map_err(|e| e.to_string())?;
+        meta.insert(KEY_APPLIED, la.as_slice())
+            .map_err(|e| e.to_string())?;
         let m = serde_json::to_vec(&data.membership).map_err(|e| e.to_string())?;
-        meta.insert(KEY_MEMBERSHIP, m.as_slice()).map_err(|e| e.to_string())?;
+        meta.insert(KEY_MEMBERSHIP, m.as_slice())
+            .map_err(|e| e.to_string())?;
     }
     txn.commit().map_err(|e| e.to_string())
 }
@@ -252,7 +270,8 @@ fn load_db(db: &Database, path: &Path) -> Result<SmData, StoreError> {
     for item in entries.iter().map_err(|e| corrupt(&e))? {
         let (k, v) = item.map_err(|e| corrupt(&e))?;
         let (table, key) = k.value();
-        let entry = decode_entry(v.value()).ok_or_else(|| corrupt(&format!("short entry record {table}/{key}")))?;
+        let entry = decode_entry(v.value())
+            .ok_or_else(|| corrupt(&format!("short entry record {table}/{key}")))?;
         data.tables
             .entry(table.to_string())
             .or_default()
@@ -286,12 +305,16 @@ fn read_snapshot_file(path: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, St
         .iter()
         .position(|b| *b == b'\n')
         .ok_or_else(|| StoreError::corrupt(path, "snapshot file has no meta line"))?;
-    let meta: SnapshotMeta =
-        serde_json::from_slice(&rest[..nl]).map_err(|e| StoreError::corrupt(path, format!("snapshot meta: {e}")))?;
+    let meta: SnapshotMeta = serde_json::from_slice(&rest[..nl])
+        .map_err(|e| StoreError::corrupt(path, format!("snapshot meta: {e}")))?;
     Ok(Some((meta, rest[nl + 1..].to_vec())))
 }
 
-pub(crate) fn write_file_atomically(path: &Path, parts: &[&[u8]], tmp_suffix: &str) -> Result<(), StoreError> {
+pub(crate) fn write_file_atomically(
+    path: &Path,
+    parts: &[&[u8]],
+    tmp_suffix: &str,
+) -> Result<(), StoreError> {
     let tmp = path.with_extension(format!("tmp{tmp_suffix}"));
     let res = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -314,7 +337,11 @@ pub(crate) fn write_file_atomically(path: &Path, parts: &[&[u8]], tmp_suffix: &s
 }
 
 impl SmStore {
-    pub fn open(db_path: PathBuf, snapshot_path: PathBuf, watches: Arc<WatchRegistry>) -> Result<SmStore, StoreError> {
+    pub fn open(
+        db_path: PathBuf,
+        snapshot_path: PathBuf,
+        watches: Arc<WatchRegistry>,
+    ) -> Result<SmStore, StoreError> {
         let db = open_db(&db_path)?;
         let mut data = load_db(&db, &db_path)?;
         let mut snapshot_last = None;
@@ -328,11 +355,13 @@ impl SmStore {
                     db = ?data.last_applied,
                     "state database is behind the snapshot; loading the snapshot"
                 );
-                let state: SnapshotState = serde_json::from_slice(&payload)
-                    .map_err(|e| StoreError::corrupt(&snapshot_path, format!("snapshot payload: {e}")))?;
+                let state: SnapshotState = serde_json::from_slice(&payload).map_err(|e| {
+                    StoreError::corrupt(&snapshot_path, format!("snapshot payload: {e}"))
+                })?;
                 data = state.into_data();
                 data.last_applied = meta.last_log_id;
-                write_full_state(&db, &data).map_err(|e| StoreError::io(&db_path, std::io::Error::other(e)))?;
+                write_full_state(&db, &data)
+                    .map_err(|e| StoreError::io(&db_path, std::io::Error::other(e)))?;
             }
         }
         Ok(SmStore {
@@ -354,12 +383,19 @@ impl SmStore {
 
     fn save_snapshot_file(&self, meta: &SnapshotMeta, payload: &[u8]) -> Result<(), StoreError> {
         let shared = &self.shared;
-        let mut current = shared.snapshot_file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = shared
+            .snapshot_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if *current > meta.last_log_id {
             return Ok(());
         }
         let meta_line = serde_json::to_vec(meta).map_err(|e| StoreError::Raft(e.to_string()))?;
-        write_file_atomically(&shared.snapshot_path, &[SNAPSHOT_MAGIC, &meta_line, b"\n", payload], "")?;
+        write_file_atomically(
+            &shared.snapshot_path,
+            &[SNAPSHOT_MAGIC, &meta_line, b"\n", payload],
+            "",
+        )?;
         *current = meta.last_log_id;
         Ok(())
     }
@@ -389,7 +425,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapBuilder {
         };
         let store = self.store.clone();
         let (meta, payload) = tokio::task::spawn_blocking(move || {
-            store.save_snapshot_file(&meta, &payload).map(|_| (meta, payload))
+            store
+                .save_snapshot_file(&meta, &payload)
+                .map(|_| (meta, payload))
         })
         .await
         .map_err(|e| err(&e))?
@@ -405,7 +443,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapBuilder {
 impl RaftStateMachine<TypeConfig> for SmStore {
     type SnapshotBuilder = SnapBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError<u64>> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership), StorageError<u64>> {
         let data = self.shared.read();
         Ok((data.last_applied, data.membership.clone()))
     }
@@ -426,7 +466,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                 last = Some(entry.log_id);
                 let resp = match entry.payload {
                     EntryPayload::Blank => Response::Done,
-                    EntryPayload::Normal(Request::Txn(txn)) => Response::Txn(data.apply_txn(index, txn, &mut changes)),
+                    EntryPayload::Normal(Request::Txn(txn)) => {
+                        Response::Txn(data.apply_txn(index, txn, &mut changes))
+                    }
                     EntryPayload::Normal(Request::Batch(txns)) => Response::Batch(
                         txns.into_iter()
                             .map(|t| data.apply_txn(index, t, &mut changes))
@@ -451,9 +493,14 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         self.shared.watches.notify(&changes);
         let batch = batch.map_err(|e| sto_err(ErrorSubject::Apply(last), ErrorVerb::Write, e))?;
         let durable = {
-            let mut clock = self.shared.durable.lock().unwrap_or_else(|p| p.into_inner());
+            let mut clock = self
+                .shared
+                .durable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             clock.entries_since += responses.len() as u64;
-            if clock.last.elapsed() >= DURABLE_EVERY || clock.entries_since >= DURABLE_EVERY_ENTRIES {
+            if clock.last.elapsed() >= DURABLE_EVERY || clock.entries_since >= DURABLE_EVERY_ENTRIES
+            {
                 clock.last = Instant::now();
                 clock.entries_since = 0;
                 true
@@ -489,7 +536,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -509,7 +558,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         let meta2 = meta.clone();
         let data = tokio::task::spawn_blocking(move || -> Result<SmData, String> {
             write_full_state(&db, &data)?;
-            store.save_snapshot_file(&meta2, &payload).map_err(|e| e.to_string())?;
+            store
+                .save_snapshot_file(&meta2, &payload)
+                .map_err(|e| e.to_string())?;
             Ok(data)
         })
         .await
@@ -521,7 +572,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
         let path = self.shared.snapshot_path.clone();
         let res = tokio::task::spawn_blocking(move || read_snapshot_file(&path))
             .await

@@ -64,7 +64,12 @@ impl SmData {
 
     /// Applies a transaction at log index `index`. Guards are checked first against the state
     /// before the transaction, so a failed guard leaves everything untouched.
-    pub fn apply_txn(&mut self, index: u64, txn: TxnWire, changes: &mut Vec<Change>) -> TxnResultWire {
+    pub fn apply_txn(
+        &mut self,
+        index: u64,
+        txn: TxnWire,
+        changes: &mut Vec<Change>,
+    ) -> TxnResultWire {
         for (i, op) in txn.ops.iter().enumerate() {
             let ok = match op {
                 OpWire::Put {
@@ -136,8 +141,9 @@ impl SmData {
                 }
                 OpWire::DeletePrefix { table, prefix } => {
                     if let Some(t) = self.tables.get_mut(&table) {
-                        let keys: Vec<String> =
-                            prefix_range(&t.entries, &prefix).map(|(k, _)| k.clone()).collect();
+                        let keys: Vec<String> = prefix_range(&t.entries, &prefix)
+                            .map(|(k, _)| k.clone())
+                            .collect();
                         if !keys.is_empty() {
                             t.max_index = t.max_index.max(index);
                         }

@@ -22,8 +22,8 @@ use crate::sm_store::{write_file_atomically, SmShared, SmStore};
 use crate::state::StateView;
 use crate::watch::{Watch, WatchRegistry};
 use crate::wire::{
-    InfoReply, LeaderReply, MemberWire, NodeId, NodeInfo, Raft, RemoveRequest, Request, Response, TxnResultWire,
-    TxnWire,
+    InfoReply, LeaderReply, MemberWire, NodeId, NodeInfo, Raft, RemoveRequest, Request, Response,
+    TxnResultWire, TxnWire,
 };
 
 /// How long `write` and consistent reads keep retrying across leader changes.
@@ -178,10 +178,14 @@ fn load_identity(dir: &Path, node_name: &str) -> Result<u64, StoreError> {
     let path = dir.join(NODE_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let nf: NodeFile = serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::corrupt(&path, format!("unreadable node identity: {e}")))?;
+            let nf: NodeFile = serde_json::from_slice(&bytes).map_err(|e| {
+                StoreError::corrupt(&path, format!("unreadable node identity: {e}"))
+            })?;
             if nf.format != NODE_FILE_FORMAT {
-                return Err(StoreError::corrupt(&path, format!("unknown format {:?}", nf.format)));
+                return Err(StoreError::corrupt(
+                    &path,
+                    format!("unknown format {:?}", nf.format),
+                ));
             }
             if nf.node_name != node_name {
                 tracing::warn!(old = %nf.node_name, new = %node_name, "node name changed since this data directory was created");
@@ -208,7 +212,8 @@ fn load_identity(dir: &Path, node_name: &str) -> Result<u64, StoreError> {
                 node_id: random_node_id(),
                 node_name: node_name.to_string(),
             };
-            let bytes = serde_json::to_vec_pretty(&nf).map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?;
+            let bytes = serde_json::to_vec_pretty(&nf)
+                .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?;
             write_file_atomically(&path, &[&bytes], "")?;
             Ok(nf.node_id)
         }
@@ -239,7 +244,9 @@ impl Store {
     /// or joins in the background. Returns once the node runs, not once a leader exists.
     pub async fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
         if cfg.node_name.is_empty() {
-            return Err(StoreError::InvalidInput("node_name must not be empty".into()));
+            return Err(StoreError::InvalidInput(
+                "node_name must not be empty".into(),
+            ));
         }
         let config = raft_config(&cfg)?;
         let node_id = load_identity(&cfg.data_dir, &cfg.node_name)?;
@@ -261,7 +268,8 @@ impl Store {
             .map_err(|e| StoreError::io(PathBuf::from(format!("tcp://{}", cfg.raft_listen)), e))?;
         let advertise = cfg.raft_advertise.unwrap_or(raft_addr).to_string();
 
-        let client = PeerClient::new().map_err(|e| StoreError::Raft(format!("HTTP client: {e}")))?;
+        let client =
+            PeerClient::new().map_err(|e| StoreError::Raft(format!("HTTP client: {e}")))?;
         let network = NetworkFactory {
             client: client.clone(),
             self_id: node_id,
@@ -319,7 +327,9 @@ impl Store {
     /// changes are retried for a bounded time.
     pub async fn write(&self, txn: Txn) -> Result<TxnResult, StoreError> {
         validate_txn(&txn)?;
-        self.inner.write_request(Request::Txn(TxnWire::from(txn))).await
+        self.inner
+            .write_request(Request::Txn(TxnWire::from(txn)))
+            .await
     }
 
     /// Runs `f` on the applied state after making it as fresh as `consistency` asks.
@@ -357,9 +367,12 @@ impl Store {
                 }
             }
         };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| StoreError::NoLeader(format!("no leader elected within {} ms", timeout.as_millis())))?
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            StoreError::NoLeader(format!(
+                "no leader elected within {} ms",
+                timeout.as_millis()
+            ))
+        })?
     }
 
     pub fn status(&self) -> StoreStatus {
@@ -382,15 +395,27 @@ impl Store {
             http_addr: http_addr.to_string(),
         };
         self.inner
-            .leader_call("/raft/join", &req, JOIN_TIMEOUT, LeaderOp::Join(req.clone()))
+            .leader_call(
+                "/raft/join",
+                &req,
+                JOIN_TIMEOUT,
+                LeaderOp::Join(req.clone()),
+            )
             .await
     }
 
     /// Removes the server named `name` from the cluster.
     pub async fn remove_member(&self, name: &str) -> Result<(), StoreError> {
-        let req = RemoveRequest { name: name.to_string() };
+        let req = RemoveRequest {
+            name: name.to_string(),
+        };
         self.inner
-            .leader_call("/raft/remove", &req, JOIN_TIMEOUT, LeaderOp::Remove(name.to_string()))
+            .leader_call(
+                "/raft/remove",
+                &req,
+                JOIN_TIMEOUT,
+                LeaderOp::Remove(name.to_string()),
+            )
             .await
     }
 
@@ -437,7 +462,10 @@ async fn reap_loop(inner: std::sync::Weak<Inner>) {
         let applied = inner.sm.read().last_applied.map(|l| l.index).unwrap_or(0);
         if inner.is_leader() {
             if let Some(up_to) = previous {
-                if let Err(e) = inner.write_request(Request::ReapTombstones { up_to_index: up_to }).await {
+                if let Err(e) = inner
+                    .write_request(Request::ReapTombstones { up_to_index: up_to })
+                    .await
+                {
                     tracing::warn!(error = %e, "reaping tombstones");
                 }
             }
@@ -610,7 +638,10 @@ impl Inner {
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             last_applied_index,
-            commit_index: self.committed_index.load(Ordering::Relaxed).max(last_applied_index),
+            commit_index: self
+                .committed_index
+                .load(Ordering::Relaxed)
+                .max(last_applied_index),
             last_contact_ms,
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
@@ -626,7 +657,11 @@ impl Inner {
             .applied_index_at_least(Some(index), "store read")
             .await
             .map(|_| ())
-            .map_err(|e| StoreError::Timeout(format!("waiting for index {index} to be applied locally: {e}")))
+            .map_err(|e| {
+                StoreError::Timeout(format!(
+                    "waiting for index {index} to be applied locally: {e}"
+                ))
+            })
     }
 
     /// Writes through Raft: locally on the leader, forwarded from a follower.
@@ -650,7 +685,9 @@ impl Inner {
                         }
                         // Reaping is only issued by a leader for itself; batches only by the batcher.
                         Request::ReapTombstones { .. } | Request::Batch(_) => {
-                            return Err(StoreError::NoLeader("this server is not the leader".into()))
+                            return Err(StoreError::NoLeader(
+                                "this server is not the leader".into(),
+                            ))
                         }
                     };
                     match res {
@@ -747,11 +784,20 @@ impl Inner {
                 LeaderIs::Other(leader) => {
                     let res: Result<LeaderReply<u64>, CallError> = self
                         .client
-                        .call(&leader.raft_addr, "/raft/read-index", &(), LEADER_OP_TIMEOUT)
+                        .call(
+                            &leader.raft_addr,
+                            "/raft/read-index",
+                            &(),
+                            LEADER_OP_TIMEOUT,
+                        )
                         .await;
                     match res {
-                        Ok(LeaderReply::Ok(index)) => return self.wait_applied(index, LEADER_OP_TIMEOUT).await,
-                        Ok(LeaderReply::NotLeader { .. }) => last_problem = format!("{} is no longer leader", leader.name),
+                        Ok(LeaderReply::Ok(index)) => {
+                            return self.wait_applied(index, LEADER_OP_TIMEOUT).await
+                        }
+                        Ok(LeaderReply::NotLeader { .. }) => {
+                            last_problem = format!("{} is no longer leader", leader.name)
+                        }
                         Ok(LeaderReply::Invalid(m)) => return Err(StoreError::InvalidInput(m)),
                         Ok(LeaderReply::Error(m)) => last_problem = m,
                         Err(e) => last_problem = e.to_string(),
@@ -776,11 +822,17 @@ impl Inner {
                 "leadership not confirmed by a quorum in time".into(),
             ))),
             Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(LocalWriteError::NotLeader),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => Err(LocalWriteError::Fail(
-                StoreError::NoLeader(format!("leader could not reach a quorum: {e}")),
-            )),
-            Ok(Err(RaftError::Fatal(Fatal::Stopped))) => Err(LocalWriteError::Fail(StoreError::Shutdown)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                Err(LocalWriteError::NotLeader)
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(LocalWriteError::Fail(StoreError::NoLeader(format!(
+                    "leader could not reach a quorum: {e}"
+                ))))
+            }
+            Ok(Err(RaftError::Fatal(Fatal::Stopped))) => {
+                Err(LocalWriteError::Fail(StoreError::Shutdown))
+            }
             Ok(Err(e)) => Err(LocalWriteError::Fail(StoreError::Raft(e.to_string()))),
         }
     }
@@ -899,7 +951,11 @@ impl Inner {
             return membership_err(e, self);
         }
         // Drop it as a learner too, so the leader stops replicating to it.
-        match self.raft.change_membership(ChangeMembers::RemoveNodes(ids), false).await {
+        match self
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes(ids), false)
+            .await
+        {
             Ok(_) => LeaderReply::Ok(()),
             Err(e) => membership_err(e, self),
         }
@@ -922,7 +978,11 @@ impl Inner {
                     LeaderOp::Join(m) => self.leader_join(m.clone()).await,
                     LeaderOp::Remove(name) => self.leader_remove(name).await,
                 }),
-                LeaderIs::Other(l) => match self.client.call::<_, LeaderReply<()>>(&l.raft_addr, path, body, timeout).await {
+                LeaderIs::Other(l) => match self
+                    .client
+                    .call::<_, LeaderReply<()>>(&l.raft_addr, path, body, timeout)
+                    .await
+                {
                     Ok(r) => Some(r),
                     Err(e) => {
                         last_problem = e.to_string();
@@ -946,7 +1006,10 @@ impl Inner {
     }
 }
 
-fn membership_err(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>, inner: &Inner) -> LeaderReply<()> {
+fn membership_err(
+    e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>,
+    inner: &Inner,
+) -> LeaderReply<()> {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => inner.not_leader(),
         other => LeaderReply::Error(other.to_string()),

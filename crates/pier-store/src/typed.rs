@@ -60,11 +60,17 @@ impl<T: Serialize + DeserializeOwned> TypedTable<T> {
     }
 
     pub fn get(&self, view: &StateView<'_>, key: &str) -> Result<Option<Versioned<T>>, StoreError> {
-        view.get(&self.table, key).map(|e| self.decode(key, e)).transpose()
+        view.get(&self.table, key)
+            .map(|e| self.decode(key, e))
+            .transpose()
     }
 
     /// Entries whose key starts with `prefix`, in key order.
-    pub fn list(&self, view: &StateView<'_>, prefix: &str) -> Result<Vec<(String, Versioned<T>)>, StoreError> {
+    pub fn list(
+        &self,
+        view: &StateView<'_>,
+        prefix: &str,
+    ) -> Result<Vec<(String, Versioned<T>)>, StoreError> {
         view.range_prefix(&self.table, prefix)
             .map(|(k, e)| Ok((k.to_string(), self.decode(k, e)?)))
             .collect()
@@ -72,7 +78,10 @@ impl<T: Serialize + DeserializeOwned> TypedTable<T> {
 
     fn encode(&self, key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
         serde_json::to_vec(value).map_err(|e| {
-            StoreError::InvalidInput(format!("value for {}/{key} does not encode as JSON: {e}", self.table))
+            StoreError::InvalidInput(format!(
+                "value for {}/{key} does not encode as JSON: {e}",
+                self.table
+            ))
         })
     }
 

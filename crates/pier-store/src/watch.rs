@@ -155,7 +155,9 @@ impl Watch {
         }
         let woke = {
             let futs = self.rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
-            tokio::time::timeout(timeout, select_all(futs)).await.is_ok()
+            tokio::time::timeout(timeout, select_all(futs))
+                .await
+                .is_ok()
         };
         if woke {
             // Any wake means "read again"; what happened so far is covered by that read.

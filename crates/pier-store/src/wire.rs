@@ -51,7 +51,9 @@ pub enum Request {
     /// version.
     Batch(Vec<TxnWire>),
     /// Drop tombstones whose delete index is <= `up_to_index`; issued by the leader periodically.
-    ReapTombstones { up_to_index: u64 },
+    ReapTombstones {
+        up_to_index: u64,
+    },
 }
 
 /// What applying a log entry produced.
@@ -232,7 +234,9 @@ pub struct InfoReply {
 pub enum LeaderReply<T> {
     Ok(T),
     /// This server is not the leader; `leader` is the one it knows of.
-    NotLeader { leader: Option<MemberWire> },
+    NotLeader {
+        leader: Option<MemberWire>,
+    },
     /// The request itself is bad; retrying will not help.
     Invalid(String),
     Error(String),

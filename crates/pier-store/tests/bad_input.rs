@@ -18,35 +18,75 @@ async fn bad_input_is_refused_and_nothing_is_written() {
 
     let good = || Op::put(Table::KV, "good", b"v".to_vec());
     let cases: Vec<(Txn, &str)> = vec![
-        (Txn::single(Op::put(Table::KV, "big", vec![0u8; MAX_VALUE_BYTES + 1])), "limit is"),
-        (Txn::single(Op::put(Table::KV, "", b"v".to_vec())), "empty key"),
-        (Txn::single(Op::put(Table::KV, "a/../b", b"v".to_vec())), "'..'"),
+        (
+            Txn::single(Op::put(Table::KV, "big", vec![0u8; MAX_VALUE_BYTES + 1])),
+            "limit is",
+        ),
+        (
+            Txn::single(Op::put(Table::KV, "", b"v".to_vec())),
+            "empty key",
+        ),
+        (
+            Txn::single(Op::put(Table::KV, "a/../b", b"v".to_vec())),
+            "'..'",
+        ),
         (Txn::single(Op::put(Table::KV, "..", b"v".to_vec())), "'..'"),
-        (Txn::single(Op::put(Table::KV, "a\0b", b"v".to_vec())), "NUL"),
-        (Txn::single(Op::put(Table::KV, "k".repeat(MAX_KEY_BYTES + 1), b"v".to_vec())), "limit is"),
-        (Txn::single(Op::put(Table::from_static("Bad Table"), "k", b"v".to_vec())), "table name"),
+        (
+            Txn::single(Op::put(Table::KV, "a\0b", b"v".to_vec())),
+            "NUL",
+        ),
+        (
+            Txn::single(Op::put(
+                Table::KV,
+                "k".repeat(MAX_KEY_BYTES + 1),
+                b"v".to_vec(),
+            )),
+            "limit is",
+        ),
+        (
+            Txn::single(Op::put(Table::from_static("Bad Table"), "k", b"v".to_vec())),
+            "table name",
+        ),
         (Txn::single(Op::delete(Table::KV, "x/../y")), "'..'"),
         (Txn::new(), "no operations"),
         // One bad op spoils the whole transaction.
-        (Txn::new().with(good()).with(Op::put(Table::KV, "", b"v".to_vec())), "empty key"),
+        (
+            Txn::new()
+                .with(good())
+                .with(Op::put(Table::KV, "", b"v".to_vec())),
+            "empty key",
+        ),
     ];
     for (txn, needle) in cases {
         match store.write(txn.clone()).await {
-            Err(StoreError::InvalidInput(msg)) => assert!(msg.contains(needle), "{msg:?} lacks {needle:?}"),
+            Err(StoreError::InvalidInput(msg)) => {
+                assert!(msg.contains(needle), "{msg:?} lacks {needle:?}")
+            }
             other => panic!("{txn:?}: expected InvalidInput, got {other:?}"),
         }
     }
     // Limits themselves are fine.
     store
-        .write(Txn::single(Op::put(Table::KV, "k".repeat(MAX_KEY_BYTES), vec![7u8; MAX_VALUE_BYTES])))
+        .write(Txn::single(Op::put(
+            Table::KV,
+            "k".repeat(MAX_KEY_BYTES),
+            vec![7u8; MAX_VALUE_BYTES],
+        )))
         .await
         .unwrap();
-    store.write(Txn::single(Op::put(Table::KV, "a..b/c..", b"v".to_vec()))).await.unwrap();
+    store
+        .write(Txn::single(Op::put(Table::KV, "a..b/c..", b"v".to_vec())))
+        .await
+        .unwrap();
     assert!(Table::new("Bad Table").is_err());
 
     let (good_present, idx_after, applied) = store
         .read(Consistency::Consistent, |v| {
-            (v.get(Table::KV, "good").is_some(), v.table_index(Table::KV), v.applied_index())
+            (
+                v.get(Table::KV, "good").is_some(),
+                v.table_index(Table::KV),
+                v.applied_index(),
+            )
         })
         .await
         .unwrap();

@@ -33,17 +33,30 @@ async fn three_servers_fail_over_and_catch_up() {
         acked.push((k, v));
     }
     for (k, v) in &acked {
-        assert_eq!(get(nodes[leader].store(), Consistency::Stale, k).await.as_deref(), Some(v.as_str()));
+        assert_eq!(
+            get(nodes[leader].store(), Consistency::Stale, k)
+                .await
+                .as_deref(),
+            Some(v.as_str())
+        );
     }
     for n in &nodes {
         for (k, v) in &acked {
-            assert_eq!(get(n.store(), Consistency::Consistent, k).await.as_deref(), Some(v.as_str()));
-            assert_eq!(get(n.store(), Consistency::Default, k).await.as_deref(), Some(v.as_str()));
+            assert_eq!(
+                get(n.store(), Consistency::Consistent, k).await.as_deref(),
+                Some(v.as_str())
+            );
+            assert_eq!(
+                get(n.store(), Consistency::Default, k).await.as_deref(),
+                Some(v.as_str())
+            );
         }
     }
 
     // A watcher on a follower wakes for a write made elsewhere.
-    let mut w = nodes[follower].store().watch(&[WatchKey::key(Table::KV, "watched")]);
+    let mut w = nodes[follower]
+        .store()
+        .watch(&[WatchKey::key(Table::KV, "watched")]);
     put(nodes[leader].store(), "watched", "1").await;
     assert!(w.changed(Duration::from_secs(2)).await);
 
@@ -57,11 +70,16 @@ async fn three_servers_fail_over_and_catch_up() {
                 let mut ok = Vec::new();
                 for j in 0..60 {
                     let (k, v) = (format!("w{i}/{j}"), format!("x{j}"));
-                    match s.write(Txn::single(Op::put(Table::KV, &k, v.clone().into_bytes()))).await {
+                    match s
+                        .write(Txn::single(Op::put(Table::KV, &k, v.clone().into_bytes())))
+                        .await
+                    {
                         Ok(r) if r.applied => ok.push((k, v)),
                         Ok(r) => panic!("unguarded write not applied: {r:?}"),
                         // Outcome unknown while the leader dies: not acknowledged, not checked.
-                        Err(StoreError::Timeout(_)) | Err(StoreError::Raft(_)) | Err(StoreError::NoLeader(_)) => {}
+                        Err(StoreError::Timeout(_))
+                        | Err(StoreError::Raft(_))
+                        | Err(StoreError::NoLeader(_)) => {}
                         Err(e) => panic!("unexpected error: {e}"),
                     }
                 }
@@ -87,7 +105,9 @@ async fn three_servers_fail_over_and_catch_up() {
     for &i in &survivors {
         for (k, v) in &acked {
             assert_eq!(
-                get(nodes[i].store(), Consistency::Consistent, k).await.as_deref(),
+                get(nodes[i].store(), Consistency::Consistent, k)
+                    .await
+                    .as_deref(),
                 Some(v.as_str()),
                 "{k} lost on {}",
                 nodes[i].name
@@ -114,18 +134,28 @@ async fn three_servers_fail_over_and_catch_up() {
         acked.push((k, v));
     }
     // Deletes must travel in the snapshot too.
-    nodes[cur_leader].store().write(Txn::single(Op::delete(Table::KV, "f/0"))).await.unwrap();
+    nodes[cur_leader]
+        .store()
+        .write(Txn::single(Op::delete(Table::KV, "f/0")))
+        .await
+        .unwrap();
     acked.retain(|(k, _)| k != "f/0");
     for &i in &up {
         nodes[i].store().trigger_snapshot().await.unwrap();
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let purged: Vec<u64> = up.iter().map(|&i| nodes[i].store().status().purged_index).collect();
+        let purged: Vec<u64> = up
+            .iter()
+            .map(|&i| nodes[i].store().status().purged_index)
+            .collect();
         if purged.iter().all(|p| *p > down_applied) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "logs not purged: {purged:?} vs {down_applied}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "logs not purged: {purged:?} vs {down_applied}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     nodes[down].restart().await;
@@ -133,9 +163,15 @@ async fn three_servers_fail_over_and_catch_up() {
     for (k, v) in &acked {
         wait_value(nodes[down].store(), k, v, Duration::from_secs(15)).await;
     }
-    assert_eq!(get(nodes[down].store(), Consistency::Stale, "f/0").await, None);
+    assert_eq!(
+        get(nodes[down].store(), Consistency::Stale, "f/0").await,
+        None
+    );
     let st = nodes[down].store().status();
-    assert!(st.snapshot_index > down_applied, "expected an installed snapshot: {st:?}");
+    assert!(
+        st.snapshot_index > down_applied,
+        "expected an installed snapshot: {st:?}"
+    );
     for n in &mut nodes {
         n.shutdown().await;
     }
@@ -150,12 +186,23 @@ async fn new_server_joins_and_member_is_removed() {
         put(nodes[0].store(), &format!("pre/{i}"), "v").await;
     }
     // A fourth server pointed at any member joins the running cluster.
-    let cfg = config("s3", &tmp.path().join("s3"), loopback0(), 3, vec![nodes[1].addr()]);
+    let cfg = config(
+        "s3",
+        &tmp.path().join("s3"),
+        loopback0(),
+        3,
+        vec![nodes[1].addr()],
+    );
     nodes.push(Node::start(cfg).await);
     wait_cluster_ready(&nodes, 4, Duration::from_secs(20)).await;
     wait_value(nodes[3].store(), "pre/4", "v", Duration::from_secs(5)).await;
     put(nodes[3].store(), "from-new", "1").await;
-    assert_eq!(get(nodes[0].store(), Consistency::Consistent, "from-new").await.as_deref(), Some("1"));
+    assert_eq!(
+        get(nodes[0].store(), Consistency::Consistent, "from-new")
+            .await
+            .as_deref(),
+        Some("1")
+    );
 
     // Remove it again (asked on a follower: forwarded to the leader).
     let leader = wait_leader_index(&nodes, Duration::from_secs(5)).await;

@@ -97,7 +97,12 @@ async fn run_client(store: Store, ns: String, client: usize, cmds: Vec<Cmd>) -> 
                 });
                 continue;
             }
-            Cmd::Put(k) => (k, Op::put(Table::KV, format!("{ns}/{k}"), value.clone()), None, Some(value)),
+            Cmd::Put(k) => (
+                k,
+                Op::put(Table::KV, format!("{ns}/{k}"), value.clone()),
+                None,
+                Some(value),
+            ),
             Cmd::CasSeen(k) => {
                 let cas = seen.get(&k).copied().unwrap_or(0);
                 (
@@ -137,7 +142,10 @@ async fn run_client(store: Store, ns: String, client: usize, cmds: Vec<Cmd>) -> 
 }
 
 fn check_key(events: &[Event]) -> Result<(), String> {
-    let mut writes: Vec<&Event> = events.iter().filter(|e| matches!(e.done, Done::Write { .. })).collect();
+    let mut writes: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e.done, Done::Write { .. }))
+        .collect();
     writes.sort_by_key(|e| match e.done {
         Done::Write { index, .. } => index,
         _ => 0,
@@ -150,7 +158,9 @@ fn check_key(events: &[Event]) -> Result<(), String> {
     for a in &writes {
         for b in &writes {
             if a.end < b.start && idx(a) >= idx(b) {
-                return Err(format!("write {a:?} finished before {b:?} started but has a later index"));
+                return Err(format!(
+                    "write {a:?} finished before {b:?} started but has a later index"
+                ));
             }
         }
     }
@@ -170,7 +180,9 @@ fn check_key(events: &[Event]) -> Result<(), String> {
         let current = state.as_ref().map(|s| s.1).unwrap_or(0);
         let should_apply = cas.is_none_or(|c| c == current);
         if should_apply != *applied {
-            return Err(format!("cas outcome {applied} but model says {should_apply} for {w:?} (state {state:?})"));
+            return Err(format!(
+                "cas outcome {applied} but model says {should_apply} for {w:?} (state {state:?})"
+            ));
         }
         if *applied {
             state = value.as_ref().map(|v| (v.clone(), *index));
@@ -178,14 +190,31 @@ fn check_key(events: &[Event]) -> Result<(), String> {
         states.push(state.clone());
     }
     // Reads, in start order, each at a feasible position no earlier than real-time predecessors.
-    let mut reads: Vec<&Event> = events.iter().filter(|e| matches!(e.done, Done::Read(_))).collect();
+    let mut reads: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e.done, Done::Read(_)))
+        .collect();
     reads.sort_by_key(|e| e.start);
     let mut chosen: Vec<(Instant, usize)> = Vec::new();
     for r in reads {
-        let Done::Read(seen) = &r.done else { unreachable!() };
-        let lo_writes = writes.iter().rposition(|w| w.end < r.start).map(|p| p + 1).unwrap_or(0);
-        let hi_writes = writes.iter().position(|w| w.start > r.end).unwrap_or(writes.len());
-        let lo_reads = chosen.iter().filter(|(end, _)| *end < r.start).map(|(_, j)| *j).max().unwrap_or(0);
+        let Done::Read(seen) = &r.done else {
+            unreachable!()
+        };
+        let lo_writes = writes
+            .iter()
+            .rposition(|w| w.end < r.start)
+            .map(|p| p + 1)
+            .unwrap_or(0);
+        let hi_writes = writes
+            .iter()
+            .position(|w| w.start > r.end)
+            .unwrap_or(writes.len());
+        let lo_reads = chosen
+            .iter()
+            .filter(|(end, _)| *end < r.start)
+            .map(|(_, j)| *j)
+            .max()
+            .unwrap_or(0);
         let lo = lo_writes.max(lo_reads);
         let Some(j) = (lo..=hi_writes).find(|j| states[*j] == *seen) else {
             return Err(format!(
@@ -232,7 +261,14 @@ fn run(nodes_count: usize, cases: u32) {
                 let handles: Vec<_> = clients
                     .into_iter()
                     .enumerate()
-                    .map(|(i, cmds)| tokio::spawn(run_client(stores[i % stores.len()].clone(), ns.clone(), i, cmds)))
+                    .map(|(i, cmds)| {
+                        tokio::spawn(run_client(
+                            stores[i % stores.len()].clone(),
+                            ns.clone(),
+                            i,
+                            cmds,
+                        ))
+                    })
                     .collect();
                 let mut all = Vec::new();
                 for h in handles {
@@ -243,7 +279,11 @@ fn run(nodes_count: usize, cases: u32) {
             check(events).map_err(TestCaseError::fail)
         })
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
     drop(nodes);
 }
 

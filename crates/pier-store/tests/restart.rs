@@ -31,22 +31,35 @@ async fn data_and_indexes_survive_graceful_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config("solo", tmp.path(), loopback0(), 1, vec![]);
     let mut node = Node::start(cfg).await;
-    node.store().wait_for_leader(Duration::from_secs(5)).await.unwrap();
+    node.store()
+        .wait_for_leader(Duration::from_secs(5))
+        .await
+        .unwrap();
     for i in 0..50 {
         put(node.store(), &format!("k/{i:02}"), &format!("v{i}")).await;
     }
     node.store()
-        .write(Txn::single(Op::put(Table::SERVICES, "web/1", b"{}".to_vec())))
+        .write(Txn::single(Op::put(
+            Table::SERVICES,
+            "web/1",
+            b"{}".to_vec(),
+        )))
         .await
         .unwrap();
     // A delete leaves a tombstone: the prefix index must not go backwards across the restart.
-    node.store().write(Txn::single(Op::delete(Table::KV, "k/49"))).await.unwrap();
+    node.store()
+        .write(Txn::single(Op::delete(Table::KV, "k/49")))
+        .await
+        .unwrap();
     let before = dump(node.store()).await;
     let applied = node.store().status().last_applied_index;
     node.shutdown().await;
 
     node.restart().await;
-    node.store().wait_for_leader(Duration::from_secs(5)).await.unwrap();
+    node.store()
+        .wait_for_leader(Duration::from_secs(5))
+        .await
+        .unwrap();
     let after = dump(node.store()).await;
     assert_eq!(before, after);
     assert!(node.store().status().last_applied_index >= applied);
@@ -62,7 +75,10 @@ async fn acknowledged_writes_survive_abrupt_stop_and_snapshots() {
     let mut cfg = config("solo", tmp.path(), loopback0(), 1, vec![]);
     cfg.snapshot_every_logs = 40;
     let mut node = Node::start(cfg).await;
-    node.store().wait_for_leader(Duration::from_secs(5)).await.unwrap();
+    node.store()
+        .wait_for_leader(Duration::from_secs(5))
+        .await
+        .unwrap();
     for i in 0..300 {
         put(node.store(), &format!("k/{i:03}"), &format!("v{i}")).await;
     }
@@ -72,7 +88,10 @@ async fn acknowledged_writes_survive_abrupt_stop_and_snapshots() {
     node.kill();
 
     node.restart().await;
-    node.store().wait_for_leader(Duration::from_secs(5)).await.unwrap();
+    node.store()
+        .wait_for_leader(Duration::from_secs(5))
+        .await
+        .unwrap();
     let after = dump(node.store()).await;
     assert_eq!(before.0, after.0);
     assert_eq!(before.1, after.1);
@@ -85,12 +104,19 @@ async fn corrupt_state_file_is_reported_with_its_path() {
     let tmp = tempfile::tempdir().unwrap();
     {
         let mut node = Node::start(config("solo", tmp.path(), loopback0(), 1, vec![])).await;
-        node.store().wait_for_leader(Duration::from_secs(5)).await.unwrap();
+        node.store()
+            .wait_for_leader(Duration::from_secs(5))
+            .await
+            .unwrap();
         put(node.store(), "a", "1").await;
         node.shutdown().await;
     }
     let state = tmp.path().join("state.redb");
-    std::fs::write(&state, b"this is not a redb file at all, just garbage bytes ....").unwrap();
+    std::fs::write(
+        &state,
+        b"this is not a redb file at all, just garbage bytes ....",
+    )
+    .unwrap();
     let err = match Store::open(config("solo", tmp.path(), loopback0(), 1, vec![])).await {
         Ok(_) => panic!("opened a corrupt store"),
         Err(e) => e,
@@ -112,7 +138,10 @@ async fn foreign_directory_and_bad_identity_are_refused() {
     match Store::open(config("solo", tmp.path(), loopback0(), 1, vec![])).await {
         Err(StoreError::CorruptData { path, detail }) => {
             assert_eq!(path, tmp.path());
-            assert!(detail.contains("not a pier-store data directory"), "{detail}");
+            assert!(
+                detail.contains("not a pier-store data directory"),
+                "{detail}"
+            );
         }
         Err(e) => panic!("expected CorruptData, got {e:?}"),
         Ok(_) => panic!("opened a foreign directory"),
@@ -121,7 +150,9 @@ async fn foreign_directory_and_bad_identity_are_refused() {
     let tmp2 = tempfile::tempdir().unwrap();
     std::fs::write(tmp2.path().join("node.json"), b"{garbage").unwrap();
     match Store::open(config("solo", tmp2.path(), loopback0(), 1, vec![])).await {
-        Err(StoreError::CorruptData { path, .. }) => assert_eq!(path, tmp2.path().join("node.json")),
+        Err(StoreError::CorruptData { path, .. }) => {
+            assert_eq!(path, tmp2.path().join("node.json"))
+        }
         Err(e) => panic!("expected CorruptData, got {e:?}"),
         Ok(_) => panic!("opened with a broken identity"),
     }

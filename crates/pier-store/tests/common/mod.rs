@@ -18,7 +18,13 @@ pub fn init_tracing() {
         .try_init();
 }
 
-pub fn config(name: &str, dir: &Path, listen: SocketAddr, expect: usize, join: Vec<String>) -> StoreConfig {
+pub fn config(
+    name: &str,
+    dir: &Path,
+    listen: SocketAddr,
+    expect: usize,
+    join: Vec<String>,
+) -> StoreConfig {
     StoreConfig {
         node_name: name.to_string(),
         data_dir: dir.to_path_buf(),
@@ -147,22 +153,32 @@ pub async fn start_cluster(n: usize, base: &Path, tweak: impl Fn(&mut StoreConfi
 pub async fn wait_cluster_ready(nodes: &[Node], members: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let statuses: Vec<_> = nodes.iter().filter(|n| n.is_up()).map(|n| n.store().status()).collect();
+        let statuses: Vec<_> = nodes
+            .iter()
+            .filter(|n| n.is_up())
+            .map(|n| n.store().status())
+            .collect();
         let leader = statuses[0].leader.as_ref().map(|l| l.id);
         if leader.is_some()
-            && statuses
-                .iter()
-                .all(|s| s.leader.as_ref().map(|l| l.id) == leader && s.members.iter().filter(|m| m.voter).count() == members)
+            && statuses.iter().all(|s| {
+                s.leader.as_ref().map(|l| l.id) == leader
+                    && s.members.iter().filter(|m| m.voter).count() == members
+            })
         {
             return;
         }
-        assert!(Instant::now() < deadline, "cluster not ready: {statuses:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "cluster not ready: {statuses:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 pub fn leader_index(nodes: &[Node]) -> Option<usize> {
-    nodes.iter().position(|n| n.is_up() && n.store().status().is_leader)
+    nodes
+        .iter()
+        .position(|n| n.is_up() && n.store().status().is_leader)
 }
 
 pub async fn wait_leader_index(nodes: &[Node], timeout: Duration) -> usize {
@@ -178,7 +194,11 @@ pub async fn wait_leader_index(nodes: &[Node], timeout: Duration) -> usize {
 
 pub async fn put(store: &Store, key: &str, value: &str) -> u64 {
     let r = store
-        .write(Txn::single(Op::put(Table::KV, key, value.as_bytes().to_vec())))
+        .write(Txn::single(Op::put(
+            Table::KV,
+            key,
+            value.as_bytes().to_vec(),
+        )))
         .await
         .unwrap();
     assert!(r.applied);
@@ -187,7 +207,10 @@ pub async fn put(store: &Store, key: &str, value: &str) -> u64 {
 
 pub async fn get(store: &Store, c: Consistency, key: &str) -> Option<String> {
     store
-        .read(c, |v| v.get(Table::KV, key).map(|e| String::from_utf8(e.value.clone()).unwrap()))
+        .read(c, |v| {
+            v.get(Table::KV, key)
+                .map(|e| String::from_utf8(e.value.clone()).unwrap())
+        })
         .await
         .unwrap()
 }
@@ -199,7 +222,11 @@ pub async fn wait_value(store: &Store, key: &str, value: &str, timeout: Duration
         if get(store, Consistency::Stale, key).await.as_deref() == Some(value) {
             return;
         }
-        assert!(Instant::now() < deadline, "{key} never became {value} (status {:?})", store.status());
+        assert!(
+            Instant::now() < deadline,
+            "{key} never became {value} (status {:?})",
+            store.status()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
