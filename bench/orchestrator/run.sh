@@ -17,10 +17,10 @@ HTTP=19500; RAFT=19300; REG=19501
 ADDR=http://127.0.0.1:$HTTP
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}" $(cat "$WORK/agent-pids" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
   ids=$(docker ps -aq --filter label=pier.test.run=$RUN); [ -n "$ids" ] && docker rm -f $ids >/dev/null
   docker rmi -f 127.0.0.1:$REG/bench:v1 127.0.0.1:$REG/bench:bad >/dev/null 2>&1 || true
-  rm -rf "$WORK"
+  if [ -n "${KEEP:-}" ]; then echo "logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 now() { date +%s.%N; }
@@ -29,8 +29,9 @@ ms() { date +%s%3N; }
 "$PIER" dev --data-dir "$WORK/data" --http-port $HTTP --raft-port $RAFT --registry-port $REG --no-agent \
   --node-down-after 2s >"$WORK/dev.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 100); do curl -sf $ADDR/api/v1/status >/dev/null && break; sleep 0.1; done
+# Called in $(...): the PID goes to a file, since a subshell cannot extend PIDS.
 agent() { "$PIER" agent --server $ADDR --name "$1" --zone "$2" --container-label pier.test=1 \
-  --container-label pier.test.run=$RUN >"$WORK/agent-$1.log" 2>&1 & PIDS+=($!); echo $!; }
+  --container-label pier.test.run=$RUN >>"$WORK/agent-$1.log" 2>&1 & echo $! >>"$WORK/agent-pids"; echo $!; }
 A_PID=$(agent node-a a); B_PID=$(agent node-b b)
 
 build() { # tag variant
@@ -54,6 +55,7 @@ interval = "1s"
 [deploy]
 min_healthy_time = "1s"
 drain_delay = "500ms"
+${4:-}
 TOML
 }
 passing() { curl -s "$ADDR/v1/health/service/$1?passing" | jq -r "[.[] | select(.Service.Tags | index(\"$2\"))] | length"; }
@@ -66,11 +68,19 @@ for i in $(seq "$ROUNDS"); do
   "$PIER" --addr $ADDR service rm d$i >/dev/null
 done
 
-echo "== 2. bad version: first failed health check -> all traffic on the old version"
+bad_version() { # label, extra [deploy] line
+echo "== 2. bad version ($1): first failed health check -> all traffic on the old version"
 for i in $(seq "$ROUNDS"); do
-  svc r$i v1 >"$WORK/r$i.toml"; "$PIER" --addr $ADDR deploy "$WORK/r$i.toml" >/dev/null
-  svc r$i bad >"$WORK/r$i-bad.toml"
-  "$PIER" --addr $ADDR deploy "$WORK/r$i-bad.toml" >"$WORK/r$i-bad.out" 2>&1 || true
+  svc r$i v1 3 "$2" >"$WORK/r$i.toml"; "$PIER" --addr $ADDR deploy "$WORK/r$i.toml" >/dev/null
+  svc r$i bad 3 "$2" >"$WORK/r$i-bad.toml"
+  "$PIER" --addr $ADDR deploy "$WORK/r$i-bad.toml" >"$WORK/r$i-bad.out" 2>&1 & deploy_pid=$!
+  min_old=3
+  while kill -0 $deploy_pid 2>/dev/null; do
+    n=$(passing r$i rev-1); [ "$n" -lt "$min_old" ] && min_old=$n
+    [ "$(passing r$i rev-2)" != 0 ] && { echo "  a bad instance was passing: traffic reached it" >&2; }
+    sleep 0.05
+  done
+  wait $deploy_pid && { echo "  the bad deploy exited 0" >&2; exit 1; }
   # All traffic on the old version: only revision 1 passing, at full count, no bad task left.
   while :; do
     bad_left=$(curl -s $ADDR/api/v1/services/r$i/tasks | jq '[.[] | select(.task.revision==2 and .display_state!="stopped" and .display_state!="failed" and .display_state!="exited")] | length')
@@ -82,10 +92,14 @@ for i in $(seq "$ROUNDS"); do
   t_first=$(curl -s $ADDR/api/v1/services/r$i/tasks | jq '[.[] | select(.task.revision==2) | .status.started_at_ms] | min')
   dep=$(curl -s $ADDR/api/v1/services/r$i | jq -r '.deployment.rollback_of // empty')
   t_failed=$(curl -s $ADDR/api/v1/deployments/$dep | jq '.events[] | select(.message|test("rolled back")) | .at_ms' | head -1)
-  printf '  round %d: breaker tripped after %.2f s, all traffic on the old version and no bad task after %.2f s (old version served throughout: passing rev-1 never below 3)\n' \
-    "$i" "$(echo "($t_failed - $t_first)/1000" | bc -l)" "$(echo "($t_end - $t_first)/1000" | bc -l)"
+  printf '  round %d: breaker tripped after %.2f s, rollback complete (only old version passing, no bad task left) after %.2f s; fewest old instances passing meanwhile: %d of 3\n' \
+    "$i" "$(echo "($t_failed - $t_first)/1000" | bc -l)" "$(echo "($t_end - $t_first)/1000" | bc -l)" "$min_old"
   "$PIER" --addr $ADDR service rm r$i >/dev/null
+  sleep 2
 done
+}
+bad_version "default max_surge 25%" ""
+bad_version "max_surge 100%" 'max_surge = "100%"'
 
 echo "== 3. kill -9 of an agent -> its tasks healthy on the other node"
 for i in $(seq "$ROUNDS"); do
