@@ -2,6 +2,6 @@
 //! loudly: a test that needs Docker or a binary must not silently pass.
 
 pub mod docker;
+pub mod images;
 pub mod net;
 pub mod process;
-pub mod images;

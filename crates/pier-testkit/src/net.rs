@@ -7,7 +7,10 @@ use std::net::{SocketAddr, TcpListener};
 /// can bind port 0 themselves should do that instead.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 for a free port");
-    listener.local_addr().expect("local addr of a bound listener").port()
+    listener
+        .local_addr()
+        .expect("local addr of a bound listener")
+        .port()
 }
 
 pub fn free_addr() -> SocketAddr {

@@ -27,7 +27,10 @@ impl PierProcess {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        PierProcess { child: Some(child), name: name.to_string() }
+        PierProcess {
+            child: Some(child),
+            name: name.to_string(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -44,9 +47,16 @@ impl PierProcess {
 
     /// Sends `signal` (e.g. "INT", "TERM") and waits up to `timeout` for exit.
     /// Returns the exit status, or None if it had to be killed.
-    pub fn signal_and_wait(&mut self, signal: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
+    pub fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
         let child = self.child.as_mut()?;
-        let _ = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {

@@ -58,7 +58,11 @@ impl Command {
     pub fn is_server(&self) -> bool {
         match self {
             Command::Dev(_) | Command::Server(_) | Command::Agent(_) => true,
-            Command::Deploy(_) | Command::Service(_) | Command::Node(_) | Command::Logs(_) | Command::Pipeline(_) => false,
+            Command::Deploy(_)
+            | Command::Service(_)
+            | Command::Node(_)
+            | Command::Logs(_)
+            | Command::Pipeline(_) => false,
             Command::Registry(args) => args.is_server(),
             Command::Status(_) | Command::Kv(_) => false,
         }

@@ -43,7 +43,10 @@ pub fn prepare_data_dir(path: &std::path::Path) -> anyhow::Result<()> {
         );
     }
     std::fs::create_dir_all(path).with_context(|| {
-        format!("cannot create data dir {}; check its parent exists and is writable", path.display())
+        format!(
+            "cannot create data dir {}; check its parent exists and is writable",
+            path.display()
+        )
     })
 }
 
@@ -84,7 +87,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals();
     // Bind every listener first so a port clash fails before any state is touched.
     let http_listener = bind(cfg.http_listen, "the HTTP API").await?;
-    let http_addr = http_listener.local_addr().context("reading the bound HTTP address")?;
+    let http_addr = http_listener
+        .local_addr()
+        .context("reading the bound HTTP address")?;
     let registry_listener = match cfg.registry_listen {
         Some(addr) => Some(bind(addr, "the registry").await?),
         None => None,
@@ -108,11 +113,16 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
 
     if let Some(listener) = registry_listener {
         let registry_dir = cfg.data_dir.join("registry");
-        let registry = pier_registry::Registry::open(pier_registry::RegistryConfig::new(&registry_dir))
-            .await
-            .with_context(|| format!("cannot open the registry in {}", registry_dir.display()))?;
+        let registry =
+            pier_registry::Registry::open(pier_registry::RegistryConfig::new(&registry_dir))
+                .await
+                .with_context(|| {
+                    format!("cannot open the registry in {}", registry_dir.display())
+                })?;
         registry.spawn_background_gc();
-        let addr = listener.local_addr().context("reading the bound registry address")?;
+        let addr = listener
+            .local_addr()
+            .context("reading the bound registry address")?;
         tracing::info!(%addr, "registry listening");
         let router = registry.router();
         let stop = shutdown.wait();
@@ -139,28 +149,44 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         store.clone(),
         pier_pipeline::PipelineConfig {
             data_dir: cfg.data_dir.clone(),
-            registry: orchestrator_config.registry_addr.clone().unwrap_or_else(|| "127.0.0.1:5000".into()),
-            deployer: Arc::new(pier_pipeline::HttpDeployer::new(format!("http://{http_addr}"))),
+            registry: orchestrator_config
+                .registry_addr
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1:5000".into()),
+            deployer: Arc::new(pier_pipeline::HttpDeployer::new(format!(
+                "http://{http_addr}"
+            ))),
         },
     );
-    let orchestrator = pier_orchestrator::spawn(store.clone(), catalog.clone(), orchestrator_config);
-    let app = api::router(AppState { store: store.clone(), metrics })
-        .merge(orchestrator.router())
-        .merge(pipelines.router())
-        .merge(pier_catalog::router(catalog.clone(), catalog_agent.clone()));
+    let orchestrator =
+        pier_orchestrator::spawn(store.clone(), catalog.clone(), orchestrator_config);
+    let app = api::router(AppState {
+        store: store.clone(),
+        metrics,
+    })
+    .merge(orchestrator.router())
+    .merge(pipelines.router())
+    .merge(pier_catalog::router(catalog.clone(), catalog_agent.clone()));
     let node_agent = match cfg.agent.clone() {
         Some(mut agent_cfg) => {
             agent_cfg.server = format!("http://{http_addr}");
-            Some(pier_agent::Agent::start(agent_cfg).await.context("cannot start the node agent")?)
+            Some(
+                pier_agent::Agent::start(agent_cfg)
+                    .await
+                    .context("cannot start the node agent")?,
+            )
         }
         None => None,
     };
     let stop = shutdown.wait();
     tasks.spawn(async move {
-        axum::serve(http_listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stop)
-            .await
-            .context("HTTP API server failed")
+        axum::serve(
+            http_listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
+        .context("HTTP API server failed")
     });
 
     // The first listener to end (normally: all of them, on shutdown) ends the process.

@@ -118,7 +118,9 @@ async fn corrupt_state_is_refused_naming_the_file_and_what_to_do() {
     let base = format!("http://127.0.0.1:{}", args[4]);
     wait_http_ok(&format!("{base}/api/v1/status"), Duration::from_secs(30)).await;
     wait_leader(&base).await;
-    assert!(dev.signal_and_wait("TERM", Duration::from_secs(15)).is_some());
+    assert!(dev
+        .signal_and_wait("TERM", Duration::from_secs(15))
+        .is_some());
 
     let raft_dir = data.join("raft");
     let mut corrupted = Vec::new();
@@ -129,13 +131,25 @@ async fn corrupt_state_is_refused_naming_the_file_and_what_to_do() {
             corrupted.push(path);
         }
     }
-    assert!(!corrupted.is_empty(), "no redb files found in {}", raft_dir.display());
+    assert!(
+        !corrupted.is_empty(),
+        "no redb files found in {}",
+        raft_dir.display()
+    );
 
-    let out = std::process::Command::new(PIER).args(&args).output().unwrap();
-    assert!(!out.status.success(), "pier dev started on a corrupt data dir");
+    let out = std::process::Command::new(PIER)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "pier dev started on a corrupt data dir"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        corrupted.iter().any(|p| stderr.contains(p.to_str().unwrap())),
+        corrupted
+            .iter()
+            .any(|p| stderr.contains(p.to_str().unwrap())),
         "error does not name the corrupt file: {stderr}"
     );
 }

@@ -3,13 +3,13 @@
 pub mod agent;
 pub mod deploy;
 pub mod dev;
+pub mod kv;
 pub mod logs;
 pub mod node;
 pub mod pipeline;
-pub mod service;
-pub mod kv;
 pub mod registry;
 pub mod server;
+pub mod service;
 pub mod status;
 
 use std::process::ExitCode;
