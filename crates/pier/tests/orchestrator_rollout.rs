@@ -97,9 +97,12 @@ async fn rollout_keeps_capacity_and_failures_roll_back() {
     }
 
     // Healthy first, crashing after 5 s: the breaker counts failures after running too.
+    // min_healthy_time longer than the crash delay: the tasks are running and passing their
+    // checks when they die, i.e. they fail *after* reaching running.
     let fc = c.write_file(
         "crash.toml",
-        &service_file("web", &crash, 3, "failure_threshold = 2\n"),
+        &service_file("web", &crash, 3, "failure_threshold = 2\n")
+            .replace("min_healthy_time = \"1s\"", "min_healthy_time = \"10s\""),
     );
     let out = c.pier(&["deploy", &fc]);
     assert!(
