@@ -140,4 +140,21 @@ async fn spread_failover_kill_and_adoption() {
         .clone();
     assert_eq!(a_state, "down");
     eprintln!("failover to zone b took {took:?}");
+
+    // Agent b is away while the service shrinks and its node is declared down; when it comes
+    // back it removes the containers of tasks it no longer runs: no orphans, no duplicates.
+    c.agents[b].kill9();
+    let out = c.pier(&["service", "scale", "spread", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let args = c.agent_args("node-b", "b");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.agents[b] =
+        pier_testkit::process::PierProcess::spawn(BIN, "agent-node-b-3", &refs, c.dir.path());
+    eventually(
+        "two passing replicas and exactly two containers",
+        Duration::from_secs(30),
+        || async { c.passing("spread").await.len() == 2 && c.guard.containers(true).len() == 2 },
+    )
+    .await;
 }
