@@ -55,6 +55,9 @@ pub struct PipelineInfo {
     /// The latest run, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run: Option<RunInfo>,
+    /// Why the last poll of the repository failed (absent once a poll succeeds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_error: Option<String>,
 }
 
 /// Body of `POST /api/v1/pipelines/NAME/runs`.

@@ -113,7 +113,9 @@ async fn info_of(shared: &Shared, record: PipelineRecord) -> ApiResult<PipelineI
         .await?
         .pop()
         .map(|v| v.value);
-    Ok(record.info(last))
+    let mut info = record.info(last);
+    info.poll_error = crate::records::poll_error(&shared.store, &record.name).await?;
+    Ok(info)
 }
 
 async fn list(State(shared): State<Arc<Shared>>) -> ApiResult<Json<Vec<PipelineInfo>>> {

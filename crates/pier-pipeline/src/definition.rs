@@ -26,7 +26,7 @@ const MAX_SECRET_BYTES: usize = 256;
 pub enum RepoSource {
     /// A repository on this server's file system (a path or a `file://` URL); read in place.
     Local(PathBuf),
-    /// An `http://` or `https://` remote; fetched into a cache under the data dir.
+    /// An `http://` remote; fetched into a cache under the data dir.
     Remote(String),
 }
 
@@ -61,6 +61,7 @@ impl PipelineDef {
             keep_runs: self.keep_runs,
             created_at_ms,
             last_run: None,
+            poll_error: None,
         }
     }
 }
@@ -170,7 +171,8 @@ fn repo_err(repo: &str, reason: impl Into<String>) -> DefinitionError {
     }
 }
 
-/// `http(s)://…` → remote; `file://PATH` or an absolute path → local.
+/// `http://…` → remote; `file://PATH` or an absolute path → local; `https://` is refused
+/// (no TLS in this build's git transport).
 pub fn parse_repo(repo: &str) -> Result<RepoSource, DefinitionError> {
     if repo.is_empty() {
         return Err(repo_err(repo, "must not be empty"));
@@ -185,7 +187,16 @@ pub fn parse_repo(repo: &str) -> Result<RepoSource, DefinitionError> {
         return Err(repo_err(repo, "contains control characters"));
     }
     let lower = repo.to_ascii_lowercase();
-    if lower.starts_with("http://") || lower.starts_with("https://") {
+    if lower.starts_with("https://") {
+        // The git transport is built without TLS: enabling rustls workspace-wide would change
+        // every crate's HTTP client. Say so up front rather than fail at the first fetch.
+        return Err(repo_err(
+            repo,
+            "https remotes are not supported by this build (its git transport has no TLS); use \
+             http://, a local path or file://",
+        ));
+    }
+    if lower.starts_with("http://") {
         let rest = &repo[repo.find("://").map_or(0, |i| i + 3)..];
         let host = rest.split('/').next().unwrap_or("");
         if host.is_empty() || host.contains(char::is_whitespace) {
@@ -386,8 +397,13 @@ mod tests {
             RepoSource::Local("/srv/x".into())
         );
         assert_eq!(
-            parse_repo("https://git.example/a/b.git").unwrap(),
-            RepoSource::Remote("https://git.example/a/b.git".into())
+            parse_repo("http://git.example/a/b.git").unwrap(),
+            RepoSource::Remote("http://git.example/a/b.git".into())
+        );
+        let e = parse_repo("https://git.example/a/b.git").unwrap_err();
+        assert!(
+            e.to_string().contains("https remotes are not supported"),
+            "{e}"
         );
         assert!(matches!(
             parse_repo("http://host"),

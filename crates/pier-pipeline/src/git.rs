@@ -122,14 +122,14 @@ impl GitRepos {
             .map_err(|e| fetch_err(e.to_string()))?;
         let connection = remote
             .connect(gix::remote::Direction::Fetch)
-            .map_err(|e| fetch_err(format!("{e:#}")))?;
+            .map_err(|e| fetch_err(chain(&e)))?;
         let prepared = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(|e| fetch_err(format!("{e:#}")))?;
+            .map_err(|e| fetch_err(chain(&e)))?;
         let interrupt = AtomicBool::new(false);
         let outcome = prepared
             .receive(gix::progress::Discard, &interrupt)
-            .map_err(|e| fetch_err(format!("{e:#}")))?;
+            .map_err(|e| fetch_err(chain(&e)))?;
         let wanted = format!("refs/heads/{branch}");
         let advertised = outcome.ref_map.remote_refs.iter().any(|r| {
             let (name, _, _) = r.unpack();
@@ -149,6 +149,21 @@ impl GitRepos {
     }
 }
 
+/// The messages of an error and its causes, without repeats: gix nests its errors deeply and
+/// their debug form is unreadable.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
 fn open_local(path: &Path) -> Result<OpenRepo, GitError> {
     let display = path.display().to_string();
     if !path.exists() {
@@ -160,7 +175,7 @@ fn open_local(path: &Path) -> Result<OpenRepo, GitError> {
     let repo =
         gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| GitError::Open {
             repo: display.clone(),
-            detail: format!("{e:#}"),
+            detail: chain(&e),
         })?;
     Ok(OpenRepo {
         repo,
@@ -192,7 +207,7 @@ impl OpenRepo {
         };
         let id = reference
             .peel_to_id()
-            .map_err(|e| self.read_err(format!("{e:#}")))?
+            .map_err(|e| self.read_err(chain(&e)))?
             .detach();
         self.commit_info(id)
     }

@@ -19,6 +19,9 @@ use crate::error::PipelineError;
 pub const PIPELINES: Table = Table::PIPELINES;
 pub const RUNS: Table = Table::PIPELINE_RUNS;
 pub const LOGS: Table = Table::from_static("pipeline_logs");
+/// `<name>` → the last poll error as text; absent while polls succeed. Apart from the
+/// pipelines table so that recording it does not wake the runner.
+pub const POLL_ERRORS: Table = Table::from_static("pipeline_poll_errors");
 
 /// Attempts of a read-modify-write before giving up on contention.
 const CAS_ATTEMPTS: usize = 20;
@@ -89,6 +92,7 @@ impl PipelineRecord {
             keep_runs: self.keep_runs,
             created_at_ms: self.created_at_ms,
             last_run,
+            poll_error: None,
         }
     }
 }
@@ -208,7 +212,8 @@ pub async fn delete_pipeline(store: &Store, name: &str) -> Result<bool, Pipeline
     let txn = Txn::new()
         .with(pipelines().delete(name))
         .with(Op::delete_prefix(RUNS, runs_prefix(name)))
-        .with(Op::delete_prefix(LOGS, runs_prefix(name)));
+        .with(Op::delete_prefix(LOGS, runs_prefix(name)))
+        .with(Op::delete(POLL_ERRORS, name));
     store.write(txn).await?;
     Ok(existed)
 }
@@ -295,6 +300,32 @@ pub async fn update_run(
         }
     }
     Err(PipelineError::Contended)
+}
+
+pub async fn poll_error(store: &Store, name: &str) -> Result<Option<String>, PipelineError> {
+    Ok(store
+        .read(Consistency::Default, |v| {
+            v.get(POLL_ERRORS, name)
+                .map(|e| String::from_utf8_lossy(&e.value).into_owned())
+        })
+        .await?)
+}
+
+/// Records the outcome of a poll; writes only when it differs from what is recorded.
+pub async fn set_poll_error(
+    store: &Store,
+    name: &str,
+    error: Option<&str>,
+) -> Result<(), PipelineError> {
+    if poll_error(store, name).await?.as_deref() == error {
+        return Ok(());
+    }
+    let op = match error {
+        Some(e) => Op::put(POLL_ERRORS, name, e.as_bytes().to_vec()),
+        None => Op::delete(POLL_ERRORS, name),
+    };
+    store.write(Txn::single(op)).await?;
+    Ok(())
 }
 
 /// Deletes runs (and their logs) of `name`.

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::PipelineError;
+use crate::records::set_poll_error;
 use crate::records::{
     delete_runs, enqueue, list_pipelines, list_runs, now_ms, update_run, Enqueued, PipelineRecord,
     PIPELINES, RUNS,
@@ -261,6 +262,7 @@ async fn poll_once(shared: Arc<Shared>, record: PipelineRecord) {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             tracing::warn!(pipeline = %record.name, error = %e, "poll failed");
+            let _ = set_poll_error(&shared.store, &record.name, Some(&e.to_string())).await;
             return;
         }
         Err(e) => {
@@ -268,6 +270,9 @@ async fn poll_once(shared: Arc<Shared>, record: PipelineRecord) {
             return;
         }
     };
+    if let Err(e) = set_poll_error(&shared.store, &record.name, None).await {
+        tracing::warn!(pipeline = %record.name, error = %e, "cannot record a poll");
+    }
     if record.last_queued.as_deref() == Some(head.id.as_str()) {
         return;
     }

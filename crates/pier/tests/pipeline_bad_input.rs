@@ -166,4 +166,45 @@ async fn bad_pipelines_are_refused_with_the_reason() {
     );
     dev.pier_ok(&["pipeline", "rm", "web"]);
     assert_eq!(dev.pier_ok(&["pipeline", "ls", "--json"]).trim(), "[]");
+
+    // A repository that goes away after creation: the poll error is shown, then cleared.
+    let moving = Repo::busybox_site("moving", "v1\n");
+    let path = moving.path().to_path_buf();
+    dev.pier_ok(&[
+        "pipeline",
+        "create",
+        "moving",
+        "--repo",
+        path.to_str().unwrap(),
+        "--poll",
+        "1s",
+    ]);
+    let away = path.with_extension("away");
+    std::fs::rename(&path, &away).unwrap();
+    let poll_error = |dev: &Dev| {
+        let ls = pipeline_common::json_of(&dev.pier_ok(&["pipeline", "ls", "--json"]));
+        ls[0]["poll_error"].as_str().map(str::to_string)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let err = loop {
+        if let Some(e) = poll_error(&dev) {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the poll error never showed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(err.contains("cannot be opened"), "{err}");
+    assert!(dev.pier_ok(&["pipeline", "ls"]).contains("polling fails"));
+    std::fs::rename(&away, &path).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while poll_error(&dev).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the poll error was never cleared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

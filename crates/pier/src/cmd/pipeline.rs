@@ -273,6 +273,9 @@ pub async fn run(client: &Client, args: PipelineArgs) -> anyhow::Result<ExitCode
                         "{:<20} {:<8} {:<8} {:<12} {:<13} {}",
                         p.name, p.branch, poll, status, commit, p.repo
                     );
+                    if let Some(e) = &p.poll_error {
+                        println!("  └ polling fails: {e}");
+                    }
                 }
             }
         }
