@@ -139,7 +139,7 @@ async fn stages(
             let found = repo.find_commit(&commit)?;
             repo.read_file(&found.id, &dockerfile)?;
             let service = repo.read_file(&found.id, &file)?;
-            let context = repo.context_tar(&found.id)?;
+            let context = repo.context_tar(&found.id, &dockerfile)?;
             Ok((
                 context,
                 String::from_utf8_lossy(&service).into_owned(),

@@ -14,6 +14,7 @@ use gix::bstr::ByteSlice;
 use sha2::{Digest, Sha256};
 
 use crate::definition::RepoSource;
+use crate::dockerignore::IgnoreRules;
 
 /// Build contexts larger than this are refused (they are held in memory while sent).
 pub const MAX_CONTEXT_BYTES: u64 = 512 * 1024 * 1024;
@@ -302,8 +303,15 @@ impl OpenRepo {
 
     /// The tree of `commit` as an uncompressed tar: the build context. Submodules are left
     /// out (their content is not in this repository).
-    pub fn context_tar(&self, commit: &str) -> Result<Vec<u8>, GitError> {
+    /// `.dockerignore` at the root is applied as the Docker CLI would; the Dockerfile and
+    /// `.dockerignore` itself are always sent (the builder needs them).
+    pub fn context_tar(&self, commit: &str, dockerfile: &str) -> Result<Vec<u8>, GitError> {
         let tree = self.tree_of(commit)?;
+        let ignore = match self.read_file(commit, ".dockerignore") {
+            Ok(bytes) => Some(IgnoreRules::parse(&String::from_utf8_lossy(&bytes))),
+            Err(GitError::NoFile { .. }) | Err(GitError::NotAFile { .. }) => None,
+            Err(e) => return Err(e),
+        };
         let files = tree
             .traverse()
             .breadthfirst
@@ -319,6 +327,14 @@ impl OpenRepo {
                 .any(|c| c.is_empty() || c == "." || c == ".." || c.eq_ignore_ascii_case(".git"))
             {
                 continue;
+            }
+            if let Some(rules) = &ignore {
+                let always = path == dockerfile || path == ".dockerignore";
+                let is_dir = entry.mode.kind() == gix::object::tree::EntryKind::Tree;
+                // A directory stays when exceptions may re-include something below it.
+                if !always && rules.is_excluded(&path) && !(is_dir && rules.has_exceptions()) {
+                    continue;
+                }
             }
             let mut header = tar::Header::new_gnu();
             header.set_mtime(0);

@@ -10,6 +10,7 @@ mod api;
 pub mod build;
 pub mod definition;
 pub mod deploy;
+pub mod dockerignore;
 pub mod error;
 mod execute;
 pub mod git;

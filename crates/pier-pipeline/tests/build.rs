@@ -36,7 +36,7 @@ async fn builds_the_commit_and_pushes_it() {
         &docker,
         BuildSpec {
             image: &image,
-            context_tar: open.context_tar(&head.id).unwrap(),
+            context_tar: open.context_tar(&head.id, "Dockerfile").unwrap(),
             dockerfile: "Dockerfile",
             build_args: &args,
             labels: HashMap::from([("pier.test".to_string(), "1".to_string())]),
@@ -72,7 +72,7 @@ async fn a_broken_dockerfile_fails_with_the_builders_error_and_pushes_nothing() 
         &docker,
         BuildSpec {
             image: &image,
-            context_tar: open.context_tar(&commit).unwrap(),
+            context_tar: open.context_tar(&commit, "Dockerfile").unwrap(),
             dockerfile: "Dockerfile",
             build_args: &BTreeMap::new(),
             labels: HashMap::new(),
@@ -96,7 +96,7 @@ async fn a_broken_dockerfile_fails_with_the_builders_error_and_pushes_nothing() 
         &docker,
         BuildSpec {
             image: &image,
-            context_tar: open.context_tar(&commit).unwrap(),
+            context_tar: open.context_tar(&commit, "Dockerfile").unwrap(),
             dockerfile: "docker/Missing.Dockerfile",
             build_args: &BTreeMap::new(),
             labels: HashMap::new(),

@@ -113,7 +113,7 @@ fn context_tar_holds_the_tree() {
         .unwrap();
     // An untracked file is not part of the commit.
     repo.write("untracked.txt", "x");
-    let tar_bytes = open.context_tar(&repo.head()).unwrap();
+    let tar_bytes = open.context_tar(&repo.head(), "Dockerfile").unwrap();
     let mut archive = tar::Archive::new(tar_bytes.as_slice());
     let mut seen = Vec::new();
     for entry in archive.entries().unwrap() {
@@ -175,7 +175,7 @@ fn http_remote_is_fetched_into_the_cache() {
     work.git(&["push", "-q", bare.to_str().unwrap(), "main"]);
     let open = git.open(&source, "main").unwrap();
     assert_eq!(open.branch_head("main").unwrap().id, second);
-    let tar_bytes = open.context_tar(&second).unwrap();
+    let tar_bytes = open.context_tar(&second, "Dockerfile").unwrap();
     assert!(!tar_bytes.is_empty());
 
     let err = git.open(&source, "nope").err().unwrap();
@@ -197,4 +197,38 @@ fn http_remote_is_fetched_into_the_cache() {
         .err()
         .unwrap();
     assert!(matches!(err, GitError::Fetch { .. }), "{err}");
+}
+
+#[test]
+fn dockerignore_is_applied_to_the_context() {
+    let repo = sample_repo();
+    repo.write(
+        ".dockerignore",
+        "*.md\nsecrets\n!secrets/public.txt\nDockerfile\n",
+    );
+    repo.write("NOTES.md", "private notes");
+    repo.write("secrets/key.pem", "KEY");
+    repo.write("secrets/public.txt", "public");
+    let commit = repo.commit("with .dockerignore");
+    let cache = tempfile::tempdir().unwrap();
+    let open = GitRepos::new(cache.path())
+        .open(&RepoSource::Local(repo.path().to_path_buf()), "main")
+        .unwrap();
+    let tar_bytes = open.context_tar(&commit, "Dockerfile").unwrap();
+    let mut archive = tar::Archive::new(tar_bytes.as_slice());
+    let paths: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    let has = |p: &str| paths.iter().any(|x| x.trim_end_matches('/') == p);
+    assert!(!has("NOTES.md"), "{paths:?}");
+    assert!(!has("secrets/key.pem"), "{paths:?}");
+    assert!(has("secrets/public.txt"), "{paths:?}");
+    assert!(
+        has("Dockerfile"),
+        "the Dockerfile is always sent: {paths:?}"
+    );
+    assert!(has(".dockerignore"), "{paths:?}");
+    assert!(has("www/index.html"), "{paths:?}");
 }
