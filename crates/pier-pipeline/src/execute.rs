@@ -67,6 +67,22 @@ async fn advance(shared: &Shared, run: &RunInfo, event: RunEvent, image: Option<
     }
 }
 
+/// Whether this runner still owns the run (`None`: the store cannot say right now).
+async fn still_owned(shared: &Shared, run: &RunInfo) -> Option<bool> {
+    let current = crate::records::get_run(
+        &shared.store,
+        &run.pipeline,
+        run.number,
+        pier_store::Consistency::Default,
+    )
+    .await
+    .ok()?;
+    Some(current.is_some_and(|r| {
+        r.value.runner.as_deref() == Some(shared.runner_id.as_str())
+            && !r.value.status.is_terminal()
+    }))
+}
+
 /// Executes a run that the runner has already moved to `building` under this runner id.
 pub(crate) async fn execute(shared: Arc<Shared>, def: PipelineDef, run: RunInfo) {
     let (log, rx) = LogSink::channel();
@@ -92,7 +108,16 @@ pub(crate) async fn execute(shared: Arc<Shared>, def: PipelineDef, run: RunInfo)
     // seen every line.
     let _ = writer.await;
     if let Ending::Event(ev) = ending {
-        advance(&shared, &run, ev, None).await;
+        // The outcome is worth a few retries across a leader election; if it still cannot be
+        // written the runner finds the run without an executor and marks it interrupted.
+        for attempt in 0..5u64 {
+            if advance(&shared, &run, ev.clone(), None).await
+                || still_owned(&shared, &run).await == Some(false)
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500 * (attempt + 1))).await;
+        }
     }
     tracing::info!(pipeline = %run.pipeline, run = run.number, "run finished");
 }
