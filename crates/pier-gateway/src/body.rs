@@ -147,7 +147,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
             UpstreamBody::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
-            UpstreamBody::Stream { slot, .. } => slot.hint.clone(),
+            UpstreamBody::Stream { slot, .. } => slot.hint,
         }
     }
 }

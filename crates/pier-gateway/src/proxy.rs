@@ -186,6 +186,17 @@ pub(crate) async fn handle(
         let r = local::bad_request(json, "only `Transfer-Encoding: chunked` is accepted");
         return Ok(ctx.local(&shared.unrouted, r));
     }
+    if req.method() == Method::CONNECT {
+        let r = local::respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            json,
+            "method_not_allowed",
+            "the gateway does not tunnel CONNECT requests".to_string(),
+            &[],
+            true,
+        );
+        return Ok(ctx.local(&shared.unrouted, r));
+    }
     let (Some(host), Some(raw_host)) = (host, raw_host) else {
         let r = local::bad_request(json, "missing or invalid Host header");
         return Ok(ctx.local(&shared.unrouted, r));
@@ -534,4 +545,3 @@ async fn tunnel(
     };
     completion.finish(outcome);
 }
-

@@ -16,7 +16,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -216,7 +216,7 @@ pub(crate) async fn serve_connection(
     let mark = Arc::new(IdleMark::new());
     let idle_ms = shared.cfg.timeouts.idle_ms;
     let ctx = Arc::new(ConnCtx {
-        peer_ip: ip_header(IpAddr::from(peer.ip())),
+        peer_ip: ip_header(peer.ip()),
         idle: Arc::clone(&mark),
         hard_stop: life.hard_stop.clone(),
         _alive: life.alive.clone(),

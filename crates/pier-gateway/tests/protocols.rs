@@ -50,14 +50,9 @@ async fn ws_echo_backend() -> SocketAddr {
                     return;
                 };
                 while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(msg).await.is_err() {
-                                return;
-                            }
-                        }
-                        Message::Close(_) => return,
-                        _ => {}
+                    let echo = matches!(msg, Message::Text(_) | Message::Binary(_));
+                    if matches!(msg, Message::Close(_)) || (echo && ws.send(msg).await.is_err()) {
+                        return;
                     }
                 }
             });
