@@ -248,7 +248,10 @@ impl Worker {
                 self.begin_health(now_ms());
                 tracing::info!(task = %self.id(), container = %id, "task running");
             }
-            Ok(Some(info)) => self.exited(&info),
+            Ok(Some(info)) => {
+                self.exited(&info);
+                self.capture_output(&id).await;
+            }
             Ok(None) => self.fail(DockerError::NoSuchContainer(id)),
             Err(e) => self.fail(e),
         }
@@ -276,6 +279,26 @@ impl Worker {
         tracing::info!(task = %self.id(), code = ?info.exit_code, "task exited");
     }
 
+    /// Keeps the container's last lines with the status: the container is removed once the
+    /// task is stopped, and "why did it exit" is the first question.
+    async fn capture_output(&mut self, id: &str) {
+        use futures::StreamExt;
+        const MAX_BYTES: usize = 4096;
+        let chunks: Vec<_> = self.ctx.docker.logs(id, false, Some(20)).collect().await;
+        let mut text = String::new();
+        for chunk in chunks.into_iter().flatten() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        if text.len() > MAX_BYTES {
+            let mut cut = text.len() - MAX_BYTES;
+            while !text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            text = text[cut..].to_string();
+        }
+        self.status.last_output = (!text.trim().is_empty()).then_some(text);
+    }
+
     async fn on_event(&mut self, action: &str) {
         if !matches!(action, "die" | "oom" | "destroy" | "kill") {
             return;
@@ -284,7 +307,10 @@ impl Worker {
             return;
         };
         match self.ctx.docker.inspect(&id).await {
-            Ok(Some(info)) if !info.running => self.exited(&info),
+            Ok(Some(info)) if !info.running => {
+                self.exited(&info);
+                self.capture_output(&id).await;
+            }
             Ok(None) if !self.status.state.is_terminal() => {
                 self.status.exit_code = Some(137);
                 self.set_state(TaskState::Exited, Some("container removed".into()));

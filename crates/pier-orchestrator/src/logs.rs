@@ -36,6 +36,15 @@ pub(crate) async fn service_logs(
     let mut streams: Vec<BoxStream<'static, Result<Bytes, std::io::Error>>> = Vec::new();
     for t in world.tasks_of(&name) {
         if t.value.stop_phase == StopPhase::Stopped {
+            // Gone from its node; what it wrote last was kept with its status.
+            if let Some(out) = world.status_of(&t.value.id).last_output {
+                let id = t.value.id.clone();
+                let text: String = out
+                    .lines()
+                    .map(|l| format!("{id} (exited) | {l}\n"))
+                    .collect();
+                streams.push(stream::once(async move { Ok(Bytes::from(text)) }).boxed());
+            }
             continue;
         }
         let Some(node) = world.nodes.get(&t.value.node) else {

@@ -57,7 +57,7 @@ pub fn build_httpd_image(tag: &str, variant: HttpdVariant) {
             r#"["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]"#.to_string()
         }
         HttpdVariant::CrashAfter { seconds } => format!(
-            r#"["/bin/busybox", "sh", "-c", "/bin/busybox httpd -p 8080 -h /www; /bin/busybox sleep {seconds}; exit 1"]"#
+            r#"["/bin/busybox", "sh", "-c", "/bin/busybox httpd -p 8080 -h /www; /bin/busybox sleep {seconds}; echo crashing after {seconds}s; exit 1"]"#
         ),
     };
     let dockerfile = format!(

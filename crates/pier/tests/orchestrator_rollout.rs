@@ -124,6 +124,13 @@ async fn rollout_keeps_capacity_and_failures_roll_back() {
         },
     )
     .await;
+    // What the crashed containers wrote last is kept although they are gone.
+    let logs = c.pier(&["logs", "web"]);
+    assert!(
+        stdout(&logs).contains("crashing after 5s"),
+        "{}",
+        stdout(&logs)
+    );
     let detail = c.get("/api/v1/services/web").await;
     assert_eq!(detail["service"]["revision"], 2, "{detail}");
 }

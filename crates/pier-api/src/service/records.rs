@@ -201,6 +201,10 @@ pub struct TaskStatus {
     pub message: Option<String>,
     pub started_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
+    /// The last lines the container wrote before it exited on its own (for `pier logs` and
+    /// `pier service ps` once the container is gone).
+    #[serde(default)]
+    pub last_output: Option<String>,
     pub updated_at_ms: u64,
 }
 
@@ -217,6 +221,7 @@ impl Default for TaskStatus {
             message: None,
             started_at_ms: None,
             finished_at_ms: None,
+            last_output: None,
             updated_at_ms: 0,
         }
     }
