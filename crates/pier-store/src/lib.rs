@@ -5,8 +5,12 @@
 //! * **Consensus** is openraft 0.9 (storage-v2 traits). One server is a one-member Raft
 //!   cluster; `pier dev` and a five-server cluster run the same code path.
 //! * **Log** (`raft-log.redb`): entries keyed by index, plus vote, committed and last-purged
-//!   records. Each append batch is one redb transaction committed with `Durability::Immediate`
-//!   (fsync) *before* openraft's flush callback fires; the vote is fsynced too.
+//!   records. `append` puts the entries into an in-memory tail (readable at once) and queues
+//!   them to one writer thread, which drains everything queued into a single redb transaction
+//!   committed with `Durability::Immediate` (fsync) and only then fires openraft's flush
+//!   callbacks, in order. Votes and truncations go through the same queue and are awaited, so
+//!   all log I/O stays ordered. Committed index and purges ride along unfsynced (losing them
+//!   only means replaying or keeping a little more).
 //! * **State machine** (`state.redb` + memory): all tables live in memory (`BTreeMap`s) for
 //!   reads; each apply batch is written to redb in one transaction together with
 //!   `last_applied` and the membership. Those commits are not fsynced individually (the log is
