@@ -52,12 +52,14 @@ pub enum Command {
     Logs(cmd::logs::LogsArgs),
     /// Build and deploy from a git repository on every new commit.
     Pipeline(cmd::pipeline::PipelineArgs),
+    /// Run the load balancer on its own, following a server's catalog.
+    Gateway(cmd::gateway::GatewayArgs),
 }
 
 impl Command {
     pub fn is_server(&self) -> bool {
         match self {
-            Command::Dev(_) | Command::Server(_) | Command::Agent(_) => true,
+            Command::Dev(_) | Command::Server(_) | Command::Agent(_) | Command::Gateway(_) => true,
             Command::Deploy(_)
             | Command::Service(_)
             | Command::Node(_)

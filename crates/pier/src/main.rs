@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod client;
 mod cmd;
+mod gateway_feed;
 mod logging;
 mod metrics;
 mod server;

@@ -145,7 +145,12 @@ pub async fn render(State(state): State<AppState>) -> Response {
     }
     if let Ok(extra) = state.metrics.extra.lock() {
         for source in extra.iter() {
-            text.push_str(&source());
+            let more = source();
+            // Each source may end with its own "# EOF"; only one may end the page.
+            text.push_str(more.trim_end().trim_end_matches("# EOF"));
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
         }
     }
     text.push_str("# EOF\n");

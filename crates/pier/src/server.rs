@@ -31,6 +31,16 @@ pub struct ServerConfig {
     pub orchestrator: pier_orchestrator::OrchestratorConfig,
     /// A node agent in this process (`pier dev`); its `server` is filled in with the API address.
     pub agent: Option<pier_agent::AgentConfig>,
+    /// The gateway in this process, following this server's catalog.
+    pub gateway: Option<GatewayWiring>,
+    /// The catalog's DNS interface (UDP and TCP).
+    pub dns_listen: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewayWiring {
+    pub listen: SocketAddr,
+    pub zone: String,
 }
 
 /// Creates the data directory if needed and refuses paths that cannot hold one,
@@ -92,6 +102,18 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         .context("reading the bound HTTP address")?;
     let registry_listener = match cfg.registry_listen {
         Some(addr) => Some(bind(addr, "the registry").await?),
+        None => None,
+    };
+    // The gateway binds here too; its routes arrive once the API answers.
+    let (routes_tx, routes_rx) = crate::gateway_feed::channel();
+    let gateway = match &cfg.gateway {
+        Some(g) => Some(
+            pier_gateway::Gateway::new(
+                crate::cmd::gateway::config(g.listen, &g.zone, false),
+                routes_rx,
+            )
+            .with_context(|| format!("cannot start the gateway on {}; pick another port", g.listen))?,
+        ),
         None => None,
     };
 
@@ -162,7 +184,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         pier_orchestrator::spawn(store.clone(), catalog.clone(), orchestrator_config);
     let app = api::router(AppState {
         store: store.clone(),
-        metrics,
+        metrics: metrics.clone(),
     })
     .merge(orchestrator.router())
     .merge(pipelines.router())
@@ -178,6 +200,22 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if let Some(listen) = cfg.dns_listen {
+        let dns = pier_catalog::DnsServer::bind(catalog.clone(), listen, pier_catalog::DnsConfig::default())
+            .await
+            .with_context(|| format!("cannot listen for DNS on {listen} (UDP and TCP); pick another port"))?;
+        tracing::info!(%listen, "catalog DNS listening");
+        let stop = shutdown.wait();
+        tasks.spawn(async move { dns.run(stop).await.context("DNS server failed") });
+    }
+    if let Some(gateway) = gateway {
+        crate::gateway_feed::spawn(format!("http://{http_addr}"), routes_tx)?;
+        tracing::info!(listen = %gateway.local_addr(), "gateway listening");
+        let gateway_metrics = gateway.metrics();
+        metrics.add_source(Box::new(move || gateway_metrics.text()));
+        let stop = shutdown.wait();
+        tasks.spawn(async move { gateway.serve(stop).await.context("gateway failed") });
+    }
     let stop = shutdown.wait();
     tasks.spawn(async move {
         axum::serve(

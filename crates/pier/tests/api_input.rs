@@ -67,6 +67,10 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
             &raft.to_string(),
             "--registry-port",
             &free_port().to_string(),
+            "--gateway-port",
+            &free_port().to_string(),
+            "--dns-port",
+            &free_port().to_string(),
         ],
         tmp.path(),
     );

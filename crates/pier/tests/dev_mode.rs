@@ -20,6 +20,10 @@ fn dev_args(data_dir: &str, http: u16, raft: u16) -> Vec<String> {
         raft.to_string(),
         "--registry-port".into(),
         free_port().to_string(),
+        "--gateway-port".into(),
+        free_port().to_string(),
+        "--dns-port".into(),
+        free_port().to_string(),
     ]
 }
 

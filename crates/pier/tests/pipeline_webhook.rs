@@ -8,9 +8,13 @@ use std::time::Duration;
 use pipeline_common::{json_of, Dev, Repo};
 
 fn hmac_sha256_hex(secret: &str, body: &str) -> String {
-    // openssl is the sender's side here, independent of pier's own HMAC code.
-    let out = std::process::Command::new("openssl")
-        .args(["dgst", "-sha256", "-hmac", secret])
+    // Python's hmac module is the sender's side here, independent of pier's own HMAC code.
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import hmac, hashlib, sys; print(hmac.new(sys.argv[1].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())",
+            secret,
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -19,7 +23,7 @@ fn hmac_sha256_hex(secret: &str, body: &str) -> String {
             child.stdin.take().unwrap().write_all(body.as_bytes())?;
             child.wait_with_output()
         })
-        .expect("openssl must be installed for this test");
+        .expect("python3 must be installed for this test");
     let text = String::from_utf8_lossy(&out.stdout);
     text.rsplit(' ').next().unwrap().trim().to_string()
 }

@@ -21,6 +21,12 @@ pub struct DevArgs {
     /// OCI registry (docker push 127.0.0.1:5000/NAME:TAG).
     #[arg(long, default_value_t = 5000)]
     pub registry_port: u16,
+    /// Gateway: every service answers on http://<name>.localhost:<port>.
+    #[arg(long, default_value_t = 8080)]
+    pub gateway_port: u16,
+    /// Consul-style DNS (UDP and TCP): dig @127.0.0.1 -p 8600 web.service.consul
+    #[arg(long, default_value_t = 8600)]
+    pub dns_port: u16,
     /// Zone of the built-in node agent.
     #[arg(long, default_value = "local")]
     pub zone: String,
@@ -51,6 +57,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     eprintln!("pier dev: data in {}", data_dir.display());
     eprintln!("  API + Consul API  http://127.0.0.1:{}", args.http_port);
     eprintln!("  registry          127.0.0.1:{}", args.registry_port);
+    eprintln!("  gateway           http://<service>.localhost:{}", args.gateway_port);
+    eprintln!("  DNS               127.0.0.1:{} (udp+tcp)", args.dns_port);
     server::run(ServerConfig {
         node_name: "dev".to_string(),
         data_dir,
@@ -60,6 +68,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         join: Vec::new(),
         snapshot_every_logs: 10_000,
         registry_listen: Some(SocketAddr::new(localhost, args.registry_port)),
+        gateway: Some(server::GatewayWiring {
+            listen: SocketAddr::new(localhost, args.gateway_port),
+            zone: args.zone.clone(),
+        }),
+        dns_listen: Some(SocketAddr::new(localhost, args.dns_port)),
         orchestrator: pier_orchestrator::OrchestratorConfig {
             node_down_after_ms: args.node_down_after.as_millis() as u64,
             ..Default::default()

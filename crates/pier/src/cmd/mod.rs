@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod deploy;
 pub mod dev;
+pub mod gateway;
 pub mod kv;
 pub mod logs;
 pub mod node;
@@ -24,6 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Registry(args) => registry::run(args).await,
         Command::Status(args) => status::run(&client, args).await,
         Command::Kv(args) => kv::run(&client, args).await,
+        Command::Gateway(args) => gateway::run(args).await,
         Command::Agent(args) => agent::run(args).await,
         Command::Deploy(args) => deploy::run(&client, args).await,
         Command::Service(args) => service::run(&client, args).await,

@@ -32,6 +32,15 @@ pub struct ServerArgs {
     /// Serve the OCI registry on this port (off unless given).
     #[arg(long)]
     pub registry_port: Option<u16>,
+    /// Run a gateway in this process on this port (off unless given).
+    #[arg(long)]
+    pub gateway_port: Option<u16>,
+    /// Zone of the in-process gateway (its backends there are preferred).
+    #[arg(long, default_value = "")]
+    pub gateway_zone: String,
+    /// Serve Consul-style DNS on this port, UDP and TCP (off unless given).
+    #[arg(long)]
+    pub dns_port: Option<u16>,
     /// Build a raft snapshot (and compact the log) after this many entries.
     #[arg(long, default_value_t = 10_000, hide = true)]
     pub raft_snapshot_every: u64,
@@ -60,6 +69,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         join: args.join,
         snapshot_every_logs: args.raft_snapshot_every,
         registry_listen: args.registry_port.map(|p| SocketAddr::new(args.bind, p)),
+        gateway: args.gateway_port.map(|p| crate::server::GatewayWiring {
+            listen: SocketAddr::new(args.bind, p),
+            zone: args.gateway_zone.clone(),
+        }),
+        dns_listen: args.dns_port.map(|p| SocketAddr::new(args.bind, p)),
         orchestrator: pier_orchestrator::OrchestratorConfig::default(),
         agent: None,
     })

@@ -20,6 +20,8 @@ pub struct Cluster {
     pub dev: PierProcess,
     pub http_port: u16,
     pub registry_port: u16,
+    /// The gateway inside `pier dev`: `Host: <service>.localhost`.
+    pub gateway_port: u16,
     pub agents: Vec<PierProcess>,
     // Field order: containers go before images.
     pub guard: ContainerGuard,
@@ -34,6 +36,7 @@ impl Cluster {
         let guard = ContainerGuard::new_run();
         let http_port = free_port();
         let registry_port = free_port();
+        let gateway_port = free_port();
         let raft_port = free_port();
         let data = dir.path().join("data");
         let run_label = format!("{}={}", guard.label, guard.value);
@@ -47,6 +50,10 @@ impl Cluster {
             raft_port.to_string(),
             "--registry-port".into(),
             registry_port.to_string(),
+            "--gateway-port".into(),
+            gateway_port.to_string(),
+            "--dns-port".into(),
+            free_port().to_string(),
             "--container-label".into(),
             "pier.test=1".into(),
             "--container-label".into(),
@@ -68,6 +75,7 @@ impl Cluster {
             dev,
             http_port,
             registry_port,
+            gateway_port,
             agents: Vec::new(),
             guard,
             images: ImageGuard(Vec::new()),

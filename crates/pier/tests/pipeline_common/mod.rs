@@ -22,6 +22,8 @@ pub struct Dev {
     pub dev: PierProcess,
     pub http_port: u16,
     pub registry_port: u16,
+    /// The gateway inside `pier dev`: `Host: <service>.localhost`.
+    pub gateway_port: u16,
     pub http: reqwest::Client,
     args: Vec<String>,
     // Containers before images.
@@ -62,6 +64,7 @@ impl Dev {
         let guard = ContainerGuard::new_run();
         let http_port = free_port();
         let registry_port = free_port();
+        let gateway_port = free_port();
         let raft_port = free_port();
         let data = dir.path().join("data");
         let run_label = format!("{}={}", guard.label, guard.value);
@@ -75,6 +78,10 @@ impl Dev {
             raft_port.to_string(),
             "--registry-port".into(),
             registry_port.to_string(),
+            "--gateway-port".into(),
+            gateway_port.to_string(),
+            "--dns-port".into(),
+            free_port().to_string(),
             "--container-label".into(),
             "pier.test=1".into(),
             "--container-label".into(),
@@ -93,6 +100,7 @@ impl Dev {
             dev,
             http_port,
             registry_port,
+            gateway_port,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
