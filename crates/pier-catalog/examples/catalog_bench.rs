@@ -295,6 +295,7 @@ async fn run_watchers(url: String, count: u32) {
         }
     }
     print!("{out}");
+    eprintln!("watcher process CPU: {}", ms(process_cpu()));
 }
 
 async fn bench_dead(server: &Server, tries: u32) {

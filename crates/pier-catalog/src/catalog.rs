@@ -55,7 +55,7 @@ impl Default for CatalogConfig {
 }
 
 /// Filters of `health/service` and `catalog/service`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceFilter {
     /// Only instances whose every check (node checks included) is passing.
     pub passing_only: bool,
@@ -106,6 +106,20 @@ impl Heartbeats {
     }
 }
 
+/// The last result of one `health/service` query, shared by every watcher of it: when many
+/// watchers wake for the same change, the first one decodes the records and the others reuse
+/// the result after checking (`index_of` of the same keys) that nothing they cover changed.
+struct HealthMemo {
+    keys: Vec<WatchKey>,
+    index: u64,
+    value: Arc<Vec<InstanceHealth>>,
+}
+
+type HealthMemoKey = (String, ServiceFilter);
+
+/// Most memoised queries kept; the table is cleared when it grows past this.
+const MAX_MEMO_ENTRIES: usize = 4096;
+
 /// The catalog over a store. Cheap to clone.
 #[derive(Clone)]
 pub struct Catalog {
@@ -113,6 +127,7 @@ pub struct Catalog {
     config: Arc<CatalogConfig>,
     pub(crate) heartbeats: Arc<Heartbeats>,
     http: reqwest::Client,
+    health_memo: Arc<Mutex<HashMap<HealthMemoKey, Arc<HealthMemo>>>>,
 }
 
 fn decode_err<T>(r: Result<T, CatalogError>) -> Option<T> {
@@ -136,6 +151,7 @@ impl Catalog {
             config: Arc::new(config),
             heartbeats: Arc::new(Heartbeats::default()),
             http,
+            health_memo: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -466,13 +482,21 @@ impl Catalog {
                         }
                         None => (None, Vec::new()),
                     };
-                    // Check IDs of the new checks that some other instance of the node uses.
+                    // Check IDs of the new checks that some other instance of the node uses
+                    // (this instance's own checks, under its new or old service, are fine).
+                    let old_prefix = old_service
+                        .as_ref()
+                        .map(|svc| records::instance_checks_prefix(svc, &reg.node, &reg.id));
                     let clashes: Vec<String> = checks
                         .iter()
                         .filter_map(|c| {
                             let e = v.get(CHECK_IDS, &records::id_key(&reg.node, &c.id))?;
                             let target = String::from_utf8_lossy(&e.value);
-                            (!target.starts_with(&checks_prefix)).then(|| c.id.clone())
+                            let own = target.starts_with(&checks_prefix)
+                                || old_prefix
+                                    .as_ref()
+                                    .is_some_and(|p| target.starts_with(p.as_str()));
+                            (!own).then(|| c.id.clone())
                         })
                         .collect();
                     (
@@ -755,9 +779,47 @@ impl Catalog {
         filter: &ServiceFilter,
         opts: &QueryOptions,
     ) -> Result<Versioned<Vec<InstanceHealth>>, CatalogError> {
+        let shared = self.health_service_shared(service, filter, opts).await?;
+        Ok(Versioned {
+            index: shared.index,
+            value: shared.value.as_ref().clone(),
+        })
+    }
+
+    /// [`Catalog::health_service`] without copying the result out of the shared memo.
+    pub(crate) async fn health_service_shared(
+        &self,
+        service: &str,
+        filter: &ServiceFilter,
+        opts: &QueryOptions,
+    ) -> Result<Versioned<Arc<Vec<InstanceHealth>>>, CatalogError> {
         names::validate_service_name(service)?;
+        let memo_key: HealthMemoKey = (service.to_string(), filter.clone());
         blocking_query(&self.store, opts, |v| {
-            Ok(read_health_service(v, service, filter, true))
+            let memo = self
+                .health_memo
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&memo_key)
+                .cloned();
+            if let Some(m) = memo {
+                if v.index_of(&m.keys) == m.index {
+                    return Ok((m.value.clone(), m.keys.clone()));
+                }
+            }
+            let (list, keys) = read_health_service(v, service, filter, true);
+            let value = Arc::new(list);
+            let entry = Arc::new(HealthMemo {
+                keys: keys.clone(),
+                index: v.index_of(&keys),
+                value: value.clone(),
+            });
+            let mut table = self.health_memo.lock().unwrap_or_else(|p| p.into_inner());
+            if table.len() >= MAX_MEMO_ENTRIES {
+                table.clear();
+            }
+            table.insert(memo_key.clone(), entry);
+            Ok((value, keys))
         })
         .await
     }

@@ -4,7 +4,7 @@
 //!
 //! # Wiring (what a server or agent binary calls)
 //!
-//! ```ignore
+//! ```text
 //! let catalog = Catalog::new(store.clone(), CatalogConfig::default());
 //! let agent = Agent::start(catalog.clone(), AgentConfig::new(node_name, advertise_ip));
 //! let monitor = NodeMonitor::start(catalog.clone());            // servers only

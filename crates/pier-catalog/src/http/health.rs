@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 
-use super::{json_response, parse_query, ApiResult, ApiState};
+use super::{bytes_response, json_response, parse_query, ApiResult, ApiState};
 use crate::catalog::ServiceFilter;
 use crate::error::CatalogError;
 use crate::model::CheckStatus;
@@ -107,18 +107,25 @@ pub async fn health_service(
     let p = parse_query(q.as_deref());
     let opts = p.query_options()?;
     let filter = service_filter(&p, p.flag("passing")?)?;
-    let res = s.catalog.health_service(&name, &filter, &opts).await?;
-    let dc = s.catalog.datacenter().to_string();
-    let body: Vec<HealthServiceOut> = res
-        .value
-        .iter()
-        .map(|h| HealthServiceOut {
-            node: NodeOut::from(&h.node),
-            service: ServiceOut::new(&h.instance, &dc),
-            checks: h.checks.iter().map(CheckOut::from).collect(),
-        })
-        .collect();
-    Ok(json_response(&s.catalog, res.index, StatusCode::OK, &body))
+    let res = s
+        .catalog
+        .health_service_shared(&name, &filter, &opts)
+        .await?;
+    let key = format!("health\0{name}\0{filter:?}");
+    let body = s.responses.get_or_encode(&key, res.index, || {
+        let dc = s.catalog.datacenter().to_string();
+        let out: Vec<HealthServiceOut> = res
+            .value
+            .iter()
+            .map(|h| HealthServiceOut {
+                node: NodeOut::from(&h.node),
+                service: ServiceOut::new(&h.instance, &dc),
+                checks: h.checks.iter().map(CheckOut::from).collect(),
+            })
+            .collect();
+        serde_json::to_vec(&out).unwrap_or_else(|_| b"[]".to_vec())
+    });
+    Ok(bytes_response(&s.catalog, res.index, body))
 }
 
 pub async fn health_state(

@@ -13,11 +13,15 @@ mod kv;
 mod params;
 mod status;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
+use bytes::Bytes;
 use serde::Serialize;
 
 use crate::agent::Agent;
@@ -34,16 +38,53 @@ pub const FORWARDED_HEADER: &str = "x-pier-forwarded";
 /// bodies above this get 413 without being read).
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// What the handlers share: the catalog, and the agent this server acts as for `/v1/agent/*`.
+/// What the handlers share: the catalog, the agent this server acts as for `/v1/agent/*`, and
+/// the encoded answers of recent `health/service` queries.
 #[derive(Clone)]
 pub struct ApiState {
     pub catalog: Catalog,
     pub agent: Agent,
+    pub(crate) responses: Arc<ResponseCache>,
+}
+
+/// Encoded JSON answers by query identity and index: the same query at the same index always
+/// has the same answer, so thousands of watchers woken by one change share one encoding.
+#[derive(Default)]
+pub(crate) struct ResponseCache {
+    entries: Mutex<HashMap<String, (u64, Bytes)>>,
+}
+
+const MAX_CACHED_RESPONSES: usize = 4096;
+
+impl ResponseCache {
+    pub fn get_or_encode(&self, key: &str, index: u64, encode: impl FnOnce() -> Vec<u8>) -> Bytes {
+        if let Some((i, b)) = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
+            if *i == index {
+                return b.clone();
+            }
+        }
+        let bytes = Bytes::from(encode());
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MAX_CACHED_RESPONSES {
+            entries.clear();
+        }
+        entries.insert(key.to_string(), (index, bytes.clone()));
+        bytes
+    }
 }
 
 /// The Consul-compatible API and the heartbeat endpoint. Merge it into the server's router.
 pub fn router(catalog: Catalog, agent: Agent) -> Router {
-    let state = ApiState { catalog, agent };
+    let state = ApiState {
+        catalog,
+        agent,
+        responses: Arc::new(ResponseCache::default()),
+    };
     Router::new()
         .route("/v1/catalog/services", get(health::catalog_services))
         .route("/v1/catalog/service/{name}", get(health::catalog_service))
@@ -159,6 +200,16 @@ pub(crate) fn json_response<T: Serialize>(
         HeaderValue::from_static("application/json"),
     );
     (status, headers, bytes).into_response()
+}
+
+/// A JSON answer from already encoded bytes.
+pub(crate) fn bytes_response(catalog: &Catalog, index: u64, body: Bytes) -> Response {
+    let mut headers = consul_headers(catalog, index);
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    (StatusCode::OK, headers, body).into_response()
 }
 
 /// A 404 with the index header, as Consul answers for a missing KV key or node.
