@@ -20,8 +20,26 @@
 //! - `live`: joins the table with per-backend state (outstanding requests,
 //!   outlier history) that survives swaps, and picks backends (zone tiers,
 //!   power-of-two-choices or round robin).
-//! - `proxy`: the request path with its retry rules; `server`: client
-//!   connections (HTTP/1.1, h2c, WebSocket upgrades), timeouts, shutdown.
+//! - `proxy`: the request path with its retry rules; `pool`: keep-alive
+//!   HTTP/1.1 connections per backend on hyper's client connection;
+//!   `server`: client connections (HTTP/1.1, h2c by prior knowledge, detected
+//!   per connection; WebSocket upgrades), timeouts, graceful shutdown.
+//! - `metrics`: per-service counters and latency histograms
+//!   ([`GatewayMetrics`]), registered into a prometheus-client `Registry` or
+//!   rendered as text; every request also leaves one `tracing` event with
+//!   target `pier_gateway::access`.
+//!
+//! # Limits of this version
+//! - Backends are spoken to in HTTP/1.1 only; clients may use HTTP/1.1 or
+//!   h2c. No TLS on either side.
+//! - WebSockets over HTTP/2 (extended CONNECT) are not supported; CONNECT is
+//!   refused with 405.
+//! - When a request carries both `Transfer-Encoding: chunked` and
+//!   `Content-Length`, hyper drops the length before the gateway sees the
+//!   request, so the gateway cannot answer 400: the request is forwarded
+//!   re-framed as chunked (never with both headers) and the client
+//!   connection is closed after the response, so nothing can be smuggled
+//!   behind it.
 //!
 //! # Invariants
 //! - Only passing backends of the current table get new requests; a table
