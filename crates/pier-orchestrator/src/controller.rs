@@ -241,6 +241,7 @@ async fn service_pass(
         .filter(|d| d.value.record.status == DeploymentStatus::InProgress);
 
     let mut new_dep: Option<DeploymentDoc> = None;
+    let mut drain_stops: Vec<String> = Vec::new();
     let mut dep_doc = dep.map(|d| d.value.clone());
     let actions = match &mut dep_doc {
         Some(d) if !doc.record.deleting => {
@@ -287,18 +288,54 @@ async fn service_pass(
             plan.actions
         }
         _ => {
+            // A draining node's tasks are replaced before they are stopped: they stay out of
+            // the reconciler's view (so it starts replacements elsewhere), and one is asked to
+            // stop only when enough tasks elsewhere are healthy to keep the count.
+            let draining: BTreeSet<&str> = world
+                .nodes
+                .values()
+                .filter(|n| n.value.draining && !n.value.down)
+                .map(|n| n.value.name.as_str())
+                .collect();
+            let on_drain: BTreeSet<String> = snaps
+                .iter()
+                .filter(|t| {
+                    t.is_active()
+                        && t.desired == core::DesiredState::Run
+                        && !t.is_terminal()
+                        && t.node.as_deref().is_some_and(|n| draining.contains(n))
+                })
+                .map(|t| t.id.clone())
+                .collect();
+            let healthy_elsewhere = snaps
+                .iter()
+                .filter(|t| {
+                    t.is_active()
+                        && t.desired == core::DesiredState::Run
+                        && !on_drain.contains(&t.id)
+                        && t.is_healthy(0, now)
+                })
+                .count();
+            let stoppable = (healthy_elsewhere + on_drain.len())
+                .saturating_sub(desired_count as usize)
+                .min(on_drain.len());
+            drain_stops = on_drain.iter().take(stoppable).cloned().collect();
             let nodes = world
                 .nodes
                 .values()
                 .map(|n| core::NodeHeartbeat {
                     id: n.value.name.clone(),
-                    last_heartbeat_ms: if away.contains(&n.value.name) { 0 } else { now },
+                    last_heartbeat_ms: if n.value.down { 0 } else { now },
                 })
                 .collect();
             let snapshot = core::ServiceSnapshot {
                 revision: doc.record.revision,
                 desired_count,
-                tasks: snaps.clone(),
+                tasks: snaps
+                    .iter()
+                    .filter(|t| !on_drain.contains(&t.id))
+                    .cloned()
+                    .collect(),
                 nodes,
                 settings: core::ReconcileSettings {
                     drain_delay_ms: current_spec.deploy.drain_delay_ms,
@@ -449,6 +486,15 @@ async fn service_pass(
                 doc.record.revision = *to_revision;
                 doc.record.deployment = Some(rb.record.id.clone());
                 new_dep = Some(rb);
+            }
+        }
+    }
+    for id in &drain_stops {
+        if let Some(mut t) = task_of(id, &updated) {
+            if t.desired == DesiredState::Running {
+                t.desired = DesiredState::Stopped;
+                t.stop_reason = Some("node draining".into());
+                updated.insert(t.id.clone(), t);
             }
         }
     }

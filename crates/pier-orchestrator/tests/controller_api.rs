@@ -283,3 +283,56 @@ async fn spread_succeed_refuse_and_move_off_a_dead_node() {
         .unwrap();
     assert_eq!(a["state"], "down");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_replaces_before_stopping() {
+    let env = start().await;
+    env.register("node-a", "a").await;
+    env.register("node-b", "b").await;
+    fake_agent(env.base.clone(), "node-a", Arc::new(AtomicBool::new(true)));
+    fake_agent(env.base.clone(), "node-b", Arc::new(AtomicBool::new(true)));
+    let dep = env
+        .deploy(&FILE.replace("count = 4", "count = 2"))
+        .await
+        .unwrap()
+        .deployment
+        .unwrap();
+    wait_for("the deployment to succeed", || async {
+        env.deployment(&dep).await.status == pier_api::service::DeploymentStatus::Succeeded
+    })
+    .await;
+
+    let r = env
+        .http
+        .put(format!("{}/api/v1/nodes/node-a/drain", env.base))
+        .json(&pier_api::service::DrainRequest { draining: true })
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let tasks = env.tasks("web").await;
+        // "healthy" display = running, passing and not being stopped: still served.
+        let serving = tasks
+            .iter()
+            .filter(|t| t.display_state == "healthy")
+            .count();
+        assert!(
+            serving >= 2,
+            "capacity fell to {serving} while draining: {tasks:#?}"
+        );
+        let on_a = tasks
+            .iter()
+            .filter(|t| t.task.zone == "a" && t.task.stop_phase != StopPhase::Stopped)
+            .count();
+        if on_a == 0 && serving == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "drain did not finish: {tasks:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
