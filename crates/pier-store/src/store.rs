@@ -248,6 +248,12 @@ impl Store {
                 "node_name must not be empty".into(),
             ));
         }
+        if cfg.raft_advertise.is_none() && cfg.raft_listen.ip().is_unspecified() {
+            return Err(StoreError::InvalidInput(format!(
+                "raft_listen {} is a wildcard address peers cannot dial; set raft_advertise to this server's reachable address",
+                cfg.raft_listen
+            )));
+        }
         let config = raft_config(&cfg)?;
         let node_id = load_identity(&cfg.data_dir, &cfg.node_name)?;
         let committed_index = Arc::new(AtomicU64::new(0));

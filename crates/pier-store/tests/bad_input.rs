@@ -95,3 +95,24 @@ async fn bad_input_is_refused_and_nothing_is_written() {
     assert_eq!(idx_after, idx0 + 2);
     assert_eq!(applied, idx0 + 2);
 }
+
+#[tokio::test]
+async fn bad_configuration_is_refused_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wildcard = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    let cfg = config("solo", tmp.path(), wildcard, 1, vec![]);
+    match pier_store::Store::open(cfg).await {
+        Err(StoreError::InvalidInput(m)) => assert!(m.contains("raft_advertise"), "{m}"),
+        Err(e) => panic!("expected InvalidInput, got {e:?}"),
+        Ok(_) => panic!("opened with an undialable address"),
+    }
+    let mut cfg = config("solo", tmp.path(), loopback0(), 1, vec![]);
+    cfg.election_timeout_min_ms = 50;
+    match pier_store::Store::open(cfg).await {
+        Err(StoreError::InvalidInput(m)) => assert!(m.contains("timing"), "{m}"),
+        Err(e) => panic!("expected InvalidInput, got {e:?}"),
+        Ok(_) => panic!("opened with an election timeout below the heartbeat"),
+    }
+    // Nothing was created.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
