@@ -52,6 +52,20 @@ pub fn build_httpd_image(tag: &str, variant: HttpdVariant) {
     if variant != HttpdVariant::NoHealthz {
         std::fs::write(www.join("healthz"), "ok\n").expect("write healthz");
     }
+    // `/cgi-bin/whoami` answers the container's host name, so a test can tell
+    // which replica served a request.
+    let cgi = www.join("cgi-bin");
+    std::fs::create_dir_all(&cgi).expect("create cgi-bin");
+    std::fs::write(
+        cgi.join("whoami"),
+        "#!/bin/busybox sh\necho 'Content-Type: text/plain'\necho\n/bin/busybox hostname\n",
+    )
+    .expect("write whoami");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(cgi.join("whoami"), std::fs::Permissions::from_mode(0o755))
+            .expect("make whoami executable");
+    }
     let cmd = match variant {
         HttpdVariant::Healthy | HttpdVariant::NoHealthz => {
             r#"["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]"#.to_string()

@@ -1,0 +1,140 @@
+//! The gateway inside `pier dev`, end to end on the real Docker engine: a new
+//! service answers on `<name>.localhost` within a second of its first instance
+//! turning healthy, traffic spreads over every replica, and a service with no
+//! instance left answers 503 while an unknown host answers 404.
+
+mod orchestrator_common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use orchestrator_common::*;
+use pier_testkit::images::HttpdVariant;
+
+async fn via_gateway(port: u16, host: &str, path: &str) -> Option<(u16, String)> {
+    let resp = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", host)
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.text().await.unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployed_service_is_reachable_at_once_and_spread_over_replicas() {
+    let mut c = Cluster::start(true, &[]).await;
+    let image = c.push_image("web:v1", HttpdVariant::Healthy);
+    let gw = c.gateway_port;
+
+    // Unknown host before anything is deployed: 404 that names the host.
+    let (status, body) = via_gateway(gw, "nothing.localhost", "/")
+        .await
+        .expect("gateway answers");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("nothing.localhost"), "{body}");
+
+    let file = c.write_file("web.toml", &service_file("web", &image, 3, ""));
+    let out = c.pier(&["deploy", "--detach", &file]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+
+    // The moment the first instance passes, the gateway must route to it within 1 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.passing("web").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no instance turned healthy:\n{}",
+            c.log("dev")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let healthy_at = Instant::now();
+    loop {
+        if let Some((200, body)) = via_gateway(gw, "web.localhost", "/").await {
+            assert!(body.contains("web:v1"), "{body}");
+            break;
+        }
+        assert!(
+            healthy_at.elapsed() < Duration::from_secs(1),
+            "web.localhost not served within 1 s of its first healthy instance"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "first request routed {:?} after the first instance passed",
+        healthy_at.elapsed()
+    );
+
+    // Once all three pass, requests spread over all of them.
+    eventually("3 passing instances", Duration::from_secs(60), || async {
+        c.passing("web").await.len() == 3
+    })
+    .await;
+    let mut seen = BTreeSet::new();
+    for _ in 0..60 {
+        let (status, body) = via_gateway(gw, "web.localhost", "/cgi-bin/whoami")
+            .await
+            .expect("answer");
+        assert_eq!(status, 200, "{body}");
+        seen.insert(body.trim().to_string());
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "60 requests reached {seen:?}, not all 3 replicas"
+    );
+
+    // A service registered from outside through the Consul API, whose TTL check
+    // starts critical: known but unhealthy → 503 naming it; once the check
+    // passes it is routed (to one of web's host ports).
+    let (_, web_port, _) = c.passing("web").await[0].clone();
+    let http = reqwest::Client::new();
+    let reg = serde_json::json!({
+        "ID": "ext-1", "Name": "ext", "Address": "127.0.0.1", "Port": web_port,
+        "Check": {"CheckID": "ext-ttl", "TTL": "60s"}
+    });
+    let r = http
+        .put(format!("{}/v1/agent/service/register", c.addr()))
+        .json(&reg)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = via_gateway(gw, "ext.localhost", "/").await.expect("answer");
+        if status == 503 {
+            assert!(
+                body.contains("ext"),
+                "503 body does not name the service: {body}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ext answered {status}, not 503: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = http
+        .put(format!("{}/v1/agent/check/pass/ext-ttl", c.addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = via_gateway(gw, "ext.localhost", "/").await.expect("answer");
+        if status == 200 {
+            assert!(body.contains("web:v1"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ext still {status} after its check passed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
