@@ -40,7 +40,10 @@ impl Shared {
 }
 
 /// A channel for route tables, starting empty: the gateway holds the receiver.
-pub fn channel() -> (watch::Sender<Arc<RouteTable>>, watch::Receiver<Arc<RouteTable>>) {
+pub fn channel() -> (
+    watch::Sender<Arc<RouteTable>>,
+    watch::Receiver<Arc<RouteTable>>,
+) {
     watch::channel(Arc::new(RouteTable::empty()))
 }
 
@@ -66,8 +69,16 @@ pub fn spawn(server: String, tx: watch::Sender<Arc<RouteTable>>) -> anyhow::Resu
 /// A blocking GET; returns the body and the `X-Consul-Index` of the answer.
 async fn blocking_get(shared: &Shared, path: &str, index: u64) -> Result<(Value, u64), String> {
     let sep = if path.contains('?') { '&' } else { '?' };
-    let url = format!("{}{path}{sep}index={index}&wait={BLOCKING_WAIT}", shared.server);
-    let resp = shared.http.get(&url).send().await.map_err(|e| e.to_string())?;
+    let url = format!(
+        "{}{path}{sep}index={index}&wait={BLOCKING_WAIT}",
+        shared.server
+    );
+    let resp = shared
+        .http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let next = resp
         .headers()
         .get("x-consul-index")
@@ -95,11 +106,15 @@ async fn follow_services(shared: Arc<Shared>) {
                     .map(|m| m.keys().cloned().collect())
                     .unwrap_or_default();
                 for name in &names {
-                    watchers
-                        .entry(name.clone())
-                        .or_insert_with(|| tokio::spawn(follow_service(shared.clone(), name.clone())));
+                    watchers.entry(name.clone()).or_insert_with(|| {
+                        tokio::spawn(follow_service(shared.clone(), name.clone()))
+                    });
                 }
-                let gone: Vec<String> = watchers.keys().filter(|n| !names.contains(n)).cloned().collect();
+                let gone: Vec<String> = watchers
+                    .keys()
+                    .filter(|n| !names.contains(n))
+                    .cloned()
+                    .collect();
                 for name in gone {
                     if let Some(handle) = watchers.remove(&name) {
                         handle.abort();
@@ -183,7 +198,11 @@ fn parse_health(service: &str, body: &Value) -> Vec<CatalogInstance> {
                 zone,
                 tags: svc["Tags"]
                     .as_array()
-                    .map(|t| t.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+                    .map(|t| {
+                        t.iter()
+                            .filter_map(|t| t.as_str().map(str::to_string))
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 meta,
                 passing,
@@ -214,7 +233,13 @@ mod tests {
         assert_eq!(got[0].zone, "a");
         assert!(got[0].passing);
         assert_eq!(got[0].tags, vec!["urlprefix-web.example/".to_string()]);
-        assert_eq!(got[1].address, "127.0.0.9", "service address wins over node address");
-        assert!(!got[1].passing, "one critical check makes the instance not passing");
+        assert_eq!(
+            got[1].address, "127.0.0.9",
+            "service address wins over node address"
+        );
+        assert!(
+            !got[1].passing,
+            "one critical check makes the instance not passing"
+        );
     }
 }

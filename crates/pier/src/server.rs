@@ -112,7 +112,12 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 crate::cmd::gateway::config(g.listen, &g.zone, false),
                 routes_rx,
             )
-            .with_context(|| format!("cannot start the gateway on {}; pick another port", g.listen))?,
+            .with_context(|| {
+                format!(
+                    "cannot start the gateway on {}; pick another port",
+                    g.listen
+                )
+            })?,
         ),
         None => None,
     };
@@ -201,9 +206,15 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         None => None,
     };
     if let Some(listen) = cfg.dns_listen {
-        let dns = pier_catalog::DnsServer::bind(catalog.clone(), listen, pier_catalog::DnsConfig::default())
-            .await
-            .with_context(|| format!("cannot listen for DNS on {listen} (UDP and TCP); pick another port"))?;
+        let dns = pier_catalog::DnsServer::bind(
+            catalog.clone(),
+            listen,
+            pier_catalog::DnsConfig::default(),
+        )
+        .await
+        .with_context(|| {
+            format!("cannot listen for DNS on {listen} (UDP and TCP); pick another port")
+        })?;
         tracing::info!(%listen, "catalog DNS listening");
         let stop = shutdown.wait();
         tasks.spawn(async move { dns.run(stop).await.context("DNS server failed") });

@@ -57,7 +57,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     eprintln!("pier dev: data in {}", data_dir.display());
     eprintln!("  API + Consul API  http://127.0.0.1:{}", args.http_port);
     eprintln!("  registry          127.0.0.1:{}", args.registry_port);
-    eprintln!("  gateway           http://<service>.localhost:{}", args.gateway_port);
+    eprintln!(
+        "  gateway           http://<service>.localhost:{}",
+        args.gateway_port
+    );
     eprintln!("  DNS               127.0.0.1:{} (udp+tcp)", args.dns_port);
     server::run(ServerConfig {
         node_name: "dev".to_string(),

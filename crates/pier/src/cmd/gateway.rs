@@ -39,10 +39,14 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     };
     let (tx, routes) = crate::gateway_feed::channel();
     crate::gateway_feed::spawn(server.clone(), tx)?;
-    let gateway = pier_gateway::Gateway::new(config(args.listen, &args.zone, args.round_robin), routes)
-        .with_context(|| format!("cannot start the gateway on {}", args.listen))?;
+    let gateway =
+        pier_gateway::Gateway::new(config(args.listen, &args.zone, args.round_robin), routes)
+            .with_context(|| format!("cannot start the gateway on {}", args.listen))?;
     tracing::info!(listen = %gateway.local_addr(), server = %server, zone = %args.zone, "gateway started");
     let shutdown = Shutdown::on_signals();
-    gateway.serve(shutdown.wait()).await.context("gateway failed")?;
+    gateway
+        .serve(shutdown.wait())
+        .await
+        .context("gateway failed")?;
     Ok(ExitCode::SUCCESS)
 }
