@@ -2,13 +2,14 @@
 # pier registry vs CNCF Distribution 2.8 (Debian's docker-registry), side by
 # side in one run, both on 127.0.0.1 with filesystem storage:
 #   1. skopeo push of an OCI image with 3 random 64 MiB layers (fresh, empty
-#      registries before every timed run), then skopeo pull of it; hyperfine
-#      reports mean and stddev, we report pier/distribution time ratios.
+#      registries before every timed run), then skopeo pull of it. Runs
+#      alternate between the two registries (the machine is shared), and the
+#      median of the per-round time ratios pier/distribution is reported.
 #   2. peak RSS (VmHWM) of each registry across one push.
 #   3. 64 concurrent keep-alive HEAD requests on one blob: p50/p99 latency.
 #   4. GET tags/list on a repository with 10,000 tags: latency.
 #
-#   bench/registry/run.sh [RUNS] [HEAD_SECONDS]
+#   bench/registry/run.sh [RUNS] [HEAD_SECONDS]     (SKIP_PIER_BUILD=1 to reuse target/release/pier)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -16,12 +17,15 @@ runs="${1:-5}"
 head_seconds="${2:-10}"
 tags=10000
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
-for tool in skopeo docker-registry hyperfine wrk python3 curl; do
+for tool in skopeo docker-registry python3 curl bc; do
   command -v "$tool" >/dev/null || { echo "needs $tool"; exit 1; }
 done
 
 echo "building (release)..."
-(cd "$root" && cargo build --release -q -p pier && cargo build --release -q -p pier-registry --example head_load)
+# SKIP_PIER_BUILD=1 reuses an existing release binary (the workspace may be
+# mid-change while the registry itself is fine).
+if [ -z "${SKIP_PIER_BUILD:-}" ]; then (cd "$root" && cargo build --release -q -p pier); fi
+(cd "$root" && cargo build --release -q -p pier-registry --example head_load)
 pier="$CARGO_TARGET_DIR/release/pier"
 head_load="$CARGO_TARGET_DIR/release/examples/head_load"
 
@@ -87,20 +91,19 @@ echo "making the OCI layout (3 x 64 MiB random layers)..."
 layer_digest="$(python3 "$here/make_layout.py" "$work/layout" 3 64)"
 src="oci:$work/layout:img"
 push() { echo "skopeo copy --quiet --preserve-digests --dest-tls-verify=false $src docker://$1/bench/img:v1"; }
-pull() { echo "rm -rf $work/pull-$2 && skopeo copy --quiet --src-tls-verify=false docker://$1/bench/img:v1 oci:$work/pull-$2:img"; }
 
 echo
-echo "== 1. skopeo push, $runs runs each (fresh registry before each run)"
-hyperfine --style basic --runs "$runs" --export-json "$work/push.json" \
-  --prepare "$work/restart.sh pier" -n pier "$(push "$pier_url")" \
-  --prepare "$work/restart.sh dist" -n distribution "$(push "$dist_url")"
+echo "== 1. skopeo push, $runs rounds, order alternating (fresh, empty registry before each run)"
+python3 "$here/interleave.py" "$runs" \
+  pier "$work/restart.sh pier" "$(push "$pier_url")" \
+  distribution "$work/restart.sh dist" "$(push "$dist_url")" | tee "$work/push.txt"
 
 # Both registries now hold the image (the last push of each).
 echo
-echo "== 1b. skopeo pull, $runs runs each"
-hyperfine --style basic --runs "$runs" --warmup 1 --export-json "$work/pull.json" \
-  -n pier "$(pull "$pier_url" pier)" \
-  -n distribution "$(pull "$dist_url" dist)"
+echo "== 1b. skopeo pull into a fresh OCI layout, $runs rounds, order alternating"
+python3 "$here/interleave.py" "$runs" \
+  pier "rm -rf $work/pull-pier" "skopeo copy --quiet --src-tls-verify=false docker://$pier_url/bench/img:v1 oci:$work/pull-pier:img" \
+  distribution "rm -rf $work/pull-dist" "skopeo copy --quiet --src-tls-verify=false docker://$dist_url/bench/img:v1 oci:$work/pull-dist:img" | tee "$work/pull.txt"
 
 echo
 echo "== 2. peak RSS across one push (fresh processes)"
@@ -114,8 +117,8 @@ echo "distribution peak RSS ${dist_rss} kB (idle ${dist_rss_idle} kB)"
 
 echo
 echo "== 3. 64 concurrent HEAD /v2/bench/img/blobs/<layer>, ${head_seconds}s each"
-pier_head=$("$head_load" "http://$pier_url/v2/bench/img/blobs/$layer_digest" 64 "$head_seconds")
-dist_head=$("$head_load" "http://$dist_url/v2/bench/img/blobs/$layer_digest" 64 "$head_seconds")
+pier_head=$("$head_load" "$pier_url" "/v2/bench/img/blobs/$layer_digest" 64 "$head_seconds")
+dist_head=$("$head_load" "$dist_url" "/v2/bench/img/blobs/$layer_digest" 64 "$head_seconds")
 echo "pier         $pier_head"
 echo "distribution $dist_head"
 
@@ -129,29 +132,13 @@ for r in "pier $pier_url" "distribution $dist_url"; do
   n=$(curl -fsS "http://$2/v2/bench/tags/tags/list" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["tags"]))')
   [ "$n" = "$tags" ] || { echo "$1 lists $n tags, expected $tags"; exit 1; }
 done
-hyperfine --style basic --warmup 3 --runs 30 --export-json "$work/tags.json" \
-  -n pier "curl -fsS -o /dev/null http://$pier_url/v2/bench/tags/tags/list" \
-  -n distribution "curl -fsS -o /dev/null http://$dist_url/v2/bench/tags/tags/list"
-tags_wrk() {
-  wrk -t1 -c1 -d5s --latency "http://$1/v2/bench/tags/tags/list" | awk '$1=="50%"||$1=="99%" {printf "%s=%s ", $1, $2} /Requests\/sec/ {printf "rps=%s", $2}'
-}
-echo "pier         wrk 1 connection: $(tags_wrk "$pier_url")"
-echo "distribution wrk 1 connection: $(tags_wrk "$dist_url")"
+python3 "$here/get_latency.py" 200 /v2/bench/tags/tags/list pier="$pier_url" distribution="$dist_url" | tee "$work/tags.txt"
 
 echo
 echo "== summary"
-python3 - "$work" <<'PY'
-import json, sys
-work = sys.argv[1]
-def means(name):
-    r = json.load(open(f"{work}/{name}.json"))["results"]
-    return {x["command"]: (x["mean"], x["stddev"] or 0.0) for x in r}
-for test in ("push", "pull", "tags"):
-    m = means(test)
-    p, d = m["pier"], m["distribution"]
-    unit, k = ("ms", 1000) if test == "tags" else ("s", 1)
-    print(f"{test:5} pier {p[0]*k:8.3f} ± {p[1]*k:.3f} {unit}   distribution {d[0]*k:8.3f} ± {d[1]*k:.3f} {unit}   ratio pier/distribution {p[0]/d[0]:.2f}")
-PY
+echo "push:  $(tail -1 "$work/push.txt")"
+echo "pull:  $(tail -1 "$work/pull.txt")"
+sed 's/^/tags\/list 10k: /' "$work/tags.txt"
 echo "pier         peak RSS during push: $((pier_rss / 1024)) MiB"
 echo "distribution peak RSS during push: $((dist_rss / 1024)) MiB"
 echo "HEAD x64 pier:         $pier_head"

@@ -151,13 +151,7 @@ async fn digest_mismatch_stores_nothing() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let resp = r
-        .http
-        .put(&loc)
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
+    let resp = r.http.put(&loc).body(data.clone()).send().await.unwrap();
     assert_eq!(
         resp.status(),
         StatusCode::BAD_REQUEST,

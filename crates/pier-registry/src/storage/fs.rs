@@ -27,7 +27,7 @@ use crate::digest::Digest;
 
 /// Read buffer for serving blobs: large enough that a 64 MiB layer is a few
 /// hundred reads, small enough that 64 concurrent pulls stay cheap.
-const READ_CHUNK_BYTES: usize = 256 * 1024;
+const READ_CHUNK_BYTES: usize = 1024 * 1024;
 /// Upload write buffer: batches the small frames HTTP delivers into large writes.
 const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 
