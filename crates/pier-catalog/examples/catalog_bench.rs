@@ -255,39 +255,41 @@ async fn bench_fanout(server: &Server, watchers: u32) {
     );
 }
 
-/// Child process: COUNT blocking GETs of URL; prints READY once all are sent, then the wall
-/// clock (ns since the epoch) at which each answer arrived.
+/// Child process: COUNT blocking GETs of URL over raw HTTP/1.1 connections (no client-side
+/// parsing, so the measurement is the server's fan-out, not this process's HTTP stack); prints
+/// READY once all requests are written, then the wall clock (ns since the epoch) at which the
+/// first bytes of each answer arrived.
 async fn run_watchers(url: String, count: u32) {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(300))
-        .build()
-        .expect("client");
-    let mut tasks = Vec::new();
-    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_at(rest.find('/').expect("path"));
+    let addr: SocketAddr = host.parse().expect("host:port");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let mut conns = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        let c = client.clone();
-        let url = url.clone();
-        let sent = sent_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            let fut = c.get(&url).send();
-            let _ = sent.send(());
-            let r = fut.await.ok()?;
-            let _ = r.bytes().await.ok()?;
-            Some(
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .ok()?
-                    .as_nanos(),
-            )
-        }));
-        // Pace connection setup so the accept queue is not flooded.
-        tokio::task::yield_now().await;
-    }
-    for _ in 0..count {
-        let _ = sent_rx.recv().await;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("write request");
+        conns.push(stream);
     }
     println!("READY");
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut stream| {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1];
+                let n = stream.read(&mut buf).await.ok()?;
+                (n > 0).then(|| {
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_nanos())
+                })?
+            })
+        })
+        .collect();
     let mut out = String::new();
     for t in tasks {
         if let Ok(Some(ns)) = t.await {
