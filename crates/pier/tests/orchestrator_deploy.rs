@@ -142,3 +142,44 @@ async fn three_replicas_healthy_in_catalog_and_bad_input_refused() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_backs_off_visibly() {
+    let mut c = Cluster::start(true, &[]).await;
+    let image = c.push_image("crashy:v1", HttpdVariant::CrashAfter { seconds: 1 });
+    let file = c.write_file(
+        "crashy.toml",
+        &format!("name = \"crashy\"\nimage = \"{image}\"\ncount = 1\n"),
+    );
+    let out = c.pier(&["deploy", &file]);
+    assert!(
+        !out.status.success(),
+        "a crash-looping first deploy succeeded"
+    );
+    assert!(
+        stderr(&out).contains("exited with code 1"),
+        "{}",
+        stderr(&out)
+    );
+    // Replacements keep coming, each after a longer wait, and `ps` says so.
+    eventually(
+        "a back-off line in pier service ps",
+        Duration::from_secs(30),
+        || async { stdout(&c.pier(&["service", "ps", "crashy"])).contains("restarting in") },
+    )
+    .await;
+    let detail = c.get("/api/v1/services/crashy").await;
+    assert!(
+        detail["service"]["restart_status"]
+            .as_str()
+            .unwrap_or("")
+            .contains("exited 1"),
+        "{detail}"
+    );
+    let logs = c.pier(&["logs", "crashy"]);
+    assert!(
+        stdout(&logs).contains("crashing after 1s"),
+        "{}",
+        stdout(&logs)
+    );
+}
