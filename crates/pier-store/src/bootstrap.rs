@@ -31,6 +31,8 @@ fn addr_key(addr: &str) -> (Option<SocketAddr>, String) {
 pub(crate) async fn run(inner: Weak<Inner>) {
     let Some(me) = inner.upgrade() else { return };
     if me.is_initialized().await {
+        drop(me);
+        refresh_own_info(inner).await;
         return;
     }
     if me.bootstrap_expect() <= 1 && me.join_addrs().is_empty() {
@@ -50,6 +52,30 @@ pub(crate) async fn run(inner: Weak<Inner>) {
         }
         if step(&me).await {
             return;
+        }
+        drop(me);
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A restarted server may have new addresses (port 0, a changed `http_advertise`): once a
+/// leader is known, have membership record the current ones.
+async fn refresh_own_info(inner: Weak<Inner>) {
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        if me.check_running().is_err() {
+            return;
+        }
+        match me.recorded_self_info() {
+            None => {}
+            Some(recorded) if recorded == node_info(&me.self_member()) => return,
+            Some(recorded) => {
+                tracing::info!(old = %recorded, new = %node_info(&me.self_member()), "updating this server's addresses in membership");
+                match me.add_self_to_membership().await {
+                    Ok(()) => return,
+                    Err(e) => tracing::info!(error = %e, "address update not done yet; retrying"),
+                }
+            }
         }
         drop(me);
         tokio::time::sleep(POLL).await;

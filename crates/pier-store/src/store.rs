@@ -583,6 +583,24 @@ impl Inner {
         }
     }
 
+    /// This server's node info as membership records it, once a leader is known (so the
+    /// membership is current enough to compare against).
+    pub fn recorded_self_info(&self) -> Option<NodeInfo> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&self.node_id)
+            .cloned()
+    }
+
+    pub async fn add_self_to_membership(&self) -> Result<(), StoreError> {
+        let me = self.self_member();
+        self.leader_call("/raft/join", &me, JOIN_TIMEOUT, LeaderOp::Join(me.clone()))
+            .await
+    }
+
     pub async fn is_initialized(&self) -> bool {
         self.raft.is_initialized().await.unwrap_or(false)
     }
@@ -887,17 +905,18 @@ impl Inner {
         if !self.is_leader() {
             return self.not_leader();
         }
-        let (is_voter, is_learner, clash) = {
+        let (is_voter, is_learner, clash, recorded) = {
             let m = self.raft.metrics();
             let m = m.borrow();
             let ms = m.membership_config.membership();
+            let recorded = ms.get_node(&req.id).cloned();
             let is_voter = ms.voter_ids().any(|id| id == req.id);
             let is_learner = ms.learner_ids().any(|id| id == req.id);
             let clash = ms
                 .nodes()
                 .find(|(id, n)| **id != req.id && n.name == req.name)
                 .map(|(id, _)| *id);
-            (is_voter, is_learner, clash)
+            (is_voter, is_learner, clash, recorded)
         };
         if let Some(other) = clash {
             return LeaderReply::Invalid(format!(
@@ -905,14 +924,29 @@ impl Inner {
                 req.name
             ));
         }
-        if is_voter {
-            return LeaderReply::Ok(());
-        }
         let node = NodeInfo {
             name: req.name.clone(),
             raft_addr: req.raft_addr.clone(),
             http_addr: req.http_addr.clone(),
         };
+        if is_voter {
+            if recorded.as_ref() == Some(&node) {
+                return LeaderReply::Ok(());
+            }
+            // Same server (same id), new addresses: replace its node info.
+            tracing::info!(id = req.id, node = %node, "updating member addresses");
+            return match self
+                .raft
+                .change_membership(
+                    ChangeMembers::SetNodes(BTreeMap::from([(req.id, node)])),
+                    true,
+                )
+                .await
+            {
+                Ok(_) => LeaderReply::Ok(()),
+                Err(e) => membership_err(e, self),
+            };
+        }
         if !is_learner {
             tracing::info!(id = req.id, name = %req.name, "adding learner");
             if let Err(e) = self.raft.add_learner(req.id, node, true).await {

@@ -157,3 +157,48 @@ async fn foreign_directory_and_bad_identity_are_refused() {
         Ok(_) => panic!("opened with a broken identity"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_on_new_addresses_updates_membership() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config("solo", tmp.path(), loopback0(), 1, vec![]);
+    let store = Store::open(cfg.clone()).await.unwrap();
+    store.wait_for_leader(Duration::from_secs(5)).await.unwrap();
+    put(&store, "a", "1").await;
+    let first_addr = store.raft_addr();
+    store.shutdown().await.unwrap();
+    drop(store);
+
+    // Port 0 again: a new raft port; and a new HTTP address.
+    let mut cfg2 = cfg;
+    cfg2.http_advertise = "127.0.0.1:18500".into();
+    let store = Store::open(cfg2).await.unwrap();
+    store.wait_for_leader(Duration::from_secs(5)).await.unwrap();
+    let new_addr = store.raft_addr().to_string();
+    assert_ne!(new_addr, first_addr.to_string());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = store.status();
+        let me = st
+            .members
+            .iter()
+            .find(|m| m.id == st.node_id)
+            .unwrap()
+            .clone();
+        if me.raft_addr == new_addr && me.http_addr == "127.0.0.1:18500" {
+            assert_eq!(st.leader.unwrap().http_addr, "127.0.0.1:18500");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "membership not updated: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        get(&store, Consistency::Consistent, "a").await.as_deref(),
+        Some("1")
+    );
+    store.shutdown().await.unwrap();
+}
