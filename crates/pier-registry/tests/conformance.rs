@@ -1036,3 +1036,85 @@ async fn metrics_are_served() {
     assert!(text.contains("pier_registry_sent_bytes_total"), "{text}");
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_do_not_wait_for_pushes_or_gc() {
+    let r = std::sync::Arc::new(TestRegistry::start().await);
+    let (_, manifest) = r
+        .push_image("busy", "v1", &[&random_bytes(200_000, 11)])
+        .await;
+    let layer = Digest::sha256_of(&random_bytes(200_000, 11));
+
+    // A slow streamed upload holds its session for ~2 s, manifest pushes keep
+    // the index writer busy, GC runs in a loop.
+    let loc = {
+        let resp = r
+            .http
+            .post(r.url("/v2/busy/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        r.abs(&header(&resp, "location"))
+    };
+    let slow = {
+        let r = r.clone();
+        tokio::spawn(async move {
+            let frames = stream::unfold(0u32, |i| async move {
+                if i == 40 {
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Some((Ok::<_, std::io::Error>(vec![i as u8; 64 * 1024]), i + 1))
+            });
+            r.http
+                .patch(&loc)
+                .body(reqwest::Body::wrap_stream(frames))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let writers = {
+        let r = r.clone();
+        tokio::spawn(async move {
+            let bytes = r
+                .http
+                .get(r.url("/v2/busy/manifests/v1"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            for i in 0..100 {
+                let resp = r
+                    .put_manifest("busy", &format!("t{i}"), OCI_MANIFEST, &bytes)
+                    .await;
+                assert_eq!(resp.status(), StatusCode::CREATED);
+                let _ = r.registry.gc(false).await.unwrap();
+            }
+        })
+    };
+    let mut worst = std::time::Duration::ZERO;
+    for _ in 0..200 {
+        let start = std::time::Instant::now();
+        assert_eq!(r.head_blob("busy", &layer).await, StatusCode::OK);
+        let resp = r
+            .http
+            .get(r.url(&format!("/v2/busy/manifests/{manifest}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        worst = worst.max(start.elapsed());
+    }
+    assert_eq!(slow.await.unwrap(), StatusCode::ACCEPTED);
+    writers.await.unwrap();
+    // Generous: a debug build on a shared 2-core machine. Reads that queued
+    // behind the 2 s upload or the writers would take far longer.
+    assert!(
+        worst < std::time::Duration::from_millis(500),
+        "slowest read pair took {worst:?}"
+    );
+}
