@@ -23,6 +23,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub http_listen: SocketAddr,
     pub raft_listen: SocketAddr,
+    /// The address peers dial when the listeners bind a wildcard address.
+    pub advertise: Option<std::net::IpAddr>,
     pub bootstrap_expect: usize,
     pub join: Vec<String>,
     pub snapshot_every_logs: u64,
@@ -125,7 +127,13 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let store_dir = cfg.data_dir.join("raft");
     let store = Store::open(StoreConfig {
         raft_listen: cfg.raft_listen,
-        http_advertise: http_addr.to_string(),
+        http_advertise: match cfg.advertise {
+            Some(ip) => SocketAddr::new(ip, http_addr.port()).to_string(),
+            None => http_addr.to_string(),
+        },
+        raft_advertise: cfg
+            .advertise
+            .map(|ip| SocketAddr::new(ip, cfg.raft_listen.port())),
         bootstrap_expect: cfg.bootstrap_expect,
         join: cfg.join.clone(),
         snapshot_every_logs: cfg.snapshot_every_logs,

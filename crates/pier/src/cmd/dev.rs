@@ -67,6 +67,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         data_dir,
         http_listen: SocketAddr::new(localhost, args.http_port),
         raft_listen: SocketAddr::new(localhost, args.raft_port),
+        advertise: None,
         bootstrap_expect: 1,
         join: Vec::new(),
         snapshot_every_logs: 10_000,

@@ -17,6 +17,9 @@ pub struct ServerArgs {
     /// Address to bind every listener to.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
+    /// Address other servers and agents reach this one at (required with --bind 0.0.0.0).
+    #[arg(long)]
+    pub advertise: Option<IpAddr>,
     /// Port of the internal raft RPC listener.
     #[arg(long, default_value_t = 8300)]
     pub raft_port: u16,
@@ -65,6 +68,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         data_dir: args.data_dir,
         http_listen: SocketAddr::new(args.bind, args.http_port),
         raft_listen: SocketAddr::new(args.bind, args.raft_port),
+        advertise: args.advertise,
         bootstrap_expect: args.bootstrap_expect,
         join: args.join,
         snapshot_every_logs: args.raft_snapshot_every,
