@@ -13,11 +13,18 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 command -v etcd >/dev/null || { echo "needs etcd (apt-get install etcd-server)"; exit 1; }
 
-(cd "$root" && cargo build --release -q -p pier)
-pier="$CARGO_TARGET_DIR/release/pier"
+# PIER=/path/to/pier skips the build (e.g. to compare two builds).
+if [ -z "${PIER:-}" ]; then
+  (cd "$root" && cargo build --release -q -p pier)
+fi
+pier="${PIER:-$CARGO_TARGET_DIR/release/pier}"
 work="$(mktemp -d)"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  for f in "$work"/*.pid; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true; done
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 wait_http() { for _ in $(seq 1 200); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "no answer from $1"; return 1; }
