@@ -1,5 +1,6 @@
 //! The whole pipeline against `pier dev`, the real Docker engine and real git: the first
-//! version is deployed at creation, a new commit is served within seconds, a commit whose
+//! version is deployed at creation and served through the gateway, a new commit is served
+//! within seconds, a commit whose
 //! health check fails is rolled back while the previous version keeps serving, and a broken
 //! Dockerfile fails the build with nothing pushed or deployed.
 

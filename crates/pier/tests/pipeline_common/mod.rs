@@ -2,8 +2,7 @@
 //! `pier.test=1` and a per-run label and are removed on drop, also on panic), git
 //! repositories made with the git CLI, CLI runs, and what the service serves.
 //!
-//! "Served" means: what the catalog's passing instances of the service answer, i.e. exactly
-//! the set the gateway routes to.
+//! "Served" means: what the gateway of that `pier dev` answers for `<service>.localhost`.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -213,32 +212,28 @@ impl Dev {
             .unwrap()
     }
 
-    /// `(address, body)` of every passing instance of `service`: what the gateway serves.
+    /// `(request, body)` of several requests for `service` through the gateway, enough to reach
+    /// every replica of the tests' services; an error or a non-2xx answer is its own body.
     pub async fn served(&self, service: &str, path: &str) -> Vec<(String, String)> {
-        let url = format!("{}/v1/health/service/{service}?passing", self.addr());
-        let Ok(resp) = self.http.get(&url).send().await else {
-            return Vec::new();
-        };
-        let list: Value = resp.json().await.unwrap_or(Value::Null);
         let mut out = Vec::new();
-        for inst in list.as_array().cloned().unwrap_or_default() {
-            let addr = inst["Service"]["Address"]
-                .as_str()
-                .unwrap_or("127.0.0.1")
-                .to_string();
-            let port = inst["Service"]["Port"].as_u64().unwrap_or(0);
-            let target = format!("{addr}:{port}");
-            let body = match self.http.get(format!("http://{target}{path}")).send().await {
+        for i in 0..6 {
+            let resp = self
+                .http
+                .get(format!("http://127.0.0.1:{}{path}", self.gateway_port))
+                .header("Host", format!("{service}.localhost"))
+                .send()
+                .await;
+            let body = match resp {
                 Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
                 Ok(r) => format!("HTTP {}", r.status()),
                 Err(e) => format!("error: {e}"),
             };
-            out.push((target, body));
+            out.push((format!("gateway request {i}"), body));
         }
         out
     }
 
-    /// Waits until every passing instance serves `want` (and there is at least one).
+    /// Waits until every request through the gateway is answered with `want`.
     pub async fn wait_served(&self, service: &str, want: &str, timeout: Duration) -> Duration {
         let start = Instant::now();
         loop {
