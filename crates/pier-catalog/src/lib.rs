@@ -12,6 +12,11 @@
 //! tokio::spawn(serve_dns(catalog.clone(), "0.0.0.0:8600".parse()?, DnsConfig::default(), shutdown));
 //! ```
 //!
+//! An agent on a machine without a store (a remote `pier agent`) talks HTTP instead: it
+//! registers its node and instances with `PUT /api/v1/nodes/:node[/services]`, heartbeats with
+//! `PUT /api/v1/nodes/:node/heartbeat`, evaluates its checks with [`checks::probes::probe`] and
+//! reports transitions with `PUT /api/v1/nodes/:node/checks/:id` (see [`http`]).
+//!
 //! # Design
 //!
 //! - **Layout** ([`records`]): nodes, instances and checks are JSON records in store tables,

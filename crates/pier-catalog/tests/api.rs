@@ -727,3 +727,105 @@ async fn bad_input_is_refused_and_writes_nothing() {
         .unwrap();
     assert_eq!(r.status(), 404, "10m is the maximum wait and is accepted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_agent_endpoints() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::single(dir.path(), Options::default()).await;
+    let c = reqwest::Client::new();
+
+    // A node not registered yet cannot heartbeat.
+    let r = c
+        .put(s.url("/api/v1/nodes/edge-1/heartbeat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = put_json(
+        &c,
+        s.url("/api/v1/nodes/edge-1"),
+        json!({"Address":"127.0.0.8","Zone":"z1"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = c
+        .put(s.url("/api/v1/nodes/edge-1/heartbeat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = put_json(
+        &c,
+        s.url("/api/v1/nodes/edge-1/services"),
+        json!({"id":"cache-1","name":"cache","port":6379,
+               "checks":[{"CheckID":"cache-tcp","TCP":"127.0.0.8:6379","Interval":"1s"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let passing: Vec<Value> = c
+        .get(s.url("/v1/health/service/cache?passing"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(passing.is_empty(), "new check starts critical");
+    // The remote agent evaluated its check and reports it.
+    let r = put_json(
+        &c,
+        s.url("/api/v1/nodes/edge-1/checks/cache-tcp"),
+        json!({"Status":"passing","Output":"TCP connect: Success"}),
+    )
+    .await;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["Changed"], true);
+    let r = put_json(
+        &c,
+        s.url("/api/v1/nodes/edge-1/checks/cache-tcp"),
+        json!({"Status":"passing","Output":"TCP connect: Success"}),
+    )
+    .await;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["Changed"], false, "same status and output: no write");
+    let passing: Vec<Value> = c
+        .get(s.url("/v1/health/service/cache?passing"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(passing.len(), 1);
+    assert_eq!(passing[0]["Node"]["Address"], "127.0.0.8");
+    assert_eq!(passing[0]["Node"]["Meta"]["zone"], "z1");
+    // The server's own check runner does not run another node's checks.
+    assert!(s.agent().runner().running_checks().is_empty());
+    let r = put_json(
+        &c,
+        s.url("/api/v1/nodes/edge-1/checks/nope"),
+        json!({"Status":"passing"}),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let r = put_json(
+        &c,
+        s.url("/api/v1/nodes/edge-1/checks/cache-tcp"),
+        json!({"Status":"meh"}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let r = c
+        .delete(s.url("/api/v1/nodes/edge-1/services/cache-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .delete(s.url("/api/v1/nodes/edge-1/services/cache-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

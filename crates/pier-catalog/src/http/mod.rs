@@ -10,6 +10,7 @@
 mod agent;
 mod health;
 mod kv;
+mod nodes;
 mod params;
 mod status;
 
@@ -116,6 +117,16 @@ pub fn router(catalog: Catalog, agent: Agent) -> Router {
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .route("/api/v1/nodes/{node}/heartbeat", put(status::heartbeat))
+        .route("/api/v1/nodes/{node}", put(nodes::register_node))
+        .route(
+            "/api/v1/nodes/{node}/services",
+            put(nodes::register_service),
+        )
+        .route(
+            "/api/v1/nodes/{node}/services/{id}",
+            axum::routing::delete(nodes::deregister_service),
+        )
+        .route("/api/v1/nodes/{node}/checks/{id}", put(nodes::update_check))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
