@@ -8,7 +8,7 @@
 #   FREE_PORTS=1 examples/walkthrough.sh     # free ports (CI)
 #   PIER=/path/to/pier examples/walkthrough.sh
 #
-# Needs: Docker, git, curl, jq, openssl, busybox-static (/bin/busybox). Leaves nothing behind:
+# Needs: Docker, git, curl, jq, python3, busybox-static (/bin/busybox). Leaves nothing behind:
 # containers carry a per-run label and are removed at the end, as are the images it built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ ROOT="$PWD"
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 fail() { echo "walkthrough failed: $*" >&2; exit 1; }
-for tool in docker git curl jq openssl; do
+for tool in docker git curl jq python3; do
   command -v "$tool" >/dev/null || fail "$tool is required"
 done
 [ -x /bin/busybox ] || fail "/bin/busybox is required (apt-get install busybox-static)"
@@ -33,8 +33,9 @@ pier() { "$PIER" "$@"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 if [ -n "${FREE_PORTS:-}" ]; then
   HTTP_PORT="$(free_port)"; RAFT_PORT="$(free_port)"; REG_PORT="$(free_port)"; GW_PORT="$(free_port)"
+  DNS_PORT="$(free_port)"
 else
-  HTTP_PORT=8500; RAFT_PORT=8300; REG_PORT=5000; GW_PORT=8080
+  HTTP_PORT=8500; RAFT_PORT=8300; REG_PORT=5000; GW_PORT=8080; DNS_PORT=8600
 fi
 export PIER_ADDR="http://127.0.0.1:$HTTP_PORT"
 REGISTRY="127.0.0.1:$REG_PORT"
@@ -51,9 +52,9 @@ cleanup() {
 trap cleanup EXIT
 
 # ---------------------------------------------------------------------------------------------
-step "1. start pier dev (API $PIER_ADDR, registry $REGISTRY, built-in agent in zone a)"
+step "1. start pier dev (API $PIER_ADDR, registry $REGISTRY, gateway 127.0.0.1:$GW_PORT, agent in zone a)"
 DEV_ARGS=(dev --data-dir "$WORK/data" --http-port "$HTTP_PORT" --raft-port "$RAFT_PORT"
-          --registry-port "$REG_PORT" --zone a --container-label "$LABEL")
+          --registry-port "$REG_PORT" --dns-port "$DNS_PORT" --zone a --container-label "$LABEL")
 GATEWAY=""
 if pier dev --help | grep -q -- '--gateway-port'; then
   DEV_ARGS+=(--gateway-port "$GW_PORT")
@@ -61,7 +62,8 @@ if pier dev --help | grep -q -- '--gateway-port'; then
 fi
 pier "${DEV_ARGS[@]}" >"$WORK/dev.log" 2>&1 &
 DEV_PID=$!
-for _ in $(seq 1 100); do curl -fs "$PIER_ADDR/api/v1/status" >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 1 300); do curl -fs "$PIER_ADDR/api/v1/status" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fs "$PIER_ADDR/api/v1/status" >/dev/null 2>&1 || { tail -20 "$WORK/dev.log" >&2; fail "pier dev did not start"; }
 pier status
 
 step "   a second node agent in zone b (as on another machine)"
@@ -140,7 +142,8 @@ step "7. a pipeline: every commit to a git repository is built, pushed and deplo
 REPO="$WORK/site"
 cp -r "$ROOT/examples/hello" "$REPO"
 cp /bin/busybox "$REPO/busybox"
-rm "$REPO/hello.toml"
+# examples/hello ignores the copied binary; this repository commits it.
+rm "$REPO/hello.toml" "$REPO/.gitignore"
 cat > "$REPO/pier.toml" <<'TOML'
 # No image: the pipeline fills it in with <registry>/site:<short-sha>.
 name = "site"
@@ -171,7 +174,7 @@ echo '<h1>site, third commit</h1>' > "$REPO/www/index.html"
 git -C "$REPO" -c user.name=Walkthrough -c user.email=walk@pier.invalid commit -qam "third commit"
 sha="$(git -C "$REPO" rev-parse HEAD)"
 body="{\"ref\":\"refs/heads/main\",\"after\":\"$sha\",\"repository\":{\"full_name\":\"me/site\"}}"
-sig="$(printf '%s' "$body" | openssl dgst -sha256 -hmac walkthrough-secret | sed 's/^.*= //')"
+sig="$(printf '%s' "$body" | python3 -c 'import hmac, hashlib, sys; print(hmac.new(sys.argv[1].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())' walkthrough-secret)"
 curl -fs -X POST -H 'X-GitHub-Event: push' -H "X-Hub-Signature-256: sha256=$sig" \
   -H 'Content-Type: application/json' -d "$body" "$PIER_ADDR/api/v1/pipelines/site/hooks/push" | jq -c .
 pier pipeline logs site/3 --follow

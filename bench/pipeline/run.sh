@@ -6,9 +6,9 @@
 # webhook secret, then ITERATIONS times: change the page, `git commit`, send the signed push
 # webhook the way a forge would, and time until
 #   first  - a passing instance of the service serves the new page,
-#   all    - every passing instance serves it (what the gateway routes to, since the gateway
-#            only routes to passing catalog instances; with GATEWAY=host:port set, the page is
-#            read through the gateway with Host: bench.localhost instead),
+#   all    - every answer of the gateway (Host: bench.localhost, 4 requests per probe) is the
+#            new page: the old version is out of the routing table (GATEWAY=catalog reads the
+#            catalog's passing instances directly instead),
 #   run    - the run is `succeeded` (the deployment finished, old tasks drained and stopped).
 #
 # Usage: bench/pipeline/run.sh            (PIER=path/to/pier, ITERATIONS=5, COUNT=2)
@@ -22,7 +22,7 @@ if [ -z "${PIER:-}" ]; then
   cargo build --release -q -p pier
   PIER="$CARGO_TARGET_DIR/release/pier"
 fi
-for tool in git curl jq openssl docker; do
+for tool in git curl jq python3 docker; do
   command -v "$tool" >/dev/null || { echo "error: $tool is required" >&2; exit 1; }
 done
 
@@ -32,6 +32,11 @@ calc() { awk "BEGIN { printf \"%.3f\", $1 }"; }
 
 WORK="$(mktemp -d)"
 HTTP_PORT="$(free_port)"; RAFT_PORT="$(free_port)"; REG_PORT="$(free_port)"
+GW_PORT="$(free_port)"; DNS_PORT="$(free_port)"
+# Read through the gateway of this pier dev unless told otherwise (GATEWAY=catalog: the
+# passing instances themselves).
+GATEWAY="${GATEWAY:-127.0.0.1:$GW_PORT}"
+[ "$GATEWAY" = catalog ] && GATEWAY=""
 RUN_LABEL="pier.bench.run=$$"
 export PIER_ADDR="http://127.0.0.1:$HTTP_PORT"
 SECRET="bench-secret"
@@ -45,10 +50,12 @@ cleanup() {
 trap cleanup EXIT
 
 "$PIER" dev --data-dir "$WORK/data" --http-port "$HTTP_PORT" --raft-port "$RAFT_PORT" \
-  --registry-port "$REG_PORT" --container-label pier.test=1 --container-label "$RUN_LABEL" \
+  --registry-port "$REG_PORT" --gateway-port "$GW_PORT" --dns-port "$DNS_PORT" \
+  --container-label pier.test=1 --container-label "$RUN_LABEL" \
   >"$WORK/dev.log" 2>&1 &
 DEV_PID=$!
-for _ in $(seq 1 100); do curl -fs "$PIER_ADDR/api/v1/status" >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 1 300); do curl -fs "$PIER_ADDR/api/v1/status" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fs "$PIER_ADDR/api/v1/status" >/dev/null 2>&1 || { tail -20 "$WORK/dev.log" >&2; exit 1; }
 
 REPO="$WORK/site"
 mkdir -p "$REPO/www"
@@ -89,8 +96,9 @@ done
 
 # Pages served by every passing instance (or through the gateway), one per line.
 served() {
-  if [ -n "${GATEWAY:-}" ]; then
-    curl -fs -m 2 -H "Host: bench.localhost" "http://$GATEWAY/index.html" || true
+  if [ -n "$GATEWAY" ]; then
+    # Several requests: the gateway spreads them over the replicas.
+    for _ in 1 2 3 4; do curl -fs -m 2 -H "Host: bench.localhost" "http://$GATEWAY/index.html" || echo "no answer"; done
     return
   fi
   curl -fs "$PIER_ADDR/v1/health/service/bench?passing" \
@@ -107,7 +115,7 @@ for i in $(seq 1 "$ITERATIONS"); do
   git commit -qam "$want"
   sha="$(git rev-parse HEAD)"
   body="{\"ref\":\"refs/heads/main\",\"after\":\"$sha\",\"repository\":{\"full_name\":\"bench/site\"},\"head_commit\":{\"id\":\"$sha\",\"message\":\"$want\"}}"
-  sig="$(printf '%s' "$body" | openssl dgst -sha256 -hmac "$SECRET" | sed 's/^.*= //')"
+  sig="$(printf '%s' "$body" | python3 -c 'import hmac, hashlib, sys; print(hmac.new(sys.argv[1].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())' "$SECRET")"
   run="$(curl -fs -X POST -H 'X-GitHub-Event: push' -H "X-Hub-Signature-256: sha256=$sig" \
     -H 'Content-Type: application/json' -d "$body" "$PIER_ADDR/api/v1/pipelines/bench/hooks/push" | jq -r .run.number)"
   first=""; all=""
