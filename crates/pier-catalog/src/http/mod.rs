@@ -1,4 +1,5 @@
-//! The Consul-compatible HTTP API as an `axum::Router` ([`router`]), plus pier's heartbeat
+//! The Consul-compatible HTTP API as an `axum::Router` ([`router`]), plus pier's node-scoped
+//! endpoints for remote agents ([`nodes`]: register, report check status) and the heartbeat
 //! endpoint `PUT /api/v1/nodes/:node/heartbeat`.
 //!
 //! Every read answers `X-Consul-Index` (also on 404), `X-Consul-KnownLeader` and
