@@ -34,17 +34,24 @@ def pid_of(i):
 times = []
 for t in range(tries):
     leader = None
+    deadline = time.monotonic() + 30
     while leader is None:
         for i in (1, 2, 3):
             try:
-                s = status(base + i)
-                if s["leader"]:
-                    leader = int(s["leader"]["http_addr"].rsplit(":", 1)[1]) - base
+                if status(base + i)["is_leader"]:
+                    leader = i
                     break
             except Exception:
                 pass
+        if time.monotonic() > deadline:
+            print("no leader within 30 s"); sys.exit(1)
         time.sleep(0.05)
-    put(base + leader, f"failover/warm/{t}")
+    for _ in range(100):
+        try:
+            if put(base + leader, f"failover/warm/{t}"):
+                break
+        except Exception:
+            time.sleep(0.05)
     survivors = [i for i in (1, 2, 3) if i != leader]
     os.kill(pid_of(leader), signal.SIGKILL)
     killed_at = time.monotonic()

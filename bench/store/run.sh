@@ -74,6 +74,7 @@ start_etcd_cluster() { # n base_port
   for i in $(seq 1 "$n"); do wait_http "http://127.0.0.1:$((base + i))/health"; done
 }
 
+if [ -z "${FAILOVER_ONLY:-}" ]; then
 echo "pier $( "$pier" --version ) vs $(etcd --version | head -1); wrk -t2 -c$conns -d${duration}s, 64-byte values, fresh key per write"
 printf "%-22s %12s %10s %10s\n" "setup" "writes/s" "p50" "p99"
 declare -A result
@@ -93,6 +94,8 @@ for n in 1 3; do
 done
 
 echo
+fi
+sleep 1
 echo "leader failover: kill -9 of the leader -> next acknowledged write (10 tries)"
 start_pier_cluster 3 23000
 python3 "$here/failover.py" "$pier" "$work" 23000 10
