@@ -16,9 +16,11 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, BufWriter};
+use std::io::Seek;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
+use super::sink::UploadFileSink;
 use super::{
     BlobRead, BlobStore, BoxFuture, ByteRange, ByteStream, StorageError, StoredBlob, UploadRecord,
     UploadSink,
@@ -313,19 +315,24 @@ impl BlobStore for FsBlobStore {
     ) -> BoxFuture<'a, Result<UploadSink, StorageError>> {
         Box::pin(async move {
             let (data, _) = self.upload_paths(id)?;
-            let err = |e| StorageError::io(data.display(), e);
-            let Some(mut file) =
-                not_found_to_none(tokio::fs::OpenOptions::new().write(true).open(&data).await)
-                    .map_err(err)?
-            else {
+            let path = data.display().to_string();
+            let opened = blocking(path, move || {
+                let Some(mut file) =
+                    not_found_to_none(std::fs::OpenOptions::new().write(true).open(&data))?
+                else {
+                    return Ok(None);
+                };
+                if file.metadata()?.len() != offset {
+                    file.set_len(offset)?;
+                }
+                file.seek(SeekFrom::Start(offset))?;
+                Ok(Some(file))
+            })
+            .await?;
+            let Some(file) = opened else {
                 return Err(StorageError::UploadUnknown(id.to_string()));
             };
-            let len = file.metadata().await.map_err(err)?.len();
-            if len != offset {
-                file.set_len(offset).await.map_err(err)?;
-            }
-            file.seek(SeekFrom::Start(offset)).await.map_err(err)?;
-            let sink: UploadSink = Box::pin(BufWriter::with_capacity(WRITE_BUFFER_BYTES, file));
+            let sink: UploadSink = Box::pin(UploadFileSink::new(file, offset, WRITE_BUFFER_BYTES));
             Ok(sink)
         })
     }

@@ -4,6 +4,7 @@
 //! object-safe (boxed futures) so an S3 implementation can slot in later.
 
 mod fs;
+mod sink;
 
 use std::future::Future;
 use std::io;
