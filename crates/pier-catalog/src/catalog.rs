@@ -357,7 +357,7 @@ impl Catalog {
 
     /// Records a heartbeat of `node`. On the leader it is kept in memory (no Raft write); on a
     /// follower it is forwarded to the leader's HTTP API
-    /// (`PUT /api/v1/nodes/:node/heartbeat`).
+    /// (`PUT /api/v1/catalog/nodes/:node/heartbeat`).
     pub async fn heartbeat(&self, node: &str) -> Result<(), CatalogError> {
         names::validate_node_name(node)?;
         let status = self.store.status();
@@ -403,7 +403,7 @@ impl Catalog {
             format!("http://{http_addr}")
         };
         let url = format!(
-            "{}/api/v1/nodes/{node}/heartbeat",
+            "{}/api/v1/catalog/nodes/{node}/heartbeat",
             base.trim_end_matches('/')
         );
         let resp = self

@@ -13,9 +13,9 @@
 //! ```
 //!
 //! An agent on a machine without a store (a remote `pier agent`) talks HTTP instead: it
-//! registers its node and instances with `PUT /api/v1/nodes/:node[/services]`, heartbeats with
-//! `PUT /api/v1/nodes/:node/heartbeat`, evaluates its checks with [`checks::probes::probe`] and
-//! reports transitions with `PUT /api/v1/nodes/:node/checks/:id` (see [`http`]).
+//! registers its node and instances with `PUT /api/v1/catalog/nodes/:node[/services]`, heartbeats with
+//! `PUT /api/v1/catalog/nodes/:node/heartbeat`, evaluates its checks with [`checks::probes::probe`] and
+//! reports transitions with `PUT /api/v1/catalog/nodes/:node/checks/:id` (see [`http`]).
 //!
 //! # Design
 //!

@@ -737,27 +737,27 @@ async fn remote_agent_endpoints() {
 
     // A node not registered yet cannot heartbeat.
     let r = c
-        .put(s.url("/api/v1/nodes/edge-1/heartbeat"))
+        .put(s.url("/api/v1/catalog/nodes/edge-1/heartbeat"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
     let r = put_json(
         &c,
-        s.url("/api/v1/nodes/edge-1"),
+        s.url("/api/v1/catalog/nodes/edge-1"),
         json!({"Address":"127.0.0.8","Zone":"z1"}),
     )
     .await;
     assert_eq!(r.status(), 200);
     let r = c
-        .put(s.url("/api/v1/nodes/edge-1/heartbeat"))
+        .put(s.url("/api/v1/catalog/nodes/edge-1/heartbeat"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let r = put_json(
         &c,
-        s.url("/api/v1/nodes/edge-1/services"),
+        s.url("/api/v1/catalog/nodes/edge-1/services"),
         json!({"id":"cache-1","name":"cache","port":6379,
                "checks":[{"CheckID":"cache-tcp","TCP":"127.0.0.8:6379","Interval":"1s"}]}),
     )
@@ -775,7 +775,7 @@ async fn remote_agent_endpoints() {
     // The remote agent evaluated its check and reports it.
     let r = put_json(
         &c,
-        s.url("/api/v1/nodes/edge-1/checks/cache-tcp"),
+        s.url("/api/v1/catalog/nodes/edge-1/checks/cache-tcp"),
         json!({"Status":"passing","Output":"TCP connect: Success"}),
     )
     .await;
@@ -783,7 +783,7 @@ async fn remote_agent_endpoints() {
     assert_eq!(body["Changed"], true);
     let r = put_json(
         &c,
-        s.url("/api/v1/nodes/edge-1/checks/cache-tcp"),
+        s.url("/api/v1/catalog/nodes/edge-1/checks/cache-tcp"),
         json!({"Status":"passing","Output":"TCP connect: Success"}),
     )
     .await;
@@ -804,26 +804,26 @@ async fn remote_agent_endpoints() {
     assert!(s.agent().runner().running_checks().is_empty());
     let r = put_json(
         &c,
-        s.url("/api/v1/nodes/edge-1/checks/nope"),
+        s.url("/api/v1/catalog/nodes/edge-1/checks/nope"),
         json!({"Status":"passing"}),
     )
     .await;
     assert_eq!(r.status(), 404);
     let r = put_json(
         &c,
-        s.url("/api/v1/nodes/edge-1/checks/cache-tcp"),
+        s.url("/api/v1/catalog/nodes/edge-1/checks/cache-tcp"),
         json!({"Status":"meh"}),
     )
     .await;
     assert_eq!(r.status(), 400);
     let r = c
-        .delete(s.url("/api/v1/nodes/edge-1/services/cache-1"))
+        .delete(s.url("/api/v1/catalog/nodes/edge-1/services/cache-1"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let r = c
-        .delete(s.url("/api/v1/nodes/edge-1/services/cache-1"))
+        .delete(s.url("/api/v1/catalog/nodes/edge-1/services/cache-1"))
         .send()
         .await
         .unwrap();

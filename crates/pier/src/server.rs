@@ -246,17 +246,34 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         .context("HTTP API server failed")
     });
 
-    // The first listener to end (normally: all of them, on shutdown) ends the process.
+    // The first listener to fail ends the process. On a signal every listener
+    // stops accepting and gets SHUTDOWN_GRACE to finish; blocking queries (which
+    // may wait minutes) and idle keep-alive connections are then dropped.
     let mut result = Ok(());
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                result = Err(err);
-                break;
-            }
-            Err(join_err) => {
-                result = Err(anyhow::anyhow!("a server task panicked: {join_err}"));
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(joined) => {
+                    if let Err(err) = task_outcome(joined) {
+                        result = Err(err);
+                        break;
+                    }
+                }
+            },
+            _ = &mut stop => {
+                let drain = async {
+                    while let Some(joined) = tasks.join_next().await {
+                        if let Err(err) = task_outcome(joined) {
+                            tracing::warn!(error = %err, "a listener failed while shutting down");
+                        }
+                    }
+                };
+                if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+                    tracing::info!("dropping connections still open after the shutdown grace");
+                }
                 break;
             }
         }
@@ -276,6 +293,16 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("state store did not shut down within 10s"),
     }
     result
+}
+
+/// How long listeners may finish in-flight requests after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+fn task_outcome(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match joined {
+        Ok(result) => result,
+        Err(join_err) => Err(anyhow::anyhow!("a server task panicked: {join_err}")),
+    }
 }
 
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.

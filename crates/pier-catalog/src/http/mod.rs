@@ -1,6 +1,6 @@
 //! The Consul-compatible HTTP API as an `axum::Router` ([`router`]), plus pier's node-scoped
 //! endpoints for remote agents ([`nodes`]: register, report check status) and the heartbeat
-//! endpoint `PUT /api/v1/nodes/:node/heartbeat`.
+//! endpoint `PUT /api/v1/catalog/nodes/:node/heartbeat`.
 //!
 //! Every read answers `X-Consul-Index` (also on 404), `X-Consul-KnownLeader` and
 //! `X-Consul-LastContact`; blocking is done by [`crate::blocking`]. Errors are plain text like
@@ -117,17 +117,23 @@ pub fn router(catalog: Catalog, agent: Agent) -> Router {
         .route("/v1/kv", get(kv::kv_get_root).delete(kv::kv_delete_root))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
-        .route("/api/v1/nodes/{node}/heartbeat", put(status::heartbeat))
-        .route("/api/v1/nodes/{node}", put(nodes::register_node))
         .route(
-            "/api/v1/nodes/{node}/services",
+            "/api/v1/catalog/nodes/{node}/heartbeat",
+            put(status::heartbeat),
+        )
+        .route("/api/v1/catalog/nodes/{node}", put(nodes::register_node))
+        .route(
+            "/api/v1/catalog/nodes/{node}/services",
             put(nodes::register_service),
         )
         .route(
-            "/api/v1/nodes/{node}/services/{id}",
+            "/api/v1/catalog/nodes/{node}/services/{id}",
             axum::routing::delete(nodes::deregister_service),
         )
-        .route("/api/v1/nodes/{node}/checks/{id}", put(nodes::update_check))
+        .route(
+            "/api/v1/catalog/nodes/{node}/checks/{id}",
+            put(nodes::update_check),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -3,11 +3,11 @@
 //! check results they evaluated themselves (with [`crate::checks::probes`]). Bodies use
 //! Consul's field names, parsed case-insensitively like `/v1/agent/service/register`.
 //!
-//! - `PUT /api/v1/nodes/:node` `{"Address", "Zone", "Meta"}` → `{"Index": n}`
-//! - `PUT /api/v1/nodes/:node/services` (Consul service registration body) → `{"Index": n}`
-//! - `DELETE /api/v1/nodes/:node/services/:id` → 200, 404 when unknown
-//! - `PUT /api/v1/nodes/:node/checks/:id` `{"Status", "Output"}` → `{"Changed": bool}`
-//! - `PUT /api/v1/nodes/:node/heartbeat` (see [`super::status::heartbeat`])
+//! - `PUT /api/v1/catalog/nodes/:node` `{"Address", "Zone", "Meta"}` → `{"Index": n}`
+//! - `PUT /api/v1/catalog/nodes/:node/services` (Consul service registration body) → `{"Index": n}`
+//! - `DELETE /api/v1/catalog/nodes/:node/services/:id` → 200, 404 when unknown
+//! - `PUT /api/v1/catalog/nodes/:node/checks/:id` `{"Status", "Output"}` → `{"Changed": bool}`
+//! - `PUT /api/v1/catalog/nodes/:node/heartbeat` (see [`super::status::heartbeat`])
 
 use std::collections::BTreeMap;
 

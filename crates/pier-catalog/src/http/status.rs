@@ -26,7 +26,7 @@ pub async fn peers(State(s): State<ApiState>) -> ApiResult {
     Ok(json_response(&s.catalog, 1, StatusCode::OK, &peers))
 }
 
-/// `PUT /api/v1/nodes/:node/heartbeat`: 200 when recorded by the leader (forwarded there from
+/// `PUT /api/v1/catalog/nodes/:node/heartbeat`: 200 when recorded by the leader (forwarded there from
 /// a follower), 404 for an unknown node (register it first), 503 without a leader.
 pub async fn heartbeat(
     State(s): State<ApiState>,
