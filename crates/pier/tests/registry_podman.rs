@@ -70,16 +70,34 @@ async fn podman_pull_and_push() {
 
     let storage = dir.path().join("podman");
     podman(&storage, &["pull", "-q", "--tls-verify=false", &first]);
-    let id = podman(&storage, &["image", "inspect", "--format", "{{.Id}}", &first]);
+    let id = podman(
+        &storage,
+        &["image", "inspect", "--format", "{{.Id}}", &first],
+    );
 
     // Push under another name (layers come from podman's own storage), then
     // pull that back into an empty store: same image.
     let second = format!("{listen}/podman/copy:v2");
-    podman(&storage, &["push", "-q", "--tls-verify=false", &first, &format!("docker://{second}")]);
+    podman(
+        &storage,
+        &[
+            "push",
+            "-q",
+            "--tls-verify=false",
+            &first,
+            &format!("docker://{second}"),
+        ],
+    );
     podman(&storage, &["rmi", "-a", "-f"]);
     podman(&storage, &["pull", "-q", "--tls-verify=false", &second]);
-    let id_back = podman(&storage, &["image", "inspect", "--format", "{{.Id}}", &second]);
-    assert_eq!(id_back, id, "the image ID (config digest) survives podman's push and pull");
+    let id_back = podman(
+        &storage,
+        &["image", "inspect", "--format", "{{.Id}}", &second],
+    );
+    assert_eq!(
+        id_back, id,
+        "the image ID (config digest) survives podman's push and pull"
+    );
 
     let tags: serde_json::Value = reqwest::get(format!("http://{listen}/v2/podman/copy/tags/list"))
         .await
