@@ -60,31 +60,20 @@ pub fn read_params(query: &HashMap<String, String>) -> Result<ReadParams, HttpEr
     })
 }
 
-/// Consul's duration syntax: `10s`, `5m`, `120000ms`, `1h`, or plain seconds.
+/// Consul's `wait`: a Go duration (`10s`, `5m`, `120000ms`, `1m30s`) or plain
+/// seconds, at most 10 minutes. The Go syntax is the catalog's parser, so
+/// `/api/v1` and `/v1` accept exactly the same spellings.
 pub fn parse_wait(text: &str) -> Result<Duration, HttpError> {
     let bad = || {
         HttpError::invalid(format!(
             "`wait` must be a duration like 10s, 5m or 120000ms (at most 10m), got {text:?}"
         ))
     };
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(pos) => text.split_at(pos),
-        None => (text, "s"),
+    let wait = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(text.parse().map_err(|_| bad())?)
+    } else {
+        pier_catalog::duration::parse_go_duration(text).map_err(|_| bad())?
     };
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "ns" => value / 1e9,
-        "us" | "µs" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(bad()),
-    };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(bad());
-    }
-    let wait = Duration::from_secs_f64(seconds);
     if wait > MAX_WAIT {
         return Err(HttpError::invalid(format!(
             "`wait` may be at most 10m, got {text:?}"
