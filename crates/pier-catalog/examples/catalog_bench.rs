@@ -8,7 +8,7 @@
 //!    instance leaving a blocking `?passing` answer.
 //!
 //! Usage: catalog_bench [passing N] [fanout W] [dead N]   (all three by default)
-//!        catalog_bench watchers URL COUNT               (internal: the fan-out clients)
+//!        catalog_bench watchers URL COUNT INDEX         (internal: the fan-out clients)
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -207,6 +207,7 @@ async fn bench_fanout(server: &Server, watchers: u32) {
             server.url
         ))
         .arg(watchers.to_string())
+        .arg(index.to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn watcher process");
@@ -226,10 +227,16 @@ async fn bench_fanout(server: &Server, watchers: u32) {
         .await
         .expect("change");
     assert!(r.status().is_success());
+    // Up to the BAD line, which the child writes once every answer is in and before it closes
+    // its connections (their teardown is not part of the fan-out).
     let mut rest = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut rest)
-        .await
-        .expect("watcher output");
+    loop {
+        let before = rest.len();
+        let n = stdout.read_line(&mut rest).await.expect("watcher output");
+        if n == 0 || rest[before..].starts_with("BAD ") {
+            break;
+        }
+    }
     let cpu = process_cpu().saturating_sub(cpu_before);
     let _ = child.wait().await;
     let t0_ns = t0.duration_since(UNIX_EPOCH).expect("clock").as_nanos() as i128;
@@ -239,6 +246,13 @@ async fn bench_fanout(server: &Server, watchers: u32) {
         .map(|ns| Duration::from_nanos((ns - t0_ns).max(0) as u64))
         .collect();
     lat.sort();
+    let bad: usize = rest
+        .lines()
+        .find_map(|l| l.strip_prefix("BAD ")?.parse().ok())
+        .unwrap_or(0);
+    if bad > 0 {
+        println!("WARNING: {bad} answers were not a 200 with a newer X-Consul-Index");
+    }
     if lat.len() != watchers as usize {
         println!(
             "WARNING: only {} of {watchers} watchers reported",
@@ -255,11 +269,17 @@ async fn bench_fanout(server: &Server, watchers: u32) {
     );
 }
 
-/// Child process: COUNT blocking GETs of URL over raw HTTP/1.1 connections (no client-side
-/// parsing, so the measurement is the server's fan-out, not this process's HTTP stack); prints
-/// READY once all requests are written, then the wall clock (ns since the epoch) at which the
-/// first bytes of each answer arrived.
-async fn run_watchers(url: String, count: u32) {
+/// Child process: COUNT blocking GETs of URL over raw HTTP/1.1 connections (no HTTP client
+/// stack, so the measurement is the server's fan-out, not this process's parsing); prints READY
+/// once all requests are written, then the wall clock (ns since the epoch) at which the first
+/// bytes of each answer arrived, then `BAD n` for answers that were not a 200 with an
+/// `X-Consul-Index` above `min_index`.
+///
+/// It runs on a single-threaded runtime so that it takes at most one of the machine's cores
+/// from the server, and it keeps every connection open until all answers are in: a Consul
+/// watcher keeps its connection for the next blocking query, so closing them here would make
+/// the server tear down thousands of connections in the middle of the fan-out it is measured on.
+async fn run_watchers(url: String, count: u32, min_index: u64) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("http URL");
     let (host, path) = rest.split_at(rest.find('/').expect("path"));
@@ -279,25 +299,43 @@ async fn run_watchers(url: String, count: u32) {
         .into_iter()
         .map(|mut stream| {
             tokio::spawn(async move {
-                let mut buf = [0u8; 1];
-                let n = stream.read(&mut buf).await.ok()?;
-                (n > 0).then(|| {
-                    SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .ok()
-                        .map(|d| d.as_nanos())
-                })?
+                // Headers fit in one read; only the arrival time and the head are looked at.
+                let mut buf = vec![0u8; 1024];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let at = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                let ok = n > 0 && answer_is_newer(&buf[..n], min_index);
+                (n > 0).then_some((at, ok, stream))
             })
         })
         .collect();
     let mut out = String::new();
+    let mut bad = 0;
+    let mut open = Vec::with_capacity(count as usize);
     for t in tasks {
-        if let Ok(Some(ns)) = t.await {
+        if let Ok(Some((ns, ok, stream))) = t.await {
             out.push_str(&format!("{ns}\n"));
+            bad += u32::from(!ok);
+            open.push(stream);
         }
     }
+    out.push_str(&format!("BAD {bad}\n"));
     print!("{out}");
     eprintln!("watcher process CPU: {}", ms(process_cpu()));
+    drop(open);
+}
+
+/// Whether an HTTP answer head is a 200 whose `X-Consul-Index` is above `min_index`.
+fn answer_is_newer(head: &[u8], min_index: u64) -> bool {
+    let text = String::from_utf8_lossy(head);
+    let index = text.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("x-consul-index")
+            .then(|| value.trim().parse::<u64>().ok())?
+    });
+    text.starts_with("HTTP/1.1 200 ") && index.is_some_and(|i| i > min_index)
 }
 
 async fn bench_dead(server: &Server, tries: u32) {
@@ -352,15 +390,27 @@ async fn bench_dead(server: &Server, tries: u32) {
     );
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("watchers") {
         let url = args.get(1).cloned().expect("URL");
         let count = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(1000);
-        run_watchers(url, count).await;
+        let min_index = args.get(3).and_then(|c| c.parse().ok()).unwrap_or(0);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(run_watchers(url, count, min_index));
         return;
     }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run_benches(args));
+}
+
+async fn run_benches(args: Vec<String>) {
     let mut plan: Vec<(String, u32)> = Vec::new();
     let mut it = args.iter();
     while let Some(name) = it.next() {
