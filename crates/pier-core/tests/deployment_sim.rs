@@ -194,9 +194,11 @@ fn failing_version_trips_the_breaker_and_rolls_back_old_tasks_first() {
     let (failed, failed_state) = &sim.history[0];
     assert_eq!(failed.target_revision, 2);
     assert_eq!(failed_state.status, DeploymentStatus::RolledBack);
+    // With a surge of 2 the bad tasks start, and fail, in pairs: the pair that crosses the
+    // threshold of 3 is counted whole.
     assert_eq!(
         failed_state.reason.as_deref(),
-        Some("3 tasks of revision 2 failed: 3 health checks critical; rolling back to revision 1")
+        Some("4 tasks of revision 2 failed: 4 health checks critical; rolling back to revision 1")
     );
     assert_eq!(sim.deployment.target_revision, 1);
     assert_eq!(
@@ -219,6 +221,47 @@ fn failing_version_trips_the_breaker_and_rolls_back_old_tasks_first() {
         "dipped to {}",
         sim.min_healthy_seen
     );
+}
+
+#[test]
+fn bad_version_with_one_surge_slot_trips_without_waiting_for_stops() {
+    // Each bad task runs 1 s after its start and turns critical 2 s later, never passing.
+    // It was never routed to, so it skips the drain and frees its surge slot at once: the
+    // three failures the breaker needs take three of those 3 s cycles, not three cycles plus
+    // three drain delays and stop timeouts.
+    let mut sim = Sim::new(9, 3, 1, 3);
+    sim.behaviors.insert(
+        2,
+        Behavior {
+            critical_after_ms: Some(2_000),
+            healthy_after_ms: None,
+            ..Behavior::good(1_000, 0)
+        },
+    );
+    let mut s = settings(1, 0);
+    s.drain_delay_ms = 5_000;
+    sim.begin(deployment(3, s));
+    let began_ms = sim.now_ms;
+    let tick_ms = 100;
+    while sim.history.is_empty() {
+        let plan = step(&sim.snapshot(), sim.now_ms);
+        sim.apply(&plan).unwrap();
+        assert!(
+            sim.now_ms - began_ms < 60_000,
+            "never tripped: {:?}",
+            sim.state
+        );
+        sim.advance(tick_ms);
+    }
+    let tripped_after_ms = sim.now_ms - began_ms;
+    assert!(
+        tripped_after_ms <= 3 * 3_000 + 3 * tick_ms,
+        "breaker tripped after {tripped_after_ms} ms"
+    );
+    assert_eq!(sim.history[0].1.status, DeploymentStatus::RolledBack);
+    // Every old task kept serving: none was replaced by a task that never passed.
+    assert_eq!(sim.healthy_by_revision().get(&1).copied(), Some(3));
+    sim.check_stop_order().unwrap();
 }
 
 #[test]

@@ -19,6 +19,7 @@ fn running(id: &str, node: &str, created_at_ms: u64) -> TaskSnapshot {
         healthy_since_ms: Some(created_at_ms),
         stop_phase: StopPhase::Active,
         reached_running: true,
+        ever_passed: true,
         created_at_ms,
         node: Some(node.into()),
         zone: Some(format!("zone-{}", &node[..1])),
@@ -337,12 +338,36 @@ fn stop_sequence_phases() {
         ]
     );
     // Never ran: no drain wait.
-    let mut pending = t;
+    let mut pending = t.clone();
     pending.observed = ObservedState::Pulling;
     pending.reached_running = false;
+    pending.ever_passed = false;
     let (phase, actions) = advance_stop(&pending, Some(StopReason::ScaledDown), drain, 10);
     assert_eq!(phase, StopPhase::Stopping { since_ms: 10 });
     assert_eq!(actions.len(), 2);
+    // Ran but never passed a check: never routed to, so no drain wait either.
+    let mut never_passed = t.clone();
+    never_passed.health = TaskHealth::Critical;
+    never_passed.healthy_since_ms = None;
+    never_passed.ever_passed = false;
+    let (phase, actions) = advance_stop(&never_passed, Some(StopReason::Critical), drain, 10);
+    assert_eq!(phase, StopPhase::Stopping { since_ms: 10 });
+    assert_eq!(
+        actions,
+        vec![
+            Action::DeregisterTask {
+                task: "t1".into(),
+                reason: StopReason::Critical
+            },
+            Action::StopTask { task: "t1".into() }
+        ]
+    );
+    // Passed once, critical now: it was routed to, so it drains like any other.
+    let mut was_passing = t;
+    was_passing.health = TaskHealth::Critical;
+    was_passing.healthy_since_ms = None;
+    let (phase, _) = advance_stop(&was_passing, Some(StopReason::Critical), drain, 10);
+    assert_eq!(phase, StopPhase::Draining { since_ms: 10 });
 }
 
 #[test]

@@ -901,6 +901,12 @@ async fn report_status(
     if status.started_at_ms.is_none() {
         status.started_at_ms = prev.started_at_ms;
     }
+    if status.first_passed_at_ms.is_none() {
+        status.first_passed_at_ms = prev.first_passed_at_ms.or_else(|| {
+            (status.health == TaskHealth::Healthy)
+                .then(|| status.healthy_since_ms.unwrap_or(status.updated_at_ms))
+        });
+    }
     let op = match &previous {
         Some(p) => tables::task_status().put_cas(id.clone(), &status, p.modify_index)?,
         None => tables::task_status().put_cas(id.clone(), &status, 0)?,

@@ -200,6 +200,10 @@ pub struct TaskStatus {
     /// Why it failed or what it is doing, in words.
     pub message: Option<String>,
     pub started_at_ms: Option<u64>,
+    /// When the task's checks first passed; kept by the server once known. A task that never
+    /// passed was never routed to, so stopping it needs no drain.
+    #[serde(default)]
+    pub first_passed_at_ms: Option<u64>,
     pub finished_at_ms: Option<u64>,
     /// The last lines the container wrote before it exited on its own (for `pier logs` and
     /// `pier service ps` once the container is gone).
@@ -220,6 +224,7 @@ impl Default for TaskStatus {
             exit_code: None,
             message: None,
             started_at_ms: None,
+            first_passed_at_ms: None,
             finished_at_ms: None,
             last_output: None,
             updated_at_ms: 0,

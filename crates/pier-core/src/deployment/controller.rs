@@ -143,15 +143,20 @@ pub fn step(snapshot: &DeploymentSnapshot, now_ms: u64) -> DeploymentPlan {
 
         // 5. Start new tasks within the surge cap. Draining and stopping tasks still hold
         //    resources, so they count, except in a rollback, where getting the proven revision
-        //    back fast matters more.
+        //    back fast matters more, and except tasks that never passed a check: they served
+        //    nothing and go straight to their stop signal, so making the next new task wait
+        //    for their stop timeout would only slow down a rollout (and the breaker, which
+        //    needs the next failure to trip). The scheduler still counts their resources
+        //    against their node until they exit, so no node is over-committed.
         let occupying = tasks
             .iter()
             .filter(|t| !t.is_terminal() && !lost(t))
             .filter(|t| {
+                let leaving = !t.is_active() || stopping.contains_key(&t.id);
                 if rollback {
-                    t.is_active() && !stopping.contains_key(&t.id)
+                    !leaving
                 } else {
-                    t.stop_phase != StopPhase::Stopped
+                    t.stop_phase != StopPhase::Stopped && !(leaving && !t.was_routable())
                 }
             })
             .count();

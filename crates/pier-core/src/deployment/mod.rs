@@ -29,7 +29,8 @@
 //!    never drops under the floor. A new task is healthy once `Running` and passing
 //!    continuously for `min_healthy_time_ms`.
 //! 4. New tasks start while tasks holding resources (anything not exited and not `Stopped`,
-//!    draining and stopping tasks included) stay within `desired + max_surge`.
+//!    draining and stopping tasks included, but not stopping tasks that never passed a check:
+//!    they were never routed to and are on their way out) stay within `desired + max_surge`.
 //! 5. The deployment `Succeeded` when `desired` new tasks are healthy and no old task is left
 //!    running; it `Failed` (or rolls back) when for `healthy_deadline_ms` no new task became
 //!    healthy and no old task finished stopping.
@@ -38,9 +39,9 @@
 //! - The controller never takes the healthy serving count below `desired − max_unavailable`
 //!   (tasks dying by themselves can, and are then replaced).
 //! - Outside a rollback, tasks holding resources never exceed `desired + max_surge` because
-//!   of a start the controller asked for.
+//!   of a start the controller asked for (stopping tasks that never passed a check aside).
 //! - Every stop is deregister → wait `drain_delay_ms` → stop signal → stopped (a task that
-//!   never ran skips the wait, a dead one skips the signal).
+//!   never ran or never passed a check skips the wait, a dead one skips the signal).
 //! - Each failed task is counted once; terminal deployments produce no actions.
 
 mod action;

@@ -10,8 +10,9 @@
 //! `drain_delay_ms` does it get the stop signal (SIGTERM, then SIGKILL from the agent after
 //! the stop timeout). This is the ordering ECS and Nomad get wrong (SIGTERM before the load
 //! balancer stops routing, hence 502s during deploys). Two shortcuts keep it fast without
-//! breaking the ordering: a task that never reached `Running` was never routed to, so it
-//! skips the drain wait; a task that is already dead skips the stop signal.
+//! breaking the ordering: a task that never ran or never passed a health check was never
+//! routed to (the gateway routes only to passing instances), so it skips the drain wait; a
+//! task that is already dead skips the stop signal.
 
 use super::action::{Action, StopReason};
 use super::task::{StopPhase, TaskSnapshot};
@@ -47,7 +48,7 @@ pub fn advance_stop(
                         task: task.id.clone(),
                     });
                     StopPhase::Stopped
-                } else if !task.reached_running || now_ms >= since_ms.saturating_add(drain_delay_ms)
+                } else if !task.was_routable() || now_ms >= since_ms.saturating_add(drain_delay_ms)
                 {
                     actions.push(Action::StopTask {
                         task: task.id.clone(),
@@ -78,7 +79,7 @@ pub fn advance_stop(
 /// next step.
 pub fn stop_signal_due_ms(task: &TaskSnapshot, drain_delay_ms: u64) -> Option<u64> {
     match task.stop_phase {
-        StopPhase::Draining { since_ms } if task.reached_running => {
+        StopPhase::Draining { since_ms } if task.was_routable() => {
             Some(since_ms.saturating_add(drain_delay_ms))
         }
         _ => None,

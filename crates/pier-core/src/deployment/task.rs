@@ -82,6 +82,10 @@ pub struct TaskSnapshot {
     pub stop_phase: StopPhase,
     /// The task reached `Running` at least once (separates "failed to start" from "crashed").
     pub reached_running: bool,
+    /// The task's checks passed at least once. The gateway routes only to passing instances,
+    /// so a task that never passed never received a request: it needs no drain and, while it
+    /// stops, does not hold a place in the surge.
+    pub ever_passed: bool,
     pub created_at_ms: u64,
     /// Node and zone, once placed.
     pub node: Option<NodeId>,
@@ -104,6 +108,11 @@ impl TaskSnapshot {
             && self
                 .healthy_since_ms
                 .is_some_and(|since| now_ms.saturating_sub(since) >= min_healthy_time_ms)
+    }
+
+    /// Could have received requests: it ran and its checks passed at some point.
+    pub fn was_routable(&self) -> bool {
+        self.reached_running && self.ever_passed
     }
 
     /// Running with a critical health check (checks only run once the task is running).

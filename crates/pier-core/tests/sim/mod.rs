@@ -121,6 +121,7 @@ impl Sim {
             t.snap.observed = ObservedState::Running;
             t.snap.reached_running = true;
             t.snap.health = TaskHealth::Passing;
+            t.snap.ever_passed = true;
             t.snap.healthy_since_ms = Some(0);
             t.running_at = Some(0);
             t.healthy_at = Some(0);
@@ -222,6 +223,8 @@ impl Sim {
         self.tasks
             .values()
             .filter(|t| !t.snap.is_terminal() && t.snap.stop_phase != StopPhase::Stopped)
+            // A never-routed task on its way out does not hold a place in the surge.
+            .filter(|t| t.snap.is_active() || t.snap.was_routable())
             .count()
     }
 
@@ -252,7 +255,7 @@ impl Sim {
                     t.snap.stop_phase = StopPhase::Draining {
                         since_ms: self.now_ms,
                     };
-                    let ran = t.snap.reached_running;
+                    let ran = t.snap.was_routable();
                     self.log.entry(task.clone()).or_default().push((
                         self.now_ms,
                         Event::Deregistered,
@@ -264,7 +267,7 @@ impl Sim {
                     let StopPhase::Draining { since_ms } = t.snap.stop_phase else {
                         return Err(format!("{task}: stop signal before deregistration"));
                     };
-                    if t.snap.reached_running && self.now_ms < since_ms + settings.drain_delay_ms {
+                    if t.snap.was_routable() && self.now_ms < since_ms + settings.drain_delay_ms {
                         return Err(format!(
                             "{task}: stop signal {} ms after deregistration (drain delay {})",
                             self.now_ms - since_ms,
@@ -275,7 +278,7 @@ impl Sim {
                         since_ms: self.now_ms,
                     };
                     t.stop_signal_at = Some(self.now_ms);
-                    let ran = t.snap.reached_running;
+                    let ran = t.snap.was_routable();
                     self.log.entry(task.clone()).or_default().push((
                         self.now_ms,
                         Event::StopSignal,
@@ -405,6 +408,7 @@ impl Sim {
                 if now >= healthy_at && t.healthy_at.is_none() {
                     t.healthy_at = Some(healthy_at);
                     t.snap.health = TaskHealth::Passing;
+                    t.snap.ever_passed = true;
                     t.snap.healthy_since_ms = Some(healthy_at);
                 }
             }
