@@ -171,8 +171,7 @@ fn repo_err(repo: &str, reason: impl Into<String>) -> DefinitionError {
     }
 }
 
-/// `http://…` → remote; `file://PATH` or an absolute path → local; `https://` is refused
-/// (no TLS in this build's git transport).
+/// `http://…` or `https://…` → remote; `file://PATH` or an absolute path → local.
 pub fn parse_repo(repo: &str) -> Result<RepoSource, DefinitionError> {
     if repo.is_empty() {
         return Err(repo_err(repo, "must not be empty"));
@@ -187,16 +186,7 @@ pub fn parse_repo(repo: &str) -> Result<RepoSource, DefinitionError> {
         return Err(repo_err(repo, "contains control characters"));
     }
     let lower = repo.to_ascii_lowercase();
-    if lower.starts_with("https://") {
-        // The git transport is built without TLS: enabling rustls workspace-wide would change
-        // every crate's HTTP client. Say so up front rather than fail at the first fetch.
-        return Err(repo_err(
-            repo,
-            "https remotes are not supported by this build (its git transport has no TLS); use \
-             http://, a local path or file://",
-        ));
-    }
-    if lower.starts_with("http://") {
+    if lower.starts_with("http://") || lower.starts_with("https://") {
         let rest = &repo[repo.find("://").map_or(0, |i| i + 3)..];
         let host = rest.split('/').next().unwrap_or("");
         if host.is_empty() || host.contains(char::is_whitespace) {
@@ -400,11 +390,14 @@ mod tests {
             parse_repo("http://git.example/a/b.git").unwrap(),
             RepoSource::Remote("http://git.example/a/b.git".into())
         );
-        let e = parse_repo("https://git.example/a/b.git").unwrap_err();
-        assert!(
-            e.to_string().contains("https remotes are not supported"),
-            "{e}"
+        assert_eq!(
+            parse_repo("https://git.example/a/b.git").unwrap(),
+            RepoSource::Remote("https://git.example/a/b.git".into())
         );
+        assert!(matches!(
+            parse_repo("https:///a/b.git"),
+            Err(DefinitionError::Repo { .. })
+        ));
         assert!(matches!(
             parse_repo("http://host"),
             Err(DefinitionError::Repo { .. })

@@ -148,14 +148,7 @@ fn http_remote_is_fetched_into_the_cache() {
     let root = tempfile::tempdir().unwrap();
     let work = sample_repo();
     // A bare copy under the served root, updated by pushes as a forge would be.
-    let bare = root.path().join("hello.git");
-    let status = std::process::Command::new("git")
-        .args(["clone", "-q", "--bare"])
-        .arg(work.path())
-        .arg(&bare)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let bare = work.bare_clone(root.path(), "hello.git");
     let server = GitHttpServer::start(root.path());
     let url = server.url("hello.git");
     let cache = tempfile::tempdir().unwrap();

@@ -3,9 +3,10 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 /// A git work tree in a temp dir, on branch `main`.
 pub struct TestRepo {
@@ -58,37 +59,179 @@ impl TestRepo {
     pub fn head(&self) -> String {
         self.git(&["rev-parse", "HEAD"])
     }
+
+    /// A bare clone at `root/name`, to serve as a forge would; push to it to publish commits.
+    pub fn bare_clone(&self, root: &Path, name: &str) -> PathBuf {
+        let bare = root.join(name);
+        let status = Command::new("git")
+            .args(["clone", "-q", "--bare"])
+            .arg(self.path())
+            .arg(&bare)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git clone --bare");
+        bare
+    }
 }
 
-/// Serves every repository under `root` over smart HTTP at `http://127.0.0.1:PORT/<name>`.
+/// Serves every repository under `root` over smart HTTP at `http://127.0.0.1:PORT/<name>`
+/// (or `https://localhost:PORT/<name>` when started with TLS).
 pub struct GitHttpServer {
     pub port: u16,
+    scheme: &'static str,
 }
 
 impl GitHttpServer {
     pub fn start(root: &Path) -> GitHttpServer {
+        Self::spawn(root, None)
+    }
+
+    /// The same server behind TLS with the certificate of `pki`.
+    pub fn start_tls(root: &Path, pki: &TestPki) -> GitHttpServer {
+        Self::spawn(root, Some(pki.server_config()))
+    }
+
+    fn spawn(root: &Path, tls: Option<Arc<rustls::ServerConfig>>) -> GitHttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let root = root.to_path_buf();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
                 let root = root.clone();
+                let tls = tls.clone();
                 std::thread::spawn(move || {
-                    let _ = serve_cgi(conn, &root);
+                    let _ = match tls {
+                        Some(config) => match rustls::ServerConnection::new(config) {
+                            Ok(server) => serve_cgi(rustls::StreamOwned::new(server, conn), &root),
+                            Err(_) => Ok(()),
+                        },
+                        None => serve_cgi(conn, &root),
+                    };
                 });
             }
         });
-        GitHttpServer { port }
+        GitHttpServer { port, scheme }
     }
 
     pub fn url(&self, name: &str) -> String {
-        format!("http://127.0.0.1:{}/{name}", self.port)
+        let host = if self.scheme == "https" {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
+        format!("{}://{host}:{}/{name}", self.scheme, self.port)
     }
 }
 
-fn serve_cgi(conn: TcpStream, root: &PathBuf) -> std::io::Result<()> {
-    let mut reader = BufReader::new(conn.try_clone()?);
+/// A throwaway certificate authority and a server certificate it signed for `localhost` and
+/// `127.0.0.1`, made with the `openssl` command.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl must be installed (Debian package openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pier test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        TestPki { dir }
+    }
+
+    /// The CA certificate (PEM), for `SSL_CERT_FILE`.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(self.dir.path().join("server.pem"))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_file(self.dir.path().join("server.key")).unwrap();
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+        )
+    }
+}
+
+fn serve_cgi<S: Read + Write>(conn: S, root: &Path) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let mut parts = request_line.split_whitespace();
@@ -182,7 +325,7 @@ fn serve_cgi(conn: TcpStream, root: &PathBuf) -> std::io::Result<()> {
             resp_headers.push_str("\r\n");
         }
     }
-    let mut w = conn;
+    let mut w = reader.into_inner();
     write!(
         w,
         "HTTP/1.1 {status}\r\n{resp_headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
