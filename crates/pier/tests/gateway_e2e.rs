@@ -11,18 +11,6 @@ use std::time::{Duration, Instant};
 use orchestrator_common::*;
 use pier_testkit::images::HttpdVariant;
 
-async fn via_gateway(port: u16, host: &str, path: &str) -> Option<(u16, String)> {
-    let resp = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}{path}"))
-        .header("host", host)
-        .timeout(Duration::from_secs(3))
-        .send()
-        .await
-        .ok()?;
-    let status = resp.status().as_u16();
-    Some((status, resp.text().await.unwrap_or_default()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployed_service_is_reachable_at_once_and_spread_over_replicas() {
     let mut c = Cluster::start(true, &[]).await;
@@ -30,7 +18,7 @@ async fn deployed_service_is_reachable_at_once_and_spread_over_replicas() {
     let gw = c.gateway_port;
 
     // Unknown host before anything is deployed: 404 that names the host.
-    let (status, body) = via_gateway(gw, "nothing.localhost", "/")
+    let (status, body) = gateway_get(gw, "nothing.localhost", "/")
         .await
         .expect("gateway answers");
     assert_eq!(status, 404, "{body}");
@@ -52,7 +40,7 @@ async fn deployed_service_is_reachable_at_once_and_spread_over_replicas() {
     }
     let healthy_at = Instant::now();
     loop {
-        if let Some((200, body)) = via_gateway(gw, "web.localhost", "/").await {
+        if let Some((200, body)) = gateway_get(gw, "web.localhost", "/").await {
             assert!(body.contains("web:v1"), "{body}");
             break;
         }
@@ -74,7 +62,7 @@ async fn deployed_service_is_reachable_at_once_and_spread_over_replicas() {
     .await;
     let mut seen = BTreeSet::new();
     for _ in 0..60 {
-        let (status, body) = via_gateway(gw, "web.localhost", "/cgi-bin/whoami")
+        let (status, body) = gateway_get(gw, "web.localhost", "/cgi-bin/whoami")
             .await
             .expect("answer");
         assert_eq!(status, 200, "{body}");
@@ -104,7 +92,7 @@ async fn deployed_service_is_reachable_at_once_and_spread_over_replicas() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, body) = via_gateway(gw, "ext.localhost", "/").await.expect("answer");
+        let (status, body) = gateway_get(gw, "ext.localhost", "/").await.expect("answer");
         if status == 503 {
             assert!(
                 body.contains("ext"),
@@ -126,7 +114,7 @@ async fn deployed_service_is_reachable_at_once_and_spread_over_replicas() {
     assert_eq!(r.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, body) = via_gateway(gw, "ext.localhost", "/").await.expect("answer");
+        let (status, body) = gateway_get(gw, "ext.localhost", "/").await.expect("answer");
         if status == 200 {
             assert!(body.contains("web:v1"), "{body}");
             break;

@@ -22,25 +22,6 @@ async fn zones_of_passing(c: &Cluster, service: &str) -> Vec<String> {
     zones
 }
 
-fn containers_of_node(c: &Cluster, node: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &c.guard.filter(),
-            "--filter",
-            &format!("label=pier.node={node}"),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spread_failover_kill_and_adoption() {
     let mut c = Cluster::start(false, &["--node-down-after", "2s"]).await;

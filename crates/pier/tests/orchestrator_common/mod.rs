@@ -238,6 +238,42 @@ pub async fn body_of(port: u16) -> Option<String> {
     resp.text().await.ok()
 }
 
+/// A GET through the gateway of `pier dev` with `Host: host`: status and trimmed body.
+pub async fn gateway_get(port: u16, host: &str, path: &str) -> Option<(u16, String)> {
+    let resp = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", host)
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .ok()?;
+    let status = resp.status().as_u16();
+    Some((
+        status,
+        resp.text().await.unwrap_or_default().trim().to_string(),
+    ))
+}
+
+/// Ids of this test's containers on `node` (running or not).
+pub fn containers_of_node(c: &Cluster, node: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &c.guard.filter(),
+            "--filter",
+            &format!("label=pier.node={node}"),
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
