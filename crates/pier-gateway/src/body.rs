@@ -25,7 +25,8 @@ use hyper::body::Incoming;
 
 use crate::backend::InflightGuard;
 use crate::metrics::ServiceMetrics;
-use crate::pool::Sender;
+use crate::pool::Conn;
+use crate::server::ConnCtx;
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -172,7 +173,9 @@ pub(crate) struct Completion {
     pub(crate) guard: Option<InflightGuard>,
     /// The backend connection, returned to its pool when the response ended
     /// cleanly.
-    pub(crate) conn: Option<Sender>,
+    pub(crate) conn: Option<Conn>,
+    /// The client connection, told when its response is over.
+    pub(crate) client: Option<Arc<ConnCtx>>,
     pub(crate) log: Option<Box<AccessRecord>>,
 }
 
@@ -184,6 +187,9 @@ impl Completion {
             guard.state.pool.checkin(conn);
         }
         drop(self.guard);
+        if let Some(client) = self.client {
+            client.head.request_finished();
+        }
         if let Some(rec) = self.log {
             let (backend, zone) = match &rec.backend {
                 Some((addr, zone)) => (addr.to_string(), zone.to_string()),

@@ -56,6 +56,89 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// True for the headers that [`strip_hop_by_hop`] always removes or rewrites.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+}
+
+/// Whether a header map has any hop-by-hop header: one pass over the names,
+/// so the common message without any skips the removals (each a hash
+/// lookup) altogether.
+pub(crate) fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(is_hop_by_hop)
+}
+
+/// What one pass over a request's headers found. The request path decides
+/// from this which checks and rewrites it needs, instead of looking each
+/// header up by name.
+#[derive(Default)]
+pub(crate) struct RequestScan {
+    pub(crate) transfer_encodings: usize,
+    /// A `Transfer-Encoding` value other than plain `chunked`.
+    pub(crate) odd_transfer_encoding: bool,
+    pub(crate) content_length: Option<HeaderValue>,
+    pub(crate) hop_by_hop: bool,
+    pub(crate) connection: bool,
+    pub(crate) upgrade: bool,
+    pub(crate) expect: bool,
+    pub(crate) hosts: usize,
+    pub(crate) host: Option<HeaderValue>,
+    pub(crate) request_id: Option<HeaderValue>,
+    pub(crate) forwarded: bool,
+    pub(crate) accept_json: bool,
+}
+
+impl RequestScan {
+    pub(crate) fn of(headers: &HeaderMap) -> RequestScan {
+        let mut s = RequestScan::default();
+        for (name, value) in headers {
+            if *name == header::HOST {
+                s.hosts += 1;
+                if s.host.is_none() {
+                    s.host = Some(value.clone());
+                }
+            } else if *name == header::ACCEPT {
+                s.accept_json |= value.to_str().is_ok_and(|v| v.contains("application/json"));
+            } else if *name == header::CONTENT_LENGTH {
+                if s.content_length.is_none() {
+                    s.content_length = Some(value.clone());
+                }
+            } else if *name == header::EXPECT {
+                s.expect = true;
+            } else if is_hop_by_hop(name) {
+                s.hop_by_hop = true;
+                if *name == header::TRANSFER_ENCODING {
+                    s.transfer_encodings += 1;
+                    s.odd_transfer_encoding |= !value
+                        .as_bytes()
+                        .trim_ascii()
+                        .eq_ignore_ascii_case(b"chunked");
+                } else if *name == header::CONNECTION {
+                    s.connection = true;
+                } else if *name == header::UPGRADE {
+                    s.upgrade = true;
+                }
+            } else if *name == X_REQUEST_ID {
+                if s.request_id.is_none() {
+                    s.request_id = Some(value.clone());
+                }
+            } else if *name == X_FORWARDED_FOR
+                || *name == X_FORWARDED_PROTO
+                || *name == X_FORWARDED_HOST
+            {
+                s.forwarded = true;
+            }
+        }
+        s
+    }
+}
+
 /// True for an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
 pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -75,15 +158,20 @@ pub(crate) fn set_forwarded(
     original_host: &HeaderValue,
     trust_client: bool,
 ) {
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(prev) if trust_client => {
+    let prev = if trust_client {
+        headers.get(&X_FORWARDED_FOR)
+    } else {
+        None
+    };
+    let xff = match prev {
+        Some(prev) => {
             let mut joined = Vec::with_capacity(prev.len() + 2 + peer_ip.len());
             joined.extend_from_slice(prev.as_bytes());
             joined.extend_from_slice(b", ");
             joined.extend_from_slice(peer_ip.as_bytes());
             HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer_ip.clone())
         }
-        _ => peer_ip.clone(),
+        None => peer_ip.clone(),
     };
     headers.insert(X_FORWARDED_FOR.clone(), xff);
     if !(trust_client && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -115,7 +203,25 @@ pub(crate) fn new_request_id() -> HeaderValue {
     let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let s = id.hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    HeaderValue::from_maybe_shared(id_bytes(s.as_bytes()))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// Ids are cut from a per-thread block so that a new id is not an
+/// allocation of its own; a block is freed once every id cut from it is gone.
+fn id_bytes(id: &[u8]) -> bytes::Bytes {
+    const IDS_PER_BLOCK: usize = 64;
+    thread_local! {
+        static BLOCK: std::cell::RefCell<bytes::BytesMut> =
+            std::cell::RefCell::new(bytes::BytesMut::new());
+    }
+    BLOCK.with_borrow_mut(|block| {
+        if block.capacity() < id.len() {
+            *block = bytes::BytesMut::with_capacity(id.len() * IDS_PER_BLOCK);
+        }
+        block.extend_from_slice(id);
+        block.split().freeze()
+    })
 }
 
 #[cfg(test)]
@@ -143,6 +249,38 @@ mod tests {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
         names.sort();
         assert_eq!(names, ["x-forwarded-for", "x-kept"]);
+    }
+
+    #[test]
+    fn one_pass_scan_finds_what_needs_handling() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("web.localhost"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
+        let plain = RequestScan::of(&h);
+        assert!(!plain.hop_by_hop && !plain.forwarded && !plain.accept_json);
+        assert_eq!(plain.hosts, 1);
+        assert!(!has_hop_by_hop(&h));
+
+        h.append(header::HOST, HeaderValue::from_static("other"));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, */*"),
+        );
+        h.append(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(X_FORWARDED_HOST.clone(), HeaderValue::from_static("x"));
+        h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("abc"));
+        let s = RequestScan::of(&h);
+        assert_eq!(s.hosts, 2);
+        assert_eq!(s.host.as_ref().unwrap(), "web.localhost");
+        assert!(s.accept_json && s.hop_by_hop && s.forwarded);
+        assert!(s.odd_transfer_encoding);
+        assert_eq!(s.transfer_encodings, 1);
+        assert_eq!(s.request_id.as_ref().unwrap(), "abc");
+        assert!(has_hop_by_hop(&h));
     }
 
     #[test]
@@ -184,7 +322,10 @@ mod tests {
         let id = new_request_id();
         assert!(valid_request_id(&id));
         assert_eq!(id.len(), 36);
-        assert_ne!(new_request_id(), id);
+        // Ids cut from several blocks stay distinct and well-formed.
+        let ids: std::collections::HashSet<_> = (0..200).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 200);
+        assert!(ids.iter().all(|v| valid_request_id(v) && v.len() == 36));
         assert_eq!(ip_header("::ffff:127.0.0.1".parse().unwrap()), "127.0.0.1");
     }
 }

@@ -2,10 +2,18 @@
 //! dot. Anything that is not a plausible DNS name or IP literal is refused so
 //! that odd bytes never reach a lookup, a log line or a backend header.
 
+use std::borrow::Cow;
+
 /// Normalises a `Host` header value or URI authority to the router's form.
 /// Returns `None` for values that are not a host name, IPv4 or bracketed
 /// IPv6 literal with an optional numeric port.
 pub fn normalize_host(raw: &str) -> Option<String> {
+    normalize_host_ref(raw).map(Cow::into_owned)
+}
+
+/// [`normalize_host`] without copying when the value is already lower case
+/// (the usual case): the request path looks routes up with a borrowed slice.
+pub(crate) fn normalize_host_ref(raw: &str) -> Option<Cow<'_, str>> {
     let raw = raw.trim();
     if raw.is_empty() || raw.len() > 255 {
         return None;
@@ -23,7 +31,8 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         if !(after.is_empty() || valid_port(after.strip_prefix(':')?)) {
             return None;
         }
-        return Some(format!("[{}]", literal.to_ascii_lowercase()));
+        // `[` + literal + `]`
+        return Some(lowercase(&raw[..end + 2]));
     }
     let name = match raw.rsplit_once(':') {
         Some((name, port)) => {
@@ -35,16 +44,37 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         None => raw,
     };
     let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty()
-        || name.starts_with('.')
-        || name.contains("..")
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-    {
+    if name.is_empty() || name.starts_with('.') {
         return None;
     }
-    Some(name.to_ascii_lowercase())
+    // One pass: allowed bytes, no empty label, and whether a copy is needed.
+    let mut upper = false;
+    let mut prev_dot = false;
+    for b in name.bytes() {
+        let dot = b == b'.';
+        if dot && prev_dot {
+            return None;
+        }
+        prev_dot = dot;
+        match b {
+            b'A'..=b'Z' => upper = true,
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {}
+            _ => return None,
+        }
+    }
+    Some(if upper {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    })
+}
+
+fn lowercase(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 fn valid_port(port: &str) -> bool {
@@ -68,6 +98,11 @@ mod tests {
         assert_eq!(normalize_host("127.0.0.1:80").as_deref(), Some("127.0.0.1"));
         assert_eq!(normalize_host("[::1]:8080").as_deref(), Some("[::1]"));
         assert_eq!(normalize_host("[::1]").as_deref(), Some("[::1]"));
+        assert_eq!(
+            normalize_host("[FE80::A]:443").as_deref(),
+            Some("[fe80::a]")
+        );
+        assert_eq!(normalize_host("a_b-c.d.").as_deref(), Some("a_b-c.d"));
     }
 
     #[test]

@@ -3,17 +3,10 @@
 //! `{"error": CODE, "message": TEXT, ...}`.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::body::GatewayBody;
-
-pub(crate) fn wants_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/json"))
-}
 
 /// A gateway-made response. `close` asks the client connection to close
 /// afterwards (used when the request's framing cannot be trusted or its

@@ -153,9 +153,9 @@ impl GatewayMetrics {
                 })
                 .clone()
         });
-        let m = ServiceMetrics {
+        let m = ServiceMetrics(Arc::new(ServiceHandles {
             name: Arc::from(name),
-            classes: Arc::new(classes),
+            classes,
             duration: self
                 .durations
                 .get_or_create(&ServiceLabels {
@@ -163,7 +163,7 @@ impl GatewayMetrics {
                 })
                 .clone(),
             owner: self.clone_families(),
-        };
+        }));
         cache.insert(name.to_string(), m.clone());
         m
     }
@@ -184,51 +184,57 @@ struct Families {
     ejections: Family<ServiceLabels, Counter>,
 }
 
-/// Handles for one service.
+/// Handles for one service. One `Arc` around all of them: every request
+/// clones this once for its completion.
 #[derive(Clone)]
-pub(crate) struct ServiceMetrics {
+pub(crate) struct ServiceMetrics(Arc<ServiceHandles>);
+
+struct ServiceHandles {
     name: Arc<str>,
-    classes: Arc<[Counter; 5]>,
+    classes: [Counter; 5],
     duration: Histogram,
     owner: Families,
 }
 
 impl ServiceMetrics {
     pub(crate) fn name(&self) -> &Arc<str> {
-        &self.name
+        &self.0.name
     }
 
     pub(crate) fn observe(&self, status: u16, seconds: f64) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.classes[class].inc();
-        self.duration.observe(seconds);
+        self.0.classes[class].inc();
+        self.0.duration.observe(seconds);
     }
 
     pub(crate) fn failure(&self, kind: FailureKind) {
-        self.owner
+        self.0
+            .owner
             .failures
             .get_or_create(&KindLabels {
-                service: self.name.to_string(),
+                service: self.0.name.to_string(),
                 kind: kind.label(),
             })
             .inc();
     }
 
     pub(crate) fn retry(&self, kind: FailureKind) {
-        self.owner
+        self.0
+            .owner
             .retries
             .get_or_create(&KindLabels {
-                service: self.name.to_string(),
+                service: self.0.name.to_string(),
                 kind: kind.label(),
             })
             .inc();
     }
 
     pub(crate) fn ejection(&self) {
-        self.owner
+        self.0
+            .owner
             .ejections
             .get_or_create(&ServiceLabels {
-                service: self.name.to_string(),
+                service: self.0.name.to_string(),
             })
             .inc();
     }

@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,10 +24,32 @@ use std::time::Duration;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpSocket;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::UpstreamBody;
 
 pub(crate) type Sender = SendRequest<UpstreamBody>;
+
+/// A backend connection's request handle and its response-header timer.
+/// The timer lives as long as the connection and is moved forward for each
+/// request: moving a registered timer later is a couple of atomic
+/// operations, while a fresh timer per request is an insertion into and a
+/// removal from the timer wheel. An idle connection's timer may still fire
+/// once; that wakes whichever task used the connection last, which then
+/// finds nothing to do.
+pub(crate) struct Conn {
+    pub(crate) sender: Sender,
+    pub(crate) timer: Pin<Box<Sleep>>,
+}
+
+impl Conn {
+    fn new(sender: Sender) -> Self {
+        Conn {
+            sender,
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+        }
+    }
+}
 
 /// Settings shared by all pools of a gateway.
 #[derive(Clone, Debug, Default)]
@@ -60,7 +83,7 @@ pub(crate) enum ConnectError {
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since_tick: u64,
 }
 
@@ -95,27 +118,27 @@ impl BackendPool {
     }
 
     /// An idle connection that can take a request now, or a new one.
-    pub(crate) async fn checkout(&self) -> Result<Sender, ConnectError> {
-        let mut waiting: Option<Sender> = None;
+    pub(crate) async fn checkout(&self) -> Result<Conn, ConnectError> {
+        let mut waiting: Option<Conn> = None;
         {
             let mut idle = self.lock();
             // Oldest first: the longer a connection has been back, the more
             // likely its task has already marked it ready.
             while let Some(entry) = idle.pop_front() {
-                if entry.sender.is_closed() {
+                if entry.conn.sender.is_closed() {
                     continue;
                 }
-                if entry.sender.is_ready() {
-                    return Ok(entry.sender);
+                if entry.conn.sender.is_ready() {
+                    return Ok(entry.conn);
                 }
-                waiting = Some(entry.sender);
+                waiting = Some(entry.conn);
                 break;
             }
         }
-        if let Some(mut sender) = waiting {
+        if let Some(mut conn) = waiting {
             // Its task has not yet run since the last response ended.
-            if sender.ready().await.is_ok() {
-                return Ok(sender);
+            if conn.sender.ready().await.is_ok() {
+                return Ok(conn);
             }
         }
         // Boxed: connecting is the rare path and its future is large; inline
@@ -123,7 +146,7 @@ impl BackendPool {
         Box::pin(self.connect()).await
     }
 
-    async fn connect(&self) -> Result<Sender, ConnectError> {
+    async fn connect(&self) -> Result<Conn, ConnectError> {
         let cfg = &self.cfg;
         let addr = self.addr;
         let socket = if addr.is_ipv4() {
@@ -153,13 +176,13 @@ impl BackendPool {
                 tracing::debug!(backend = %addr, error = %e, "backend connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok(Conn::new(sender))
     }
 
     /// Returns a connection whose last response was read to the end.
-    pub(crate) fn checkin(&self, sender: Sender) {
+    pub(crate) fn checkin(&self, conn: Conn) {
         let cfg = &self.cfg;
-        if sender.is_closed() {
+        if conn.sender.is_closed() {
             return;
         }
         let mut idle = self.lock();
@@ -167,7 +190,7 @@ impl BackendPool {
             return;
         }
         idle.push_back(Idle {
-            sender,
+            conn,
             since_tick: cfg.tick.load(Ordering::Relaxed),
         });
     }
@@ -178,6 +201,6 @@ impl BackendPool {
         let now = self.cfg.tick.load(Ordering::Relaxed);
         let max_age = self.cfg.idle_ticks;
         let mut idle = self.lock();
-        idle.retain(|e| !e.sender.is_closed() && now.saturating_sub(e.since_tick) < max_age);
+        idle.retain(|e| !e.conn.sender.is_closed() && now.saturating_sub(e.since_tick) < max_age);
     }
 }

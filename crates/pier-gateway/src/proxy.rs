@@ -16,7 +16,9 @@
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
+use std::future::Future as _;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,14 +37,14 @@ use crate::body::{
 };
 use crate::config::GatewayConfig;
 use crate::headers::{
-    is_upgrade_request, new_request_id, set_forwarded, strip_hop_by_hop, valid_request_id,
-    X_REQUEST_ID,
+    has_hop_by_hop, is_upgrade_request, new_request_id, set_forwarded, strip_hop_by_hop,
+    valid_request_id, RequestScan, X_REQUEST_ID,
 };
-use crate::host::normalize_host;
+use crate::host::normalize_host_ref;
 use crate::live::Router;
 use crate::local;
 use crate::metrics::{FailureKind, GatewayMetrics, ServiceMetrics};
-use crate::pool::Sender;
+use crate::pool::Conn;
 use crate::server::ConnCtx;
 use crate::table::{strip_path, Resolution};
 
@@ -96,6 +98,8 @@ fn chain_has<T: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
 
 struct Ctx {
     start: Instant,
+    /// Its `HeadWatch` learns when the response is finished.
+    client: Arc<ConnCtx>,
     request_id: HeaderValue,
     log: Option<Box<AccessRecord>>,
 }
@@ -115,6 +119,7 @@ impl Ctx {
             metrics: metrics.clone(),
             guard: None,
             conn: None,
+            client: Some(Arc::clone(&self.client)),
             log: self.log.take(),
         }
         .finish("local");
@@ -128,24 +133,28 @@ pub(crate) async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, Infallible> {
     let start = Instant::now();
+    conn.head.request_started();
     let shared = &*shared;
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if valid_request_id(v) => v.clone(),
+    let scan = RequestScan::of(req.headers());
+    let request_id = match scan.request_id {
+        Some(v) if valid_request_id(&v) => v,
         _ => new_request_id(),
     };
-    let json = local::wants_json(req.headers());
-    let raw_host: Option<HeaderValue> = match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req.headers().get(header::HOST).cloned(),
+    let json = scan.accept_json;
+    // The Host header is rewritten below only when the request's own single
+    // Host header is not already the value to send.
+    let (raw_host, host_header_ok) = match req.uri().authority() {
+        Some(a) => (HeaderValue::from_str(a.as_str()).ok(), false),
+        None => (scan.host, scan.hosts == 1),
     };
     let host = raw_host
         .as_ref()
         .and_then(|h| h.to_str().ok())
-        .and_then(normalize_host);
+        .and_then(normalize_host_ref);
     let log = tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO).then(|| {
         Box::new(AccessRecord {
             method: req.method().clone(),
-            host: host.clone().unwrap_or_else(|| "-".into()),
+            host: host.as_deref().unwrap_or("-").to_string(),
             path: req.uri().path().to_string(),
             request_id: request_id.clone(),
             backend: None,
@@ -154,6 +163,7 @@ pub(crate) async fn handle(
     });
     let ctx = Ctx {
         start,
+        client: Arc::clone(&conn),
         request_id,
         log,
     };
@@ -162,27 +172,14 @@ pub(crate) async fn handle(
     // non-chunked Transfer-Encoding, and when both framing headers arrive it
     // keeps chunked, drops Content-Length and closes after the response.
     // Anything ambiguous that still got here is refused, never forwarded.
-    if req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
-    {
+    if scan.transfer_encodings > 0 && scan.content_length.is_some() {
         let r = local::bad_request(json, "both Transfer-Encoding and Content-Length are set");
         return Ok(ctx.local(&shared.unrouted, r));
     }
     // hyper accepts any coding list ending in `chunked` and decodes only the
     // chunking; forwarding the rest (e.g. `gzip, chunked`) without its
     // coding would change the body's meaning, so only plain chunked passes.
-    if req
-        .headers()
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
-        || req
-            .headers()
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .count()
-            > 1
-    {
+    if scan.odd_transfer_encoding || scan.transfer_encodings > 1 {
         let r = local::bad_request(json, "only `Transfer-Encoding: chunked` is accepted");
         return Ok(ctx.local(&shared.unrouted, r));
     }
@@ -197,23 +194,23 @@ pub(crate) async fn handle(
         );
         return Ok(ctx.local(&shared.unrouted, r));
     }
-    let (Some(host), Some(raw_host)) = (host, raw_host) else {
+    let (Some(host), Some(raw_host)) = (host.as_deref(), raw_host.as_ref()) else {
         let r = local::bad_request(json, "missing or invalid Host header");
         return Ok(ctx.local(&shared.unrouted, r));
     };
 
     let table = shared.router.current();
-    let (index, strip) = match table.source.resolve(&host, req.uri().path()) {
+    let (index, strip) = match table.source.resolve(host, req.uri().path()) {
         Resolution::Service {
             index,
             strip_prefix,
             ..
         } => (index, strip_prefix),
         Resolution::UnknownHost => {
-            return Ok(ctx.local(&shared.unrouted, local::unknown_host(json, &host)))
+            return Ok(ctx.local(&shared.unrouted, local::unknown_host(json, host)))
         }
         Resolution::NoRoute => {
-            let r = local::no_route(json, &host, req.uri().path());
+            let r = local::no_route(json, host, req.uri().path());
             return Ok(ctx.local(&shared.unrouted, r));
         }
     };
@@ -226,9 +223,9 @@ pub(crate) async fn handle(
     }
 
     let limits = &shared.cfg.limits;
-    let content_length = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
+    let content_length = scan
+        .content_length
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if content_length.is_some_and(|n| n > limits.max_body_bytes) {
@@ -238,7 +235,10 @@ pub(crate) async fn handle(
         ));
     }
 
-    let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
+    let upgrade = req.version() == Version::HTTP_11
+        && scan.upgrade
+        && scan.connection
+        && is_upgrade_request(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let idempotent = is_idempotent(req.method());
     let (parts, body) = req.into_parts();
@@ -277,14 +277,23 @@ pub(crate) async fn handle(
     };
 
     let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers, upgrade);
-    // The gateway answered `Expect: 100-continue` itself when it read the body.
-    headers.remove(header::EXPECT);
-    headers.insert(header::HOST, raw_host.clone());
+    if scan.hop_by_hop {
+        strip_hop_by_hop(&mut headers, upgrade);
+    }
+    if scan.expect {
+        // The gateway answered `Expect: 100-continue` itself when it read the body.
+        headers.remove(header::EXPECT);
+    }
+    // Room for the forwarding headers and the request id, so inserting them
+    // grows the map at most once.
+    headers.reserve(4);
+    if !host_header_ok {
+        headers.insert(header::HOST, raw_host.clone());
+    }
     set_forwarded(
         &mut headers,
         &conn.peer_ip,
-        &raw_host,
+        raw_host,
         shared.cfg.trust_forwarded_headers,
     );
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
@@ -322,7 +331,7 @@ pub(crate) async fn handle(
         )
         .await;
         let kind = match outcome {
-            Attempt::Response(sender, mut resp) => {
+            Attempt::Response(backend_conn, mut resp) => {
                 if resp.status().is_server_error() {
                     note_failure(shared, service, i, FailureKind::Status5xx);
                 } else {
@@ -342,7 +351,8 @@ pub(crate) async fn handle(
                     metrics: service.metrics.clone(),
                     guard: Some(guard),
                     conn: None,
-                    log: ctx.log.take(),
+                    client: Some(ctx.client),
+                    log: ctx.log,
                 };
                 if let (Some(backend_up), Some(client_up)) = (backend_upgrade, client_upgrade) {
                     strip_hop_by_hop(&mut rparts.headers, true);
@@ -356,8 +366,10 @@ pub(crate) async fn handle(
                     ));
                     return Ok(Response::from_parts(rparts, GatewayBody::Local(None)));
                 }
-                completion.conn = Some(sender);
-                strip_hop_by_hop(&mut rparts.headers, false);
+                completion.conn = Some(backend_conn);
+                if has_hop_by_hop(&rparts.headers) {
+                    strip_hop_by_hop(&mut rparts.headers, false);
+                }
                 let body = GatewayBody::Upstream(TrackedBody::new(rbody, completion));
                 return Ok(Response::from_parts(rparts, body));
             }
@@ -428,7 +440,7 @@ pub(crate) async fn handle(
 }
 
 enum Attempt {
-    Response(Sender, Response<Incoming>),
+    Response(Conn, Response<Incoming>),
     /// Nothing reached the backend (connect failed) or it broke before a
     /// response head (reset); the caller decides about retrying.
     Failed(FailureKind),
@@ -450,8 +462,8 @@ async fn attempt(
     headers: &http::HeaderMap,
 ) -> Attempt {
     let pool = &backend.state.pool;
-    let mut sender = match pool.checkout().await {
-        Ok(sender) => sender,
+    let mut conn = match pool.checkout().await {
+        Ok(conn) => conn,
         Err(e) => {
             tracing::debug!(backend = %backend.addr, error = %e, "backend connect failed");
             return Attempt::Failed(FailureKind::Connect);
@@ -470,16 +482,28 @@ async fn attempt(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut unsent = 0;
     loop {
-        match tokio::time::timeout_at(deadline, sender.try_send_request(req)).await {
-            Ok(Ok(resp)) => return Attempt::Response(sender, resp),
-            Err(_elapsed) => return Attempt::Timeout,
-            Ok(Err(mut e)) => {
+        conn.timer.as_mut().reset(deadline);
+        let sent = {
+            let Conn { sender, timer } = &mut conn;
+            let mut response = std::pin::pin!(sender.try_send_request(req));
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = response.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                timer.as_mut().poll(cx).map(|()| None)
+            })
+            .await
+        };
+        match sent {
+            Some(Ok(resp)) => return Attempt::Response(conn, resp),
+            None => return Attempt::Timeout,
+            Some(Err(mut e)) => {
                 if let Some(back) = e.take_message() {
                     unsent += 1;
                     if unsent > 2 {
                         return Attempt::Failed(FailureKind::Connect);
                     }
-                    sender = match pool.checkout().await {
+                    conn = match pool.checkout().await {
                         Ok(s) => s,
                         Err(_) => return Attempt::Failed(FailureKind::Connect),
                     };

@@ -18,9 +18,9 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -127,10 +127,66 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     }
 }
 
+/// The HTTP/1 header-read timeout, kept by the gateway instead of hyper:
+/// hyper's own arms a fresh boxed timer for every request head, which costs
+/// an allocation and a timer-wheel insertion and removal per request. Here a
+/// request costs one atomic add when it starts and one when its response
+/// ends, and a watchdog that runs every `header_read_ms / 2` closes the
+/// connection once it has seen it waiting for a head, with nothing started
+/// or finished in between, for two whole periods: between 1 and 1.5 ×
+/// `header_read_ms` after the wait began.
+pub(crate) struct HeadWatch {
+    /// Low 32 bits: requests in flight; high bits: a generation counter,
+    /// bumped at every start and end.
+    state: AtomicU64,
+}
+
+const GEN: u64 = 1 << 32;
+
+impl HeadWatch {
+    fn new() -> Self {
+        HeadWatch {
+            state: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.state.fetch_add(GEN + 1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn request_finished(&self) {
+        // Next generation, one fewer in flight.
+        self.state.fetch_add(GEN - 1, Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection waited for a request head too long.
+    async fn expired(&self, header_read_ms: u64) {
+        let period = Duration::from_millis((header_read_ms / 2).max(1));
+        let mut seen: Option<u64> = None;
+        let mut periods = 0;
+        loop {
+            tokio::time::sleep(period).await;
+            let now = self.state.load(Ordering::Relaxed);
+            if now & (GEN - 1) != 0 {
+                seen = None;
+            } else if seen == Some(now) {
+                periods += 1;
+                if periods >= 2 {
+                    return;
+                }
+            } else {
+                seen = Some(now);
+                periods = 0;
+            }
+        }
+    }
+}
+
 /// What the request path needs to know about its client connection.
 pub(crate) struct ConnCtx {
     pub(crate) peer_ip: HeaderValue,
     pub(crate) idle: Arc<IdleMark>,
+    pub(crate) head: HeadWatch,
     pub(crate) hard_stop: watch::Receiver<bool>,
     /// Dropped with the last user of this context: counts for shutdown.
     _alive: mpsc::Sender<()>,
@@ -175,8 +231,8 @@ async fn detect(stream: &TcpStream) -> io::Result<Proto> {
 
 pub(crate) fn http1_builder(shared: &Shared) -> http1::Builder {
     let mut b = http1::Builder::new();
-    b.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(shared.cfg.timeouts.header_read_ms))
+    // The header-read timeout is the gateway's own (see `HeadWatch`).
+    b.header_read_timeout(None)
         .max_header_size(shared.cfg.limits.max_header_bytes)
         .keep_alive(true);
     // Setting any header count makes hyper allocate the header array on the
@@ -218,6 +274,7 @@ pub(crate) async fn serve_connection(
     let ctx = Arc::new(ConnCtx {
         peer_ip: ip_header(peer.ip()),
         idle: Arc::clone(&mark),
+        head: HeadWatch::new(),
         hard_stop: life.hard_stop.clone(),
         _alive: life.alive.clone(),
     });
@@ -227,15 +284,22 @@ pub(crate) async fn serve_connection(
     });
     // The request future is a few KiB; boxing it once is cheaper than the
     // copies hyper's dispatcher would otherwise make of it.
+    let watch = Arc::clone(&ctx);
     let svc = service_fn(move |req| Box::pin(handle(Arc::clone(&shared), Arc::clone(&ctx), req)));
+    let timers = Timers {
+        mark: &mark,
+        idle_ms,
+        head: None,
+    };
     match proto {
         Proto::Http1 => {
             let conn = h1.serve_connection(io, svc).with_upgrades();
-            drive(conn, &mark, idle_ms, life).await
+            let head = Some((&watch.head, header_timeout.as_millis() as u64));
+            drive(conn, Timers { head, ..timers }, life).await
         }
         Proto::Http2 => {
             let conn = h2.serve_connection(io, svc);
-            drive(conn, &mark, idle_ms, life).await
+            drive(conn, timers, life).await
         }
     }
 }
@@ -268,7 +332,78 @@ where
     }
 }
 
-async fn drive<C>(conn: C, mark: &IdleMark, idle_ms: u64, life: Lifecycle)
+/// Why `drive` stops polling hyper's connection or changes its mode.
+enum ConnEvent {
+    Drain,
+    HardStop,
+    Idle,
+    HeadTimeout,
+}
+
+/// The watchdogs of one client connection.
+#[derive(Clone, Copy)]
+struct Timers<'a> {
+    mark: &'a IdleMark,
+    idle_ms: u64,
+    /// HTTP/1 only: the header-read timeout, in ms.
+    head: Option<(&'a HeadWatch, u64)>,
+}
+
+/// Waits for the first shutdown signal or watchdog expiry. Polled only when
+/// one of its own wakers fired (see [`SideWake`]).
+async fn next_event(
+    drain: &mut watch::Receiver<bool>,
+    hard_stop: &mut watch::Receiver<bool>,
+    timers: Timers<'_>,
+    draining: bool,
+) -> ConnEvent {
+    let head = async {
+        match timers.head {
+            Some((head, ms)) => head.expired(ms).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = drain.wait_for(|d| *d), if !draining => ConnEvent::Drain,
+        _ = hard_stop.wait_for(|s| *s) => ConnEvent::HardStop,
+        _ = timers.mark.expired(timers.idle_ms) => ConnEvent::Idle,
+        _ = head => ConnEvent::HeadTimeout,
+    }
+}
+
+/// The waker given to the side future of a connection (shutdown signals and
+/// the idle watchdog). It records that the side future has something to do
+/// and wakes the connection's task, so each wake-up of the task for client
+/// or backend IO polls only hyper's connection plus one atomic swap, instead
+/// of re-polling two watch channels and a timer every time.
+struct SideWake {
+    woken: AtomicBool,
+    task: std::sync::Mutex<Option<Waker>>,
+}
+
+impl SideWake {
+    fn task(&self) -> std::sync::MutexGuard<'_, Option<Waker>> {
+        match self.task.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+impl Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(w) = self.task().as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+async fn drive<C>(conn: C, timers: Timers<'_>, life: Lifecycle)
 where
     C: ServedConnection,
 {
@@ -279,21 +414,53 @@ where
     } = life;
     let mut conn = pin!(conn);
     let mut draining = false;
+    let side = Arc::new(SideWake {
+        // Set: the side future must be polled once to register its wakers.
+        woken: AtomicBool::new(true),
+        task: std::sync::Mutex::new(None),
+    });
+    let side_waker = Waker::from(Arc::clone(&side));
     loop {
-        tokio::select! {
-            res = conn.as_mut() => {
+        let mut events = pin!(next_event(&mut drain, &mut hard_stop, timers, draining));
+        let step = std::future::poll_fn(|cx| {
+            if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Err(res));
+            }
+            if side.woken.swap(false, Ordering::Acquire) {
+                {
+                    let mut task = side.task();
+                    if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *task = Some(cx.waker().clone());
+                    }
+                }
+                let mut side_cx = Context::from_waker(&side_waker);
+                if let Poll::Ready(ev) = events.as_mut().poll(&mut side_cx) {
+                    return Poll::Ready(Ok(ev));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match step {
+            Err(res) => {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "client connection ended with an error");
                 }
                 return;
             }
-            _ = drain.wait_for(|d| *d), if !draining => {
+            Ok(ConnEvent::Drain) => {
                 draining = true;
                 conn.as_mut().begin_graceful_shutdown();
+                // The next side future has not registered anything yet.
+                side.woken.store(true, Ordering::Release);
             }
-            _ = hard_stop.wait_for(|s| *s) => return,
-            _ = mark.expired(idle_ms) => {
+            Ok(ConnEvent::HardStop) => return,
+            Ok(ConnEvent::Idle) => {
                 tracing::debug!("closing idle client connection");
+                return;
+            }
+            Ok(ConnEvent::HeadTimeout) => {
+                tracing::debug!("client sent no complete request head within the header timeout");
                 return;
             }
         }
