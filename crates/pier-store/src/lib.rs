@@ -82,6 +82,6 @@ pub use model::{
     MAX_VALUE_BYTES,
 };
 pub use state::{PrefixIter, StateView};
-pub use store::{MemberInfo, Store, StoreConfig, StoreStatus};
+pub use store::{LeaderContact, MemberInfo, Store, StoreConfig, StoreStatus};
 pub use typed::{TypedTable, Versioned};
 pub use watch::Watch;

@@ -117,6 +117,17 @@ pub struct StoreStatus {
     pub purged_index: u64,
 }
 
+/// What a read answer reports about leadership (Consul's `X-Consul-KnownLeader` and
+/// `X-Consul-LastContact`): the part of [`StoreStatus`] that is cheap to take on every answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaderContact {
+    /// A leader that is a member of the current configuration is known.
+    pub known_leader: bool,
+    pub is_leader: bool,
+    /// Milliseconds since the leader was last heard from (0 on the leader, None if never).
+    pub last_contact_ms: Option<u64>,
+}
+
 /// Handle to the replicated store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -385,6 +396,12 @@ impl Store {
         self.inner.status()
     }
 
+    /// The leadership fields of [`Store::status`] without copying the membership: blocking
+    /// queries answer thousands of watchers at once and each answer carries them.
+    pub fn leader_contact(&self) -> LeaderContact {
+        self.inner.leader_contact()
+    }
+
     /// Adds a server to the cluster (as learner, then voter once caught up). Runs on the leader;
     /// forwarded there from a follower.
     pub async fn add_member(
@@ -625,6 +642,33 @@ impl Inner {
         }
     }
 
+    fn last_contact_ms(&self, is_leader: bool) -> Option<u64> {
+        if is_leader {
+            return Some(0);
+        }
+        match self.last_contact_at_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some((self.started.elapsed().as_millis() as u64).saturating_sub(at)),
+        }
+    }
+
+    fn leader_contact(&self) -> LeaderContact {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let is_leader = m.current_leader == Some(self.node_id) && m.state == ServerState::Leader;
+        let known_leader = m.current_leader.is_some_and(|leader| {
+            m.membership_config
+                .membership()
+                .nodes()
+                .any(|(id, _)| *id == leader)
+        });
+        LeaderContact {
+            known_leader,
+            is_leader,
+            last_contact_ms: self.last_contact_ms(is_leader),
+        }
+    }
+
     fn status(&self) -> StoreStatus {
         let m = self.raft.metrics();
         let m = m.borrow();
@@ -644,14 +688,7 @@ impl Inner {
         let leader = m
             .current_leader
             .and_then(|id| members.iter().find(|mi| mi.id == id).cloned());
-        let last_contact_ms = if is_leader {
-            Some(0)
-        } else {
-            match self.last_contact_at_ms.load(Ordering::Relaxed) {
-                0 => None,
-                at => Some((self.started.elapsed().as_millis() as u64).saturating_sub(at)),
-            }
-        };
+        let last_contact_ms = self.last_contact_ms(is_leader);
         let last_applied_index = m.last_applied.map(|l| l.index).unwrap_or(0);
         StoreStatus {
             node_name: self.node_name.clone(),

@@ -23,6 +23,11 @@ async fn three_servers_fail_over_and_catch_up() {
         assert_eq!(l.http_addr, format!("{}.http:8500", nodes[leader].name));
         assert_eq!(st.members.len(), 3);
         assert!(st.last_contact_ms.is_some());
+        // The cheap leadership view that blocking-query answers report agrees with it.
+        let lc = n.store().leader_contact();
+        assert!(lc.known_leader);
+        assert_eq!(lc.is_leader, st.is_leader);
+        assert!(lc.last_contact_ms.is_some());
     }
 
     // Writes through a follower are forwarded; visible on the leader and, consistently, everywhere.
