@@ -12,9 +12,10 @@
 //!   on (see [`crate::blocking`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use pier_store::{Consistency, Entry, Op, StateView, Store, Table, Txn, WatchKey};
 use tokio::time::Instant;
 
@@ -109,10 +110,13 @@ impl Heartbeats {
 /// The last result of one `health/service` query, shared by every watcher of it: when many
 /// watchers wake for the same change, the first one decodes the records and the others reuse
 /// the result after checking (`index_of` of the same keys) that nothing they cover changed.
-struct HealthMemo {
+pub(crate) struct HealthMemo {
     keys: Vec<WatchKey>,
     index: u64,
-    value: Arc<Vec<InstanceHealth>>,
+    pub(crate) value: Arc<Vec<InstanceHealth>>,
+    /// The HTTP answer's JSON, encoded once by the first watcher that sends it: the same query
+    /// at the same index always has the same answer.
+    pub(crate) encoded: OnceLock<Bytes>,
 }
 
 type HealthMemoKey = (String, ServiceFilter);
@@ -782,7 +786,7 @@ impl Catalog {
         let shared = self.health_service_shared(service, filter, opts).await?;
         Ok(Versioned {
             index: shared.index,
-            value: shared.value.as_ref().clone(),
+            value: shared.value.value.as_ref().clone(),
         })
     }
 
@@ -792,7 +796,7 @@ impl Catalog {
         service: &str,
         filter: &ServiceFilter,
         opts: &QueryOptions,
-    ) -> Result<Versioned<Arc<Vec<InstanceHealth>>>, CatalogError> {
+    ) -> Result<Versioned<Arc<HealthMemo>>, CatalogError> {
         names::validate_service_name(service)?;
         let memo_key: HealthMemoKey = (service.to_string(), filter.clone());
         blocking_query(&self.store, opts, |v| {
@@ -804,22 +808,23 @@ impl Catalog {
                 .cloned();
             if let Some(m) = memo {
                 if v.index_of(&m.keys) == m.index {
-                    return Ok((m.value.clone(), m.keys.clone()));
+                    let keys = m.keys.clone();
+                    return Ok((m, keys));
                 }
             }
             let (list, keys) = read_health_service(v, service, filter, true);
-            let value = Arc::new(list);
             let entry = Arc::new(HealthMemo {
                 keys: keys.clone(),
                 index: v.index_of(&keys),
-                value: value.clone(),
+                value: Arc::new(list),
+                encoded: OnceLock::new(),
             });
             let mut table = self.health_memo.lock().unwrap_or_else(|p| p.into_inner());
             if table.len() >= MAX_MEMO_ENTRIES {
                 table.clear();
             }
-            table.insert(memo_key.clone(), entry);
-            Ok((value, keys))
+            table.insert(memo_key.clone(), entry.clone());
+            Ok((entry, keys))
         })
         .await
     }

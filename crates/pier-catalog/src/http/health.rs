@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
+use bytes::Bytes;
 
 use super::{bytes_response, json_response, parse_query, ApiResult, ApiState};
 use crate::catalog::ServiceFilter;
@@ -111,20 +112,24 @@ pub async fn health_service(
         .catalog
         .health_service_shared(&name, &filter, &opts)
         .await?;
-    let key = format!("health\0{name}\0{filter:?}");
-    let body = s.responses.get_or_encode(&key, res.index, || {
-        let dc = s.catalog.datacenter().to_string();
-        let out: Vec<HealthServiceOut> = res
-            .value
-            .iter()
-            .map(|h| HealthServiceOut {
-                node: NodeOut::from(&h.node),
-                service: ServiceOut::new(&h.instance, &dc),
-                checks: h.checks.iter().map(CheckOut::from).collect(),
-            })
-            .collect();
-        serde_json::to_vec(&out).unwrap_or_else(|_| b"[]".to_vec())
-    });
+    let body = res
+        .value
+        .encoded
+        .get_or_init(|| {
+            let dc = s.catalog.datacenter().to_string();
+            let out: Vec<HealthServiceOut> = res
+                .value
+                .value
+                .iter()
+                .map(|h| HealthServiceOut {
+                    node: NodeOut::from(&h.node),
+                    service: ServiceOut::new(&h.instance, &dc),
+                    checks: h.checks.iter().map(CheckOut::from).collect(),
+                })
+                .collect();
+            Bytes::from(serde_json::to_vec(&out).unwrap_or_else(|_| b"[]".to_vec()))
+        })
+        .clone();
     Ok(bytes_response(&s.catalog, res.index, body))
 }
 

@@ -15,9 +15,6 @@ mod nodes;
 mod params;
 mod status;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -40,53 +37,16 @@ pub const FORWARDED_HEADER: &str = "x-pier-forwarded";
 /// bodies above this get 413 without being read).
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// What the handlers share: the catalog, the agent this server acts as for `/v1/agent/*`, and
-/// the encoded answers of recent `health/service` queries.
+/// What the handlers share: the catalog and the agent this server acts as for `/v1/agent/*`.
 #[derive(Clone)]
 pub struct ApiState {
     pub catalog: Catalog,
     pub agent: Agent,
-    pub(crate) responses: Arc<ResponseCache>,
-}
-
-/// Encoded JSON answers by query identity and index: the same query at the same index always
-/// has the same answer, so thousands of watchers woken by one change share one encoding.
-#[derive(Default)]
-pub(crate) struct ResponseCache {
-    entries: Mutex<HashMap<String, (u64, Bytes)>>,
-}
-
-const MAX_CACHED_RESPONSES: usize = 4096;
-
-impl ResponseCache {
-    pub fn get_or_encode(&self, key: &str, index: u64, encode: impl FnOnce() -> Vec<u8>) -> Bytes {
-        if let Some((i, b)) = self
-            .entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-        {
-            if *i == index {
-                return b.clone();
-            }
-        }
-        let bytes = Bytes::from(encode());
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= MAX_CACHED_RESPONSES {
-            entries.clear();
-        }
-        entries.insert(key.to_string(), (index, bytes.clone()));
-        bytes
-    }
 }
 
 /// The Consul-compatible API and the heartbeat endpoint. Merge it into the server's router.
 pub fn router(catalog: Catalog, agent: Agent) -> Router {
-    let state = ApiState {
-        catalog,
-        agent,
-        responses: Arc::new(ResponseCache::default()),
-    };
+    let state = ApiState { catalog, agent };
     Router::new()
         .route("/v1/catalog/services", get(health::catalog_services))
         .route("/v1/catalog/service/{name}", get(health::catalog_service))
@@ -178,8 +138,10 @@ pub(crate) type ApiResult = Result<Response, ApiError>;
 
 /// The consistency headers every read carries.
 pub(crate) fn consul_headers(catalog: &Catalog, index: u64) -> HeaderMap {
-    let status = catalog.store().status();
-    let mut h = HeaderMap::new();
+    // Not `status()`: that copies the membership, and a change answers thousands at once.
+    let status = catalog.store().leader_contact();
+    // Room for these three and the content type.
+    let mut h = HeaderMap::with_capacity(4);
     let index = index.max(1);
     h.insert(
         HeaderName::from_static("x-consul-index"),
@@ -187,11 +149,7 @@ pub(crate) fn consul_headers(catalog: &Catalog, index: u64) -> HeaderMap {
     );
     h.insert(
         HeaderName::from_static("x-consul-knownleader"),
-        HeaderValue::from_static(if status.leader.is_some() {
-            "true"
-        } else {
-            "false"
-        }),
+        HeaderValue::from_static(if status.known_leader { "true" } else { "false" }),
     );
     let contact = if status.is_leader {
         0
@@ -220,14 +178,18 @@ pub(crate) fn json_response<T: Serialize>(
     (status, headers, bytes).into_response()
 }
 
-/// A JSON answer from already encoded bytes.
+/// A JSON answer from already encoded bytes (shared by every watcher of the same answer).
 pub(crate) fn bytes_response(catalog: &Catalog, index: u64, body: Bytes) -> Response {
     let mut headers = consul_headers(catalog, index);
     headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    (StatusCode::OK, headers, body).into_response()
+    // Built directly rather than through `IntoResponse` for a tuple, which would copy the
+    // headers into a second map.
+    let mut resp = Response::new(axum::body::Body::from(body));
+    *resp.headers_mut() = headers;
+    resp
 }
 
 /// A 404 with the index header, as Consul answers for a missing KV key or node.
