@@ -156,7 +156,7 @@ pub fn step(snapshot: &DeploymentSnapshot, now_ms: u64) -> DeploymentPlan {
                 if rollback {
                     !leaving
                 } else {
-                    t.stop_phase != StopPhase::Stopped && !(leaving && !t.was_routable())
+                    t.stop_phase != StopPhase::Stopped && (!leaving || t.was_routable())
                 }
             })
             .count();
