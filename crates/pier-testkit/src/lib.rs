@@ -1,6 +1,7 @@
 //! Test support shared by pier's integration tests. Every helper here fails
 //! loudly: a test that needs Docker or a binary must not silently pass.
 
+pub mod dev;
 pub mod docker;
 pub mod images;
 pub mod net;

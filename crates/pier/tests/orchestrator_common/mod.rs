@@ -9,8 +9,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use pier_testkit::images::{build_httpd_image, ContainerGuard, HttpdVariant, ImageGuard};
-use pier_testkit::net::free_port;
-use pier_testkit::process::{wait_http_ok, PierProcess};
+use pier_testkit::dev::DevProcess;
+use pier_testkit::process::PierProcess;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pier");
@@ -29,47 +29,22 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// `pier dev` on free ports; `builtin_agent` runs the in-process agent in zone "local".
+    /// `pier dev` on free ports; `builtin_agent` runs the in-process agent (zone "local"
+    /// unless `extra` has `--zone`).
     pub async fn start(builtin_agent: bool, extra: &[&str]) -> Cluster {
-        pier_testkit::images::require_docker();
         let dir = tempfile::tempdir().unwrap();
         let guard = ContainerGuard::new_run();
-        let http_port = free_port();
-        let registry_port = free_port();
-        let gateway_port = free_port();
-        let raft_port = free_port();
-        let data = dir.path().join("data");
-        let run_label = format!("{}={}", guard.label, guard.value);
-        let mut args: Vec<String> = vec![
-            "dev".into(),
-            "--data-dir".into(),
-            data.display().to_string(),
-            "--http-port".into(),
-            http_port.to_string(),
-            "--raft-port".into(),
-            raft_port.to_string(),
-            "--registry-port".into(),
-            registry_port.to_string(),
-            "--gateway-port".into(),
-            gateway_port.to_string(),
-            "--dns-port".into(),
-            free_port().to_string(),
-            "--container-label".into(),
-            "pier.test=1".into(),
-            "--container-label".into(),
-            run_label,
-        ];
+        let mut extra_args: Vec<&str> = extra.to_vec();
         if !builtin_agent {
-            args.push("--no-agent".into());
+            extra_args.push("--no-agent");
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let dev = PierProcess::spawn(BIN, "dev", &refs, dir.path());
-        wait_http_ok(
-            &format!("http://127.0.0.1:{http_port}/api/v1/status"),
-            Duration::from_secs(20),
-        )
-        .await;
+        let DevProcess {
+            process: dev,
+            http_port,
+            registry_port,
+            gateway_port,
+            ..
+        } = DevProcess::start(BIN, dir.path(), &guard, &extra_args).await;
         Cluster {
             dir,
             dev,

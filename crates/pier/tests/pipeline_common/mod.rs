@@ -10,21 +10,19 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use pier_testkit::images::ContainerGuard;
-use pier_testkit::net::free_port;
-use pier_testkit::process::{wait_http_ok, PierProcess};
+use pier_testkit::dev::DevProcess;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pier");
 
 pub struct Dev {
     pub dir: tempfile::TempDir,
-    pub dev: PierProcess,
+    pub dev: DevProcess,
     pub http_port: u16,
     pub registry_port: u16,
     /// The gateway inside `pier dev`: `Host: <service>.localhost`.
     pub gateway_port: u16,
     pub http: reqwest::Client,
-    args: Vec<String>,
     // Containers before images.
     pub guard: ContainerGuard,
     pub images: RegistryImages,
@@ -58,45 +56,14 @@ impl Drop for RegistryImages {
 
 impl Dev {
     pub async fn start(extra: &[&str]) -> Dev {
-        pier_testkit::images::require_docker();
         let dir = tempfile::tempdir().unwrap();
         let guard = ContainerGuard::new_run();
-        let http_port = free_port();
-        let registry_port = free_port();
-        let gateway_port = free_port();
-        let raft_port = free_port();
-        let data = dir.path().join("data");
-        let run_label = format!("{}={}", guard.label, guard.value);
-        let mut args: Vec<String> = vec![
-            "dev".into(),
-            "--data-dir".into(),
-            data.display().to_string(),
-            "--http-port".into(),
-            http_port.to_string(),
-            "--raft-port".into(),
-            raft_port.to_string(),
-            "--registry-port".into(),
-            registry_port.to_string(),
-            "--gateway-port".into(),
-            gateway_port.to_string(),
-            "--dns-port".into(),
-            free_port().to_string(),
-            "--container-label".into(),
-            "pier.test=1".into(),
-            "--container-label".into(),
-            run_label,
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let dev = PierProcess::spawn(BIN, "dev", &refs, dir.path());
-        wait_http_ok(
-            &format!("http://127.0.0.1:{http_port}/api/v1/status"),
-            Duration::from_secs(30),
-        )
-        .await;
+        let server = DevProcess::start(BIN, dir.path(), &guard, extra).await;
+        let (http_port, registry_port, gateway_port) =
+            (server.http_port, server.registry_port, server.gateway_port);
         Dev {
             dir,
-            dev,
+            dev: server,
             http_port,
             registry_port,
             gateway_port,
@@ -104,7 +71,6 @@ impl Dev {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
-            args,
             guard,
             images: RegistryImages(format!("127.0.0.1:{registry_port}/")),
         }
@@ -112,14 +78,7 @@ impl Dev {
 
     /// `kill -9` of the server, then a start on the same data dir and ports.
     pub async fn kill9_and_restart(&mut self) {
-        self.dev.kill9();
-        let refs: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.dev = PierProcess::spawn(BIN, "dev-restarted", &refs, self.dir.path());
-        wait_http_ok(
-            &format!("http://127.0.0.1:{}/api/v1/status", self.http_port),
-            Duration::from_secs(30),
-        )
-        .await;
+        self.dev.restart(BIN, "dev-restarted", self.dir.path()).await;
     }
 
     pub fn addr(&self) -> String {
