@@ -8,8 +8,8 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use pier_testkit::images::{build_httpd_image, ContainerGuard, HttpdVariant, ImageGuard};
 use pier_testkit::dev::DevProcess;
+use pier_testkit::images::{build_httpd_image, ContainerGuard, HttpdVariant, ImageGuard};
 use pier_testkit::process::PierProcess;
 use serde_json::Value;
 
