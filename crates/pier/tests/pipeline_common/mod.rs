@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use pier_testkit::images::ContainerGuard;
 use pier_testkit::dev::DevProcess;
+use pier_testkit::images::ContainerGuard;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pier");
@@ -78,7 +78,9 @@ impl Dev {
 
     /// `kill -9` of the server, then a start on the same data dir and ports.
     pub async fn kill9_and_restart(&mut self) {
-        self.dev.restart(BIN, "dev-restarted", self.dir.path()).await;
+        self.dev
+            .restart(BIN, "dev-restarted", self.dir.path())
+            .await;
     }
 
     pub fn addr(&self) -> String {
