@@ -253,6 +253,10 @@ async fn bench_fanout(server: &Server, watchers: u32) {
     if bad > 0 {
         println!("WARNING: {bad} answers were not a 200 with a newer X-Consul-Index");
     }
+    let client_cpu_ms: u64 = rest
+        .lines()
+        .find_map(|l| l.strip_prefix("CLIENT_CPU_MS ")?.parse().ok())
+        .unwrap_or(0);
     if lat.len() != watchers as usize {
         println!(
             "WARNING: only {} of {watchers} watchers reported",
@@ -260,7 +264,7 @@ async fn bench_fanout(server: &Server, watchers: u32) {
         );
     }
     println!(
-        "fan-out to {} watchers: p50 {}  p99 {}  max {}  server CPU {} (for the change and all answers)",
+        "fan-out to {} watchers: p50 {}  p99 {}  max {}  server CPU {} (for the change and all answers), client CPU {client_cpu_ms} ms",
         lat.len(),
         ms(percentile(&lat, 0.5)),
         ms(percentile(&lat, 0.99)),
@@ -295,6 +299,7 @@ async fn run_watchers(url: String, count: u32, min_index: u64) {
         conns.push(stream);
     }
     println!("READY");
+    let cpu_ready = process_cpu();
     let tasks: Vec<_> = conns
         .into_iter()
         .map(|mut stream| {
@@ -321,9 +326,10 @@ async fn run_watchers(url: String, count: u32, min_index: u64) {
             open.push(stream);
         }
     }
-    out.push_str(&format!("BAD {bad}\n"));
+    // Its CPU while waiting and reading the answers: it shares the machine with the server.
+    let cpu_ms = process_cpu().saturating_sub(cpu_ready).as_millis();
+    out.push_str(&format!("CLIENT_CPU_MS {cpu_ms}\nBAD {bad}\n"));
     print!("{out}");
-    eprintln!("watcher process CPU: {}", ms(process_cpu()));
     drop(open);
 }
 
