@@ -14,7 +14,8 @@ pub fn normalize_host(raw: &str) -> Option<String> {
 /// [`normalize_host`] without copying when the value is already lower case
 /// (the usual case): the request path looks routes up with a borrowed slice.
 pub(crate) fn normalize_host_ref(raw: &str) -> Option<Cow<'_, str>> {
-    let raw = raw.trim();
+    // Only ASCII is valid below, so ASCII whitespace is all there is to trim.
+    let raw = raw.trim_ascii();
     if raw.is_empty() || raw.len() > 255 {
         return None;
     }
@@ -34,12 +35,12 @@ pub(crate) fn normalize_host_ref(raw: &str) -> Option<Cow<'_, str>> {
         // `[` + literal + `]`
         return Some(lowercase(&raw[..end + 2]));
     }
-    let name = match raw.rsplit_once(':') {
-        Some((name, port)) => {
-            if !valid_port(port) {
+    let name = match raw.bytes().rposition(|b| b == b':') {
+        Some(colon) => {
+            if !valid_port(&raw[colon + 1..]) {
                 return None;
             }
-            name
+            &raw[..colon]
         }
         None => raw,
     };

@@ -233,6 +233,7 @@ pub(crate) fn http1_builder(shared: &Shared) -> http1::Builder {
     let mut b = http1::Builder::new();
     // The header-read timeout is the gateway's own (see `HeadWatch`).
     b.header_read_timeout(None)
+        .writev(false)
         .max_header_size(shared.cfg.limits.max_header_bytes)
         .keep_alive(true);
     // Setting any header count makes hyper allocate the header array on the
