@@ -7,7 +7,9 @@
 //! real-Prometheus test cannot run. It checks the installed binary with `promtool`: when
 //! `consul_sd_configs` is supported it runs Prometheus for real; otherwise it says so loudly on
 //! stderr and the protocol replay below (the exact request sequence of Prometheus' Consul SD,
-//! which uses the official Go client `hashicorp/consul/api`) is what covers Prometheus.
+//! which uses the official Go client `hashicorp/consul/api`) is what covers Prometheus, next to
+//! `victoriametrics.rs`, where a real Prometheus-compatible scraper from Debian runs the same
+//! `consul_sd_configs` against the catalog.
 
 mod common;
 
