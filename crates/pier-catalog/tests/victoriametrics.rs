@@ -65,8 +65,10 @@ async fn victoriametrics_consul_sd_discovers_scrapes_and_drops_targets() {
     for (id, port) in [("web-1", vm_port), ("web-2", dead_port)] {
         let r = c
             .put(s.url("/v1/agent/service/register"))
-            .json(&json!({"ID": id, "Name": "web", "Address": "127.0.0.1", "Port": port,
-                          "Tags": ["metrics"], "Check": {"TTL": "1h", "Status": "passing"}}))
+            .json(
+                &json!({"ID": id, "Name": "web", "Address": "127.0.0.1", "Port": port,
+                          "Tags": ["metrics"], "Check": {"TTL": "1h", "Status": "passing"}}),
+            )
             .send()
             .await
             .unwrap();
