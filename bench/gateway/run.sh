@@ -158,6 +158,14 @@ for other in nginx haproxy; do
     awk -v a="${RPS[pier]}" -v b="${RPS[$other]}" -v pa="${P99[pier]}" -v pb="${P99[$other]}" -v o="$other" \
         'BEGIN { printf "pier/%s: rps %.2fx, p99 %.2fx (lower is better)\n", o, a / b, pa / pb }'
 done
+# The machine may be shared: a ratio within one round (targets run back to
+# back) is steadier than a ratio of medians taken from different rounds.
+for other in nginx haproxy; do
+    ratios=$(paste -d' ' <(sed '/^$/d' <<<"${RESULTS[pier]}") <(sed '/^$/d' <<<"${RESULTS[$other]}") |
+        awk '{ printf "%.2f\n", $1 / $5 }')
+    med=$(sort -n <<<"$ratios" | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')
+    echo "pier/$other rps per round: $(tr '\n' ' ' <<<"$ratios")(median ${med}x)"
+done
 for t in pier nginx haproxy; do
     awk -v p="${P50[$t]}" -v d="${P50[direct]}" -v t="$t" 'BEGIN { printf "%s adds %.3f ms at p50 over direct\n", t, p - d }'
 done
