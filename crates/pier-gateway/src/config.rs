@@ -57,8 +57,10 @@ pub struct Timeouts {
     pub response_header_ms: u64,
     /// A client must send a complete request head within this time, both on a
     /// new connection (slowloris) and between requests on a kept-alive HTTP/1
-    /// connection (hyper starts the header timer when it waits for the next
-    /// request, so this is also the HTTP/1 keep-alive idle limit).
+    /// connection (the timer runs from the end of one response to the next
+    /// complete head, so this is also the HTTP/1 keep-alive idle limit).
+    /// A connection is closed between 1 and 1.5 times this after it began
+    /// waiting.
     pub header_read_ms: u64,
     /// A client connection (HTTP/1, HTTP/2 or an upgraded tunnel) on which no
     /// byte moves in either direction for this long is closed.

@@ -3,9 +3,10 @@
 //!
 //! Protocol detection peeks at the socket for the HTTP/2 connection preface
 //! under the header-read timeout, so a client that connects and sends
-//! nothing is closed like any other slow client. HTTP/1 then uses hyper's
-//! own header timer (which also runs between kept-alive requests) and header
-//! limits; HTTP/2 uses the header-list limit. On top of that every
+//! nothing is closed like any other slow client. HTTP/1 then uses the
+//! gateway's own header-read watchdog ([`HeadWatch`], which also runs
+//! between kept-alive requests) and hyper's header limits; HTTP/2 uses the
+//! header-list limit. On top of that every
 //! connection is closed when no byte moved either way for `idle_ms`.
 //!
 //! Shutdown has two signals: `drain` asks each connection to finish the
