@@ -13,44 +13,16 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Options, TestServer};
 use serde_json::{json, Value};
 
-/// Kills Prometheus when the test ends, also on failure.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// Addresses of the job's active targets.
 async fn targets(c: &reqwest::Client, prom: &str) -> Option<Vec<String>> {
-    let v: Value = c
-        .get(format!("{prom}/api/v1/targets?state=active"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    let mut out: Vec<String> = v["data"]["activeTargets"]
-        .as_array()?
-        .iter()
-        .filter(|t| t["labels"]["job"] == "pier-consul-sd")
-        .map(|t| {
-            t["discoveredLabels"]["__address__"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
-        .collect();
-    out.sort();
-    Some(out)
+    let t = common::consul_sd_targets(c, prom).await?;
+    Some(t.into_iter().map(|(address, _)| address).collect())
 }
 
 /// Whether the installed Prometheus accepts `consul_sd_configs` (asked of `promtool`).
@@ -97,26 +69,13 @@ async fn prometheus_consul_sd_discovers_and_drops_targets() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::single(&dir.path().join("pier"), Options::default()).await;
     let c = reqwest::Client::new();
-    for (id, port) in [("web-1", 19001), ("web-2", 19002)] {
-        let r = c
-            .put(s.url("/v1/agent/service/register"))
-            .json(&json!({"ID": id, "Name": "web", "Address": "127.0.0.1", "Port": port, "Tags": ["metrics"],
-                          "Check": {"TTL": "1h", "Status": "passing"}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
+    common::register_web(&c, &s, &[("web-1", 19001), ("web-2", 19002)]).await;
 
     let prom_port = pier_testkit::net::free_port();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pier-consul-sd\n    \
-             consul_sd_configs:\n      - server: '127.0.0.1:{}'\n        refresh_interval: 1s\n        services: ['web']\n",
-            s.http_addr.port()
-        ),
+        common::consul_sd_scrape_config(s.http_addr.port(), "        refresh_interval: 1s\n"),
     )
     .unwrap();
     let child = Command::new("prometheus")
@@ -131,7 +90,7 @@ async fn prometheus_consul_sd_discovers_and_drops_targets() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("prometheus is required (apt-get install prometheus)");
-    let _guard = KillOnDrop(child);
+    let _guard = common::KillOnDrop(child);
     let prom = format!("http://127.0.0.1:{prom_port}");
     pier_testkit::process::wait_http_ok(&format!("{prom}/-/ready"), Duration::from_secs(30)).await;
 

@@ -8,49 +8,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Options, TestServer};
-use serde_json::{json, Value};
-
-/// Kills VictoriaMetrics when the test ends, also on failure.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Active targets of the job: (address, health), sorted.
-async fn targets(c: &reqwest::Client, vm: &str) -> Option<Vec<(String, String)>> {
-    let v: Value = c
-        .get(format!("{vm}/api/v1/targets"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    let mut out: Vec<(String, String)> = v["data"]["activeTargets"]
-        .as_array()?
-        .iter()
-        .filter(|t| t["labels"]["job"] == "pier-consul-sd")
-        .map(|t| {
-            (
-                t["discoveredLabels"]["__address__"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string(),
-                t["health"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
-    out.sort();
-    Some(out)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn victoriametrics_consul_sd_discovers_scrapes_and_drops_targets() {
@@ -62,27 +23,12 @@ async fn victoriametrics_consul_sd_discovers_scrapes_and_drops_targets() {
     // Two instances of `web`: VictoriaMetrics itself (it serves /metrics, so its scrape
     // succeeds) and one nothing listens on.
     let dead_port = pier_testkit::net::free_port();
-    for (id, port) in [("web-1", vm_port), ("web-2", dead_port)] {
-        let r = c
-            .put(s.url("/v1/agent/service/register"))
-            .json(
-                &json!({"ID": id, "Name": "web", "Address": "127.0.0.1", "Port": port,
-                          "Tags": ["metrics"], "Check": {"TTL": "1h", "Status": "passing"}}),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
+    common::register_web(&c, &s, &[("web-1", vm_port), ("web-2", dead_port)]).await;
 
     let config = dir.path().join("scrape.yml");
     std::fs::write(
         &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: pier-consul-sd\n    \
-             consul_sd_configs:\n      - server: '127.0.0.1:{}'\n        services: ['web']\n",
-            s.http_addr.port()
-        ),
+        common::consul_sd_scrape_config(s.http_addr.port(), ""),
     )
     .unwrap();
     let child = Command::new("victoria-metrics")
@@ -99,7 +45,7 @@ async fn victoriametrics_consul_sd_discovers_scrapes_and_drops_targets() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("victoria-metrics is required (apt-get install victoria-metrics)");
-    let _guard = KillOnDrop(child);
+    let _guard = common::KillOnDrop(child);
     let vm = format!("http://127.0.0.1:{vm_port}");
     pier_testkit::process::wait_http_ok(&format!("{vm}/health"), Duration::from_secs(30)).await;
 
@@ -109,7 +55,7 @@ async fn victoriametrics_consul_sd_discovers_scrapes_and_drops_targets() {
         Duration::from_secs(30),
         "both instances discovered, the live one scraped",
         || async {
-            let t = targets(&c, &vm).await?;
+            let t = common::consul_sd_targets(&c, &vm).await?;
             let live_up = t.iter().any(|(a, h)| *a == live && h == "up");
             (t.len() == 2 && live_up).then_some(t)
         },
@@ -131,7 +77,7 @@ async fn victoriametrics_consul_sd_discovers_scrapes_and_drops_targets() {
         Duration::from_secs(30),
         "VictoriaMetrics drops web-2",
         || async {
-            let t = targets(&c, &vm).await?;
+            let t = common::consul_sd_targets(&c, &vm).await?;
             (t.len() == 1).then_some(t)
         },
     )

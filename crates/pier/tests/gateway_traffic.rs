@@ -195,17 +195,9 @@ async fn zone_by_hostname(c: &Cluster, service: &str) -> BTreeMap<String, String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_prefers_its_zone_and_fails_over_without_failed_gets() {
     // The gateway of `pier dev --zone a` is in zone a; the replicas run on two agents.
-    let mut c = Cluster::start(false, &["--zone", "a", "--node-down-after", "2s"]).await;
+    let mut c = Cluster::start_two_zones(&["--zone", "a", "--node-down-after", "2s"]).await;
+    let a = 0;
     let image = c.push_image("zoned:v1", HttpdVariant::Healthy);
-    let a = c.start_agent("node-a", "a");
-    c.start_agent("node-b", "b");
-    eventually("two nodes registered", Duration::from_secs(20), || async {
-        c.get("/api/v1/nodes")
-            .await
-            .as_array()
-            .is_some_and(|n| n.len() == 2)
-    })
-    .await;
     let file = c.write_file("zoned.toml", &service_file("zoned", &image, 4, ""));
     let out = c.pier(&["deploy", &file]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));

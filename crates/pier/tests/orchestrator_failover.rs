@@ -24,17 +24,9 @@ async fn zones_of_passing(c: &Cluster, service: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spread_failover_kill_and_adoption() {
-    let mut c = Cluster::start(false, &["--node-down-after", "2s"]).await;
+    let mut c = Cluster::start_two_zones(&["--node-down-after", "2s"]).await;
+    let (a, b) = (0, 1);
     let image = c.push_image("spread:v1", HttpdVariant::Healthy);
-    let a = c.start_agent("node-a", "a");
-    c.start_agent("node-b", "b");
-    eventually("two nodes registered", Duration::from_secs(20), || async {
-        c.get("/api/v1/nodes")
-            .await
-            .as_array()
-            .is_some_and(|n| n.len() == 2)
-    })
-    .await;
     let file = c.write_file("spread.toml", &service_file("spread", &image, 4, ""));
     let out = c.pier(&["deploy", &file]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
@@ -64,7 +56,6 @@ async fn spread_failover_kill_and_adoption() {
         v.sort();
         v
     };
-    let b = c.agents.len() - 1;
     c.agents[b].kill9();
     let args = c.agent_args("node-b", "b");
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();

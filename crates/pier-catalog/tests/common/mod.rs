@@ -260,3 +260,69 @@ pub fn header_u64(resp: &reqwest::Response, name: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Kills a child process (a scraper under test) when the test ends, also on failure.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Registers instances of `web` on 127.0.0.1 with passing TTL checks: what the Consul-SD
+/// scraper tests discover.
+pub async fn register_web(c: &reqwest::Client, s: &TestServer, instances: &[(&str, u16)]) {
+    for (id, port) in instances {
+        let r = c
+            .put(s.url("/v1/agent/service/register"))
+            .json(
+                &serde_json::json!({"ID": id, "Name": "web", "Address": "127.0.0.1",
+                "Port": port, "Tags": ["metrics"], "Check": {"TTL": "1h", "Status": "passing"}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+/// A Prometheus scrape configuration: job `pier-consul-sd` discovering `web` through the
+/// Consul API on `catalog_port`; `sd_extra` adds lines to the `consul_sd_configs` entry.
+pub fn consul_sd_scrape_config(catalog_port: u16, sd_extra: &str) -> String {
+    format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: pier-consul-sd\n    \
+         consul_sd_configs:\n      - server: '127.0.0.1:{catalog_port}'\n        \
+         services: ['web']\n{sd_extra}"
+    )
+}
+
+/// Active targets of job `pier-consul-sd` in a Prometheus-style `/api/v1/targets` answer at
+/// `base`: (discovered address, health), sorted.
+pub async fn consul_sd_targets(c: &reqwest::Client, base: &str) -> Option<Vec<(String, String)>> {
+    let v: serde_json::Value = c
+        .get(format!("{base}/api/v1/targets"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let mut out: Vec<(String, String)> = v["data"]["activeTargets"]
+        .as_array()?
+        .iter()
+        .filter(|t| t["labels"]["job"] == "pier-consul-sd")
+        .map(|t| {
+            (
+                t["discoveredLabels"]["__address__"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                t["health"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    Some(out)
+}

@@ -57,6 +57,22 @@ impl Cluster {
         }
     }
 
+    /// `pier dev --no-agent` plus two `pier agent` processes, `node-a` in zone `a` (index 0 of
+    /// `agents`) and `node-b` in zone `b` (index 1), both registered.
+    pub async fn start_two_zones(extra: &[&str]) -> Cluster {
+        let mut c = Cluster::start(false, extra).await;
+        c.start_agent("node-a", "a");
+        c.start_agent("node-b", "b");
+        eventually("two nodes registered", Duration::from_secs(20), || async {
+            c.get("/api/v1/nodes")
+                .await
+                .as_array()
+                .is_some_and(|n| n.len() == 2)
+        })
+        .await;
+        c
+    }
+
     pub fn addr(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
     }
