@@ -57,14 +57,16 @@ DEV_ARGS=(dev --data-dir "$WORK/data" --http-port "$HTTP_PORT" --raft-port "$RAF
           --registry-port "$REG_PORT" --dns-port "$DNS_PORT" --gateway-port "$GW_PORT"
           --zone a --container-label "$LABEL")
 GATEWAY="127.0.0.1:$GW_PORT"
-pier "${DEV_ARGS[@]}" >"$WORK/dev.log" 2>&1 &
+# "$PIER", not the pier() function: a backgrounded function runs in a subshell, and $! would
+# be that subshell, which cleanup() would kill while pier itself lived on.
+"$PIER" "${DEV_ARGS[@]}" >"$WORK/dev.log" 2>&1 &
 DEV_PID=$!
 for _ in $(seq 1 300); do curl -fs "$PIER_ADDR/api/v1/status" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -fs "$PIER_ADDR/api/v1/status" >/dev/null 2>&1 || { tail -20 "$WORK/dev.log" >&2; fail "pier dev did not start"; }
 pier status
 
 step "   a second node agent in zone b (as on another machine)"
-pier agent --server "$PIER_ADDR" --zone b --name node-b --container-label "$LABEL" >"$WORK/agent-b.log" 2>&1 &
+"$PIER" agent --server "$PIER_ADDR" --zone b --name node-b --container-label "$LABEL" >"$WORK/agent-b.log" 2>&1 &
 AGENT_PID=$!
 for _ in $(seq 1 100); do [ "$(pier node ls --json | jq length)" -ge 2 ] && break; sleep 0.1; done
 pier node ls
