@@ -137,6 +137,7 @@ pub fn task_snapshot(task: &TaskRecord, status: &TaskStatus) -> core::TaskSnapsh
             StopPhase::Stopped => core::StopPhase::Stopped,
         },
         reached_running: status.started_at_ms.is_some(),
+        // Statuses stored before `first_passed_at_ms` existed only know the current health.
         ever_passed: status.first_passed_at_ms.is_some() || status.health == TaskHealth::Healthy,
         created_at_ms: task.created_at_ms,
         node: Some(task.node.clone()),

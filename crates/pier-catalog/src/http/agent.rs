@@ -139,7 +139,17 @@ pub async fn check_update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    let mut value = parse_json_body(&body)?;
+    let (status, output) = parse_check_update(&body)?;
+    s.agent.update_ttl(&id, status, output).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// The body of a check update (`{"Status": ..., "Output": ...}`, any field-name case), shared
+/// by the agent endpoint and the remote agents' node endpoint.
+pub(super) fn parse_check_update(
+    body: &Bytes,
+) -> Result<(CheckStatus, Option<String>), CatalogError> {
+    let mut value = parse_json_body(body)?;
     canonicalize_check_update(&mut value);
     let input: CheckUpdateIn = serde_json::from_value(value)
         .map_err(|e| CatalogError::bad(format!("Request decode failed: {e}")))?;
@@ -148,6 +158,5 @@ pub async fn check_update(
         .as_deref()
         .and_then(CheckStatus::parse)
         .ok_or_else(|| CatalogError::bad("Invalid Status: use passing, warning or critical"))?;
-    s.agent.update_ttl(&id, status, input.output).await?;
-    Ok(StatusCode::OK.into_response())
+    Ok((status, input.output))
 }

@@ -19,10 +19,8 @@ use serde::Deserialize;
 
 use super::{json_response, parse_json_body, ApiResult, ApiState};
 use crate::error::CatalogError;
-use crate::model::{CheckStatus, NodeRegistration};
-use crate::wire::{
-    canonicalize_check_update, canonicalize_service, CheckUpdateIn, ServiceRegisterIn,
-};
+use crate::model::NodeRegistration;
+use crate::wire::{canonicalize_service, ServiceRegisterIn};
 
 #[derive(Deserialize, Default)]
 struct NodeIn {
@@ -110,20 +108,12 @@ pub async fn update_check(
     Path((node, id)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    let mut value = parse_json_body(&body)?;
-    canonicalize_check_update(&mut value);
-    let input: CheckUpdateIn = serde_json::from_value(value)
-        .map_err(|e| CatalogError::bad(format!("Request decode failed: {e}")))?;
-    let status = input
-        .status
-        .as_deref()
-        .and_then(CheckStatus::parse)
-        .ok_or_else(|| CatalogError::bad("Invalid Status: use passing, warning or critical"))?;
+    let (status, output) = super::agent::parse_check_update(&body)?;
     crate::names::validate_node_name(&node)?;
     crate::names::validate_check_id(&id)?;
     let changed = s
         .catalog
-        .update_check(&node, &id, status, input.output.as_deref())
+        .update_check(&node, &id, status, output.as_deref())
         .await?;
     Ok(json_response(
         &s.catalog,

@@ -78,7 +78,8 @@ impl TestRepo {
 /// (or `https://localhost:PORT/<name>` when started with TLS).
 pub struct GitHttpServer {
     pub port: u16,
-    scheme: &'static str,
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` (the name the certificate carries).
+    origin: String,
 }
 
 impl GitHttpServer {
@@ -95,7 +96,11 @@ impl GitHttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let root = root.to_path_buf();
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        let origin = if tls.is_some() {
+            format!("https://localhost:{port}")
+        } else {
+            format!("http://127.0.0.1:{port}")
+        };
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
@@ -112,16 +117,11 @@ impl GitHttpServer {
                 });
             }
         });
-        GitHttpServer { port, scheme }
+        GitHttpServer { port, origin }
     }
 
     pub fn url(&self, name: &str) -> String {
-        let host = if self.scheme == "https" {
-            "localhost"
-        } else {
-            "127.0.0.1"
-        };
-        format!("{}://{host}:{}/{name}", self.scheme, self.port)
+        format!("{}/{name}", self.origin)
     }
 }
 

@@ -17,11 +17,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_pier");
 
 pub struct Dev {
     pub dir: tempfile::TempDir,
+    /// The server and its ports.
     pub dev: DevProcess,
-    pub http_port: u16,
-    pub registry_port: u16,
-    /// The gateway inside `pier dev`: `Host: <service>.localhost`.
-    pub gateway_port: u16,
     pub http: reqwest::Client,
     // Containers before images.
     pub guard: ContainerGuard,
@@ -59,14 +56,10 @@ impl Dev {
         let dir = tempfile::tempdir().unwrap();
         let guard = ContainerGuard::new_run();
         let server = DevProcess::start(BIN, dir.path(), &guard, extra).await;
-        let (http_port, registry_port, gateway_port) =
-            (server.http_port, server.registry_port, server.gateway_port);
+        let registry_port = server.registry_port;
         Dev {
             dir,
             dev: server,
-            http_port,
-            registry_port,
-            gateway_port,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -84,11 +77,11 @@ impl Dev {
     }
 
     pub fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("http://127.0.0.1:{}", self.dev.http_port)
     }
 
     pub fn registry(&self) -> String {
-        format!("127.0.0.1:{}", self.registry_port)
+        format!("127.0.0.1:{}", self.dev.registry_port)
     }
 
     /// Runs the CLI against this server.
@@ -180,7 +173,7 @@ impl Dev {
         for i in 0..6 {
             let resp = self
                 .http
-                .get(format!("http://127.0.0.1:{}{path}", self.gateway_port))
+                .get(format!("http://127.0.0.1:{}{path}", self.dev.gateway_port))
                 .header("Host", format!("{service}.localhost"))
                 .send()
                 .await;
