@@ -22,11 +22,13 @@ use bytes::Bytes;
 use http::{HeaderValue, Method};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::Sleep;
 
 use crate::backend::InflightGuard;
 use crate::metrics::ServiceMetrics;
 use crate::pool::Conn;
 use crate::server::ConnCtx;
+use crate::upstream::ResponseBody;
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -215,6 +217,9 @@ impl Completion {
 }
 
 /// The response body sent to clients.
+// Boxing the upstream variant would cost an allocation per request; the body
+// is moved a handful of times before hyper pins it, which is cheaper.
+#[allow(clippy::large_enum_variant)]
 pub enum GatewayBody {
     /// A response made by the gateway itself.
     Local(Option<Bytes>),
@@ -223,19 +228,28 @@ pub enum GatewayBody {
 
 /// A backend's response body plus the bookkeeping that ends with it.
 pub struct TrackedBody {
-    inner: Incoming,
+    inner: ResponseBody,
+    /// The connection's response-header timer, reunited with the connection
+    /// when it goes back to the pool.
+    timer: Option<Pin<Box<Sleep>>>,
     completion: Option<Completion>,
 }
 
 impl TrackedBody {
-    pub(crate) fn new(inner: Incoming, completion: Completion) -> Self {
+    pub(crate) fn new(inner: ResponseBody, timer: Pin<Box<Sleep>>, completion: Completion) -> Self {
         TrackedBody {
             inner,
+            timer: Some(timer),
             completion: Some(completion),
         }
     }
     fn finish(&mut self, outcome: &'static str) {
-        if let Some(c) = self.completion.take() {
+        if let Some(mut c) = self.completion.take() {
+            if outcome == "ok" {
+                if let (Some(wire), Some(timer)) = (self.inner.take_reusable(), self.timer.take()) {
+                    c.conn = Some(Conn { wire, timer });
+                }
+            }
             c.finish(outcome);
         }
     }
@@ -244,12 +258,8 @@ impl TrackedBody {
 impl Drop for TrackedBody {
     fn drop(&mut self) {
         // A body that hyper never polled because it was empty (HEAD, 204,
-        // 304) still ended cleanly.
-        let outcome = if self.inner.is_end_stream() {
-            "ok"
-        } else {
-            "aborted"
-        };
+        // 304) or whose last frame said it was the last still ended cleanly.
+        let outcome = if self.inner.ended() { "ok" } else { "aborted" };
         self.finish(outcome);
     }
 }
@@ -271,9 +281,9 @@ impl Body for GatewayBody {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     t.finish("body_error");
-                    Poll::Ready(Some(Err(Box::new(e))))
+                    Poll::Ready(Some(Err(e)))
                 }
-                other => other.map_err(|e| Box::new(e) as BoxError),
+                other => other,
             },
         }
     }

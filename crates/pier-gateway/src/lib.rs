@@ -63,6 +63,7 @@ mod pool;
 mod proxy;
 mod server;
 pub mod table;
+mod upstream;
 pub mod urlprefix;
 
 pub use body::GatewayBody;

@@ -2,16 +2,13 @@
 //!
 //! Each backend's pool lives in its [`crate::backend::BackendState`], so it
 //! survives table swaps with the rest of the backend's state and goes away
-//! with it. A connection is hyper's low-level client connection: its task is
-//! spawned (so a backend closing an idle connection is noticed at once), and
-//! its `SendRequest` handle sits in the pool while idle. A handle returns to
-//! the pool only after its response body was read to the end, so a pooled
-//! connection is never mid-message.
-//!
-//! Compared with hyper-util's pooled client this skips the per-request pool
-//! key hashing, URI rewriting and the task it spawns per response, and it
-//! tells exactly whether a request left the gateway: a request refused by a
-//! connection that closed under it comes back unsent (`try_send_request`).
+//! with it. A connection is a plain socket spoken to by [`crate::upstream`];
+//! no task runs for it while it is idle. It returns to the pool only after
+//! its response was read exactly to its end, so a pooled connection is never
+//! mid-message. At checkout, a connection whose socket signalled anything
+//! while idle (the backend closed it, or sent stray bytes) is dropped: the
+//! reactor has already recorded that, so the check costs no syscall in the
+//! common case.
 
 use std::collections::VecDeque;
 use std::io;
@@ -21,16 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpSocket;
 use tokio::time::{Instant, Sleep};
 
-use crate::body::UpstreamBody;
+use crate::upstream::Wire;
 
-pub(crate) type Sender = SendRequest<UpstreamBody>;
-
-/// A backend connection's request handle and its response-header timer.
+/// A backend connection and its response-header timer.
 /// The timer lives as long as the connection and is moved forward for each
 /// request: moving a registered timer later is a couple of atomic
 /// operations, while a fresh timer per request is an insertion into and a
@@ -38,14 +31,14 @@ pub(crate) type Sender = SendRequest<UpstreamBody>;
 /// once; that wakes whichever task used the connection last, which then
 /// finds nothing to do.
 pub(crate) struct Conn {
-    pub(crate) sender: Sender,
+    pub(crate) wire: Wire,
     pub(crate) timer: Pin<Box<Sleep>>,
 }
 
 impl Conn {
-    fn new(sender: Sender) -> Self {
+    pub(crate) fn new(wire: Wire) -> Self {
         Conn {
-            sender,
+            wire,
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
         }
     }
@@ -73,12 +66,6 @@ pub(crate) enum ConnectError {
         addr: SocketAddr,
         #[source]
         source: io::Error,
-    },
-    #[error("HTTP/1.1 handshake with {addr}: {source}")]
-    Handshake {
-        addr: SocketAddr,
-        #[source]
-        source: hyper::Error,
     },
 }
 
@@ -119,34 +106,28 @@ impl BackendPool {
 
     /// An idle connection that can take a request now, or a new one.
     pub(crate) async fn checkout(&self) -> Result<Conn, ConnectError> {
-        let mut waiting: Option<Conn> = None;
-        {
-            let mut idle = self.lock();
-            // Oldest first: the longer a connection has been back, the more
-            // likely its task has already marked it ready.
-            while let Some(entry) = idle.pop_front() {
-                if entry.conn.sender.is_closed() {
-                    continue;
-                }
-                if entry.conn.sender.is_ready() {
-                    return Ok(entry.conn);
-                }
-                waiting = Some(entry.conn);
-                break;
-            }
-        }
-        if let Some(mut conn) = waiting {
-            // Its task has not yet run since the last response ended.
-            if conn.sender.ready().await.is_ok() {
-                return Ok(conn);
-            }
+        if let Some(conn) = self.idle_conn() {
+            return Ok(conn);
         }
         // Boxed: connecting is the rare path and its future is large; inline
         // it would bloat every request's future.
         Box::pin(self.connect()).await
     }
 
-    async fn connect(&self) -> Result<Conn, ConnectError> {
+    fn idle_conn(&self) -> Option<Conn> {
+        let mut idle = self.lock();
+        // Newest first: the connection most recently used is the one least
+        // likely to have been closed by the backend's idle timeout.
+        while let Some(mut entry) = idle.pop_back() {
+            if entry.conn.wire.idle_usable() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    /// A new connection, never a pooled one.
+    pub(crate) async fn connect(&self) -> Result<Conn, ConnectError> {
         let cfg = &self.cfg;
         let addr = self.addr;
         let socket = if addr.is_ipv4() {
@@ -167,25 +148,12 @@ impl BackendPool {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(backend = %addr, error = %e, "backend connection ended with an error");
-            }
-        });
-        Ok(Conn::new(sender))
+        Ok(Conn::new(Wire::new(stream)))
     }
 
     /// Returns a connection whose last response was read to the end.
     pub(crate) fn checkin(&self, conn: Conn) {
         let cfg = &self.cfg;
-        if conn.sender.is_closed() {
-            return;
-        }
         let mut idle = self.lock();
         if idle.len() >= cfg.max_idle {
             return;
@@ -196,12 +164,14 @@ impl BackendPool {
         });
     }
 
-    /// Drops idle connections past the idle timeout (their tasks then close
-    /// the sockets) and handles whose connection is gone.
+    /// Closes idle connections past the idle timeout and those the backend
+    /// closed.
     pub(crate) fn prune(&self) {
         let now = self.cfg.tick.load(Ordering::Relaxed);
         let max_age = self.cfg.idle_ticks;
         let mut idle = self.lock();
-        idle.retain(|e| !e.conn.sender.is_closed() && now.saturating_sub(e.since_tick) < max_age);
+        idle.retain_mut(|e| {
+            now.saturating_sub(e.since_tick) < max_age && e.conn.wire.idle_usable()
+        });
     }
 }

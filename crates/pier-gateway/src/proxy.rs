@@ -15,7 +15,6 @@
 //! outlier detection; any other answer resets its failure count.
 
 use std::convert::Infallible;
-use std::error::Error as StdError;
 use std::future::Future as _;
 use std::sync::Arc;
 use std::task::Poll;
@@ -29,11 +28,11 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt as _;
 
 use crate::backend::{Clock, Verdict};
 use crate::body::{
-    AccessRecord, BodySlot, BodyTooLarge, ClientBodyError, Completion, GatewayBody, TrackedBody,
-    UpstreamBody, ACCESS_TARGET,
+    AccessRecord, BodySlot, Completion, GatewayBody, TrackedBody, UpstreamBody, ACCESS_TARGET,
 };
 use crate::config::GatewayConfig;
 use crate::headers::{
@@ -47,6 +46,7 @@ use crate::metrics::{FailureKind, GatewayMetrics, ServiceMetrics};
 use crate::pool::Conn;
 use crate::server::ConnCtx;
 use crate::table::{strip_path, Resolution};
+use crate::upstream::{self, ExchangeError, Framing, ResponseBody, ResponseHead, Wire};
 
 /// Everything the request path shares across connections.
 pub(crate) struct Shared {
@@ -83,17 +83,6 @@ fn is_idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
-}
-
-fn chain_has<T: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if e.is::<T>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
 }
 
 struct Ctx {
@@ -331,21 +320,33 @@ pub(crate) async fn handle(
         )
         .await;
         let kind = match outcome {
-            Attempt::Response(backend_conn, mut resp) => {
-                if resp.status().is_server_error() {
+            Attempt::Response(backend_conn, head) => {
+                let status = head.parts.status;
+                if head.framing == Framing::Upgrade && client_upgrade.is_none() {
+                    drop(guard);
+                    note_failure(shared, service, i, FailureKind::Reset);
+                    let r = local::bad_gateway(
+                        json,
+                        service_name,
+                        "the instance switched protocols without being asked to",
+                    );
+                    return Ok(ctx.local(&service.metrics, r));
+                }
+                if status.is_server_error() {
                     note_failure(shared, service, i, FailureKind::Status5xx);
                 } else {
                     backend.state.record_success();
                 }
-                let status = resp.status();
-                let backend_upgrade = (upgrade && status == StatusCode::SWITCHING_PROTOCOLS)
-                    .then(|| hyper::upgrade::on(&mut resp));
-                let (mut rparts, rbody) = resp.into_parts();
+                let ResponseHead {
+                    parts: mut rparts,
+                    framing,
+                    keep_alive,
+                } = head;
                 rparts.version = Version::HTTP_11;
                 rparts
                     .headers
                     .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
-                let mut completion = Completion {
+                let completion = Completion {
                     status: status.as_u16(),
                     start,
                     metrics: service.metrics.clone(),
@@ -354,23 +355,23 @@ pub(crate) async fn handle(
                     client: Some(ctx.client),
                     log: ctx.log,
                 };
-                if let (Some(backend_up), Some(client_up)) = (backend_upgrade, client_upgrade) {
+                if let (Framing::Upgrade, Some(client_up)) = (framing, client_upgrade) {
                     strip_hop_by_hop(&mut rparts.headers, true);
-                    drop(rbody);
                     tokio::spawn(tunnel(
                         client_up,
-                        backend_up,
+                        backend_conn.wire,
                         completion,
                         Arc::clone(&conn),
                         cfg.timeouts.idle_ms,
                     ));
                     return Ok(Response::from_parts(rparts, GatewayBody::Local(None)));
                 }
-                completion.conn = Some(backend_conn);
                 if has_hop_by_hop(&rparts.headers) {
                     strip_hop_by_hop(&mut rparts.headers, false);
                 }
-                let body = GatewayBody::Upstream(TrackedBody::new(rbody, completion));
+                let Conn { wire, timer } = backend_conn;
+                let rbody = ResponseBody::new(wire, framing, keep_alive);
+                let body = GatewayBody::Upstream(TrackedBody::new(rbody, timer, completion));
                 return Ok(Response::from_parts(rparts, body));
             }
             Attempt::TooLarge => {
@@ -439,8 +440,10 @@ pub(crate) async fn handle(
     Ok(ctx.local(&service.metrics, r))
 }
 
+// Returned once per attempt: a move is cheaper than boxing the head.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
-    Response(Conn, Response<Incoming>),
+    Response(Conn, ResponseHead),
     /// Nothing reached the backend (connect failed) or it broke before a
     /// response head (reset); the caller decides about retrying.
     Failed(FailureKind),
@@ -450,9 +453,10 @@ enum Attempt {
 }
 
 /// One try against one backend: a pooled or new connection, then the
-/// request. A pooled connection that turns out closed hands the request back
-/// unsent; that is not the backend's fault and the request goes out on a
-/// fresh connection to the same backend.
+/// request. A reused connection that breaks before any response byte was
+/// most likely closed by the backend while idle, just as the request left:
+/// an idempotent request whose body can be sent again goes out once more on
+/// a fresh connection to the same backend, which is not the backend's fault.
 async fn attempt(
     shared: &Shared,
     backend: &crate::live::LiveBackend,
@@ -469,25 +473,19 @@ async fn attempt(
             return Attempt::Failed(FailureKind::Connect);
         }
     };
-    let Some(body) = prepared.attempt() else {
-        return Attempt::Failed(FailureKind::Connect);
-    };
-    let mut req = Request::new(body);
-    *req.method_mut() = method.clone();
-    *req.uri_mut() = uri.clone();
-    *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = headers.clone();
-
     let timeout = Duration::from_millis(shared.cfg.timeouts.response_header_ms);
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut unsent = 0;
+    let mut stale_retried = false;
     loop {
+        let Some(body) = prepared.attempt() else {
+            return Attempt::Failed(FailureKind::Connect);
+        };
         conn.timer.as_mut().reset(deadline);
         let sent = {
-            let Conn { sender, timer } = &mut conn;
-            let mut response = std::pin::pin!(sender.try_send_request(req));
+            let Conn { wire, timer } = &mut conn;
+            let mut exchange = std::pin::pin!(upstream::exchange(wire, method, uri, headers, body));
             std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = response.as_mut().poll(cx) {
+                if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
                 }
                 timer.as_mut().poll(cx).map(|()| None)
@@ -495,29 +493,21 @@ async fn attempt(
             .await
         };
         match sent {
-            Some(Ok(resp)) => return Attempt::Response(conn, resp),
+            Some(Ok(head)) => return Attempt::Response(conn, head),
             None => return Attempt::Timeout,
-            Some(Err(mut e)) => {
-                if let Some(back) = e.take_message() {
-                    unsent += 1;
-                    if unsent > 2 {
-                        return Attempt::Failed(FailureKind::Connect);
-                    }
-                    conn = match pool.checkout().await {
-                        Ok(s) => s,
-                        Err(_) => return Attempt::Failed(FailureKind::Connect),
-                    };
-                    req = back;
-                    continue;
-                }
-                let err = e.into_error();
-                if chain_has::<BodyTooLarge>(&err) {
-                    return Attempt::TooLarge;
-                }
-                if chain_has::<ClientBodyError>(&err) {
-                    return Attempt::ClientBody;
-                }
-                tracing::debug!(backend = %backend.addr, error = %err, "backend request failed");
+            Some(Err(ExchangeError::Broken { reused: true }))
+                if !stale_retried && is_idempotent(method) && prepared.attempt().is_some() =>
+            {
+                stale_retried = true;
+                conn = match Box::pin(pool.connect()).await {
+                    Ok(c) => c,
+                    Err(_) => return Attempt::Failed(FailureKind::Connect),
+                };
+            }
+            Some(Err(ExchangeError::TooLarge(_))) => return Attempt::TooLarge,
+            Some(Err(ExchangeError::ClientBody(_))) => return Attempt::ClientBody,
+            Some(Err(e)) => {
+                tracing::debug!(backend = %backend.addr, error = %e, "backend request failed");
                 return Attempt::Failed(FailureKind::Reset);
             }
         }
@@ -542,30 +532,38 @@ fn note_failure(shared: &Shared, service: &crate::live::LiveService, i: usize, k
     }
 }
 
-/// Copies bytes both ways between an upgraded client connection and an
-/// upgraded backend connection until either side closes, the client
-/// connection idles out, or the gateway stops.
+/// Copies bytes both ways between an upgraded client connection and the
+/// backend connection that answered 101, until either side closes, the
+/// client connection idles out, or the gateway stops.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    backend: hyper::upgrade::OnUpgrade,
+    backend: Wire,
     completion: Completion,
     conn: Arc<ConnCtx>,
     idle_ms: u64,
 ) {
-    let outcome = match tokio::join!(client, backend) {
-        (Ok(c), Ok(b)) => {
+    let outcome = match client.await {
+        Ok(c) => {
             let mut c = TokioIo::new(c);
-            let mut b = TokioIo::new(b);
+            let Wire {
+                io: mut b, rbuf, ..
+            } = backend;
             let mut hard_stop = conn.hard_stop.clone();
             tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut c, &mut b) => {
+                r = async {
+                    // Bytes the backend sent right after its 101 head.
+                    if !rbuf.is_empty() {
+                        c.write_all(&rbuf).await?;
+                    }
+                    tokio::io::copy_bidirectional(&mut c, &mut b).await
+                } => {
                     if r.is_ok() { "tunnel_closed" } else { "tunnel_error" }
                 }
                 _ = conn.idle.expired(idle_ms) => "tunnel_idle",
                 _ = hard_stop.wait_for(|stop| *stop) => "tunnel_shutdown",
             }
         }
-        _ => "upgrade_failed",
+        Err(_) => "upgrade_failed",
     };
     completion.finish(outcome);
 }
