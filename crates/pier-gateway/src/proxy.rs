@@ -36,8 +36,8 @@ use crate::body::{
 };
 use crate::config::GatewayConfig;
 use crate::headers::{
-    has_hop_by_hop, is_upgrade_request, new_request_id, set_forwarded, strip_hop_by_hop,
-    valid_request_id, RequestScan, X_REQUEST_ID,
+    has_hop_by_hop, is_upgrade_request, new_request_id, strip_hop_by_hop, valid_request_id,
+    Forwarding, RequestScan, X_REQUEST_ID,
 };
 use crate::host::normalize_host_ref;
 use crate::live::Router;
@@ -124,8 +124,8 @@ pub(crate) async fn handle(
     let start = Instant::now();
     conn.head.request_started();
     let shared = &*shared;
-    let scan = RequestScan::of(req.headers());
-    let request_id = match scan.request_id {
+    let mut scan = RequestScan::of(req.headers());
+    let request_id = match scan.request_id.clone() {
         Some(v) if valid_request_id(&v) => v,
         _ => new_request_id(),
     };
@@ -134,7 +134,7 @@ pub(crate) async fn handle(
     // Host header is not already the value to send.
     let (raw_host, host_header_ok) = match req.uri().authority() {
         Some(a) => (HeaderValue::from_str(a.as_str()).ok(), false),
-        None => (scan.host, scan.hosts == 1),
+        None => (scan.host.take(), scan.hosts == 1),
     };
     let host = raw_host
         .as_ref()
@@ -273,19 +273,15 @@ pub(crate) async fn handle(
         // The gateway answered `Expect: 100-continue` itself when it read the body.
         headers.remove(header::EXPECT);
     }
-    // Room for the forwarding headers and the request id, so inserting them
-    // grows the map at most once.
-    headers.reserve(4);
-    if !host_header_ok {
-        headers.insert(header::HOST, raw_host.clone());
-    }
-    set_forwarded(
-        &mut headers,
+    let forwarding = Forwarding::new(
+        &headers,
+        &scan,
         &conn.peer_ip,
         raw_host,
+        !host_header_ok,
+        &ctx.request_id,
         shared.cfg.trust_forwarded_headers,
     );
-    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
 
     let cfg = &shared.cfg;
     let mut tried: Vec<usize> = Vec::new();
@@ -317,6 +313,7 @@ pub(crate) async fn handle(
             &parts.method,
             &origin_form,
             &headers,
+            &forwarding,
         )
         .await;
         let kind = match outcome {
@@ -464,6 +461,7 @@ async fn attempt(
     method: &Method,
     uri: &Uri,
     headers: &http::HeaderMap,
+    forwarding: &Forwarding,
 ) -> Attempt {
     let pool = &backend.state.pool;
     let mut conn = match pool.checkout().await {
@@ -483,7 +481,9 @@ async fn attempt(
         conn.timer.as_mut().reset(deadline);
         let sent = {
             let Conn { wire, timer } = &mut conn;
-            let mut exchange = std::pin::pin!(upstream::exchange(wire, method, uri, headers, body));
+            let mut exchange = std::pin::pin!(upstream::exchange(
+                wire, method, uri, headers, forwarding, body
+            ));
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));

@@ -35,9 +35,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::body::{BodyTooLarge, BoxError, UpstreamBody};
+use crate::headers::Forwarding;
 
-/// A backend's response head may not be larger than this.
-pub(crate) const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+/// A backend's response head may not be larger than this (nginx's default
+/// buffer for it is 4 or 8 KiB). Offsets within a head fit in a u16.
+pub(crate) const MAX_RESPONSE_HEAD_BYTES: usize = 32 * 1024;
 /// Nor have more header fields than this.
 pub(crate) const MAX_RESPONSE_HEADERS: usize = 128;
 /// A chunk-size line or the trailer section may not be longer than this.
@@ -155,11 +157,12 @@ pub(crate) async fn exchange(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+    forwarding: &Forwarding,
     body: UpstreamBody,
 ) -> Result<ResponseHead, ExchangeError> {
     let reused = wire.reused;
     wire.reused = true;
-    let sent = send_request(wire, method, uri, headers, body).await;
+    let sent = send_request(wire, method, uri, headers, forwarding, body).await;
     match sent {
         Ok(()) => {}
         Err(SendError::Io) => {
@@ -201,6 +204,7 @@ async fn send_request(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+    forwarding: &Forwarding,
     mut body: UpstreamBody,
 ) -> Result<(), SendError> {
     let framing = match &body {
@@ -222,7 +226,7 @@ async fn send_request(
         },
     };
     let mut wbuf = std::mem::take(&mut wire.wbuf);
-    encode_head(&mut wbuf, method, uri, headers, &framing);
+    encode_head(&mut wbuf, method, uri, headers, forwarding, &framing);
     let result = async {
         match &mut body {
             UpstreamBody::Empty => wire.io.write_all(&wbuf).await.map_err(|_| SendError::Io),
@@ -318,6 +322,7 @@ fn encode_head(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+    forwarding: &Forwarding,
     framing: &RequestFraming,
 ) {
     out.clear();
@@ -330,10 +335,19 @@ fn encode_head(
     );
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
-        if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING {
+        if *name == header::CONTENT_LENGTH
+            || *name == header::TRANSFER_ENCODING
+            || forwarding.skips(name)
+        {
             continue;
         }
         push_field(out, name, value);
+    }
+    for (name, value) in forwarding.fields() {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     match framing {
         RequestFraming::None => {}
@@ -371,12 +385,21 @@ fn parse_head(
     head_request: bool,
 ) -> Result<Option<ResponseHead>, ExchangeError> {
     loop {
-        // Offsets of each field's name and value within the head.
-        let mut ranges = [(0u32, 0u32, 0u32, 0u32); MAX_RESPONSE_HEADERS];
+        // Offsets of each field's name and value within the head (which is
+        // at most MAX_RESPONSE_HEAD_BYTES, so they fit in u16).
+        let mut ranges = [(0u16, 0u16, 0u16, 0u16); MAX_RESPONSE_HEADERS];
         let (len, code, minor, count) = {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-            let mut resp = httparse::Response::new(&mut fields);
-            let len = match resp.parse(buf) {
+            // Uninitialised: httparse writes only the fields it found, and
+            // initialising 128 of them would cost more than parsing.
+            let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
+                MAX_RESPONSE_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut resp,
+                buf,
+                &mut fields,
+            );
+            let len = match parsed {
                 Ok(httparse::Status::Complete(n)) => n,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(httparse::Error::TooManyHeaders) => {
@@ -384,16 +407,19 @@ fn parse_head(
                 }
                 Err(_) => return Err(ExchangeError::Invalid("malformed response head")),
             };
+            if len > MAX_RESPONSE_HEAD_BYTES {
+                return Err(ExchangeError::Invalid("response head too large"));
+            }
             let base = buf.as_ptr() as usize;
             let count = resp.headers.len();
             for (slot, h) in ranges.iter_mut().zip(resp.headers.iter()) {
                 let name = h.name.as_ptr() as usize - base;
                 let value = h.value.as_ptr() as usize - base;
                 *slot = (
-                    name as u32,
-                    (name + h.name.len()) as u32,
-                    value as u32,
-                    (value + h.value.len()) as u32,
+                    name as u16,
+                    (name + h.name.len()) as u16,
+                    value as u16,
+                    (value + h.value.len()) as u16,
                 );
             }
             (
@@ -420,12 +446,14 @@ fn parse_head(
 
 fn build_head(
     head: &Bytes,
-    ranges: &[(u32, u32, u32, u32)],
+    ranges: &[(u16, u16, u16, u16)],
     status: StatusCode,
     minor: u8,
     head_request: bool,
 ) -> Result<ResponseHead, ExchangeError> {
-    let mut headers = HeaderMap::with_capacity(ranges.len());
+    // One more for the `X-Request-Id` the proxy adds, so that insert never
+    // grows the map.
+    let mut headers = HeaderMap::with_capacity(ranges.len() + 1);
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut chunked_last = false;
@@ -827,16 +855,24 @@ mod tests {
         headers.append("x-a", HeaderValue::from_static("2"));
         let mut out = Vec::new();
         let uri: Uri = "/p?q=1".parse().unwrap();
+        let scan = crate::headers::RequestScan::of(&headers);
+        let ip = HeaderValue::from_static("10.0.0.9");
+        let id = HeaderValue::from_static("r1");
+        let host = HeaderValue::from_static("web.localhost");
+        let fwd = Forwarding::new(&headers, &scan, &ip, &host, false, &id, false);
         encode_head(
             &mut out,
             &Method::POST,
             &uri,
             &headers,
+            &fwd,
             &RequestFraming::Chunked,
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "POST /p?q=1 HTTP/1.1\r\nhost: web.localhost\r\nx-a: 1\r\nx-a: 2\r\ntransfer-encoding: chunked\r\n\r\n"
+            "POST /p?q=1 HTTP/1.1\r\nhost: web.localhost\r\nx-a: 1\r\nx-a: 2\r\n\
+             x-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: web.localhost\r\n\
+             x-request-id: r1\r\ntransfer-encoding: chunked\r\n\r\n"
         );
     }
 
