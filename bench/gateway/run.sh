@@ -46,7 +46,7 @@ wait_port() {
 BACKEND_PORT=$(free_port); PIER_PORT=$(free_port); NGINX_PORT=$(free_port); HAPROXY_PORT=$(free_port)
 
 taskset -c 1 "$EX/bench_backend" --listen "127.0.0.1:$BACKEND_PORT" &
-PIDS+=($!)
+PIDS+=($!); BACKEND_PID=$!
 
 cat >"$TMP/nginx.conf" <<NGINX
 worker_processes 1;
@@ -78,7 +78,7 @@ http {
 }
 NGINX
 taskset -c 0 nginx -c "$TMP/nginx.conf" -p "$TMP" &
-PIDS+=($!)
+PIDS+=($!); NGINX_PID=$!
 
 cat >"$TMP/haproxy.cfg" <<HAPROXY
 global
@@ -98,14 +98,31 @@ backend be
     server s1 127.0.0.1:$BACKEND_PORT
 HAPROXY
 taskset -c 0 haproxy -f "$TMP/haproxy.cfg" -db &
-PIDS+=($!)
+PIDS+=($!); HAPROXY_PID=$!
 
 taskset -c 0 "$EX/bench_gateway" --listen "127.0.0.1:$PIER_PORT" --backend "127.0.0.1:$BACKEND_PORT" --threads 1 2>"$TMP/pier.log" &
-PIDS+=($!)
+PIDS+=($!); PIER_PID=$!
 
 for p in $BACKEND_PORT $PIER_PORT $NGINX_PORT $HAPROXY_PORT; do wait_port "$p"; done
 
 declare -A PORT=([direct]=$BACKEND_PORT [pier]=$PIER_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
+# The process whose CPU time counts for each target (nginx: with its worker).
+declare -A PROC=([direct]=$BACKEND_PID [pier]=$PIER_PID [nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID)
+
+# Nanoseconds on CPU of a process, its threads and its children, from
+# schedstat. When wrk and the backend saturate their core, every proxy
+# reaches about the same requests/s; CPU per request still tells which proxy
+# does the same work for less.
+cpu_ns() {
+    local total=0 p f ns rest
+    for p in "$1" $(pgrep -P "$1" || true); do
+        for f in /proc/"$p"/task/*/schedstat; do
+            read -r ns rest <"$f" 2>/dev/null || continue
+            total=$((total + ns))
+        done
+    done
+    echo "$total"
+}
 TARGETS=(direct pier nginx haproxy)
 
 # wrk prints latency with a unit; normalise to ms.
@@ -117,15 +134,20 @@ to_ms() {
         else { printf "%s", v } }'
 }
 
-run_wrk() { # target duration -> "rps p50_ms p99_ms non2xx_or_errors"
-    local out
+run_wrk() { # target duration -> "rps p50_ms p99_ms non2xx_or_errors cpu_us_per_request core_busy_%"
+    local out before after t0 t1
+    before=$(cpu_ns "${PROC[$1]}"); t0=$(date +%s%N)
     out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$2" --latency "http://127.0.0.1:${PORT[$1]}/")
-    local rps p50 p99 bad
+    after=$(cpu_ns "${PROC[$1]}"); t1=$(date +%s%N)
+    local rps p50 p99 bad n cpu busy
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
     bad=$(awk '/Non-2xx or 3xx responses:/ {n += $NF} /Socket errors:/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}' <<<"$out")
-    echo "$rps $p50 $p99 $bad"
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    cpu=$(awk -v c=$((after - before)) -v n="$n" 'BEGIN { printf "%.2f", c / 1000 / n }')
+    busy=$(awk -v c=$((after - before)) -v w=$((t1 - t0)) 'BEGIN { printf "%.0f", 100 * c / w }')
+    echo "$rps $p50 $p99 $bad $cpu $busy"
 }
 
 echo "# warm-up" >&2
@@ -140,19 +162,20 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 
-median() { # lines "rps p50 p99 bad" -> the line with the median rps
+median() { # lines "rps p50 p99 bad cpu busy" -> the line with the median rps
     sort -n -k1,1 <<<"$1" | sed '/^$/d' | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'
 }
 
 echo
 echo "wrk -t1 -c$CONNS -d$DURATION --latency, proxy on core 0, wrk+backend on core 1, median of $ROUNDS rounds"
-printf '%-8s %12s %10s %10s %8s\n' target req/s p50_ms p99_ms errors
+printf '%-8s %12s %10s %10s %8s %12s %8s\n' target req/s p50_ms p99_ms errors cpu_us/req busy_%
 declare -A RPS P50 P99
 for t in "${TARGETS[@]}"; do
-    read -r rps p50 p99 bad <<<"$(median "${RESULTS[$t]}")"
+    read -r rps p50 p99 bad cpu busy <<<"$(median "${RESULTS[$t]}")"
     RPS[$t]=$rps; P50[$t]=$p50; P99[$t]=$p99
-    printf '%-8s %12s %10s %10s %8s\n' "$t" "$rps" "$p50" "$p99" "$bad"
+    printf '%-8s %12s %10s %10s %8s %12s %8s\n' "$t" "$rps" "$p50" "$p99" "$bad" "$cpu" "$busy"
 done
+echo "(cpu_us/req and busy_%: the target process's own CPU; for direct that is the backend on the shared core)"
 echo
 for other in nginx haproxy; do
     awk -v a="${RPS[pier]}" -v b="${RPS[$other]}" -v pa="${P99[pier]}" -v pb="${P99[$other]}" -v o="$other" \
@@ -162,9 +185,13 @@ done
 # back) is steadier than a ratio of medians taken from different rounds.
 for other in nginx haproxy; do
     ratios=$(paste -d' ' <(sed '/^$/d' <<<"${RESULTS[pier]}") <(sed '/^$/d' <<<"${RESULTS[$other]}") |
-        awk '{ printf "%.2f\n", $1 / $5 }')
+        awk '{ printf "%.2f\n", $1 / $(NF / 2 + 1) }')
     med=$(sort -n <<<"$ratios" | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')
     echo "pier/$other rps per round: $(tr '\n' ' ' <<<"$ratios")(median ${med}x)"
+    cpus=$(paste -d' ' <(sed '/^$/d' <<<"${RESULTS[pier]}") <(sed '/^$/d' <<<"${RESULTS[$other]}") |
+        awk '{ printf "%.2f\n", $5 / $(NF - 1) }')
+    med=$(sort -n <<<"$cpus" | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')
+    echo "pier/$other CPU per request per round: $(tr '\n' ' ' <<<"$cpus")(median ${med}x, lower is better)"
 done
 for t in pier nginx haproxy; do
     awk -v p="${P50[$t]}" -v d="${P50[direct]}" -v t="$t" 'BEGIN { printf "%s adds %.3f ms at p50 over direct\n", t, p - d }'
