@@ -173,9 +173,6 @@ pub(crate) struct Completion {
     pub(crate) start: Instant,
     pub(crate) metrics: ServiceMetrics,
     pub(crate) guard: Option<InflightGuard>,
-    /// The backend connection, returned to its pool when the response ended
-    /// cleanly.
-    pub(crate) conn: Option<Conn>,
     /// The client connection, told when its response is over.
     pub(crate) client: Option<Arc<ConnCtx>>,
     pub(crate) log: Option<Box<AccessRecord>>,
@@ -185,9 +182,6 @@ impl Completion {
     pub(crate) fn finish(self, outcome: &'static str) {
         let elapsed = self.start.elapsed();
         self.metrics.observe(self.status, elapsed.as_secs_f64());
-        if let (Some(conn), Some(guard), "ok") = (self.conn, &self.guard, outcome) {
-            guard.state.pool.checkin(conn);
-        }
         drop(self.guard);
         if let Some(client) = self.client {
             client.head.request_finished();
@@ -244,10 +238,15 @@ impl TrackedBody {
         }
     }
     fn finish(&mut self, outcome: &'static str) {
-        if let Some(mut c) = self.completion.take() {
+        if let Some(c) = self.completion.take() {
+            // The connection goes back to the pool only after a clean end.
             if outcome == "ok" {
-                if let (Some(wire), Some(timer)) = (self.inner.take_reusable(), self.timer.take()) {
-                    c.conn = Some(Conn { wire, timer });
+                if let (Some(guard), Some(wire), Some(timer)) = (
+                    c.guard.as_ref(),
+                    self.inner.take_reusable(),
+                    self.timer.take(),
+                ) {
+                    guard.state.pool.checkin(Conn { wire, timer });
                 }
             }
             c.finish(outcome);

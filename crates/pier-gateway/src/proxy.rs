@@ -107,7 +107,6 @@ impl Ctx {
             start: self.start,
             metrics: metrics.clone(),
             guard: None,
-            conn: None,
             client: Some(Arc::clone(&self.client)),
             log: self.log.take(),
         }
@@ -348,7 +347,6 @@ pub(crate) async fn handle(
                     start,
                     metrics: service.metrics.clone(),
                     guard: Some(guard),
-                    conn: None,
                     client: Some(ctx.client),
                     log: ctx.log,
                 };
