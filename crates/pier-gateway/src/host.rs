@@ -48,20 +48,19 @@ pub(crate) fn normalize_host_ref(raw: &str) -> Option<Cow<'_, str>> {
     if name.is_empty() || name.starts_with('.') {
         return None;
     }
-    // One pass: allowed bytes, no empty label, and whether a copy is needed.
-    let mut upper = false;
-    let mut prev_dot = false;
-    for b in name.bytes() {
-        let dot = b == b'.';
-        if dot && prev_dot {
+    // One pass over a class table: allowed bytes, whether a copy is needed;
+    // then the rare empty label.
+    let mut seen = 0u8;
+    for &b in name.as_bytes() {
+        let class = HOST_BYTE[usize::from(b)];
+        if class == 0 {
             return None;
         }
-        prev_dot = dot;
-        match b {
-            b'A'..=b'Z' => upper = true,
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {}
-            _ => return None,
-        }
+        seen |= class;
+    }
+    let upper = seen & UPPER != 0;
+    if seen & DOT != 0 && name.contains("..") {
+        return None;
     }
     Some(if upper {
         Cow::Owned(name.to_ascii_lowercase())
@@ -69,6 +68,27 @@ pub(crate) fn normalize_host_ref(raw: &str) -> Option<Cow<'_, str>> {
         Cow::Borrowed(name)
     })
 }
+
+const PLAIN: u8 = 1;
+const UPPER: u8 = 2;
+const DOT: u8 = 4;
+
+/// What each byte may be in a host name: 0 refused, else its class.
+static HOST_BYTE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = match c {
+            b'A'..=b'Z' => UPPER,
+            b'.' => DOT,
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => PLAIN,
+            _ => 0,
+        };
+        b += 1;
+    }
+    t
+};
 
 fn lowercase(s: &str) -> Cow<'_, str> {
     if s.bytes().any(|b| b.is_ascii_uppercase()) {
