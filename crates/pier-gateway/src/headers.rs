@@ -156,8 +156,12 @@ pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
 /// request head after the client's fields, so the request's header map is
 /// never grown or rehashed for them.
 pub(crate) struct Forwarding {
-    fields: [(&'static str, HeaderValue); 5],
-    len: usize,
+    host: Option<HeaderValue>,
+    xff: HeaderValue,
+    /// `X-Forwarded-Proto: http` is added.
+    xfp: bool,
+    xfh: Option<HeaderValue>,
+    id: HeaderValue,
     /// `SKIP_*` bits: client fields left out of the forwarded head.
     skip: u8,
 }
@@ -167,6 +171,8 @@ const SKIP_XFF: u8 = 2;
 const SKIP_XFP: u8 = 4;
 const SKIP_XFH: u8 = 8;
 const SKIP_ID: u8 = 16;
+
+static HTTP: HeaderValue = HeaderValue::from_static("http");
 
 impl Forwarding {
     /// Untrusted (the default): the client's `X-Forwarded-*` values are
@@ -182,30 +188,27 @@ impl Forwarding {
         request_id: &HeaderValue,
         trust_client: bool,
     ) -> Forwarding {
-        let empty = HeaderValue::from_static("");
-        let mut f = Forwarding {
-            fields: std::array::from_fn(|_| ("", empty.clone())),
-            len: 0,
-            skip: 0,
-        };
+        let mut skip = 0;
         if rewrite_host {
-            f.skip |= SKIP_HOST;
-            f.push("host", original_host.clone());
+            skip |= SKIP_HOST;
         }
         let (mut prev_xff, mut has_xfp, mut has_xfh) = (None, false, false);
         if scan.forwarded {
-            f.skip |= SKIP_XFF;
+            skip |= SKIP_XFF;
             if trust_client {
                 prev_xff = headers.get(&X_FORWARDED_FOR);
                 has_xfp = headers.contains_key(&X_FORWARDED_PROTO);
                 has_xfh = headers.contains_key(&X_FORWARDED_HOST);
             }
             if !has_xfp {
-                f.skip |= SKIP_XFP;
+                skip |= SKIP_XFP;
             }
             if !has_xfh {
-                f.skip |= SKIP_XFH;
+                skip |= SKIP_XFH;
             }
+        }
+        if scan.request_id.is_some() {
+            skip |= SKIP_ID;
         }
         let xff = match prev_xff {
             Some(prev) => {
@@ -217,23 +220,14 @@ impl Forwarding {
             }
             None => peer_ip.clone(),
         };
-        f.push("x-forwarded-for", xff);
-        if !has_xfp {
-            f.push("x-forwarded-proto", HeaderValue::from_static("http"));
+        Forwarding {
+            host: rewrite_host.then(|| original_host.clone()),
+            xff,
+            xfp: !has_xfp,
+            xfh: (!has_xfh).then(|| original_host.clone()),
+            id: request_id.clone(),
+            skip,
         }
-        if !has_xfh {
-            f.push("x-forwarded-host", original_host.clone());
-        }
-        if scan.request_id.is_some() {
-            f.skip |= SKIP_ID;
-        }
-        f.push("x-request-id", request_id.clone());
-        f
-    }
-
-    fn push(&mut self, name: &'static str, value: HeaderValue) {
-        self.fields[self.len] = (name, value);
-        self.len += 1;
     }
 
     /// Whether the client's field `name` is left out (replaced by ours).
@@ -258,8 +252,17 @@ impl Forwarding {
         self.skip & bit != 0
     }
 
+    /// The gateway's own fields, in the order they are written.
     pub(crate) fn fields(&self) -> impl Iterator<Item = (&'static str, &HeaderValue)> {
-        self.fields[..self.len].iter().map(|(n, v)| (*n, v))
+        [
+            ("host", self.host.as_ref()),
+            ("x-forwarded-for", Some(&self.xff)),
+            ("x-forwarded-proto", self.xfp.then_some(&HTTP)),
+            ("x-forwarded-host", self.xfh.as_ref()),
+            ("x-request-id", Some(&self.id)),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
     }
 }
 

@@ -242,7 +242,9 @@ async fn send_request(
             }
             UpstreamBody::Stream { .. } => {
                 wire.io.write_all(&wbuf).await.map_err(|_| SendError::Io)?;
-                send_streamed(wire, &mut body, &framing, &mut wbuf).await
+                // Boxed: streamed bodies are the rare case, and inline its
+                // future would enlarge every request's.
+                Box::pin(send_streamed(wire, &mut body, &framing, &mut wbuf)).await
             }
         }
     }
