@@ -1,7 +1,8 @@
 //! Header rules of the proxy: hop-by-hop removal, `X-Forwarded-*`, request
-//! ids. Framing headers are never copied between sides: hyper frames each
-//! side itself from the body's known length, so a backend never sees the
-//! client's `Transfer-Encoding` or a second `Content-Length`.
+//! ids. Framing headers are never copied between sides: `upstream` writes the
+//! framing of each request to a backend itself and hyper frames each response
+//! to a client, so a backend never sees the client's `Transfer-Encoding` or a
+//! second `Content-Length`.
 
 use std::net::IpAddr;
 
