@@ -84,70 +84,6 @@ impl Uploads {
     }
 }
 
-/// Bytes hashed per blocking task: large enough that the hand-off costs
-/// nothing, small enough to keep the pipeline short.
-const HASH_BATCH_BYTES: usize = 1024 * 1024;
-
-/// Hashes received bytes in the blocking pool, batch after batch in order,
-/// while the request task goes on receiving and writing: on a push, hashing
-/// is the largest CPU cost, and this takes it off the async workers and the
-/// receive path.
-struct PipelinedHasher {
-    idle: Option<Hasher>,
-    busy: Option<tokio::task::JoinHandle<Hasher>>,
-    batch: Vec<Bytes>,
-    batch_len: usize,
-}
-
-impl PipelinedHasher {
-    fn new(hasher: Option<Hasher>) -> PipelinedHasher {
-        PipelinedHasher {
-            idle: hasher,
-            busy: None,
-            batch: Vec::new(),
-            batch_len: 0,
-        }
-    }
-
-    async fn update(&mut self, bytes: Bytes) {
-        if self.idle.is_none() && self.busy.is_none() {
-            return;
-        }
-        self.batch_len += bytes.len();
-        self.batch.push(bytes);
-        if self.batch_len >= HASH_BATCH_BYTES {
-            self.settle().await;
-            if let Some(mut hasher) = self.idle.take() {
-                let batch = std::mem::take(&mut self.batch);
-                self.batch_len = 0;
-                self.busy = Some(tokio::task::spawn_blocking(move || {
-                    for b in &batch {
-                        hasher.update(b);
-                    }
-                    hasher
-                }));
-            }
-        }
-    }
-
-    /// Waits for the batch in flight. A failed task loses the hasher, which
-    /// only means the upload is re-hashed from disk at the end.
-    async fn settle(&mut self) {
-        if let Some(task) = self.busy.take() {
-            self.idle = task.await.ok();
-        }
-    }
-
-    async fn finish(mut self) -> Option<Hasher> {
-        self.settle().await;
-        let mut hasher = self.idle.take()?;
-        for b in &self.batch {
-            hasher.update(b);
-        }
-        Some(hasher)
-    }
-}
-
 /// An inclusive chunk range from `Content-Range`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ChunkRange {
@@ -279,8 +215,12 @@ impl Inner {
                 }
             }
         }
-        let mut sink = self.store.upload_append(&session.id, state.size).await?;
-        let mut hasher = PipelinedHasher::new(state.hasher.take());
+        // The sink hashes what it writes (in the blocking pool, off the
+        // receive path) and hands the hasher back after the flush.
+        let mut sink = self
+            .store
+            .upload_append(&session.id, state.size, state.hasher.take())
+            .await?;
         let mut written: u64 = 0;
         let mut client_error = None;
         let mut write_error = None;
@@ -293,7 +233,6 @@ impl Inner {
                     }
                     written += bytes.len() as u64;
                     self.metrics.bytes_in.inc_by(bytes.len() as u64);
-                    hasher.update(bytes).await;
                 }
                 Err(e) => {
                     client_error = Some(e.to_string());
@@ -306,8 +245,10 @@ impl Inner {
                 write_error = Some(e);
             }
         }
+        if write_error.is_none() {
+            state.hasher = sink.as_mut().take_hasher();
+        }
         drop(sink);
-        state.hasher = hasher.finish().await;
         if let Some(e) = write_error {
             // Memory and disk may now disagree: trust the file, forget the hasher.
             state.hasher = None;

@@ -16,16 +16,16 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::io::Seek;
+use std::os::unix::fs::OpenOptionsExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::sink::UploadFileSink;
+use super::sink::{UploadFile, UploadFileSink};
 use super::{
     BlobRead, BlobStore, BoxFuture, ByteRange, ByteStream, StorageError, StoredBlob, UploadRecord,
     UploadSink,
 };
-use crate::digest::Digest;
+use crate::digest::{Digest, Hasher};
 
 /// Read buffer for serving blobs: large enough that a 64 MiB layer is a few
 /// hundred reads, small enough that 64 concurrent pulls stay cheap.
@@ -116,6 +116,21 @@ fn publish_file(src: &Path, dest: &Path) -> io::Result<()> {
     fsync_dir(shard)
 }
 
+/// Asks the kernel to start reading `len` bytes at `offset` (0: to the end)
+/// into the page cache now rather than 128 KiB at a time as the reads come:
+/// uploads are written with direct I/O (see sink.rs), so a freshly pushed
+/// blob is on disk but not in memory. A hint: failure changes nothing.
+fn read_ahead(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: plain syscall on a file descriptor we own for the duration of the call.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED);
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     what: String,
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
@@ -144,11 +159,22 @@ impl BlobStore for FsBlobStore {
         Box::pin(async move {
             let path = self.blob_path(digest);
             let err = |e| StorageError::io(path.display(), e);
-            let Some(mut file) =
-                not_found_to_none(tokio::fs::File::open(&path).await).map_err(err)?
-            else {
+            let opened = blocking(path.display().to_string(), {
+                let path = path.clone();
+                move || {
+                    let Some(file) = not_found_to_none(std::fs::File::open(&path))? else {
+                        return Ok(None);
+                    };
+                    let (offset, len) = range.map_or((0, 0), |r| (r.start, r.len()));
+                    read_ahead(&file, offset, len);
+                    Ok(Some(file))
+                }
+            })
+            .await?;
+            let Some(file) = opened else {
                 return Ok(None);
             };
+            let mut file = tokio::fs::File::from_std(file);
             let stream: ByteStream = match range {
                 None => Box::pin(ReaderStream::with_capacity(file, READ_CHUNK_BYTES)),
                 Some(r) => {
@@ -312,27 +338,45 @@ impl BlobStore for FsBlobStore {
         &'a self,
         id: &'a str,
         offset: u64,
+        hasher: Option<Hasher>,
     ) -> BoxFuture<'a, Result<UploadSink, StorageError>> {
         Box::pin(async move {
             let (data, _) = self.upload_paths(id)?;
             let path = data.display().to_string();
             let opened = blocking(path, move || {
-                let Some(mut file) =
+                let Some(buffered) =
                     not_found_to_none(std::fs::OpenOptions::new().write(true).open(&data))?
                 else {
                     return Ok(None);
                 };
-                if file.metadata()?.len() != offset {
-                    file.set_len(offset)?;
+                if buffered.metadata()?.len() != offset {
+                    buffered.set_len(offset)?;
                 }
-                file.seek(SeekFrom::Start(offset))?;
-                Ok(Some(file))
+                // The sink writes most bytes through this one (see sink.rs);
+                // a filesystem without direct I/O just gets buffered writes.
+                let direct = match std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(&data)
+                {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no direct I/O for uploads here");
+                        None
+                    }
+                };
+                Ok(Some(UploadFile { buffered, direct }))
             })
             .await?;
             let Some(file) = opened else {
                 return Err(StorageError::UploadUnknown(id.to_string()));
             };
-            let sink: UploadSink = Box::pin(UploadFileSink::new(file, offset, WRITE_BUFFER_BYTES));
+            let sink: UploadSink = Box::pin(UploadFileSink::new(
+                file,
+                offset,
+                WRITE_BUFFER_BYTES,
+                hasher,
+            ));
             Ok(sink)
         })
     }

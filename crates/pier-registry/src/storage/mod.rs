@@ -15,13 +15,23 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::io::AsyncWrite;
 
-use crate::digest::Digest;
+use crate::digest::{Digest, Hasher};
 
 pub use fs::FsBlobStore;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
-pub type UploadSink = Pin<Box<dyn AsyncWrite + Send>>;
+pub type UploadSink = Pin<Box<dyn UploadWrite>>;
+
+/// Where an upload's bytes go: in order, and through the hasher handed to
+/// [`BlobStore::upload_append`], so the bytes are digested exactly as they
+/// are written, in the same pass.
+pub trait UploadWrite: AsyncWrite + Send {
+    /// After a successful flush: the hasher, having seen every byte written
+    /// so far. None if there was none, or a write failed (memory and disk
+    /// may then disagree).
+    fn take_hasher(self: Pin<&mut Self>) -> Option<Hasher>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -133,11 +143,13 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<UploadRecord>, StorageError>>;
 
     /// A sink that appends to the upload at `offset`; anything beyond
-    /// `offset` (a torn earlier write) is cut off first.
+    /// `offset` (a torn earlier write) is cut off first. `hasher` (the
+    /// upload's digest state up to `offset`) sees every byte written.
     fn upload_append<'a>(
         &'a self,
         id: &'a str,
         offset: u64,
+        hasher: Option<Hasher>,
     ) -> BoxFuture<'a, Result<UploadSink, StorageError>>;
 
     /// The upload's bytes, for re-hashing when the in-memory hasher is gone.
