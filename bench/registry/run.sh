@@ -9,7 +9,8 @@
 #   3. 64 concurrent keep-alive HEAD requests on one blob: p50/p99 latency.
 #   4. GET tags/list on a repository with 10,000 tags: latency.
 #
-#   bench/registry/run.sh [RUNS] [HEAD_SECONDS]     (SKIP_PIER_BUILD=1 to reuse target/release/pier)
+#   bench/registry/run.sh [RUNS] [HEAD_SECONDS]     (SKIP_PIER_BUILD=1 to reuse target/release/pier,
+#                                                    PIER_BIN=/path/to/pier to measure that binary)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -24,9 +25,11 @@ done
 echo "building (release)..."
 # SKIP_PIER_BUILD=1 reuses an existing release binary (the workspace may be
 # mid-change while the registry itself is fine).
-if [ -z "${SKIP_PIER_BUILD:-}" ]; then (cd "$root" && cargo build --release -q -p pier); fi
+# PIER_BIN measures a given binary (e.g. one built from a clean export of a
+# commit while the shared checkout is mid-change elsewhere).
+if [ -z "${SKIP_PIER_BUILD:-}" ] && [ -z "${PIER_BIN:-}" ]; then (cd "$root" && cargo build --release -q -p pier); fi
 (cd "$root" && cargo build --release -q -p pier-registry --example head_load)
-pier="$CARGO_TARGET_DIR/release/pier"
+pier="${PIER_BIN:-$CARGO_TARGET_DIR/release/pier}"
 head_load="$CARGO_TARGET_DIR/release/examples/head_load"
 
 # On disk (not tmpfs): both registries write real files.
