@@ -63,6 +63,11 @@ impl BodySlot {
         }
     }
 
+    /// The body's length, when the client declared it.
+    pub(crate) fn exact_len(&self) -> Option<u64> {
+        self.hint.exact()
+    }
+
     /// True while no attempt has started reading the body.
     pub(crate) fn untouched(&self) -> bool {
         match self.slot.lock() {

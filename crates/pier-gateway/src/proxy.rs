@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -46,7 +46,9 @@ use crate::metrics::{FailureKind, GatewayMetrics, ServiceMetrics};
 use crate::pool::Conn;
 use crate::server::ConnCtx;
 use crate::table::{strip_path, Resolution};
-use crate::upstream::{self, ExchangeError, Framing, ResponseBody, ResponseHead, Wire};
+use crate::upstream::{
+    self, ExchangeError, Framing, RequestFraming, ResponseBody, ResponseHead, Wire,
+};
 
 /// Everything the request path shares across connections.
 pub(crate) struct Shared {
@@ -131,18 +133,18 @@ pub(crate) async fn handle(
     let json = scan.accept_json;
     // The Host header is rewritten below only when the request's own single
     // Host header is not already the value to send.
-    let (raw_host, host_header_ok) = match req.uri().authority() {
+    let (raw_host_value, host_header_ok) = match req.uri().authority() {
         Some(a) => (HeaderValue::from_str(a.as_str()).ok(), false),
         None => (scan.host.take(), scan.hosts == 1),
     };
-    let host = raw_host
+    let host_cow = raw_host_value
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .and_then(normalize_host_ref);
     let log = tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO).then(|| {
         Box::new(AccessRecord {
             method: req.method().clone(),
-            host: host.as_deref().unwrap_or("-").to_string(),
+            host: host_cow.as_deref().unwrap_or("-").to_string(),
             path: req.uri().path().to_string(),
             request_id: request_id.clone(),
             backend: None,
@@ -182,7 +184,7 @@ pub(crate) async fn handle(
         );
         return Ok(ctx.local(&shared.unrouted, r));
     }
-    let (Some(host), Some(raw_host)) = (host.as_deref(), raw_host.as_ref()) else {
+    let (Some(host), Some(raw_host)) = (host_cow.as_deref(), raw_host_value.as_ref()) else {
         let r = local::bad_request(json, "missing or invalid Host header");
         return Ok(ctx.local(&shared.unrouted, r));
     };
@@ -230,6 +232,12 @@ pub(crate) async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let idempotent = is_idempotent(req.method());
     let (parts, body) = req.into_parts();
+    let http::request::Parts {
+        method,
+        uri,
+        headers,
+        ..
+    } = parts;
 
     let prepared = if body.is_end_stream() {
         Prepared::Empty
@@ -245,12 +253,12 @@ pub(crate) async fn handle(
         Prepared::Stream(BodySlot::new(body, limits.max_body_bytes))
     };
 
-    let path_and_query = match (strip, parts.uri.path_and_query()) {
+    let path_and_query = match (strip, uri.path_and_query()) {
         (None, Some(pq)) => pq.clone(),
         (None, None) => PathAndQuery::from_static("/"),
         (Some(s), _) => {
-            let path = strip_path(parts.uri.path(), s);
-            let pq = match parts.uri.query() {
+            let path = strip_path(uri.path(), s);
+            let pq = match uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path.to_string(),
             };
@@ -264,7 +272,7 @@ pub(crate) async fn handle(
         }
     };
 
-    let mut headers = parts.headers;
+    let mut headers = headers;
     if scan.hop_by_hop {
         strip_hop_by_hop(&mut headers, upgrade);
     }
@@ -281,6 +289,44 @@ pub(crate) async fn handle(
         &ctx.request_id,
         shared.cfg.trust_forwarded_headers,
     );
+    let framing = match &prepared {
+        // A body-less POST/PUT/PATCH, or a request that said
+        // `Content-Length: 0`, says so explicitly, as clients do.
+        Prepared::Empty
+            if scan.content_length.is_some()
+                || matches!(method, Method::POST | Method::PUT | Method::PATCH) =>
+        {
+            RequestFraming::Length(0)
+        }
+        Prepared::Empty => RequestFraming::None,
+        Prepared::Full(b) => RequestFraming::Length(b.len() as u64),
+        Prepared::Stream(slot) => match slot.exact_len() {
+            Some(n) => RequestFraming::Length(n),
+            None => RequestFraming::Chunked,
+        },
+    };
+    // The head is encoded once, for every attempt, before the first await of
+    // the attempts: from here on nothing refers into hyper's read buffer.
+    // hyper reads ahead on the client connection while the request is in
+    // flight, and a buffer still referenced has to be allocated anew, 8 KiB
+    // for every request.
+    let mut head = Vec::with_capacity(512);
+    upstream::encode_head(
+        &mut head,
+        &method,
+        path_and_query.as_str(),
+        &headers,
+        &forwarding,
+        &framing,
+    );
+    let chunked = matches!(framing, RequestFraming::Chunked);
+    drop(forwarding);
+    drop(headers);
+    drop(path_and_query);
+    drop(uri);
+    drop(scan);
+    drop(host_cow);
+    drop(raw_host_value);
 
     let cfg = &shared.cfg;
     let mut tried: Vec<usize> = Vec::new();
@@ -288,7 +334,6 @@ pub(crate) async fn handle(
     let mut reset_retried = false;
     let mut last_failure: Option<FailureKind> = None;
     let mut ctx = ctx;
-    let origin_form = Uri::from(path_and_query);
 
     loop {
         let now_ms = if tried.is_empty() {
@@ -305,16 +350,7 @@ pub(crate) async fn handle(
             rec.attempts += 1;
         }
         let guard = backend.state.start();
-        let outcome = attempt(
-            shared,
-            backend,
-            &prepared,
-            &parts.method,
-            &origin_form,
-            &headers,
-            &forwarding,
-        )
-        .await;
+        let outcome = attempt(shared, backend, &prepared, &method, &head, chunked).await;
         let kind = match outcome {
             Attempt::Response(backend_conn, head) => {
                 let status = head.parts.status;
@@ -457,9 +493,8 @@ async fn attempt(
     backend: &crate::live::LiveBackend,
     prepared: &Prepared,
     method: &Method,
-    uri: &Uri,
-    headers: &http::HeaderMap,
-    forwarding: &Forwarding,
+    head: &[u8],
+    chunked: bool,
 ) -> Attempt {
     let pool = &backend.state.pool;
     let mut conn = match pool.checkout().await {
@@ -479,9 +514,8 @@ async fn attempt(
         conn.timer.as_mut().reset(deadline);
         let sent = {
             let Conn { wire, timer } = &mut conn;
-            let mut exchange = std::pin::pin!(upstream::exchange(
-                wire, method, uri, headers, forwarding, body
-            ));
+            let mut exchange =
+                std::pin::pin!(upstream::exchange(wire, method, head, chunked, body));
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));

@@ -234,6 +234,13 @@ pub(crate) fn http1_builder(shared: &Shared) -> http1::Builder {
     let mut b = http1::Builder::new();
     // The header-read timeout is the gateway's own (see `HeadWatch`).
     b.header_read_timeout(None)
+        // Half-closed clients get their response (HAProxy's default too: a
+        // client that shuts its write side does not abort its request). It
+        // also keeps hyper from reading ahead on the socket while a request is
+        // in flight, to look for an EOF: that read had to allocate a new 8 KiB
+        // buffer for every request, because the request in flight still
+        // refers into the old one.
+        .half_close(true)
         .writev(false)
         .max_header_size(shared.cfg.limits.max_header_bytes)
         .keep_alive(true);

@@ -29,7 +29,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Uri, Version};
+use http::{Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -144,7 +144,7 @@ pub(crate) struct ResponseHead {
 }
 
 /// How the request body is framed for the backend.
-enum RequestFraming {
+pub(crate) enum RequestFraming {
     None,
     Length(u64),
     Chunked,
@@ -152,17 +152,18 @@ enum RequestFraming {
 
 /// Writes the request and reads the response head. The caller bounds it
 /// with the response-header timeout.
+/// `head` is the request head from [`encode_head`]; `chunked` says whether
+/// it announced a chunked body.
 pub(crate) async fn exchange(
     wire: &mut Wire,
     method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    forwarding: &Forwarding,
+    head: &[u8],
+    chunked: bool,
     body: UpstreamBody,
 ) -> Result<ResponseHead, ExchangeError> {
     let reused = wire.reused;
     wire.reused = true;
-    let sent = send_request(wire, method, uri, headers, forwarding, body).await;
+    let sent = send_request(wire, head, chunked, body).await;
     match sent {
         Ok(()) => {}
         Err(SendError::Io) => {
@@ -201,66 +202,45 @@ fn body_error(e: BoxError) -> SendError {
 
 async fn send_request(
     wire: &mut Wire,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    forwarding: &Forwarding,
+    head: &[u8],
+    chunked: bool,
     mut body: UpstreamBody,
 ) -> Result<(), SendError> {
-    let framing = match &body {
-        UpstreamBody::Empty => {
-            // A body-less POST/PUT/PATCH, or a request that said
-            // `Content-Length: 0`, says so explicitly, as clients do.
-            if headers.contains_key(header::CONTENT_LENGTH)
-                || matches!(*method, Method::POST | Method::PUT | Method::PATCH)
-            {
-                RequestFraming::Length(0)
+    match &mut body {
+        UpstreamBody::Empty => wire.io.write_all(head).await.map_err(|_| SendError::Io),
+        UpstreamBody::Full(data) => {
+            let data = data.take().unwrap_or_default();
+            if data.len() <= COALESCE_BODY_BYTES {
+                let mut wbuf = std::mem::take(&mut wire.wbuf);
+                wbuf.clear();
+                wbuf.extend_from_slice(head);
+                wbuf.extend_from_slice(&data);
+                let written = wire.io.write_all(&wbuf).await.map_err(|_| SendError::Io);
+                wire.wbuf = wbuf;
+                written
             } else {
-                RequestFraming::None
+                wire.io.write_all(head).await.map_err(|_| SendError::Io)?;
+                wire.io.write_all(&data).await.map_err(|_| SendError::Io)
             }
         }
-        UpstreamBody::Full(b) => RequestFraming::Length(b.as_ref().map_or(0, |b| b.len() as u64)),
-        UpstreamBody::Stream { .. } => match body.size_hint().exact() {
-            Some(n) => RequestFraming::Length(n),
-            None => RequestFraming::Chunked,
-        },
-    };
-    let mut wbuf = std::mem::take(&mut wire.wbuf);
-    encode_head(&mut wbuf, method, uri, headers, forwarding, &framing);
-    let result = async {
-        match &mut body {
-            UpstreamBody::Empty => wire.io.write_all(&wbuf).await.map_err(|_| SendError::Io),
-            UpstreamBody::Full(data) => {
-                let data = data.take().unwrap_or_default();
-                if data.len() <= COALESCE_BODY_BYTES {
-                    wbuf.extend_from_slice(&data);
-                    wire.io.write_all(&wbuf).await.map_err(|_| SendError::Io)
-                } else {
-                    wire.io.write_all(&wbuf).await.map_err(|_| SendError::Io)?;
-                    wire.io.write_all(&data).await.map_err(|_| SendError::Io)
-                }
-            }
-            UpstreamBody::Stream { .. } => {
-                wire.io.write_all(&wbuf).await.map_err(|_| SendError::Io)?;
-                // Boxed: streamed bodies are the rare case, and inline its
-                // future would enlarge every request's.
-                Box::pin(send_streamed(wire, &mut body, &framing, &mut wbuf)).await
-            }
+        UpstreamBody::Stream { .. } => {
+            wire.io.write_all(head).await.map_err(|_| SendError::Io)?;
+            // Boxed: streamed bodies are the rare case, and inline its
+            // future would enlarge every request's.
+            let mut scratch = std::mem::take(&mut wire.wbuf);
+            let sent = Box::pin(send_streamed(wire, &mut body, chunked, &mut scratch)).await;
+            wire.wbuf = scratch;
+            sent
         }
     }
-    .await;
-    wbuf.clear();
-    wire.wbuf = wbuf;
-    result
 }
 
 async fn send_streamed(
     wire: &mut Wire,
     body: &mut UpstreamBody,
-    framing: &RequestFraming,
+    chunked: bool,
     scratch: &mut Vec<u8>,
 ) -> Result<(), SendError> {
-    let chunked = matches!(framing, RequestFraming::Chunked);
     loop {
         let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
         match frame {
@@ -319,10 +299,10 @@ fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
 
 /// The request line and header section. Framing headers are never copied
 /// from the client: the framing written here is the gateway's own.
-fn encode_head(
+pub(crate) fn encode_head(
     out: &mut Vec<u8>,
     method: &Method,
-    uri: &Uri,
+    path_and_query: &str,
     headers: &HeaderMap,
     forwarding: &Forwarding,
     framing: &RequestFraming,
@@ -330,11 +310,7 @@ fn encode_head(
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(
-        uri.path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .as_bytes(),
-    );
+    out.extend_from_slice(path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
         if *name == header::CONTENT_LENGTH
@@ -856,7 +832,6 @@ mod tests {
         headers.append("x-a", HeaderValue::from_static("1"));
         headers.append("x-a", HeaderValue::from_static("2"));
         let mut out = Vec::new();
-        let uri: Uri = "/p?q=1".parse().unwrap();
         let scan = crate::headers::RequestScan::of(&headers);
         let ip = HeaderValue::from_static("10.0.0.9");
         let id = HeaderValue::from_static("r1");
@@ -865,7 +840,7 @@ mod tests {
         encode_head(
             &mut out,
             &Method::POST,
-            &uri,
+            "/p?q=1",
             &headers,
             &fwd,
             &RequestFraming::Chunked,

@@ -335,3 +335,22 @@ async fn huge_bodies_get_413() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_closed_client_still_gets_its_answer() {
+    // Like `nc -N` or a client that shuts its write side after the request:
+    // the request is still answered (HAProxy's default too).
+    let b = TestBackend::start("hc").await;
+    b.set_delay_ms(100);
+    let gw = TestGateway::start(|_| {}, table(&[instance("web", &b, "a", true)]));
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /half HTTP/1.1\r\nHost: web.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let (resp, closed) = read_until_close(&mut s, Duration::from_secs(3)).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("hc"), "{resp}");
+    assert!(closed);
+    assert_eq!(b.hits(), 1);
+}
