@@ -3,8 +3,11 @@
 # side in one run, both on 127.0.0.1 with filesystem storage:
 #   1. skopeo push of an OCI image with 3 random 64 MiB layers (fresh, empty
 #      registries before every timed run), then skopeo pull of it. Runs
-#      alternate between the two registries (the machine is shared), and the
+#      alternate between the registries (the machine is shared), and the
 #      median of the per-round time ratios pier/distribution is reported.
+#      A third contestant, "floor" (ideal_registry.py: pulls by sendfile,
+#      pushes thrown away unread), shows what skopeo itself costs: no
+#      registry can beat its ratio. Client and server CPU time are reported.
 #   2. peak RSS (VmHWM) of each registry across one push.
 #   3. 64 concurrent keep-alive HEAD requests on one blob: p50/p99 latency.
 #   4. GET tags/list on a repository with 10,000 tags: latency.
@@ -45,6 +48,8 @@ pier_port="$(free_port)"
 dist_port="$(free_port)"
 pier_url="127.0.0.1:$pier_port"
 dist_url="127.0.0.1:$dist_port"
+floor_push_url="127.0.0.1:$(free_port)"
+floor_pull_url="127.0.0.1:$(free_port)"
 
 cat > "$work/dist.yml" <<YAML
 version: 0.1
@@ -93,19 +98,30 @@ chmod +x "$work/restart.sh"
 echo "making the OCI layout (3 x 64 MiB random layers)..."
 layer_digest="$(python3 "$here/make_layout.py" "$work/layout" 3 64)"
 src="oci:$work/layout:img"
+setsid python3 "$here/ideal_registry.py" "$work/layout" "$floor_push_url" sink >"$work/floor-push.log" 2>&1 </dev/null &
+echo $! >"$work/floor-push.pid"; disown
+setsid python3 "$here/ideal_registry.py" "$work/layout" "$floor_pull_url" >"$work/floor-pull.log" 2>&1 </dev/null &
+echo $! >"$work/floor-pull.pid"; disown
+for u in "$floor_push_url" "$floor_pull_url"; do
+  for _ in $(seq 1 100); do curl -fsS "http://$u/v2/" >/dev/null 2>&1 && break; sleep 0.05; done
+done
+no_blob_cache="rm -f /var/lib/containers/cache/blob-info-cache-v1.boltdb $HOME/.local/share/containers/cache/blob-info-cache-v1.boltdb"
+export SERVER_PIDS="pier=$work/pier.pid distribution=$work/dist.pid"
 push() { echo "skopeo copy --quiet --preserve-digests --dest-tls-verify=false $src docker://$1/bench/img:v1"; }
 
 echo
 echo "== 1. skopeo push, $runs rounds, order alternating (fresh, empty registry before each run)"
-python3 "$here/interleave.py" "$runs" \
+SERVER_PIDS="$SERVER_PIDS floor=$work/floor-push.pid" python3 "$here/interleave.py" "$runs" \
   pier "$work/restart.sh pier" "$(push "$pier_url")" \
+  floor "$no_blob_cache" "$(push "$floor_push_url")" \
   distribution "$work/restart.sh dist" "$(push "$dist_url")" | tee "$work/push.txt"
 
 # Both registries now hold the image (the last push of each).
 echo
 echo "== 1b. skopeo pull into a fresh OCI layout, $runs rounds, order alternating"
-python3 "$here/interleave.py" "$runs" \
+SERVER_PIDS="$SERVER_PIDS floor=$work/floor-pull.pid" python3 "$here/interleave.py" "$runs" \
   pier "rm -rf $work/pull-pier" "skopeo copy --quiet --src-tls-verify=false docker://$pier_url/bench/img:v1 oci:$work/pull-pier:img" \
+  floor "rm -rf $work/pull-floor" "skopeo copy --quiet --src-tls-verify=false docker://$floor_pull_url/bench/img:v1 oci:$work/pull-floor:img" \
   distribution "rm -rf $work/pull-dist" "skopeo copy --quiet --src-tls-verify=false docker://$dist_url/bench/img:v1 oci:$work/pull-dist:img" | tee "$work/pull.txt"
 
 echo
@@ -140,7 +156,9 @@ python3 "$here/get_latency.py" 200 /v2/bench/tags/tags/list pier="$pier_url" dis
 echo
 echo "== summary"
 echo "push:  $(tail -1 "$work/push.txt")"
+echo "       $(tail -2 "$work/push.txt" | head -1)  (nothing done server-side: skopeo's own cost)"
 echo "pull:  $(tail -1 "$work/pull.txt")"
+echo "       $(tail -2 "$work/pull.txt" | head -1)  (sendfile from page cache: skopeo's own cost)"
 sed 's/^/tags\/list 10k: /' "$work/tags.txt"
 echo "pier         peak RSS during push: $((pier_rss / 1024)) MiB"
 echo "distribution peak RSS during push: $((dist_rss / 1024)) MiB"
