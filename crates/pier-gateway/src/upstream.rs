@@ -45,8 +45,11 @@ pub(crate) const MAX_RESPONSE_HEADERS: usize = 128;
 /// A chunk-size line or the trailer section may not be longer than this.
 const MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
-/// Room made in the read buffer before each read.
+/// Room made in the read buffer before each read of a head.
 const READ_RESERVE_BYTES: usize = 8 * 1024;
+/// At most this much room for a read of a body: large bodies then move in
+/// few syscalls, small ones never get a large buffer.
+const BODY_READ_MAX_BYTES: usize = 64 * 1024;
 /// A request body up to this size is written together with the head.
 const COALESCE_BODY_BYTES: usize = 16 * 1024;
 
@@ -91,15 +94,18 @@ impl Wire {
         }
     }
 
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_RESERVE_BYTES / 4 {
-            self.rbuf.reserve(READ_RESERVE_BYTES);
+    /// Reads once, with room for at least `want` bytes (clamped to
+    /// [`READ_RESERVE_BYTES`, `BODY_READ_MAX_BYTES`]).
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        let want = want.clamp(READ_RESERVE_BYTES, BODY_READ_MAX_BYTES);
+        if self.rbuf.capacity() - self.rbuf.len() < want / 4 {
+            self.rbuf.reserve(want);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+        std::future::poll_fn(|cx| self.poll_fill(cx, READ_RESERVE_BYTES)).await
     }
 }
 
@@ -671,7 +677,14 @@ impl Body for ResponseBody {
                 _ => {}
             }
             // Nothing decodable is buffered: read more.
-            match ready!(wire.poll_fill(cx)) {
+            let want = match this.state {
+                BodyState::Length(n) | BodyState::ChunkData(n) => {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }
+                BodyState::UntilClose => BODY_READ_MAX_BYTES,
+                _ => READ_RESERVE_BYTES,
+            };
+            match ready!(wire.poll_fill(cx, want)) {
                 Ok(0) => {
                     if let BodyState::UntilClose = this.state {
                         this.state = BodyState::Done;

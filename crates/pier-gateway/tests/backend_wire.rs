@@ -329,3 +329,51 @@ async fn streamed_request_bodies_arrive_byte_exact() {
     assert!(seen[1].body == big, "chunked body changed on the way");
     assert_eq!(seen[2].headers["content-length"], "0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_response_bodies_arrive_byte_exact() {
+    let body: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+    let client = reqwest::Client::new();
+
+    let mut with_length =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    with_length.extend_from_slice(&body);
+    let b = Scripted::start(Box::leak(with_length.into_boxed_slice()), After::KeepOpen).await;
+    let gw = gateway_for(b.addr);
+    for _ in 0..2 {
+        let resp = client
+            .get(format!("http://{}/", gw.addr))
+            .header("host", "web.localhost")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.bytes().await.unwrap() == body,
+            "length-delimited body changed"
+        );
+    }
+    assert_eq!(b.connections(), 1);
+
+    // The same bytes in uneven chunks.
+    let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for piece in body.chunks(70_001) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let b = Scripted::start(Box::leak(chunked.into_boxed_slice()), After::KeepOpen).await;
+    let gw = gateway_for(b.addr);
+    for _ in 0..2 {
+        let resp = client
+            .get(format!("http://{}/", gw.addr))
+            .header("host", "web.localhost")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.bytes().await.unwrap() == body, "chunked body changed");
+    }
+    assert_eq!(b.connections(), 1);
+}
