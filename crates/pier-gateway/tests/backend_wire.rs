@@ -99,16 +99,23 @@ fn gateway_for(addr: SocketAddr) -> TestGateway {
     TestGateway::start(|_| {}, table(&[instance_at("web", "s1", addr, "a", true)]))
 }
 
-async fn get(
+/// Sends `GET /` for `web.localhost` through the gateway.
+async fn send_get(
     client: &reqwest::Client,
     gw: &TestGateway,
-) -> (u16, String, reqwest::header::HeaderMap) {
-    let resp = client
+) -> reqwest::Result<reqwest::Response> {
+    client
         .get(format!("http://{}/", gw.addr))
         .header("host", "web.localhost")
         .send()
         .await
-        .unwrap();
+}
+
+async fn get(
+    client: &reqwest::Client,
+    gw: &TestGateway,
+) -> (u16, String, reqwest::header::HeaderMap) {
+    let resp = send_get(client, gw).await.unwrap();
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     (status, resp.text().await.unwrap(), headers)
@@ -234,11 +241,7 @@ async fn ambiguous_or_broken_responses_get_502() {
     )
     .await;
     let gw = gateway_for(b.addr);
-    let sent = client
-        .get(format!("http://{}/", gw.addr))
-        .header("host", "web.localhost")
-        .send()
-        .await;
+    let sent = send_get(&client, &gw).await;
     // Either the head never arrives or the body fails: never a clean end.
     if let Ok(resp) = sent {
         assert!(resp.bytes().await.is_err(), "a truncated body must fail");
@@ -341,12 +344,7 @@ async fn large_response_bodies_arrive_byte_exact() {
     let b = Scripted::start(Box::leak(with_length.into_boxed_slice()), After::KeepOpen).await;
     let gw = gateway_for(b.addr);
     for _ in 0..2 {
-        let resp = client
-            .get(format!("http://{}/", gw.addr))
-            .header("host", "web.localhost")
-            .send()
-            .await
-            .unwrap();
+        let resp = send_get(&client, &gw).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert!(
             resp.bytes().await.unwrap() == body,
@@ -366,12 +364,7 @@ async fn large_response_bodies_arrive_byte_exact() {
     let b = Scripted::start(Box::leak(chunked.into_boxed_slice()), After::KeepOpen).await;
     let gw = gateway_for(b.addr);
     for _ in 0..2 {
-        let resp = client
-            .get(format!("http://{}/", gw.addr))
-            .header("host", "web.localhost")
-            .send()
-            .await
-            .unwrap();
+        let resp = send_get(&client, &gw).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert!(resp.bytes().await.unwrap() == body, "chunked body changed");
     }
