@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use pier_agent::docker::{ContainerSpec, DockerDriver};
-use pier_testkit::images::{build_httpd_image, ContainerGuard, HttpdVariant, ImageGuard};
+use pier_testkit::docker::{ImageGuard, RunGuard};
+use pier_testkit::images::{build_httpd_image, HttpdVariant};
 
 fn spec(task: &str, image: &str) -> ContainerSpec {
     ContainerSpec {
@@ -30,8 +31,8 @@ fn spec(task: &str, image: &str) -> ContainerSpec {
 async fn lifecycle_adoption_and_isolation() {
     let image = "pier-test/driver:v1";
     build_httpd_image(image, HttpdVariant::Healthy);
-    let _images = ImageGuard(vec![image.into()]);
-    let guard = ContainerGuard::new_run();
+    let _images = ImageGuard::new(image);
+    let guard = RunGuard::new_run();
     let labels = BTreeMap::from([
         ("pier.test".to_string(), "1".to_string()),
         (guard.label.clone(), guard.value.clone()),
@@ -151,8 +152,8 @@ async fn lifecycle_adoption_and_isolation() {
 async fn stop_kills_after_timeout_when_signal_is_ignored() {
     let image = "pier-test/driver-stubborn:v1";
     build_httpd_image(image, HttpdVariant::Healthy);
-    let _images = ImageGuard(vec![image.into()]);
-    let guard = ContainerGuard::new_run();
+    let _images = ImageGuard::new(image);
+    let guard = RunGuard::new_run();
     let labels = BTreeMap::from([
         ("pier.test".to_string(), "1".to_string()),
         (guard.label.clone(), guard.value.clone()),

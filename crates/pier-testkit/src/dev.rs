@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::images::ContainerGuard;
+use crate::docker::RunGuard;
 use crate::net::free_port;
 use crate::process::{wait_http_ok, PierProcess};
 
@@ -22,8 +22,8 @@ pub struct DevProcess {
 impl DevProcess {
     /// `bin dev` with its data in `dir/data` and its log in `dir/dev.log`; `extra` is appended
     /// to the arguments (e.g. `--no-agent`, `--zone a`).
-    pub async fn start(bin: &str, dir: &Path, guard: &ContainerGuard, extra: &[&str]) -> Self {
-        crate::images::require_docker();
+    pub async fn start(bin: &str, dir: &Path, guard: &RunGuard, extra: &[&str]) -> Self {
+        crate::docker::docker_available();
         let http_port = free_port();
         let registry_port = free_port();
         let gateway_port = free_port();

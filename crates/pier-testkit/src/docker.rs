@@ -239,6 +239,7 @@ pub fn build_busybox_image(tag: &str) -> ImageGuard {
 }
 
 /// Removes the image references it holds (`docker rmi -f`) when dropped.
+#[derive(Default)]
 pub struct ImageGuard {
     refs: Vec<String>,
 }
@@ -250,9 +251,9 @@ impl ImageGuard {
         }
     }
 
-    /// The first reference (the tag the image was built as).
+    /// The first reference (the tag the image was built as); empty for an empty guard.
     pub fn tag(&self) -> &str {
-        &self.refs[0]
+        self.refs.first().map_or("", String::as_str)
     }
 
     /// Also remove `reference` (a re-tag, or the same image pulled back).
@@ -263,6 +264,9 @@ impl ImageGuard {
 
 impl Drop for ImageGuard {
     fn drop(&mut self) {
+        if self.refs.is_empty() {
+            return;
+        }
         let mut args = vec!["rmi", "-f"];
         args.extend(self.refs.iter().map(String::as_str));
         let _ = try_docker(&args);
@@ -321,6 +325,73 @@ impl Drop for ContainerGuard {
     fn drop(&mut self) {
         let _ = try_docker(&["rm", "-f", &self.name]);
     }
+}
+
+/// Removes every container of one test run when dropped, also on panic: each run
+/// gets a fresh label `pier.test.run=<random>` that the code under test puts on
+/// the containers it starts.
+pub struct RunGuard {
+    pub label: String,
+    pub value: String,
+}
+
+impl RunGuard {
+    /// A guard with a fresh per-run label `pier.test.run=<random>`.
+    pub fn new_run() -> RunGuard {
+        RunGuard {
+            label: "pier.test.run".into(),
+            value: format!("{:016x}", rand_u64()),
+        }
+    }
+
+    pub fn filter(&self) -> String {
+        format!("label={}={}", self.label, self.value)
+    }
+
+    /// IDs of the run's containers (`all`: stopped ones too).
+    pub fn containers(&self, all: bool) -> Vec<String> {
+        let filter = self.filter();
+        let mut args = vec!["ps", "-q", "--no-trunc", "--filter", &filter];
+        if all {
+            args.push("-a");
+        }
+        // Not `docker()`: this also runs from `Drop`, where a second panic would abort.
+        let out = try_docker(&args);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    pub fn remove_all(&self) {
+        let ids = self.containers(true);
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.iter().map(String::as_str));
+            let _ = try_docker(&args);
+        }
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        self.remove_all();
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// Removes every container, then every image, carrying `label` (e.g.

@@ -1,9 +1,10 @@
 //! Test images for the orchestrator: `FROM scratch` + the host's static busybox running
-//! `busybox httpd`, in variants that behave well or badly, and a guard that removes every
-//! container of one test run (by its per-run label) when dropped, also on panic.
+//! `busybox httpd`, in variants that behave well or badly. The guards that remove what
+//! tests create live in [`crate::docker`].
 
-use std::path::Path;
 use std::process::Command;
+
+use crate::docker::{docker_available, static_busybox};
 
 /// How a test image behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,33 +17,9 @@ pub enum HttpdVariant {
     CrashAfter { seconds: u32 },
 }
 
-fn static_busybox() -> &'static str {
-    for path in ["/bin/busybox", "/usr/bin/busybox"] {
-        if Path::new(path).exists() {
-            return path;
-        }
-    }
-    panic!("static busybox not found: install Debian's busybox-static (apt-get install busybox-static)");
-}
-
-/// Fails loudly when the Docker engine is not usable.
-pub fn require_docker() {
-    let out = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "Docker engine not usable: {}",
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) => panic!("docker CLI not runnable: {e}"),
-    }
-}
-
 /// Builds `tag` (e.g. "pier-test/hello:v1") as a FROM-scratch busybox httpd image.
 pub fn build_httpd_image(tag: &str, variant: HttpdVariant) {
-    require_docker();
+    docker_available();
     let dir = tempfile::tempdir().expect("temp dir for the image build context");
     std::fs::copy(static_busybox(), dir.path().join("busybox"))
         .expect("copy busybox into the build context");
@@ -89,86 +66,4 @@ pub fn build_httpd_image(tag: &str, variant: HttpdVariant) {
         "docker build {tag} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Removes every container carrying `label=value` when dropped.
-pub struct ContainerGuard {
-    pub label: String,
-    pub value: String,
-}
-
-impl ContainerGuard {
-    /// A guard with a fresh per-run label `pier.test.run=<random>`.
-    pub fn new_run() -> ContainerGuard {
-        let value = format!("{:016x}", rand_u64());
-        ContainerGuard {
-            label: "pier.test.run".into(),
-            value,
-        }
-    }
-
-    pub fn filter(&self) -> String {
-        format!("label={}={}", self.label, self.value)
-    }
-
-    /// IDs of the run's containers (`all`: stopped ones too).
-    pub fn containers(&self, all: bool) -> Vec<String> {
-        let mut args = vec!["ps", "-q", "--no-trunc", "--filter"];
-        let filter = self.filter();
-        args.push(&filter);
-        if all {
-            args.push("-a");
-        }
-        let out = Command::new("docker")
-            .args(&args)
-            .output()
-            .expect("docker ps");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .filter(|l| !l.is_empty())
-            .collect()
-    }
-
-    pub fn remove_all(&self) {
-        let ids = self.containers(true);
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .output();
-        }
-    }
-}
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        self.remove_all();
-    }
-}
-
-/// Removes image tags when dropped.
-pub struct ImageGuard(pub Vec<String>);
-
-impl Drop for ImageGuard {
-    fn drop(&mut self) {
-        for tag in &self.0 {
-            let _ = Command::new("docker").args(["rmi", "-f", tag]).output();
-        }
-    }
-}
-
-fn rand_u64() -> u64 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
 }

@@ -5,7 +5,7 @@ mod pipeline_common;
 
 use std::time::{Duration, Instant};
 
-use pier_testkit::images::ContainerGuard;
+use pier_testkit::docker::RunGuard;
 use pier_testkit::net::free_port;
 use pier_testkit::process::{wait_http_ok, PierProcess};
 use pipeline_common::{RegistryImages, Repo, BIN};
@@ -85,9 +85,9 @@ async fn wait_state(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_failover_loses_no_run() {
-    pier_testkit::images::require_docker();
+    pier_testkit::docker::docker_available();
     let dir = tempfile::tempdir().unwrap();
-    let guard = ContainerGuard::new_run();
+    let guard = RunGuard::new_run();
     let http = reqwest::Client::new();
     let ports: Vec<(u16, u16, u16)> = (0..3)
         .map(|_| (free_port(), free_port(), free_port()))

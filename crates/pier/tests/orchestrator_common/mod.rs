@@ -9,7 +9,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use pier_testkit::dev::DevProcess;
-use pier_testkit::images::{build_httpd_image, ContainerGuard, HttpdVariant, ImageGuard};
+use pier_testkit::docker::{ImageGuard, RunGuard};
+use pier_testkit::images::{build_httpd_image, HttpdVariant};
 use pier_testkit::process::PierProcess;
 use serde_json::Value;
 
@@ -24,7 +25,7 @@ pub struct Cluster {
     pub gateway_port: u16,
     pub agents: Vec<PierProcess>,
     // Field order: containers go before images.
-    pub guard: ContainerGuard,
+    pub guard: RunGuard,
     pub images: ImageGuard,
 }
 
@@ -33,7 +34,7 @@ impl Cluster {
     /// unless `extra` has `--zone`).
     pub async fn start(builtin_agent: bool, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let guard = ContainerGuard::new_run();
+        let guard = RunGuard::new_run();
         let mut extra_args: Vec<&str> = extra.to_vec();
         if !builtin_agent {
             extra_args.push("--no-agent");
@@ -53,7 +54,7 @@ impl Cluster {
             gateway_port,
             agents: Vec::new(),
             guard,
-            images: ImageGuard(Vec::new()),
+            images: ImageGuard::default(),
         }
     }
 
@@ -111,7 +112,7 @@ impl Cluster {
     pub fn push_image(&mut self, name_tag: &str, variant: HttpdVariant) -> String {
         let image = format!("127.0.0.1:{}/{name_tag}", self.registry_port);
         build_httpd_image(&image, variant);
-        self.images.0.push(image.clone());
+        self.images.also(&image);
         let out = Command::new("docker")
             .args(["push", &image])
             .output()

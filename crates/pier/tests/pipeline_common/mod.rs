@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use pier_testkit::dev::DevProcess;
-use pier_testkit::images::ContainerGuard;
+use pier_testkit::docker::RunGuard;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pier");
@@ -21,7 +21,7 @@ pub struct Dev {
     pub dev: DevProcess,
     pub http: reqwest::Client,
     // Containers before images.
-    pub guard: ContainerGuard,
+    pub guard: RunGuard,
     pub images: RegistryImages,
 }
 
@@ -54,7 +54,7 @@ impl Drop for RegistryImages {
 impl Dev {
     pub async fn start(extra: &[&str]) -> Dev {
         let dir = tempfile::tempdir().unwrap();
-        let guard = ContainerGuard::new_run();
+        let guard = RunGuard::new_run();
         let server = DevProcess::start(BIN, dir.path(), &guard, extra).await;
         let registry_port = server.registry_port;
         Dev {
