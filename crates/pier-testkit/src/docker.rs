@@ -340,7 +340,7 @@ impl RunGuard {
     pub fn new_run() -> RunGuard {
         RunGuard {
             label: "pier.test.run".into(),
-            value: format!("{:016x}", rand_u64()),
+            value: format!("{:016x}", rand::random::<u64>()),
         }
     }
 
@@ -378,20 +378,6 @@ impl Drop for RunGuard {
     fn drop(&mut self) {
         self.remove_all();
     }
-}
-
-fn rand_u64() -> u64 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 /// Removes every container, then every image, carrying `label` (e.g.
