@@ -22,11 +22,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Method};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::Sleep;
 
 use crate::backend::InflightGuard;
 use crate::metrics::ServiceMetrics;
-use crate::pool::Conn;
 use crate::server::ConnCtx;
 use crate::upstream::ResponseBody;
 
@@ -228,17 +226,13 @@ pub enum GatewayBody {
 /// A backend's response body plus the bookkeeping that ends with it.
 pub struct TrackedBody {
     inner: ResponseBody,
-    /// The connection's response-header timer, reunited with the connection
-    /// when it goes back to the pool.
-    timer: Option<Pin<Box<Sleep>>>,
     completion: Option<Completion>,
 }
 
 impl TrackedBody {
-    pub(crate) fn new(inner: ResponseBody, timer: Pin<Box<Sleep>>, completion: Completion) -> Self {
+    pub(crate) fn new(inner: ResponseBody, completion: Completion) -> Self {
         TrackedBody {
             inner,
-            timer: Some(timer),
             completion: Some(completion),
         }
     }
@@ -246,12 +240,8 @@ impl TrackedBody {
         if let Some(c) = self.completion.take() {
             // The connection goes back to the pool only after a clean end.
             if outcome == "ok" {
-                if let (Some(guard), Some(wire), Some(timer)) = (
-                    c.guard.as_ref(),
-                    self.inner.take_reusable(),
-                    self.timer.take(),
-                ) {
-                    guard.state.pool.checkin(Conn { wire, timer });
+                if let (Some(guard), Some(conn)) = (c.guard.as_ref(), self.inner.take_reusable()) {
+                    guard.state.pool.checkin(conn);
                 }
             }
             c.finish(outcome);

@@ -300,27 +300,17 @@ pub(crate) fn new_request_id() -> HeaderValue {
     HeaderValue::from_maybe_shared(id_bytes(&out)).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-/// Sixteen bytes for a request id from a per-thread wyrand generator seeded
-/// from the operating system's randomness. Request ids must be unique, not
-/// unguessable (they are logged and passed on in the clear), and this costs a
-/// fraction of the ChaCha-based thread RNG per request.
+/// Sixteen bytes for a request id from a per-thread `SmallRng` seeded from
+/// the thread RNG. Request ids must be unique, not unguessable (they are
+/// logged and passed on in the clear), and this costs a fraction of the
+/// ChaCha-based thread RNG per request.
 fn id_random_bytes() -> [u8; 16] {
+    use rand::{Rng, SeedableRng};
     thread_local! {
-        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
+        static RNG: std::cell::RefCell<rand::rngs::SmallRng> =
+            std::cell::RefCell::new(rand::rngs::SmallRng::from_rng(&mut rand::rng()));
     }
-    STATE.with(|state| {
-        let next = || {
-            let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
-            state.set(s);
-            let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
-            ((t >> 64) as u64) ^ (t as u64)
-        };
-        let (a, b) = (next(), next());
-        let mut out = [0u8; 16];
-        out[..8].copy_from_slice(&a.to_le_bytes());
-        out[8..].copy_from_slice(&b.to_le_bytes());
-        out
-    })
+    RNG.with_borrow_mut(|rng| rng.random())
 }
 
 /// Ids are cut from a per-thread block so that a new id is not an

@@ -235,7 +235,7 @@ pub(crate) async fn handle(
     let http::request::Parts {
         method,
         uri,
-        headers,
+        mut headers,
         ..
     } = parts;
 
@@ -272,7 +272,6 @@ pub(crate) async fn handle(
         }
     };
 
-    let mut headers = headers;
     if scan.hop_by_hop {
         strip_hop_by_hop(&mut headers, upgrade);
     }
@@ -305,11 +304,10 @@ pub(crate) async fn handle(
             None => RequestFraming::Chunked,
         },
     };
-    // The head is encoded once, for every attempt, before the first await of
-    // the attempts: from here on nothing refers into hyper's read buffer.
-    // hyper reads ahead on the client connection while the request is in
-    // flight, and a buffer still referenced has to be allocated anew, 8 KiB
-    // for every request.
+    // The head is encoded once and sent as is by every attempt. What it was
+    // built from is dropped here, so none of it is kept in the request's
+    // future across the attempts' awaits (and nothing holds on to hyper's
+    // read buffer while the backend answers).
     let mut head = Vec::with_capacity(512);
     upstream::encode_head(
         &mut head,
@@ -400,9 +398,8 @@ pub(crate) async fn handle(
                 if has_hop_by_hop(&rparts.headers) {
                     strip_hop_by_hop(&mut rparts.headers, false);
                 }
-                let Conn { wire, timer } = backend_conn;
-                let rbody = ResponseBody::new(wire, framing, keep_alive);
-                let body = GatewayBody::Upstream(TrackedBody::new(rbody, timer, completion));
+                let rbody = ResponseBody::new(backend_conn, framing, keep_alive);
+                let body = GatewayBody::Upstream(TrackedBody::new(rbody, completion));
                 return Ok(Response::from_parts(rparts, body));
             }
             Attempt::TooLarge => {
@@ -506,12 +503,13 @@ async fn attempt(
     };
     let timeout = Duration::from_millis(shared.cfg.timeouts.response_header_ms);
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut stale_retried = false;
     loop {
         let Some(body) = prepared.attempt() else {
             return Attempt::Failed(FailureKind::Connect);
         };
         conn.timer.as_mut().reset(deadline);
+        // A fresh connection is never reused, so this retries at most once.
+        let reused = conn.wire.reused;
         let sent = {
             let Conn { wire, timer } = &mut conn;
             let mut exchange =
@@ -527,10 +525,9 @@ async fn attempt(
         match sent {
             Some(Ok(head)) => return Attempt::Response(conn, head),
             None => return Attempt::Timeout,
-            Some(Err(ExchangeError::Broken { reused: true }))
-                if !stale_retried && is_idempotent(method) && prepared.attempt().is_some() =>
+            Some(Err(ExchangeError::Broken))
+                if reused && is_idempotent(method) && prepared.attempt().is_some() =>
             {
-                stale_retried = true;
                 conn = match Box::pin(pool.connect()).await {
                     Ok(c) => c,
                     Err(_) => return Attempt::Failed(FailureKind::Connect),

@@ -36,6 +36,7 @@ use tokio::net::TcpStream;
 
 use crate::body::{BodyTooLarge, BoxError, UpstreamBody};
 use crate::headers::Forwarding;
+use crate::pool::Conn;
 
 /// A backend's response head may not be larger than this (nginx's default
 /// buffer for it is 4 or 8 KiB). Offsets within a head fit in a u16.
@@ -58,8 +59,6 @@ const COALESCE_BODY_BYTES: usize = 16 * 1024;
 pub(crate) struct Wire {
     pub(crate) io: TcpStream,
     pub(crate) rbuf: BytesMut,
-    /// The request head being written; kept for its capacity.
-    wbuf: Vec<u8>,
     /// It carried a request before. A connection that breaks before the
     /// first response byte of a later request was most likely closed by the
     /// backend while idle, just as the request went out.
@@ -71,7 +70,6 @@ impl Wire {
         Wire {
             io,
             rbuf: BytesMut::new(),
-            wbuf: Vec::with_capacity(512),
             reused: false,
         }
     }
@@ -112,12 +110,10 @@ impl Wire {
 /// Why an exchange with a backend failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ExchangeError {
-    /// The connection broke before any byte of a response arrived.
-    #[error("the connection closed before any response byte (reused connection: {reused})")]
-    Broken {
-        /// See [`Wire::reused`].
-        reused: bool,
-    },
+    /// The connection broke before any byte of a response arrived (on a
+    /// [`Wire::reused`] connection: most likely closed while idle).
+    #[error("the connection closed before any response byte")]
+    Broken,
     /// It broke in the middle of the response head.
     #[error("the connection broke in the middle of the response head")]
     Reset,
@@ -157,9 +153,8 @@ pub(crate) enum RequestFraming {
 }
 
 /// Writes the request and reads the response head. The caller bounds it
-/// with the response-header timeout.
-/// `head` is the request head from [`encode_head`]; `chunked` says whether
-/// it announced a chunked body.
+/// with the response-header timeout. `head` is the request head from
+/// [`encode_head`]; `chunked` says whether it announced a chunked body.
 pub(crate) async fn exchange(
     wire: &mut Wire,
     method: &Method,
@@ -167,29 +162,21 @@ pub(crate) async fn exchange(
     chunked: bool,
     body: UpstreamBody,
 ) -> Result<ResponseHead, ExchangeError> {
-    let reused = wire.reused;
     wire.reused = true;
-    let sent = send_request(wire, head, chunked, body).await;
-    match sent {
-        Ok(()) => {}
+    match send_request(wire, head, chunked, body).await {
+        Ok(()) => read_head(wire, method == Method::HEAD).await,
+        // The backend may have answered (say, 413) and closed before taking
+        // the whole body: its answer is still worth reading.
         Err(SendError::Io) => {
-            // The backend may have answered (say, 413) and closed before
-            // taking the whole body: its answer is still worth reading.
-            return match read_head(wire, method == Method::HEAD).await {
-                Ok(mut head) => {
-                    head.keep_alive = false;
-                    Ok(head)
-                }
-                Err(ExchangeError::Broken { .. }) => Err(ExchangeError::Broken { reused }),
-                Err(e) => Err(e),
-            };
+            read_head(wire, method == Method::HEAD)
+                .await
+                .map(|head| ResponseHead {
+                    keep_alive: false,
+                    ..head
+                })
         }
-        Err(SendError::TooLarge(e)) => return Err(ExchangeError::TooLarge(e)),
-        Err(SendError::ClientBody(e)) => return Err(ExchangeError::ClientBody(e)),
-    }
-    match read_head(wire, method == Method::HEAD).await {
-        Err(ExchangeError::Broken { .. }) => Err(ExchangeError::Broken { reused }),
-        other => other,
+        Err(SendError::TooLarge(e)) => Err(ExchangeError::TooLarge(e)),
+        Err(SendError::ClientBody(e)) => Err(ExchangeError::ClientBody(e)),
     }
 }
 
@@ -217,13 +204,8 @@ async fn send_request(
         UpstreamBody::Full(data) => {
             let data = data.take().unwrap_or_default();
             if data.len() <= COALESCE_BODY_BYTES {
-                let mut wbuf = std::mem::take(&mut wire.wbuf);
-                wbuf.clear();
-                wbuf.extend_from_slice(head);
-                wbuf.extend_from_slice(&data);
-                let written = wire.io.write_all(&wbuf).await.map_err(|_| SendError::Io);
-                wire.wbuf = wbuf;
-                written
+                let whole = [head, &data[..]].concat();
+                wire.io.write_all(&whole).await.map_err(|_| SendError::Io)
             } else {
                 wire.io.write_all(head).await.map_err(|_| SendError::Io)?;
                 wire.io.write_all(&data).await.map_err(|_| SendError::Io)
@@ -233,10 +215,7 @@ async fn send_request(
             wire.io.write_all(head).await.map_err(|_| SendError::Io)?;
             // Boxed: streamed bodies are the rare case, and inline its
             // future would enlarge every request's.
-            let mut scratch = std::mem::take(&mut wire.wbuf);
-            let sent = Box::pin(send_streamed(wire, &mut body, chunked, &mut scratch)).await;
-            wire.wbuf = scratch;
-            sent
+            Box::pin(send_streamed(wire, &mut body, chunked)).await
         }
     }
 }
@@ -245,8 +224,9 @@ async fn send_streamed(
     wire: &mut Wire,
     body: &mut UpstreamBody,
     chunked: bool,
-    scratch: &mut Vec<u8>,
 ) -> Result<(), SendError> {
+    // Chunk-size lines and the trailer section are built here.
+    let mut scratch = Vec::new();
     loop {
         let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
         match frame {
@@ -261,7 +241,7 @@ async fn send_streamed(
                         scratch.clear();
                         let _ = write!(scratch, "{:x}\r\n", data.len());
                         wire.io
-                            .write_all(scratch)
+                            .write_all(&scratch)
                             .await
                             .map_err(|_| SendError::Io)?;
                         wire.io.write_all(&data).await.map_err(|_| SendError::Io)?;
@@ -278,10 +258,10 @@ async fn send_streamed(
                         scratch.clear();
                         scratch.extend_from_slice(b"0\r\n");
                         for (name, value) in &trailers {
-                            push_field(scratch, name, value);
+                            push_field(&mut scratch, name, value);
                         }
                         scratch.extend_from_slice(b"\r\n");
-                        return wire.io.write_all(scratch).await.map_err(|_| SendError::Io);
+                        return wire.io.write_all(&scratch).await.map_err(|_| SendError::Io);
                     }
                 }
             },
@@ -355,7 +335,7 @@ async fn read_head(wire: &mut Wire, head_request: bool) -> Result<ResponseHead, 
             }
         }
         match wire.fill().await {
-            Ok(0) | Err(_) if !got_bytes => return Err(ExchangeError::Broken { reused: false }),
+            Ok(0) | Err(_) if !got_bytes => return Err(ExchangeError::Broken),
             Ok(0) | Err(_) => return Err(ExchangeError::Reset),
             Ok(_) => got_bytes = true,
         }
@@ -548,7 +528,7 @@ enum BodyState {
 /// ends cleanly, [`ResponseBody::take_reusable`] hands the connection back
 /// for the pool.
 pub(crate) struct ResponseBody {
-    wire: Option<Wire>,
+    conn: Option<Conn>,
     state: BodyState,
     keep_alive: bool,
 }
@@ -558,7 +538,7 @@ pub(crate) struct ResponseBody {
 pub(crate) struct UpstreamBodyError(&'static str);
 
 impl ResponseBody {
-    pub(crate) fn new(wire: Wire, framing: Framing, keep_alive: bool) -> Self {
+    pub(crate) fn new(conn: Conn, framing: Framing, keep_alive: bool) -> Self {
         let state = match framing {
             Framing::Empty | Framing::Upgrade | Framing::Length(0) => BodyState::Done,
             Framing::Length(n) => BodyState::Length(n),
@@ -566,7 +546,7 @@ impl ResponseBody {
             Framing::Close => BodyState::UntilClose,
         };
         ResponseBody {
-            wire: Some(wire),
+            conn: Some(conn),
             state,
             keep_alive,
         }
@@ -574,11 +554,11 @@ impl ResponseBody {
 
     /// The connection, when the body was read to its end and nothing about
     /// it forbids another request.
-    pub(crate) fn take_reusable(&mut self) -> Option<Wire> {
+    pub(crate) fn take_reusable(&mut self) -> Option<Conn> {
         if !self.keep_alive || !matches!(self.state, BodyState::Done) {
             return None;
         }
-        self.wire.take().filter(|w| w.rbuf.is_empty())
+        self.conn.take().filter(|c| c.wire.rbuf.is_empty())
     }
 
     pub(crate) fn ended(&self) -> bool {
@@ -588,7 +568,7 @@ impl ResponseBody {
     fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.state = BodyState::Done;
         self.keep_alive = false;
-        self.wire = None;
+        self.conn = None;
         Poll::Ready(Some(Err(Box::new(UpstreamBodyError(why)))))
     }
 }
@@ -607,7 +587,7 @@ impl Body for ResponseBody {
             if let BodyState::Done = state {
                 return Poll::Ready(None);
             }
-            let Some(wire) = this.wire.as_mut() else {
+            let Some(wire) = this.conn.as_mut().map(|c| &mut c.wire) else {
                 return Poll::Ready(None);
             };
             let buf = &mut wire.rbuf;
@@ -688,7 +668,7 @@ impl Body for ResponseBody {
                 Ok(0) => {
                     if let BodyState::UntilClose = this.state {
                         this.state = BodyState::Done;
-                        this.wire = None;
+                        this.conn = None;
                         return Poll::Ready(None);
                     }
                     return this.fail("backend closed the connection before the body ended");
