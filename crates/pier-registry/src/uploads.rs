@@ -241,17 +241,15 @@ impl Inner {
             }
         }
         if write_error.is_none() {
-            if let Err(e) = sink.flush().await {
-                write_error = Some(e);
+            match sink.flush().await {
+                Ok(()) => state.hasher = sink.as_mut().take_hasher(),
+                Err(e) => write_error = Some(e),
             }
-        }
-        if write_error.is_none() {
-            state.hasher = sink.as_mut().take_hasher();
         }
         drop(sink);
         if let Some(e) = write_error {
-            // Memory and disk may now disagree: trust the file, forget the hasher.
-            state.hasher = None;
+            // Memory and disk may now disagree: trust the file; the hasher
+            // stays with the failed sink (state.hasher is None).
             if let Ok(Some(record)) = self.store.upload_record(&session.id).await {
                 state.size = record.size;
                 session.size.store(state.size, Ordering::Release);

@@ -9,15 +9,14 @@
 //! Every publish is write → fsync → rename → fsync(directory), so a crash
 //! leaves either no blob or a complete one under its digest.
 
-use std::io::{self, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::os::unix::fs::OpenOptionsExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
 use super::sink::{UploadFile, UploadFileSink};
@@ -158,32 +157,29 @@ impl BlobStore for FsBlobStore {
     ) -> BoxFuture<'a, Result<Option<BlobRead>, StorageError>> {
         Box::pin(async move {
             let path = self.blob_path(digest);
-            let err = |e| StorageError::io(path.display(), e);
-            let opened = blocking(path.display().to_string(), {
-                let path = path.clone();
-                move || {
-                    let Some(file) = not_found_to_none(std::fs::File::open(&path))? else {
-                        return Ok(None);
-                    };
-                    let (offset, len) = range.map_or((0, 0), |r| (r.start, r.len()));
-                    read_ahead(&file, offset, len);
-                    Ok(Some(file))
+            // Open, hint and seek in one trip to the blocking pool.
+            let opened = blocking(path.display().to_string(), move || {
+                let Some(mut file) = not_found_to_none(std::fs::File::open(&path))? else {
+                    return Ok(None);
+                };
+                let (offset, len) = range.map_or((0, 0), |r| (r.start, r.len()));
+                read_ahead(&file, offset, len);
+                if range.is_some() {
+                    file.seek(SeekFrom::Start(offset))?;
                 }
+                Ok(Some(file))
             })
             .await?;
             let Some(file) = opened else {
                 return Ok(None);
             };
-            let mut file = tokio::fs::File::from_std(file);
+            let file = tokio::fs::File::from_std(file);
             let stream: ByteStream = match range {
                 None => Box::pin(ReaderStream::with_capacity(file, READ_CHUNK_BYTES)),
-                Some(r) => {
-                    file.seek(SeekFrom::Start(r.start)).await.map_err(err)?;
-                    Box::pin(ReaderStream::with_capacity(
-                        file.take(r.len()),
-                        READ_CHUNK_BYTES,
-                    ))
-                }
+                Some(r) => Box::pin(ReaderStream::with_capacity(
+                    file.take(r.len()),
+                    READ_CHUNK_BYTES,
+                )),
             };
             Ok(Some(BlobRead { stream }))
         })
@@ -344,28 +340,13 @@ impl BlobStore for FsBlobStore {
             let (data, _) = self.upload_paths(id)?;
             let path = data.display().to_string();
             let opened = blocking(path, move || {
-                let Some(buffered) =
-                    not_found_to_none(std::fs::OpenOptions::new().write(true).open(&data))?
-                else {
+                let Some(file) = not_found_to_none(UploadFile::open(&data))? else {
                     return Ok(None);
                 };
-                if buffered.metadata()?.len() != offset {
-                    buffered.set_len(offset)?;
+                if file.buffered.metadata()?.len() != offset {
+                    file.buffered.set_len(offset)?;
                 }
-                // The sink writes most bytes through this one (see sink.rs);
-                // a filesystem without direct I/O just gets buffered writes.
-                let direct = match std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(&data)
-                {
-                    Ok(f) => Some(f),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "no direct I/O for uploads here");
-                        None
-                    }
-                };
-                Ok(Some(UploadFile { buffered, direct }))
+                Ok(Some(file))
             })
             .await?;
             let Some(file) = opened else {

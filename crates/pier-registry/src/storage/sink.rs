@@ -32,11 +32,12 @@
 //! Durability is unchanged either way: a direct write may still sit in the
 //! device's volatile cache, and only the commit's fsync promises anything.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -58,6 +59,27 @@ pub(super) struct UploadFile {
     pub buffered: File,
     /// The same file opened with `O_DIRECT`, if the filesystem allows it.
     pub direct: Option<File>,
+}
+
+impl UploadFile {
+    /// Opens an existing upload file for writing. Two opens, not a `dup`:
+    /// `O_DIRECT` is a flag of the open file, which a duplicate would share.
+    pub(super) fn open(path: &Path) -> io::Result<UploadFile> {
+        let buffered = OpenOptions::new().write(true).open(path)?;
+        // A filesystem without direct I/O just gets buffered writes.
+        let direct = match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::debug!(error = %e, "no direct I/O for uploads here");
+                None
+            }
+        };
+        Ok(UploadFile { buffered, direct })
+    }
 }
 
 /// A fixed-capacity byte buffer whose first byte is `DIRECT_ALIGN`-aligned.
@@ -132,9 +154,8 @@ pub(super) struct UploadFileSink {
     /// or done: writes are positional and strictly in order).
     buf_pos: u64,
     started_writeback_to: u64,
-    /// Bytes that went out with direct I/O so far (for the log and tests).
+    /// Bytes that went out with direct I/O so far (for the tests).
     direct_bytes: u64,
-    error: Option<io::Error>,
 }
 
 impl UploadFileSink {
@@ -158,7 +179,6 @@ impl UploadFileSink {
             buf_pos: offset,
             started_writeback_to: offset,
             direct_bytes: 0,
-            error: None,
         }
     }
 
@@ -177,10 +197,6 @@ impl UploadFileSink {
 
     /// Waits for the write in flight, if any; leaves the state Idle.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Some(e) = self.error.take() {
-            self.state = State::Failed;
-            return Poll::Ready(Err(e));
-        }
         match &mut self.state {
             State::Idle { .. } => Poll::Ready(Ok(())),
             State::Failed => {
@@ -365,7 +381,6 @@ impl AsyncWrite for UploadFileSink {
 mod tests {
     use super::*;
     use crate::digest::{Algorithm, Digest};
-    use std::os::unix::fs::OpenOptionsExt;
     use tokio::io::AsyncWriteExt;
 
     fn pattern(len: u32) -> Vec<u8> {
@@ -418,18 +433,9 @@ mod tests {
         let path = dir.path().join("f");
         let head = pattern(5000);
         std::fs::write(&path, &head).unwrap();
-        let open = || std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        let direct = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .ok();
-        let have_direct = direct.is_some();
+        let file = UploadFile::open(&path).unwrap();
+        let have_direct = file.direct.is_some();
         let data: Vec<u8> = pattern(9_000_001).into_iter().rev().collect();
-        let file = UploadFile {
-            buffered: open(),
-            direct,
-        };
         let capacity = 256 * 1024;
         let direct_bytes = write_through(file, head.len() as u64, capacity, &data).await;
         let written = std::fs::read(&path).unwrap();
