@@ -109,7 +109,7 @@ async fn register_read_back_and_deregister() {
             let c = c.clone();
             let url = s.url("/v1/health/service/web?passing=1");
             async move {
-                let v: Vec<Value> = c.get(url).send().await.ok()?.json().await.ok()?;
+                let v: Vec<Value> = common::get_json(&c, url).await?;
                 (v.len() == 1).then_some(v)
             }
         })

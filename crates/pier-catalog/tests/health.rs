@@ -11,14 +11,7 @@ use pier_catalog::{Agent, AgentConfig};
 use serde_json::{json, Value};
 
 async fn check_of(c: &reqwest::Client, s: &TestServer, id: &str) -> Option<Value> {
-    let checks: Value = c
-        .get(s.url("/v1/agent/checks"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
+    let checks: Value = common::get_json(c, s.url("/v1/agent/checks")).await?;
     checks.get(id).cloned()
 }
 
@@ -173,14 +166,7 @@ async fn tcp_ttl_script_and_deregister_after() {
     .await;
     let started = Instant::now();
     common::eventually(Duration::from_secs(10), "gone-1 deregistered", || async {
-        let v: Vec<Value> = c
-            .get(s.url("/v1/catalog/service/gone"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v: Vec<Value> = common::get_json(&c, s.url("/v1/catalog/service/gone")).await?;
         v.is_empty().then_some(())
     })
     .await;
@@ -303,14 +289,7 @@ async fn silent_node_goes_critical_within_3s_and_recovers() {
     cfg.heartbeat_interval_ms = 300;
     let _agent: Agent = s.on(async move { Agent::start(catalog, cfg) }).await;
     common::eventually(Duration::from_secs(5), "api-1 passing again", || async {
-        let v: Vec<Value> = c
-            .get(s.url("/v1/health/service/api?passing"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v: Vec<Value> = common::get_json(&c, s.url("/v1/health/service/api?passing")).await?;
         (v.len() == 1).then_some(())
     })
     .await;

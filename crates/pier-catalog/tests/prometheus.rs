@@ -13,10 +13,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Options, TestServer};
+use common::{Options, Scraper, TestServer};
 use serde_json::{json, Value};
 
 /// Addresses of the job's active targets.
@@ -72,33 +72,32 @@ async fn prometheus_consul_sd_discovers_and_drops_targets() {
     common::register_web(&c, &s, &[("web-1", 19001), ("web-2", 19002)]).await;
 
     let prom_port = pier_testkit::net::free_port();
+    let mut cmd = Command::new("prometheus");
     let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        common::consul_sd_scrape_config(s.http_addr.port(), "        refresh_interval: 1s\n"),
-    )
-    .unwrap();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
+    cmd.arg(format!("--config.file={}", config.display()))
         .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
         .arg(format!(
             "--storage.tsdb.path={}",
             dir.path().join("tsdb").display()
         ))
-        .arg("--log.level=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("prometheus is required (apt-get install prometheus)");
-    let _guard = common::KillOnDrop(child);
-    let prom = format!("http://127.0.0.1:{prom_port}");
-    pier_testkit::process::wait_http_ok(&format!("{prom}/-/ready"), Duration::from_secs(30)).await;
+        .arg("--log.level=warn");
+    let scraper = Scraper::start(
+        &s,
+        &config,
+        "        refresh_interval: 1s\n",
+        cmd,
+        "prometheus",
+        prom_port,
+        "/-/ready",
+    )
+    .await;
+    let prom = &scraper.base;
 
     let found = common::eventually(
         Duration::from_secs(30),
         "Prometheus discovers both instances",
         || async {
-            let t = targets(&c, &prom).await?;
+            let t = targets(&c, prom).await?;
             (t.len() == 2).then_some(t)
         },
     )
@@ -106,17 +105,12 @@ async fn prometheus_consul_sd_discovers_and_drops_targets() {
     assert_eq!(found, vec!["127.0.0.1:19001", "127.0.0.1:19002"]);
 
     let deregistered = Instant::now();
-    let r = c
-        .put(s.url("/v1/agent/service/deregister/web-2"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    common::deregister(&c, &s, "web-2").await;
     let left = common::eventually(
         Duration::from_secs(30),
         "Prometheus drops web-2",
         || async {
-            let t = targets(&c, &prom).await?;
+            let t = targets(&c, prom).await?;
             (t.len() == 1).then_some(t)
         },
     )
@@ -265,12 +259,7 @@ async fn prometheus_consul_sd_protocol_replay() {
         "watches must block"
     );
     let deregistered = Instant::now();
-    let r = c
-        .put(s.url("/v1/agent/service/deregister/web-2"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    common::deregister(&c, &s, "web-2").await;
     let (woke, (new_index, entries)) = health_watch.await.unwrap();
     assert!(new_index > health_index);
     assert_eq!(targets_of(&entries), vec!["127.0.0.1:19001"]);

@@ -8,10 +8,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Options, TestServer};
+use common::{Options, Scraper, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn victoriametrics_consul_sd_discovers_scrapes_and_drops_targets() {
@@ -25,14 +25,9 @@ async fn victoriametrics_consul_sd_discovers_scrapes_and_drops_targets() {
     let dead_port = pier_testkit::net::free_port();
     common::register_web(&c, &s, &[("web-1", vm_port), ("web-2", dead_port)]).await;
 
+    let mut cmd = Command::new("victoria-metrics");
     let config = dir.path().join("scrape.yml");
-    std::fs::write(
-        &config,
-        common::consul_sd_scrape_config(s.http_addr.port(), ""),
-    )
-    .unwrap();
-    let child = Command::new("victoria-metrics")
-        .arg(format!("-promscrape.config={}", config.display()))
+    cmd.arg(format!("-promscrape.config={}", config.display()))
         .arg(format!("-httpListenAddr=127.0.0.1:{vm_port}"))
         .arg(format!(
             "-storageDataPath={}",
@@ -40,14 +35,10 @@ async fn victoriametrics_consul_sd_discovers_scrapes_and_drops_targets() {
         ))
         // How often discovered targets are applied to the scraper (default 30 s).
         .arg("-promscrape.consulSDCheckInterval=1s")
-        .arg("-loggerLevel=ERROR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("victoria-metrics is required (apt-get install victoria-metrics)");
-    let _guard = common::KillOnDrop(child);
-    let vm = format!("http://127.0.0.1:{vm_port}");
-    pier_testkit::process::wait_http_ok(&format!("{vm}/health"), Duration::from_secs(30)).await;
+        .arg("-loggerLevel=ERROR");
+    let scraper =
+        Scraper::start(&s, &config, "", cmd, "victoria-metrics", vm_port, "/health").await;
+    let vm = &scraper.base;
 
     let live = format!("127.0.0.1:{vm_port}");
     let dead = format!("127.0.0.1:{dead_port}");
@@ -55,7 +46,7 @@ async fn victoriametrics_consul_sd_discovers_scrapes_and_drops_targets() {
         Duration::from_secs(30),
         "both instances discovered, the live one scraped",
         || async {
-            let t = common::consul_sd_targets(&c, &vm).await?;
+            let t = common::consul_sd_targets(&c, vm).await?;
             let live_up = t.iter().any(|(a, h)| *a == live && h == "up");
             (t.len() == 2 && live_up).then_some(t)
         },
@@ -67,17 +58,12 @@ async fn victoriametrics_consul_sd_discovers_scrapes_and_drops_targets() {
     assert_eq!(addresses, expected);
 
     let deregistered = Instant::now();
-    let r = c
-        .put(s.url("/v1/agent/service/deregister/web-2"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    common::deregister(&c, &s, "web-2").await;
     let left = common::eventually(
         Duration::from_secs(30),
         "VictoriaMetrics drops web-2",
         || async {
-            let t = common::consul_sd_targets(&c, &vm).await?;
+            let t = common::consul_sd_targets(&c, vm).await?;
             (t.len() == 1).then_some(t)
         },
     )

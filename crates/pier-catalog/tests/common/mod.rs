@@ -261,6 +261,15 @@ pub fn header_u64(resp: &reqwest::Response, name: &str) -> u64 {
         .unwrap()
 }
 
+/// GET `url` and decode its JSON body; `None` when the request or the decoding fails, so a
+/// poll inside `eventually` simply tries again.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    c: &reqwest::Client,
+    url: String,
+) -> Option<T> {
+    c.get(url).send().await.ok()?.json().await.ok()
+}
+
 /// Kills a child process (a scraper under test) when the test ends, also on failure.
 pub struct KillOnDrop(pub std::process::Child);
 
@@ -288,6 +297,65 @@ pub async fn register_web(c: &reqwest::Client, s: &TestServer, instances: &[(&st
     }
 }
 
+/// Deregisters instance `id` through the agent API, expecting 200.
+pub async fn deregister(c: &reqwest::Client, s: &TestServer, id: &str) {
+    let r = c
+        .put(s.url(&format!("/v1/agent/service/deregister/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// A Prometheus-compatible scraper under test (killed when dropped) at `base`.
+pub struct Scraper {
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    _process: KillOnDrop,
+}
+
+impl Scraper {
+    /// Writes the `consul_sd_scrape_config` for the catalog of `s` (with `sd_extra`) to
+    /// `config`, runs `cmd` (which reads `config` and listens on 127.0.0.1:`port`; it comes from
+    /// the Debian package `package`) and waits until `ready_path` answers 200.
+    pub async fn start(
+        s: &TestServer,
+        config: &Path,
+        sd_extra: &str,
+        mut cmd: std::process::Command,
+        package: &str,
+        port: u16,
+        ready_path: &str,
+    ) -> Scraper {
+        std::fs::write(
+            config,
+            consul_sd_scrape_config(s.http_addr.port(), sd_extra),
+        )
+        .unwrap();
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} is required (apt-get install {package}): {e}",
+                    cmd.get_program().to_string_lossy()
+                )
+            });
+        let process = KillOnDrop(child);
+        let base = format!("http://127.0.0.1:{port}");
+        pier_testkit::process::wait_http_ok(
+            &format!("{base}{ready_path}"),
+            Duration::from_secs(30),
+        )
+        .await;
+        Scraper {
+            base,
+            _process: process,
+        }
+    }
+}
+
 /// A Prometheus scrape configuration: job `pier-consul-sd` discovering `web` through the
 /// Consul API on `catalog_port`; `sd_extra` adds lines to the `consul_sd_configs` entry.
 pub fn consul_sd_scrape_config(catalog_port: u16, sd_extra: &str) -> String {
@@ -301,14 +369,7 @@ pub fn consul_sd_scrape_config(catalog_port: u16, sd_extra: &str) -> String {
 /// Active targets of job `pier-consul-sd` in a Prometheus-style `/api/v1/targets` answer at
 /// `base`: (discovered address, health), sorted.
 pub async fn consul_sd_targets(c: &reqwest::Client, base: &str) -> Option<Vec<(String, String)>> {
-    let v: serde_json::Value = c
-        .get(format!("{base}/api/v1/targets"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
+    let v: serde_json::Value = get_json(c, format!("{base}/api/v1/targets")).await?;
     let mut out: Vec<(String, String)> = v["data"]["activeTargets"]
         .as_array()?
         .iter()

@@ -29,18 +29,14 @@ impl TestRepo {
     }
 
     pub fn git(&self, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(self.path())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .output()
-            .expect("the git CLI must be installed for these tests");
-        assert!(
-            out.status.success(),
-            "git {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            Command::new("git")
+                .args(args)
+                .current_dir(self.path())
+                .env("GIT_CONFIG_NOSYSTEM", "1"),
+            "the git CLI must be installed for these tests",
         );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        String::from_utf8(out).unwrap().trim().to_string()
     }
 
     pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
@@ -72,6 +68,20 @@ impl TestRepo {
         assert!(status.success(), "git clone --bare");
         bare
     }
+}
+
+/// Runs `cmd` to completion and returns its stdout; panics with `missing` when it cannot be
+/// started and with its arguments and stderr when it fails.
+fn run_ok(cmd: &mut Command, missing: &str) -> Vec<u8> {
+    let out = cmd.output().expect(missing);
+    let args: Vec<_> = cmd.get_args().collect();
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}",
+        cmd.get_program().to_string_lossy(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// Serves every repository under `root` over smart HTTP at `http://127.0.0.1:PORT/<name>`
@@ -135,15 +145,9 @@ impl TestPki {
     pub fn new() -> TestPki {
         let dir = tempfile::tempdir().unwrap();
         let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir.path())
-                .output()
-                .expect("openssl must be installed (Debian package openssl)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
+            run_ok(
+                Command::new("openssl").args(args).current_dir(dir.path()),
+                "openssl must be installed (Debian package openssl)",
             );
         };
         run(&[
