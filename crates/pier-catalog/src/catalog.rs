@@ -113,7 +113,8 @@ impl Heartbeats {
 pub(crate) struct HealthMemo {
     keys: Vec<WatchKey>,
     index: u64,
-    pub(crate) value: Arc<Vec<InstanceHealth>>,
+    /// Shared through the memo's own `Arc`.
+    pub(crate) instances: Vec<InstanceHealth>,
     /// The HTTP answer's JSON, encoded once by the first watcher that sends it: the same query
     /// at the same index always has the same answer.
     pub(crate) encoded: OnceLock<Bytes>,
@@ -786,7 +787,7 @@ impl Catalog {
         let shared = self.health_service_shared(service, filter, opts).await?;
         Ok(Versioned {
             index: shared.index,
-            value: shared.value.value.as_ref().clone(),
+            value: shared.value.instances.clone(),
         })
     }
 
@@ -816,7 +817,7 @@ impl Catalog {
             let entry = Arc::new(HealthMemo {
                 keys: keys.clone(),
                 index: v.index_of(&keys),
-                value: Arc::new(list),
+                instances: list,
                 encoded: OnceLock::new(),
             });
             let mut table = self.health_memo.lock().unwrap_or_else(|p| p.into_inner());

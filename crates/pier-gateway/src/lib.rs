@@ -35,6 +35,9 @@
 //! # Limits of this version
 //! - Backends are spoken to in HTTP/1.1 only; clients may use HTTP/1.1 or
 //!   h2c. No TLS on either side.
+//! - A client that goes away does not cancel its request to the backend
+//!   (HTTP/1 connections are served with half-close, HAProxy's default too);
+//!   the answer is dropped when it arrives.
 //! - WebSockets over HTTP/2 (extended CONNECT) are not supported; CONNECT is
 //!   refused with 405.
 //! - When a request carries both `Transfer-Encoding: chunked` and

@@ -81,8 +81,9 @@ impl Load {
 }
 
 /// Every sample that is not a 2xx answer, described.
-fn failures(samples: &[Sample], origin: Instant) -> Vec<String> {
-    samples
+/// Asserts every sample got a 2xx; `during` names the phase in the failure message.
+fn assert_none_failed(samples: &[Sample], origin: Instant, during: &str) {
+    let failed: Vec<String> = samples
         .iter()
         .filter_map(|s| match &s.outcome {
             Ok((status, _)) if (200..300).contains(status) => None,
@@ -92,7 +93,14 @@ fn failures(samples: &[Sample], origin: Instant) -> Vec<String> {
             )),
             Err(e) => Some(format!("at {:?}: {e}", s.sent.duration_since(origin))),
         })
-        .collect()
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed {during}, first: {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(5)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,14 +145,7 @@ async fn rolling_deploy_under_load_answers_every_request_and_switches_version() 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let samples = load.finish().await;
 
-    let failed = failures(&samples, origin);
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed during the rolling deploy, first: {:?}",
-        failed.len(),
-        samples.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_none_failed(&samples, origin, "during the rolling deploy");
     let version = |s: &Sample| match &s.outcome {
         Ok((_, body)) if body.contains("roll:v1") => 1,
         Ok((_, body)) if body.contains("roll:v2") => 2,
@@ -266,14 +267,7 @@ async fn gateway_prefers_its_zone_and_fails_over_without_failed_gets() {
     let samples = load.finish().await;
     let zones_after = zone_by_hostname(&c, "zoned").await;
 
-    let failed = failures(&samples, origin);
-    assert!(
-        failed.is_empty(),
-        "{} of {} GETs failed while zone a went away, first: {:?}",
-        failed.len(),
-        samples.len(),
-        &failed[..failed.len().min(5)]
-    );
+    assert_none_failed(&samples, origin, "while zone a went away");
     // Every answer after the containers were gone came from zone b.
     let mut b_hosts = BTreeSet::new();
     let after_kill: Vec<&Sample> = samples

@@ -119,7 +119,7 @@ pub async fn health_service(
             let dc = s.catalog.datacenter().to_string();
             let out: Vec<HealthServiceOut> = res
                 .value
-                .value
+                .instances
                 .iter()
                 .map(|h| HealthServiceOut {
                     node: NodeOut::from(&h.node),
