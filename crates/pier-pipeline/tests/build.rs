@@ -4,12 +4,13 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 
-use common::{busybox_site_repo, unique_name, TestRegistry};
+use common::{unique_name, TestRegistry};
 use pier_pipeline::build::{build_image, push_image, BuildError, BuildSpec};
 use pier_pipeline::definition::RepoSource;
 use pier_pipeline::git::GitRepos;
 use pier_pipeline::log_sink::{collect, LogSink};
 use pier_testkit::docker::{docker_available, ImageGuard};
+use pier_testkit::git::busybox_site_repo;
 
 fn docker() -> bollard::Docker {
     docker_available();

@@ -4,9 +4,10 @@ mod common;
 
 use std::io::Read;
 
-use common::{GitHttpServer, TestRepo};
+use common::GitHttpServer;
 use pier_pipeline::definition::{parse_repo, RepoSource};
 use pier_pipeline::git::{GitError, GitRepos};
+use pier_testkit::git::TestRepo;
 
 fn sample_repo() -> TestRepo {
     let r = TestRepo::new();

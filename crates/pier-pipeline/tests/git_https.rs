@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{GitHttpServer, TestPki, TestRepo};
+use common::{GitHttpServer, TestPki};
 use pier_pipeline::definition::RepoSource;
 use pier_pipeline::git::{GitError, GitRepos};
+use pier_testkit::git::TestRepo;
 
 #[test]
 fn https_remote_is_fetched_when_its_ca_is_trusted_and_refused_when_not() {

@@ -3,6 +3,7 @@
 
 pub mod dev;
 pub mod docker;
+pub mod git;
 pub mod images;
 pub mod net;
 pub mod process;

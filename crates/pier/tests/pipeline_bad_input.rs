@@ -2,12 +2,13 @@
 
 mod pipeline_common;
 
-use pipeline_common::{Dev, Repo};
+use pier_testkit::git::busybox_site_repo;
+use pipeline_common::Dev;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_pipelines_are_refused_with_the_reason() {
     let dev = Dev::start(&["--no-agent"]).await;
-    let good = Repo::busybox_site("web", "v1\n");
+    let good = busybox_site_repo("web", "v1\n");
     let good_path = good.path().to_str().unwrap().to_string();
 
     let refused = |args: &[&str], expect: &str| {
@@ -99,7 +100,7 @@ async fn bad_pipelines_are_refused_with_the_reason() {
     );
 
     // An invalid service file, with the line of the mistake.
-    let bad = Repo::busybox_site("web", "v1\n");
+    let bad = busybox_site_repo("web", "v1\n");
     bad.write("pier.toml", "name = \"web\"\nport = 99999\n");
     bad.commit("bad port");
     refused(
@@ -168,7 +169,7 @@ async fn bad_pipelines_are_refused_with_the_reason() {
     assert_eq!(dev.pier_ok(&["pipeline", "ls", "--json"]).trim(), "[]");
 
     // A repository that goes away after creation: the poll error is shown, then cleared.
-    let moving = Repo::busybox_site("moving", "v1\n");
+    let moving = busybox_site_repo("moving", "v1\n");
     let path = moving.path().to_path_buf();
     dev.pier_ok(&[
         "pipeline",

@@ -5,12 +5,13 @@ mod pipeline_common;
 
 use std::time::{Duration, Instant};
 
-use pipeline_common::{Dev, Repo};
+use pier_testkit::git::busybox_site_repo;
+use pipeline_common::Dev;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_build_the_newest_and_crashes_leave_interrupted_runs() {
     let mut dev = Dev::start(&[]).await;
-    let repo = Repo::busybox_site("burst", "v1\n");
+    let repo = busybox_site_repo("burst", "v1\n");
     dev.pier_ok(&[
         "pipeline",
         "create",

@@ -8,12 +8,13 @@ mod pipeline_common;
 
 use std::time::{Duration, Instant};
 
-use pipeline_common::{json_of, service_file, Dev, Repo};
+use pier_testkit::git::{busybox_service_file, busybox_site_repo};
+use pipeline_common::{json_of, Dev};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_are_built_deployed_and_rolled_back() {
     let dev = Dev::start(&[]).await;
-    let repo = Repo::busybox_site("site", "v1\n");
+    let repo = busybox_site_repo("site", "v1\n");
 
     // Create: the branch head is built and deployed at once.
     let created = json_of(&dev.pier_ok(&[
@@ -66,7 +67,10 @@ async fn commits_are_built_deployed_and_rolled_back() {
 
     // A commit whose health check fails: rolled back, v2 keeps serving throughout.
     repo.write("www/index.html", "v3\n");
-    repo.write("pier.toml", &service_file("site", "/no-such-page.html"));
+    repo.write(
+        "pier.toml",
+        busybox_service_file("site", "/no-such-page.html"),
+    );
     repo.commit("v3 with a failing health check");
     dev.wait_run_exists("site", 3, Duration::from_secs(20))
         .await;
@@ -117,7 +121,7 @@ async fn commits_are_built_deployed_and_rolled_back() {
     // A broken Dockerfile: failed at build with the builder's error; nothing pushed or deployed.
     let tags_before = dev.registry_tags("site").await;
     let service_before = json_of(&dev.pier_ok(&["service", "inspect", "site", "--json"]));
-    repo.write("pier.toml", &service_file("site", "/index.html"));
+    repo.write("pier.toml", busybox_service_file("site", "/index.html"));
     repo.write("Dockerfile", "FROM scratch\nCOPY missing-file /x\n");
     repo.commit("broken Dockerfile");
     dev.wait_run_exists("site", 4, Duration::from_secs(20))

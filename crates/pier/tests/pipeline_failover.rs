@@ -6,9 +6,10 @@ mod pipeline_common;
 use std::time::{Duration, Instant};
 
 use pier_testkit::docker::RunGuard;
+use pier_testkit::git::busybox_site_repo;
 use pier_testkit::net::free_port;
 use pier_testkit::process::{wait_http_ok, PierProcess};
-use pipeline_common::{RegistryImages, Repo, BIN};
+use pipeline_common::{RegistryImages, BIN};
 use serde_json::Value;
 
 struct Server {
@@ -156,7 +157,7 @@ async fn a_leader_failover_loses_no_run() {
         dir.path(),
     );
 
-    let repo = Repo::busybox_site("web", "v1\n");
+    let repo = busybox_site_repo("web", "v1\n");
     let repo_path = repo.path().to_str().unwrap().to_string();
     let out = pier(
         &addr,

@@ -5,7 +5,8 @@ mod pipeline_common;
 
 use std::time::Duration;
 
-use pipeline_common::{json_of, Dev, Repo};
+use pier_testkit::git::busybox_site_repo;
+use pipeline_common::{json_of, Dev};
 
 fn hmac_sha256_hex(secret: &str, body: &str) -> String {
     // Python's hmac module is the sender's side here, independent of pier's own HMAC code.
@@ -53,7 +54,7 @@ async fn post_hook(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_signatures_decide_whether_a_run_is_queued() {
     let dev = Dev::start(&[]).await;
-    let repo = Repo::busybox_site("hooked", "v1\n");
+    let repo = busybox_site_repo("hooked", "v1\n");
     dev.pier_ok(&[
         "pipeline",
         "create",
@@ -111,7 +112,7 @@ async fn webhook_signatures_decide_whether_a_run_is_queued() {
     assert_eq!(dev.runs("hooked").len(), 2);
 
     // A pipeline without a secret refuses webhooks.
-    let plain = Repo::busybox_site("plain", "p\n");
+    let plain = busybox_site_repo("plain", "p\n");
     dev.pier_ok(&[
         "pipeline",
         "create",

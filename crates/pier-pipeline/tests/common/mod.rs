@@ -8,81 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-/// A git work tree in a temp dir, on branch `main`.
-pub struct TestRepo {
-    pub dir: tempfile::TempDir,
-}
-
-impl TestRepo {
-    pub fn new() -> TestRepo {
-        let dir = tempfile::tempdir().unwrap();
-        let r = TestRepo { dir };
-        r.git(&["init", "-q", "-b", "main"]);
-        r.git(&["config", "user.email", "test@pier.invalid"]);
-        r.git(&["config", "user.name", "Pier Test"]);
-        r.git(&["config", "commit.gpgsign", "false"]);
-        r
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    pub fn git(&self, args: &[&str]) -> String {
-        let out = run_ok(
-            Command::new("git")
-                .args(args)
-                .current_dir(self.path())
-                .env("GIT_CONFIG_NOSYSTEM", "1"),
-            "the git CLI must be installed for these tests",
-        );
-        String::from_utf8(out).unwrap().trim().to_string()
-    }
-
-    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
-        let p = self.path().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
-    }
-
-    /// Stages everything and commits; returns the new commit id.
-    pub fn commit(&self, message: &str) -> String {
-        self.git(&["add", "-A"]);
-        self.git(&["commit", "-q", "-m", message]);
-        self.head()
-    }
-
-    pub fn head(&self) -> String {
-        self.git(&["rev-parse", "HEAD"])
-    }
-
-    /// A bare clone at `root/name`, to serve as a forge would; push to it to publish commits.
-    pub fn bare_clone(&self, root: &Path, name: &str) -> PathBuf {
-        let bare = root.join(name);
-        let status = Command::new("git")
-            .args(["clone", "-q", "--bare"])
-            .arg(self.path())
-            .arg(&bare)
-            .status()
-            .unwrap();
-        assert!(status.success(), "git clone --bare");
-        bare
-    }
-}
-
-/// Runs `cmd` to completion and returns its stdout; panics with `missing` when it cannot be
-/// started and with its arguments and stderr when it fails.
-fn run_ok(cmd: &mut Command, missing: &str) -> Vec<u8> {
-    let out = cmd.output().expect(missing);
-    let args: Vec<_> = cmd.get_args().collect();
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed: {}",
-        cmd.get_program().to_string_lossy(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+use pier_testkit::git::run_ok;
 
 /// Serves every repository under `root` over smart HTTP at `http://127.0.0.1:PORT/<name>`
 /// (or `https://localhost:PORT/<name>` when started with TLS).
@@ -393,27 +319,6 @@ impl TestRegistry {
             })
             .unwrap_or_default()
     }
-}
-
-/// A repository holding the busybox httpd example: Dockerfile, www/index.html, pier.toml.
-pub fn busybox_site_repo(name: &str, page: &str) -> TestRepo {
-    let r = TestRepo::new();
-    std::fs::copy(
-        pier_testkit::docker::static_busybox(),
-        r.path().join("busybox"),
-    )
-    .unwrap();
-    r.write(
-        "Dockerfile",
-        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nCMD [\"/bin/busybox\",\"httpd\",\"-f\",\"-p\",\"8080\",\"-h\",\"/www\"]\n",
-    );
-    r.write("www/index.html", page);
-    r.write(
-        "pier.toml",
-        format!("name = \"{name}\"\ncount = 2\nport = 8080\n\n[health]\nhttp = \"/index.html\"\ninterval = \"1s\"\n"),
-    );
-    r.commit("site v1");
-    r
 }
 
 /// A name no other test run uses at the same time (image repositories, services).

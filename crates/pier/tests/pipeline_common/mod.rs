@@ -5,7 +5,6 @@
 //! "Served" means: what the gateway of that `pier dev` answers for `<service>.localhost`.
 #![allow(dead_code)]
 
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -219,74 +218,6 @@ impl Dev {
             })
             .unwrap_or_default()
     }
-}
-
-/// A git work tree on branch `main`, driven with the git CLI.
-pub struct Repo {
-    pub dir: tempfile::TempDir,
-}
-
-impl Repo {
-    /// The busybox httpd site: Dockerfile, www/index.html = `page`, pier.toml for `service`.
-    pub fn busybox_site(service: &str, page: &str) -> Repo {
-        let r = Repo {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        r.git(&["init", "-q", "-b", "main"]);
-        r.git(&["config", "user.email", "test@pier.invalid"]);
-        r.git(&["config", "user.name", "Pier Test"]);
-        r.git(&["config", "commit.gpgsign", "false"]);
-        std::fs::copy(
-            pier_testkit::docker::static_busybox(),
-            r.path().join("busybox"),
-        )
-        .unwrap();
-        r.write(
-            "Dockerfile",
-            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nCMD [\"/bin/busybox\",\"httpd\",\"-f\",\"-p\",\"8080\",\"-h\",\"/www\"]\n",
-        );
-        r.write("www/index.html", page);
-        r.write("pier.toml", &service_file(service, "/index.html"));
-        r.commit("site v1");
-        r
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    pub fn git(&self, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(self.path())
-            .output()
-            .expect("the git CLI must be installed for these tests");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    pub fn write(&self, rel: &str, content: &str) {
-        let p = self.path().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
-    }
-
-    pub fn commit(&self, message: &str) -> String {
-        self.git(&["add", "-A"]);
-        self.git(&["commit", "-q", "-m", message]);
-        self.git(&["rev-parse", "HEAD"])
-    }
-}
-
-/// The service file of the busybox site, checking `health_path`.
-pub fn service_file(service: &str, health_path: &str) -> String {
-    format!(
-        "name = \"{service}\"\ncount = 2\nport = 8080\n\n[health]\nhttp = \"{health_path}\"\ninterval = \"1s\"\n"
-    )
 }
 
 pub fn json_of(out: &str) -> Value {
