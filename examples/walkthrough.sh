@@ -33,9 +33,9 @@ pier() { "$PIER" "$@"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 if [ -n "${FREE_PORTS:-}" ]; then
   HTTP_PORT="$(free_port)"; RAFT_PORT="$(free_port)"; REG_PORT="$(free_port)"; GW_PORT="$(free_port)"
-  DNS_PORT="$(free_port)"
+  DNS_PORT="$(free_port)"; HTTPS_PORT="$(free_port)"
 else
-  HTTP_PORT=8500; RAFT_PORT=8300; REG_PORT=5000; GW_PORT=8080; DNS_PORT=8600
+  HTTP_PORT=8500; RAFT_PORT=8300; REG_PORT=5000; GW_PORT=8080; DNS_PORT=8600; HTTPS_PORT=8443
 fi
 export PIER_ADDR="http://127.0.0.1:$HTTP_PORT"
 REGISTRY="127.0.0.1:$REG_PORT"
@@ -46,6 +46,8 @@ cleanup() {
   set +e
   for pid in ${AGENT_PID:-} ${DEV_PID:-}; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
   docker ps -aq --filter "label=$LABEL" | xargs -r docker rm -f >/dev/null 2>&1
+  # The pier network this run's agent created (a network it found already there stays).
+  docker network ls -q --filter "label=$LABEL" | xargs -r docker network rm >/dev/null 2>&1
   docker images --format '{{.Repository}}:{{.Tag}}' | grep "^$REGISTRY/" | xargs -r docker rmi -f >/dev/null 2>&1
   rm -rf "$WORK"
 }
@@ -55,7 +57,7 @@ trap cleanup EXIT
 step "1. start pier dev (API $PIER_ADDR, registry $REGISTRY, gateway 127.0.0.1:$GW_PORT, agent in zone a)"
 DEV_ARGS=(dev --data-dir "$WORK/data" --http-port "$HTTP_PORT" --raft-port "$RAFT_PORT"
           --registry-port "$REG_PORT" --dns-port "$DNS_PORT" --gateway-port "$GW_PORT"
-          --zone a --container-label "$LABEL")
+          --https-port "$HTTPS_PORT" --zone a --container-label "$LABEL")
 GATEWAY="127.0.0.1:$GW_PORT"
 # "$PIER", not the pier() function: a backgrounded function runs in a subshell, and $! would
 # be that subshell, which cleanup() would kill while pier itself lived on.
@@ -66,7 +68,7 @@ curl -fs "$PIER_ADDR/api/v1/status" >/dev/null 2>&1 || { tail -20 "$WORK/dev.log
 pier status
 
 step "   a second node agent in zone b (as on another machine)"
-"$PIER" agent --server "$PIER_ADDR" --zone b --name node-b --container-label "$LABEL" >"$WORK/agent-b.log" 2>&1 &
+"$PIER" agent --server "$PIER_ADDR" --zone b --name node-b --registry-port 0 --container-label "$LABEL" >"$WORK/agent-b.log" 2>&1 &
 AGENT_PID=$!
 for _ in $(seq 1 100); do [ "$(pier node ls --json | jq length)" -ge 2 ] && break; sleep 0.1; done
 pier node ls

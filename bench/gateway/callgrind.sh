@@ -5,7 +5,9 @@
 # runs wrk for DURATION, dumps, and divides the gateway's instructions by
 # the requests wrk completed (kernel time is not counted).
 #
-# Usage: bench/gateway/callgrind.sh [OUT_PREFIX]   (env: DURATION=10s CONNS=16)
+# Usage: bench/gateway/callgrind.sh [OUT_PREFIX]   (env: DURATION=10s CONNS=16, GATEWAY_ARGS
+# for bench_gateway, e.g. "--access-log /tmp/a.log"; RUST_LOG=pier_gateway::access=info for the
+# access log as tracing events, written to OUT_PREFIX.stdout). Every thread's instructions count.
 # Needs: valgrind, wrk, python3. Leaves OUT_PREFIX.<pid>.1 for callgrind_annotate.
 set -euo pipefail
 
@@ -25,7 +27,8 @@ BP=$(free_port); GP=$(free_port)
 
 "$EX/bench_backend" --listen "127.0.0.1:$BP" & PIDS+=($!)
 valgrind --tool=callgrind --callgrind-out-file="$OUT.%p" \
-    "$EX/bench_gateway" --listen "127.0.0.1:$GP" --backend "127.0.0.1:$BP" --threads 1 2>"$OUT.log" &
+    "$EX/bench_gateway" --listen "127.0.0.1:$GP" --backend "127.0.0.1:$BP" --threads 1 ${GATEWAY_ARGS:-} \
+    >"$OUT.stdout" 2>"$OUT.log" &
 VG=$!; PIDS+=($VG)
 for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$GP") 2>/dev/null && break; sleep 0.1; done
 

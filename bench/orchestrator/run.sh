@@ -30,7 +30,7 @@ ms() { date +%s%3N; }
   --node-down-after 2s >"$WORK/dev.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 100); do curl -sf $ADDR/api/v1/status >/dev/null && break; sleep 0.1; done
 # Called in $(...): the PID goes to a file, since a subshell cannot extend PIDS.
-agent() { "$PIER" agent --server $ADDR --name "$1" --zone "$2" --container-label pier.test=1 \
+agent() { "$PIER" agent --server $ADDR --name "$1" --zone "$2" --registry-port 0 --container-label pier.test=1 \
   --container-label pier.test.run=$RUN >>"$WORK/agent-$1.log" 2>&1 & echo $! >>"$WORK/agent-pids"; echo $!; }
 A_PID=$(agent node-a a); B_PID=$(agent node-b b)
 

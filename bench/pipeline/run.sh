@@ -32,7 +32,7 @@ calc() { awk "BEGIN { printf \"%.3f\", $1 }"; }
 
 WORK="$(mktemp -d)"
 HTTP_PORT="$(free_port)"; RAFT_PORT="$(free_port)"; REG_PORT="$(free_port)"
-GW_PORT="$(free_port)"; DNS_PORT="$(free_port)"
+GW_PORT="$(free_port)"; HTTPS_PORT="$(free_port)"; DNS_PORT="$(free_port)"
 # Read through the gateway of this pier dev unless told otherwise (GATEWAY=catalog: the
 # passing instances themselves).
 GATEWAY="${GATEWAY:-127.0.0.1:$GW_PORT}"
@@ -50,7 +50,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$PIER" dev --data-dir "$WORK/data" --http-port "$HTTP_PORT" --raft-port "$RAFT_PORT" \
-  --registry-port "$REG_PORT" --gateway-port "$GW_PORT" --dns-port "$DNS_PORT" \
+  --registry-port "$REG_PORT" --gateway-port "$GW_PORT" --https-port "$HTTPS_PORT" --dns-port "$DNS_PORT" \
   --container-label pier.test=1 --container-label "$RUN_LABEL" \
   >"$WORK/dev.log" 2>&1 &
 DEV_PID=$!

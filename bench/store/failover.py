@@ -21,7 +21,7 @@ def put(port, key):
 def start(i):
     join = ",".join(f"127.0.0.1:{base + 10 + j}" for j in (1, 2, 3))
     log = open(f"{work}/pier3-{i}.log", "a")
-    p = subprocess.Popen([pier, "server", "--data-dir", f"{work}/pier3-{i}", "--node-name", f"s{i}",
+    p = subprocess.Popen([pier, "server", "--insecure", "--data-dir", f"{work}/pier3-{i}", "--node-name", f"s{i}",
                           "--bind", "127.0.0.1", "--raft-port", str(base + 10 + i), "--http-port", str(base + i),
                           "--bootstrap-expect", "3", "--join", join], stdout=log, stderr=log)
     with open(f"{work}/pier3-{i}.pid", "w") as f:

@@ -44,7 +44,7 @@ start_pier_cluster() { # n base_port
   for i in $(seq 1 "$n"); do join="$join,127.0.0.1:$((base + 10 + i))"; done
   join="${join#,}"
   for i in $(seq 1 "$n"); do
-    "$pier" server --data-dir "$work/pier$n-$i" --node-name "s$i" --bind 127.0.0.1 \
+    "$pier" server --insecure --data-dir "$work/pier$n-$i" --node-name "s$i" --bind 127.0.0.1 \
       --raft-port $((base + 10 + i)) --http-port $((base + i)) --bootstrap-expect "$n" \
       $( [ "$n" -gt 1 ] && echo "--join $join" ) >"$work/pier$n-$i.log" 2>&1 &
     pids+=($!)

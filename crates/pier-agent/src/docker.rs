@@ -10,7 +10,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, ExecConfig, HostConfig, HostConfigLogConfig, Ipam, IpamConfig,
+    NetworkCreateRequest, PortBinding,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
     RemoveContainerOptions, StopContainerOptions,
@@ -22,6 +25,15 @@ pub const LABEL_TASK: &str = "pier.task";
 pub const LABEL_SERVICE: &str = "pier.service";
 pub const LABEL_REVISION: &str = "pier.revision";
 pub const LABEL_NODE: &str = "pier.node";
+/// On the networks the agent creates.
+pub const LABEL_NETWORK: &str = "pier.network";
+
+/// Most processes (threads included) one container may run: a fork bomb stays inside it.
+pub const PIDS_LIMIT: i64 = 2048;
+/// Docker's json-file log of a container is capped at this size per file ...
+pub const LOG_MAX_SIZE: &str = "10m";
+/// ... and this many files (what `pier logs` can still show).
+pub const LOG_MAX_FILES: &str = "3";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -85,6 +97,13 @@ pub struct ContainerSpec {
     pub cpu_millis: u64,
     pub memory_mb: u64,
     pub stop_signal: String,
+    /// The pier network the container joins (None: Docker's default bridge).
+    pub network: Option<String>,
+    /// Resolvers of the container (Docker's `Dns`); empty: the engine's default.
+    pub dns: Vec<String>,
+    pub user: Option<String>,
+    pub read_only_root: bool,
+    pub cap_drop: Vec<String>,
 }
 
 /// A managed container as the engine reports it.
@@ -103,6 +122,8 @@ pub struct ContainerInfo {
     pub error: Option<String>,
     /// Container port → host port (known once started).
     pub host_ports: BTreeMap<u16, u16>,
+    /// The container's address on the driver's pier network.
+    pub network_ip: Option<String>,
 }
 
 /// A container event of interest to the agent.
@@ -114,11 +135,20 @@ pub struct ContainerEvent {
     pub action: String,
 }
 
+/// The node's pier network as the engine has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PierNetwork {
+    pub id: String,
+    /// The bridge's (the host's) address on it.
+    pub gateway: Option<std::net::Ipv4Addr>,
+}
+
 #[derive(Clone)]
 pub struct DockerDriver {
     docker: Docker,
     node: String,
     extra_labels: BTreeMap<String, String>,
+    network: Option<String>,
 }
 
 impl DockerDriver {
@@ -138,7 +168,106 @@ impl DockerDriver {
             docker,
             node: node.to_string(),
             extra_labels,
+            network: None,
         })
+    }
+
+    /// The pier network whose container addresses [`DockerDriver::inspect`] reports.
+    pub fn with_network(mut self, network: Option<String>) -> DockerDriver {
+        self.network = network;
+        self
+    }
+
+    /// Makes sure the bridge network `name` exists (creating it, labelled, when it does not)
+    /// and returns it with its gateway address: the host's address on that bridge, which the
+    /// node's gateway and DNS listen on. Idempotent: called on every start and before every
+    /// container, so a network removed by hand comes back. Two agents that create it at once
+    /// on one engine (Docker allows equal names) converge: the network with the smallest id
+    /// is kept and the others are removed.
+    pub async fn ensure_network(&self, name: &str) -> Result<PierNetwork, DockerError> {
+        let mut found = self.networks_named(name).await?;
+        if found.is_empty() {
+            let created = self.create_network(name).await;
+            found = self.networks_named(name).await?;
+            // Another agent may have won the race (the engine then refuses ours, e.g. for
+            // the bridge name): what counts is that the network exists now.
+            if found.is_empty() {
+                created?;
+            }
+        }
+        for extra in found.iter().skip(1) {
+            tracing::info!(network = %name, id = %extra.id, "removing a duplicate pier network");
+            let _ = self.docker.remove_network(&extra.id).await;
+        }
+        let first = found
+            .into_iter()
+            .next()
+            .ok_or_else(|| DockerError::Engine {
+                op: "create a network".into(),
+                detail: format!("network {name} is missing right after its creation"),
+            })?;
+        match first.gateway {
+            Some(_) => Ok(first),
+            None => Err(DockerError::Engine {
+                op: "use a network".into(),
+                detail: format!("network {name} has no IPv4 gateway"),
+            }),
+        }
+    }
+
+    async fn create_network(&self, name: &str) -> Result<(), DockerError> {
+        let mut labels: HashMap<String, String> = self.extra_labels.clone().into_iter().collect();
+        labels.insert(LABEL_NETWORK.into(), "1".into());
+        let mut options = HashMap::new();
+        if name.len() <= 15 {
+            // The host interface gets the network's name (`pier0`), easy to find in `ip addr`.
+            options.insert("com.docker.network.bridge.name".into(), name.to_string());
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            labels: Some(labels),
+            options: Some(options),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => {
+                tracing::info!(network = %name, "created the pier network");
+                Ok(())
+            }
+            // Created meanwhile by another agent on this engine; fine.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(DockerError::engine("create a network", e)),
+        }
+    }
+
+    /// The networks called exactly `name`, smallest id first.
+    async fn networks_named(&self, name: &str) -> Result<Vec<PierNetwork>, DockerError> {
+        let options = bollard::query_parameters::ListNetworksOptions {
+            filters: Some(HashMap::from([(
+                "name".to_string(),
+                vec![name.to_string()],
+            )])),
+        };
+        let list = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| DockerError::engine("list networks", e))?;
+        let mut out: Vec<PierNetwork> = list
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter_map(|n| {
+                Some(PierNetwork {
+                    gateway: ipv4_gateway(n.ipam.as_ref()),
+                    id: n.id?,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
     }
 
     pub fn node(&self) -> &str {
@@ -247,16 +376,8 @@ impl DockerDriver {
             exposed_ports: Some(spec.ports.iter().map(|p| format!("{p}/tcp")).collect()),
             labels: Some(labels),
             stop_signal: Some(spec.stop_signal.clone()),
-            host_config: Some(HostConfig {
-                port_bindings: Some(port_bindings),
-                nano_cpus: Some((spec.cpu_millis as i64).saturating_mul(1_000_000)),
-                memory: Some((spec.memory_mb as i64).saturating_mul(1024 * 1024)),
-                // An init process as PID 1 forwards the stop signal and reaps zombies: a
-                // program that is PID 1 itself ignores SIGTERM unless it installs a handler,
-                // which would turn every stop into a wait for SIGKILL.
-                init: Some(true),
-                ..Default::default()
-            }),
+            user: spec.user.clone(),
+            host_config: Some(host_config(spec, port_bindings)),
             ..Default::default()
         };
         let options = CreateContainerOptions {
@@ -403,6 +524,16 @@ impl DockerDriver {
             oom_killed: state.oom_killed.unwrap_or(false),
             error: state.error.filter(|e| !e.is_empty()),
             host_ports,
+            network_ip: self.network.as_ref().and_then(|n| {
+                resp.network_settings
+                    .as_ref()?
+                    .networks
+                    .as_ref()?
+                    .get(n)?
+                    .ip_address
+                    .clone()
+                    .filter(|ip| !ip.is_empty())
+            }),
         }))
     }
 
@@ -527,6 +658,55 @@ impl DockerDriver {
     }
 }
 
+/// The engine settings of a task's container: limits, the hardening pier applies to every
+/// task, its network and resolvers.
+fn host_config(
+    spec: &ContainerSpec,
+    port_bindings: HashMap<String, Option<Vec<PortBinding>>>,
+) -> HostConfig {
+    HostConfig {
+        port_bindings: Some(port_bindings),
+        nano_cpus: Some((spec.cpu_millis as i64).saturating_mul(1_000_000)),
+        memory: Some((spec.memory_mb as i64).saturating_mul(1024 * 1024)),
+        // An init process as PID 1 forwards the stop signal and reaps zombies: a
+        // program that is PID 1 itself ignores SIGTERM unless it installs a handler,
+        // which would turn every stop into a wait for SIGKILL.
+        init: Some(true),
+        // setuid binaries cannot raise privileges inside the container.
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        pids_limit: Some(PIDS_LIMIT),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
+                ("max-file".to_string(), LOG_MAX_FILES.to_string()),
+            ])),
+        }),
+        readonly_rootfs: spec.read_only_root.then_some(true),
+        cap_drop: (!spec.cap_drop.is_empty()).then(|| spec.cap_drop.clone()),
+        network_mode: spec.network.clone(),
+        dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
+        ..Default::default()
+    }
+}
+
+/// The first IPv4 gateway of a network's address configuration; without an explicit one,
+/// the first address of its first IPv4 subnet (what Docker assigns to the bridge).
+fn ipv4_gateway(ipam: Option<&Ipam>) -> Option<std::net::Ipv4Addr> {
+    let configs: &[IpamConfig] = ipam?.config.as_deref()?;
+    let explicit = configs
+        .iter()
+        .filter_map(|c| c.gateway.as_deref()?.parse::<std::net::Ipv4Addr>().ok())
+        .next();
+    explicit.or_else(|| {
+        configs.iter().find_map(|c| {
+            let (net, _) = c.subnet.as_deref()?.split_once('/')?;
+            let base: std::net::Ipv4Addr = net.parse().ok()?;
+            Some(std::net::Ipv4Addr::from(u32::from(base).checked_add(1)?))
+        })
+    })
+}
+
 pub fn container_name(task_id: &str) -> String {
     format!("pier-{task_id}")
 }
@@ -567,6 +747,64 @@ fn classify_pull_error(image: &str, detail: String) -> DockerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_gateway_is_the_explicit_one_or_the_subnets_first_address() {
+        let cfg = |subnet: &str, gateway: Option<&str>| IpamConfig {
+            subnet: Some(subnet.into()),
+            gateway: gateway.map(str::to_string),
+            ..Default::default()
+        };
+        let ipam = |configs: Vec<IpamConfig>| Ipam {
+            config: Some(configs),
+            ..Default::default()
+        };
+        assert_eq!(
+            ipv4_gateway(Some(&ipam(vec![
+                cfg("fd00::/64", Some("fd00::1")),
+                cfg("172.20.0.0/16", Some("172.20.0.1"))
+            ]))),
+            Some("172.20.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            ipv4_gateway(Some(&ipam(vec![cfg("10.9.0.0/24", None)]))),
+            Some("10.9.0.1".parse().unwrap())
+        );
+        assert_eq!(ipv4_gateway(None), None);
+    }
+
+    #[test]
+    fn every_container_is_hardened() {
+        let spec = ContainerSpec {
+            task_id: "t".into(),
+            service: "s".into(),
+            revision: 1,
+            image: "i".into(),
+            entrypoint: None,
+            cmd: None,
+            env: BTreeMap::new(),
+            ports: vec![],
+            host_ip: "127.0.0.1".into(),
+            cpu_millis: 100,
+            memory_mb: 64,
+            stop_signal: "SIGTERM".into(),
+            network: Some("pier0".into()),
+            dns: vec!["172.20.0.1".into()],
+            user: None,
+            read_only_root: true,
+            cap_drop: vec!["ALL".into()],
+        };
+        let hc = host_config(&spec, HashMap::new());
+        assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        assert_eq!(hc.pids_limit, Some(PIDS_LIMIT));
+        let log = hc.log_config.unwrap();
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        assert_eq!(log.config.unwrap()["max-size"], LOG_MAX_SIZE);
+        assert_eq!(hc.readonly_rootfs, Some(true));
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(hc.network_mode.as_deref(), Some("pier0"));
+        assert_eq!(hc.dns, Some(vec!["172.20.0.1".to_string()]));
+    }
 
     #[test]
     fn references() {

@@ -1,5 +1,8 @@
 //! The agent's own small HTTP listener: `GET /v1/logs/:task?follow=&tail=` streams a task
-//! container's output (the server proxies it for `pier logs`), `GET /v1/health` answers ok.
+//! container's output (the server proxies it for `pier logs`), `GET /v1/health` answers ok
+//! while the agent runs, and `GET /v1/agent/health` says whether the cluster's quorum
+//! acknowledges its heartbeats (JSON [`AgentHealth`]; 503 when cut off, so a plain HTTP
+//! probe alerts).
 
 use std::collections::HashMap;
 
@@ -11,29 +14,84 @@ use axum::routing::get;
 use axum::Router;
 use futures::StreamExt;
 
-use crate::docker::{container_name, DockerDriver};
+use axum::Json;
+use pier_api::service::{AgentHealth, ClusterContact};
 
+use crate::docker::{container_name, DockerDriver};
+use crate::SharedContact;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub docker: DockerDriver,
+    pub contact: SharedContact,
+    pub node: String,
+    /// Health names the server the agent talks to now, which changes on fail-over.
+    pub client: crate::client::ServerClient,
+}
+
+/// Serves the listener; with `tls`, task logs are for servers of the cluster only (their
+/// certificates), health for anyone.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    docker: DockerDriver,
+    state: AppState,
+    tls: Option<pier_net::ServerTls>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let logs_route = get(logs);
+    let logs_route = if tls.is_some() {
+        logs_route.layer(axum::middleware::from_fn(servers_only))
+    } else {
+        logs_route
+    };
     let app = Router::new()
         .route("/v1/health", get(|| async { "ok" }))
-        .route("/v1/logs/{task}", get(logs))
-        .with_state(docker);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
+        .route("/v1/agent/health", get(agent_health))
+        .route("/v1/logs/{task}", logs_route)
+        .with_state(state);
+    let config = match tls {
+        Some(t) => pier_net::ListenerConfig::tls(t, 256),
+        None => pier_net::ListenerConfig::plain(256),
+    };
+    let stop = async move {
+        let _ = shutdown.changed().await;
+    };
+    let result = pier_net::serve(listener, app, config, stop).await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "agent HTTP listener failed");
     }
 }
 
+async fn servers_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let caller = req
+        .extensions()
+        .get::<pier_net::Caller>()
+        .and_then(|c| c.0.clone());
+    match caller {
+        Some(id) if id.role == pier_security::ca::Role::Server => next.run(req).await,
+        _ => (
+            StatusCode::FORBIDDEN,
+            "task logs are served to the cluster's servers only\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn agent_health(State(state): State<AppState>) -> (StatusCode, Json<AgentHealth>) {
+    let health = state
+        .contact
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .health(&state.node, &state.client.current_server());
+    let code = if health.cluster == ClusterContact::CutOff {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(health))
+}
+
 async fn logs(
-    State(docker): State<DockerDriver>,
+    State(AppState { docker, .. }): State<AppState>,
     Path(task): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {

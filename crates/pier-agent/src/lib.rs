@@ -8,9 +8,12 @@
 //! Use: `let agent = Agent::start(AgentConfig { .. }).await?;` … `agent.shutdown().await`.
 
 pub mod client;
+pub mod contact;
 pub mod docker;
 mod http;
 mod probe;
+pub mod registry;
+pub mod task_env;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,13 +25,15 @@ use futures::StreamExt;
 use pier_api::service::RegisterNode;
 use tokio::sync::mpsc;
 
-use crate::client::ServerClient;
+use crate::client::{ClientError, ServerClient};
+use crate::contact::{Contact, Transition};
 use crate::docker::{ContainerInfo, DockerDriver, DockerError};
 use crate::worker::{WorkerCtx, WorkerMsg};
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// The server's HTTP API, e.g. "http://127.0.0.1:8500".
+    /// The servers' HTTP API addresses, comma separated, e.g. "http://10.0.0.1:8500,10.0.0.2:8500".
+    /// One is enough: the agent learns every member from it and fails over between them.
     pub server: String,
     /// Unique node name (default: the host name).
     pub name: String,
@@ -45,6 +50,42 @@ pub struct AgentConfig {
     /// Override the capacity read from the engine.
     pub cpu_millis: Option<u64>,
     pub memory_mb: Option<u64>,
+    /// The node-local registry endpoint (`127.0.0.1:5000`): a pull-through to the cluster
+    /// registry. None: not served (`pier dev`, whose registry is on that port itself).
+    pub registry_listen: Option<SocketAddr>,
+    /// In a secure cluster: the agent's certificate for calling servers, and its listener's
+    /// TLS (servers fetch logs with their certificates). None: plain HTTP.
+    pub tls: Option<AgentTls>,
+    /// The Docker bridge network the agent creates and runs every task on (`pier0`); the
+    /// node's gateway and DNS listen on its gateway address, which is each container's
+    /// resolver. None: Docker's default bridge, no node resolver.
+    pub network: Option<String>,
+    /// Whether a service has a healthy instance (for `needs`). None: needs never wait.
+    pub readiness: Option<Readiness>,
+}
+
+/// See [`AgentConfig::readiness`].
+#[derive(Clone)]
+pub struct Readiness(pub Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Readiness(..)")
+    }
+}
+
+/// See [`AgentConfig::tls`]. Both can be replaced while the agent runs (renewal).
+#[derive(Clone)]
+pub struct AgentTls {
+    /// Built with the agent's certificate (connect timeout is the caller's choice).
+    pub client: pier_net::HttpClient,
+    pub listener: pier_net::ServerTls,
+}
+
+impl std::fmt::Debug for AgentTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentTls { .. }")
+    }
 }
 
 impl AgentConfig {
@@ -64,6 +105,10 @@ impl AgentConfig {
             heartbeat_interval_ms: 500,
             cpu_millis: None,
             memory_mb: None,
+            registry_listen: None,
+            tls: None,
+            network: None,
+            readiness: None,
         }
     }
 }
@@ -77,14 +122,26 @@ pub enum AgentError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot serve the node-local registry endpoint on {addr}: {source} (pick another --registry-port)")]
+    RegistryListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("invalid agent configuration: {0}")]
     Config(String),
 }
 
 type Workers = Arc<Mutex<HashMap<String, mpsc::Sender<WorkerMsg>>>>;
+pub(crate) type SharedContact = Arc<Mutex<Contact>>;
+
+/// Wall-clock milliseconds since the epoch (what operators compare with their logs).
+fn wall_ms() -> u64 {
+    pier_api::time::now_ms()
+}
 
 pub struct Agent {
     addr: SocketAddr,
+    bridge_ip: Option<std::net::Ipv4Addr>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -96,7 +153,13 @@ impl Agent {
                 "the node name and the zone must not be empty".into(),
             ));
         }
-        let docker = DockerDriver::connect(&config.name, config.container_labels.clone()).await?;
+        let docker = DockerDriver::connect(&config.name, config.container_labels.clone())
+            .await?
+            .with_network(config.network.clone());
+        let bridge_ip = match &config.network {
+            Some(name) => docker.ensure_network(name).await?.gateway,
+            None => None,
+        };
         let (engine_cpu, engine_mem) = docker.capacity().await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -108,8 +171,21 @@ impl Agent {
             addr: config.listen,
             source,
         })?;
+        let registry_listener = match config.registry_listen {
+            Some(addr) => Some(
+                registry::bind(addr)
+                    .await
+                    .map_err(|source| AgentError::RegistryListen { addr, source })?,
+            ),
+            None => None,
+        };
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let client = ServerClient::new(&config.server);
+        let client = ServerClient::new(
+            &config.server,
+            Duration::from_millis(config.heartbeat_interval_ms),
+            config.tls.as_ref().map(|t| t.client.clone()),
+        )
+        .map_err(|e| AgentError::Config(format!("HTTP client: {e}")))?;
         let registration = RegisterNode {
             zone: config.zone.clone(),
             agent_addr: addr.to_string(),
@@ -122,26 +198,49 @@ impl Agent {
             docker: docker.clone(),
             client: client.clone(),
             host_ip: config.host_ip.clone(),
+            network: config.network.clone(),
+            readiness: config.readiness.clone(),
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
                 .build()
                 .unwrap_or_default(),
         });
         let workers: Workers = Arc::default();
-        let tasks = vec![
-            tokio::spawn(http::serve(listener, docker.clone(), rx.clone())),
+        let contact: SharedContact = Arc::new(Mutex::new(Contact::new(
+            wall_ms(),
+            contact::cut_off_after_ms(config.heartbeat_interval_ms),
+        )));
+        let state = http::AppState {
+            docker: docker.clone(),
+            contact: contact.clone(),
+            node: config.name.clone(),
+            client: client.clone(),
+        };
+        let mut tasks = vec![
+            tokio::spawn(http::serve(
+                listener,
+                state,
+                config.tls.as_ref().map(|t| t.listener.clone()),
+                rx.clone(),
+            )),
             tokio::spawn(heartbeat_loop(
                 client.clone(),
                 config.clone(),
                 registration,
+                contact,
                 rx.clone(),
             )),
             tokio::spawn(events_loop(docker.clone(), workers.clone(), rx.clone())),
-            tokio::spawn(sync_loop(ctx, config.name.clone(), workers, rx)),
+            tokio::spawn(sync_loop(ctx, config.name.clone(), workers, rx.clone())),
         ];
+        if let Some(listener) = registry_listener {
+            tracing::info!(addr = ?listener.local_addr().ok(), "node-local registry endpoint listening");
+            tasks.push(tokio::spawn(registry::serve(listener, client.clone(), rx)));
+        }
         tracing::info!(node = %config.name, zone = %config.zone, agent = %addr, server = %config.server, "agent started");
         Ok(Agent {
             addr,
+            bridge_ip,
             shutdown: tx,
             tasks,
         })
@@ -150,6 +249,11 @@ impl Agent {
     /// The agent's own HTTP listener.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The host's address on the pier network (where the node's gateway and DNS belong).
+    pub fn bridge_ip(&self) -> Option<std::net::Ipv4Addr> {
+        self.bridge_ip
     }
 
     /// Stops the agent's loops. Containers keep running: a restarted agent adopts them.
@@ -162,30 +266,101 @@ impl Agent {
     }
 }
 
+/// How often the agent re-reads the cluster's member list.
+const MEMBERS_REFRESH_EVERY: Duration = Duration::from_secs(30);
+
 async fn heartbeat_loop(
     client: ServerClient,
     config: AgentConfig,
     registration: RegisterNode,
+    contact: SharedContact,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut registered = false;
+    let mut members_refreshed: Option<std::time::Instant> = None;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        if !registered {
-            match client.register(&config.name, &registration).await {
-                Ok(()) => registered = true,
-                Err(e) => tracing::warn!(error = %e, "cannot register the node; retrying"),
-            }
-        } else if let Err(e) = client.heartbeat(&config.name).await {
-            if e.is_not_found() {
-                registered = false;
-            } else {
-                tracing::debug!(error = %e, "heartbeat failed");
+        // Learn every server of the cluster, so losing the one in use costs one heartbeat.
+        if members_refreshed.is_none_or(|at| at.elapsed() >= MEMBERS_REFRESH_EVERY) {
+            match client.refresh_members().await {
+                Ok(()) => members_refreshed = Some(std::time::Instant::now()),
+                Err(e) => tracing::debug!(error = %e, "cannot read the cluster's members yet"),
             }
         }
+        let outcome = beat(&client, &config, &registration, &mut registered).await;
+        let now = wall_ms();
+        let transition = {
+            let mut c = contact.lock().unwrap_or_else(|p| p.into_inner());
+            match outcome {
+                Some(Ok(())) => c.acknowledged(now),
+                Some(Err(error)) => c.refused(now, error),
+                None => None,
+            }
+        };
+        if let Some(t) = transition {
+            log_transition(&config, t, now);
+        }
         tokio::time::sleep(Duration::from_millis(config.heartbeat_interval_ms)).await;
+    }
+}
+
+/// One registration or heartbeat: `Some(Ok)` when the quorum acknowledged it, `Some(Err)` when
+/// not, `None` for a registration that went through (it says nothing about the quorum: the
+/// next heartbeat will).
+async fn beat(
+    client: &ServerClient,
+    config: &AgentConfig,
+    registration: &RegisterNode,
+    registered: &mut bool,
+) -> Option<Result<(), String>> {
+    if !*registered {
+        return match client.register(&config.name, registration).await {
+            Ok(()) => {
+                *registered = true;
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot register the node; retrying");
+                Some(Err(format!("registration failed: {e}")))
+            }
+        };
+    }
+    match client.heartbeat(&config.name).await {
+        Ok(()) => Some(Ok(())),
+        Err(e) => {
+            if e.is_not_found() {
+                *registered = false;
+            }
+            tracing::debug!(error = %e, "heartbeat not acknowledged");
+            Some(Err(e.to_string()))
+        }
+    }
+}
+
+/// Once per change of state, never per beat.
+fn log_transition(config: &AgentConfig, transition: Transition, now_ms: u64) {
+    let at = |ms: u64| {
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+    };
+    match transition {
+        Transition::CutOff { since_ms, error } => tracing::warn!(
+            node = %config.name,
+            server = %config.server,
+            since = %at(since_ms),
+            silent_ms = now_ms.saturating_sub(since_ms),
+            last_error = %error,
+            "cut off from the cluster quorum: no heartbeat acknowledged since {}; the cluster may mark this node down and start its tasks elsewhere; its containers keep running",
+            at(since_ms)
+        ),
+        Transition::Restored { cut_off_ms } => tracing::info!(
+            node = %config.name,
+            server = %config.server,
+            cut_off_ms,
+            "heartbeats acknowledged by the cluster quorum again after {:.1} s cut off; tasks it replaced meanwhile are stopped as their replacements pass",
+            cut_off_ms as f64 / 1_000.0
+        ),
     }
 }
 
@@ -247,6 +422,8 @@ async fn sync_loop(
         }
         let desired = match ctx.client.tasks(&node, index, 10_000).await {
             Ok(d) => d,
+            // Moved to another server: ask it at once.
+            Err(ClientError::Switched(_)) => continue,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read this node's tasks; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -13,6 +13,8 @@ pub struct ProbeTarget<'a> {
     /// Container port → host port.
     pub host_ports: &'a std::collections::BTreeMap<u16, u16>,
     pub container_id: &'a str,
+    /// The container's address on the node's pier network, when it has one.
+    pub network_ip: Option<&'a str>,
 }
 
 pub async fn run(
@@ -39,10 +41,16 @@ pub async fn run(
             }
         }
         HealthKind::Tcp { port } => {
-            let Some(host_port) = target.host_ports.get(port) else {
-                return CheckResult::critical(format!("container port {port} is not published"));
+            // On the pier network, the container itself: a published port is accepted by
+            // Docker's proxy even when nothing listens behind it, so a connect there proves
+            // nothing.
+            let addr = match (target.network_ip, target.host_ports.get(port)) {
+                (Some(ip), _) => format!("{ip}:{port}"),
+                (None, Some(host_port)) => format!("{}:{host_port}", target.host_ip),
+                (None, None) => {
+                    return CheckResult::critical(format!("container port {port} is not published"))
+                }
             };
-            let addr = format!("{}:{host_port}", target.host_ip);
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
                 Ok(Ok(_)) => CheckResult::passing(),
                 Ok(Err(e)) => CheckResult::critical(format!("connect to port {port} failed: {e}")),

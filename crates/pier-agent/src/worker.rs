@@ -29,6 +29,8 @@ pub struct WorkerCtx {
     pub docker: DockerDriver,
     pub client: ServerClient,
     pub host_ip: String,
+    pub network: Option<String>,
+    pub readiness: Option<crate::Readiness>,
     pub http: reqwest::Client,
 }
 
@@ -51,12 +53,7 @@ struct Worker {
     stopped: bool,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use pier_api::time::now_ms;
 
 fn check_settings(h: &HealthSpec) -> CheckSettings {
     CheckSettings {
@@ -131,6 +128,7 @@ impl Worker {
         self.status.container_id = Some(info.id.clone());
         self.status.host_ip = Some(self.ctx.host_ip.clone());
         self.status.host_ports = info.host_ports.clone();
+        self.status.network_ip = info.network_ip.clone();
         if info.running {
             self.set_state(TaskState::Running, None);
             self.begin_health(now_ms());
@@ -164,7 +162,7 @@ impl Worker {
         let t = &self.task.task;
         match t.stop_phase {
             StopPhase::Active if t.desired == DesiredState::Running => {
-                if !self.start_attempted {
+                if !self.start_attempted && self.needs_met() {
                     self.start_attempted = true;
                     self.start().await;
                 }
@@ -193,6 +191,34 @@ impl Worker {
         }
     }
 
+    /// Whether every service of `needs` has a healthy instance; records the ones it waits
+    /// for in the status (reported, shown as `waiting for api`). Re-checked every tick.
+    fn needs_met(&mut self) -> bool {
+        let waiting = match &self.ctx.readiness {
+            Some(ready) => crate::task_env::unmet_needs(&self.task.spec.needs, |s| (ready.0)(s)),
+            None => Vec::new(),
+        };
+        if waiting != self.status.waiting_for {
+            if !waiting.is_empty() {
+                tracing::info!(task = %self.id(), waiting_for = ?waiting, "task waits for the services it needs");
+            }
+            self.status.waiting_for = waiting;
+        }
+        self.status.waiting_for.is_empty()
+    }
+
+    /// The node's pier network (ensured: it is recreated if someone removed it) and the
+    /// resolver address of its containers.
+    async fn network(&self) -> Result<(Option<String>, Option<String>), DockerError> {
+        match &self.ctx.network {
+            Some(name) => {
+                let net = self.ctx.docker.ensure_network(name).await?;
+                Ok((Some(net.id), net.gateway.map(|ip| ip.to_string())))
+            }
+            None => Ok((None, None)),
+        }
+    }
+
     fn mark_not_started(&mut self) {
         if !self.status.state.is_terminal() {
             self.status.exit_code = Some(0);
@@ -204,12 +230,14 @@ impl Worker {
     async fn start(&mut self) {
         let spec = self.task.spec.clone();
         let docker = self.ctx.docker.clone();
-        match docker.image_present(&spec.image).await {
+        // Exactly the digest the revision pinned, when it pinned one.
+        let image = spec.run_image();
+        match docker.image_present(&image).await {
             Ok(true) => {}
             Ok(false) => {
-                self.set_state(TaskState::Pulling, Some(format!("pulling {}", spec.image)));
+                self.set_state(TaskState::Pulling, Some(format!("pulling {image}")));
                 self.flush().await;
-                if let Err(e) = docker.pull(&spec.image).await {
+                if let Err(e) = docker.pull(&image).await {
                     return self.fail(e);
                 }
             }
@@ -217,19 +245,28 @@ impl Worker {
         }
         self.set_state(TaskState::Starting, None);
         self.flush().await;
+        let (network, dns) = match self.network().await {
+            Ok(n) => n,
+            Err(e) => return self.fail(e),
+        };
         let cspec = ContainerSpec {
             task_id: self.id().to_string(),
             service: spec.name.clone(),
             revision: self.task.task.revision,
-            image: spec.image.clone(),
+            image,
             entrypoint: spec.command.clone(),
             cmd: spec.args.clone(),
-            env: spec.env.clone(),
+            env: crate::task_env::task_env(&spec, &self.task.task, dns.as_deref()),
             ports: spec.ports.clone(),
             host_ip: self.ctx.host_ip.clone(),
             cpu_millis: spec.cpu_millis,
             memory_mb: spec.memory_mb,
             stop_signal: spec.stop_signal.clone(),
+            network,
+            dns: dns.into_iter().collect(),
+            user: spec.deploy.user.clone(),
+            read_only_root: spec.deploy.read_only_root,
+            cap_drop: spec.deploy.cap_drop.clone(),
         };
         let id = match docker.create(&cspec).await {
             Ok(id) => id,
@@ -244,6 +281,7 @@ impl Worker {
             Ok(Some(info)) if info.running => {
                 self.status.host_ip = Some(self.ctx.host_ip.clone());
                 self.status.host_ports = info.host_ports;
+                self.status.network_ip = info.network_ip;
                 self.set_state(TaskState::Running, None);
                 self.begin_health(now_ms());
                 tracing::info!(task = %self.id(), container = %id, "task running");
@@ -398,6 +436,7 @@ impl Worker {
             host_ip: &self.ctx.host_ip,
             host_ports: &self.status.host_ports,
             container_id: &container,
+            network_ip: self.status.network_ip.as_deref(),
         };
         let result = probe::run(
             &hs.kind,
@@ -433,7 +472,8 @@ impl Worker {
         if self.acknowledged.as_ref() == Some(&self.status) {
             return;
         }
-        match self.ctx.client.report(self.id(), &self.status).await {
+        let node = self.task.task.node.clone();
+        match self.ctx.client.report(&node, self.id(), &self.status).await {
             Ok(()) => self.acknowledged = Some(self.status.clone()),
             Err(e) if e.is_not_found() => {
                 // The task is gone from the server: nothing to report to, nothing to run.

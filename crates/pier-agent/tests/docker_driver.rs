@@ -24,6 +24,11 @@ fn spec(task: &str, image: &str) -> ContainerSpec {
         cpu_millis: 250,
         memory_mb: 64,
         stop_signal: "SIGTERM".into(),
+        network: None,
+        dns: vec![],
+        user: None,
+        read_only_root: false,
+        cap_drop: vec![],
     }
 }
 

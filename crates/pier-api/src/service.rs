@@ -13,4 +13,10 @@ pub use units::{format_duration_ms, parse_duration_ms, parse_memory_mb};
 pub use validate::{
     parse_service_file, Amount, ConstraintOp, ConstraintSpec, DeploySpec, HealthKind, HealthSpec,
     Limits, PlacementSpec, PlacementStrategy, ServiceSpec, SpecError, DEFAULT_MAX_COUNT,
+    IMPLICIT_CHECK_INTERVAL_MS,
 };
+
+/// Request extension set by the API's auth layer: whether the caller may see secret values
+/// (a service's `env`). Handlers that return them redact when it is false.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecretsVisible(pub bool);

@@ -9,6 +9,16 @@ pub struct Member {
     pub name: String,
     pub raft_addr: String,
     pub http_addr: String,
+    /// False for a learner still catching up.
+    #[serde(default)]
+    pub voter: bool,
+}
+
+/// `GET /api/v1/members`: the raft configuration as this server sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersResponse {
+    pub leader: Option<u64>,
+    pub members: Vec<Member>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -207,3 +207,102 @@ fn bad_values() {
     .contains("never make progress"));
     assert!(err(&format!("{MINIMAL}\n[deploy]\nmax_surge = \"150%\"\n")).contains("above 100%"));
 }
+
+#[test]
+fn a_port_without_health_gets_a_tcp_check_and_no_port_gets_none() {
+    let spec = parse_service_file(
+        "name = \"a\"\nimage = \"r/a:1\"\nport = 7000\n",
+        Limits::default(),
+    )
+    .unwrap();
+    let health = spec.health.expect("an implicit check");
+    assert_eq!(health.kind, HealthKind::Tcp { port: 7000 });
+    assert_eq!(
+        health.interval_ms,
+        pier_api::service::IMPLICIT_CHECK_INTERVAL_MS
+    );
+    let spec = parse_service_file("name = \"a\"\nimage = \"r/a:1\"\n", Limits::default()).unwrap();
+    assert_eq!(spec.health, None, "nothing to check without a port");
+}
+
+#[test]
+fn needs_are_normalised_and_checked() {
+    let spec = parse_service_file(
+        "name = \"web\"\nimage = \"r/a:1\"\nneeds = [\"db\", \"API\", \"db\"]\n",
+        Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(spec.needs, vec!["api".to_string(), "db".to_string()]);
+    assert!(err("name = \"web\"\nimage = \"r/a:1\"\nneeds = [\"web\"]\n").contains("itself"));
+    assert!(err("name = \"web\"\nimage = \"r/a:1\"\nneeds = [\"a b\"]\n").starts_with("line 3"));
+}
+
+#[test]
+fn deploy_security_settings() {
+    let spec = parse_service_file(
+        "name = \"a\"\nimage = \"r/a:1\"\n[deploy]\nuser = \"1000:1000\"\nread_only_root = true\ncap_drop = [\"cap_net_raw\", \"ALL\"]\n",
+        Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(spec.deploy.user.as_deref(), Some("1000:1000"));
+    assert!(spec.deploy.read_only_root);
+    assert_eq!(
+        spec.deploy.cap_drop,
+        vec!["ALL".to_string(), "NET_RAW".into()]
+    );
+    let defaults = parse_service_file(MINIMAL, Limits::default()).unwrap();
+    assert_eq!(defaults.deploy.user, None);
+    assert!(!defaults.deploy.read_only_root);
+    assert!(defaults.deploy.cap_drop.is_empty());
+    assert!(
+        err("name = \"a\"\nimage = \"r/a:1\"\n[deploy]\nuser = \"a b\"\n").starts_with("line 4")
+    );
+    assert!(
+        err("name = \"a\"\nimage = \"r/a:1\"\n[deploy]\ncap_drop = [\"net-raw\"]\n")
+            .contains("capability")
+    );
+}
+
+#[test]
+fn old_specs_without_the_new_fields_still_read() {
+    let spec = parse_service_file(MINIMAL, Limits::default()).unwrap();
+    let mut json = serde_json::to_value(&spec).unwrap();
+    json.as_object_mut().unwrap().remove("needs");
+    for k in ["user", "read_only_root", "cap_drop"] {
+        json["deploy"].as_object_mut().unwrap().remove(k);
+    }
+    let back: pier_api::service::ServiceSpec = serde_json::from_value(json).unwrap();
+    assert_eq!(back, spec);
+}
+
+#[test]
+fn a_pinned_image_runs_by_digest_alone() {
+    let mut spec = parse_service_file(MINIMAL, Limits::default()).unwrap();
+    assert_eq!(spec.pinned_image, None);
+    assert_eq!(spec.run_image(), "127.0.0.1:5000/hello:v1");
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    spec.pinned_image = Some(format!("127.0.0.1:5000/hello:v1@{digest}"));
+    assert_eq!(spec.run_image(), format!("127.0.0.1:5000/hello@{digest}"));
+    // A registry port is not a tag.
+    spec.pinned_image = Some(format!("127.0.0.1:5000/team/hello@{digest}"));
+    assert_eq!(
+        spec.run_image(),
+        format!("127.0.0.1:5000/team/hello@{digest}")
+    );
+    // Unknown to older servers' records: absent is None, and None is not written.
+    let json =
+        serde_json::to_value(parse_service_file(MINIMAL, Limits::default()).unwrap()).unwrap();
+    assert!(json.get("pinned_image").is_none());
+}
+
+#[test]
+fn https_redirect_and_hsts_on_the_route() {
+    let spec = parse_service_file(MINIMAL, Limits::default()).unwrap();
+    assert!(!spec.https_redirect && !spec.hsts);
+    let text = format!("https = \"redirect\"\nhsts = true\n{MINIMAL}");
+    let spec = parse_service_file(&text, Limits::default()).unwrap();
+    assert!(spec.https_redirect && spec.hsts);
+    let e = err(&format!("https = \"always\"\n{MINIMAL}"));
+    assert!(e.contains("`https` = \"always\" is not supported"), "{e}");
+    assert!(e.contains("line 1"), "{e}");
+}

@@ -133,6 +133,13 @@ impl Agent {
 
     /// Registers a service instance on this node; its checks start running here.
     pub async fn register_service(&self, reg: &InstanceRegistration) -> Result<u64, CatalogError> {
+        for check in &reg.checks {
+            crate::checks::allow::vet_check(
+                self.inner.runner.check_allow(),
+                &check.definition.kind,
+            )
+            .await?;
+        }
         self.ensure_node().await?;
         let mut reg = reg.clone();
         reg.node = self.node_name().to_string();

@@ -27,6 +27,7 @@ use crate::model::{
 };
 use crate::names;
 use crate::records::{self, CHECK_IDS, INSTANCE_IDS};
+use crate::routes;
 
 /// How many times a guarded write is retried when a concurrent write got there first.
 const CAS_RETRIES: usize = 8;
@@ -95,16 +96,48 @@ pub(crate) struct HeartbeatState {
     pub heard: bool,
 }
 
-/// The leader's in-memory heartbeat table (see [`crate::monitor`]).
+/// The leader's in-memory heartbeat table: the one failure detector of the cluster. The
+/// catalog's node monitor (node checks) and the orchestrator's controller (node `down`, task
+/// rescheduling) both read it, with the same timeout (`node_dead_after_ms`).
 #[derive(Default)]
 pub(crate) struct Heartbeats {
-    pub table: Mutex<HashMap<String, HeartbeatState>>,
+    pub table: Mutex<HeartbeatTable>,
+}
+
+#[derive(Default)]
+pub(crate) struct HeartbeatTable {
+    pub nodes: HashMap<String, HeartbeatState>,
+    /// The term whose leadership last reset the table (see [`Catalog::begin_leadership`]).
+    pub term: Option<u64>,
 }
 
 impl Heartbeats {
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HeartbeatState>> {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, HeartbeatTable> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Fewest live nodes for the mass-silence guard to apply: with one or two nodes, one silent
+/// node is as likely a dead machine as anything else.
+pub const MASS_SILENCE_MIN_NODES: usize = 3;
+
+/// More than half of the live nodes silent at once (and at least [`MASS_SILENCE_MIN_NODES`])
+/// is far likelier a fault on the leader's side — its CPU starved, its own link cut — than
+/// that many machines failing together. The detector then marks none dead, as Kubernetes'
+/// node-lifecycle controller stops evicting in a full disruption: rescheduling everything
+/// onto the few nodes left would do more harm than waiting.
+pub fn mass_silence(live_nodes: usize, silent_nodes: usize) -> bool {
+    debug_assert!(silent_nodes <= live_nodes);
+    live_nodes >= MASS_SILENCE_MIN_NODES && silent_nodes * 2 > live_nodes
+}
+
+/// One node as the failure detector sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeBeat {
+    /// Time since its last heartbeat (or since this leader's grace period began).
+    pub silent_ms: u64,
+    /// Whether this leader has heard from it itself.
+    pub heard: bool,
 }
 
 /// The last result of one `health/service` query, shared by every watcher of it: when many
@@ -131,7 +164,9 @@ pub struct Catalog {
     store: Store,
     config: Arc<CatalogConfig>,
     pub(crate) heartbeats: Arc<Heartbeats>,
-    http: reqwest::Client,
+    /// How heartbeats are forwarded to the leader: TLS with this server's certificate in a
+    /// secure cluster (see [`Catalog::with_internal_http`]).
+    internal: pier_net::HttpClient,
     health_memo: Arc<Mutex<HashMap<HealthMemoKey, Arc<HealthMemo>>>>,
 }
 
@@ -147,17 +182,21 @@ fn decode_err<T>(r: Result<T, CatalogError>) -> Option<T> {
 
 impl Catalog {
     pub fn new(store: Store, config: CatalogConfig) -> Catalog {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.forward_timeout_ms))
-            .build()
-            .unwrap_or_default();
+        let internal = pier_net::HttpClient::new(|b| b, None)
+            .unwrap_or_else(|e| panic!("an HTTP client without TLS always builds: {e}"));
         Catalog {
             store,
             config: Arc::new(config),
             heartbeats: Arc::new(Heartbeats::default()),
-            http,
+            internal,
             health_memo: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Calls to other servers go through `client` (TLS with this server's certificate).
+    pub fn with_internal_http(mut self, client: pier_net::HttpClient) -> Catalog {
+        self.internal = client;
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -299,7 +338,7 @@ impl Catalog {
             ))
             .with(Op::delete_prefix(INSTANCE_IDS, ids_prefix.clone()))
             .with(Op::delete_prefix(CHECK_IDS, ids_prefix));
-        self.heartbeats.lock().remove(node);
+        self.heartbeats.lock().nodes.remove(node);
         Ok(self.store.write(txn).await?.index)
     }
 
@@ -385,14 +424,86 @@ impl Catalog {
         self.forward_heartbeat(&leader.http_addr, node).await
     }
 
-    pub(crate) fn record_heartbeat(&self, node: &str) {
-        self.heartbeats.lock().insert(
+    /// Records a heartbeat of `node` heard by this server (the leader).
+    pub fn record_heartbeat(&self, node: &str) {
+        self.heartbeats.lock().nodes.insert(
             node.to_string(),
             HeartbeatState {
                 last_seen: Instant::now(),
                 heard: true,
             },
         );
+    }
+
+    /// Called by each user of the failure detector once this server leads `term` and has
+    /// passed the leadership barrier. The first call of a term gives every node a fresh grace
+    /// period and forgets who was heard (a new leader has no heartbeat history of its own);
+    /// later calls of the same term change nothing, so the node monitor and the controller
+    /// can both call it in any order. Returns whether it reset the table.
+    pub fn begin_leadership(&self, term: u64) -> bool {
+        let mut table = self.heartbeats.lock();
+        if table.term.is_some_and(|t| t >= term) {
+            return false;
+        }
+        let now = Instant::now();
+        for state in table.nodes.values_mut() {
+            *state = HeartbeatState {
+                last_seen: now,
+                heard: false,
+            };
+        }
+        table.term = Some(term);
+        true
+    }
+
+    /// How long `node` has been silent; a node never seen by this leader starts its grace
+    /// period now.
+    pub fn node_beat(&self, node: &str) -> NodeBeat {
+        let now = Instant::now();
+        let mut table = self.heartbeats.lock();
+        let state = table
+            .nodes
+            .entry(node.to_string())
+            .or_insert(HeartbeatState {
+                last_seen: now,
+                heard: false,
+            });
+        NodeBeat {
+            silent_ms: u64::try_from(now.duration_since(state.last_seen).as_millis())
+                .unwrap_or(u64::MAX),
+            heard: state.heard,
+        }
+    }
+
+    /// Time since this leader last heard from `node` itself; `None` when it has not.
+    pub fn heard_ms_ago(&self, node: &str) -> Option<u64> {
+        let table = self.heartbeats.lock();
+        let state = table.nodes.get(node).filter(|s| s.heard)?;
+        Some(u64::try_from(state.last_seen.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// The failure detector's verdict: silent for longer than `node_dead_after_ms`.
+    pub fn is_silent(&self, beat: NodeBeat) -> bool {
+        beat.silent_ms > self.config.node_dead_after_ms
+    }
+
+    /// Whether the detector must hold its verdicts this round: `nodes` are (name, already
+    /// marked dead) pairs; see [`mass_silence`]. Both users of the detector ask the same
+    /// question, so neither marks a node dead that the other keeps alive.
+    pub fn mass_silence_held<'a>(&self, nodes: impl IntoIterator<Item = (&'a str, bool)>) -> bool {
+        let (mut up, mut silent) = (0usize, 0usize);
+        for (name, already_dead) in nodes {
+            if already_dead {
+                continue;
+            }
+            up += 1;
+            // Counted once silent for half the timeout: nodes cut off together stop at
+            // slightly different moments, and the first must not be judged alone.
+            if self.node_beat(name).silent_ms.saturating_mul(2) > self.config.node_dead_after_ms {
+                silent += 1;
+            }
+        }
+        mass_silence(up, silent)
     }
 
     async fn forward_heartbeat(&self, http_addr: &str, node: &str) -> Result<(), CatalogError> {
@@ -405,15 +516,17 @@ impl Catalog {
         let base = if http_addr.contains("://") {
             http_addr.to_string()
         } else {
-            format!("http://{http_addr}")
+            format!("{}://{http_addr}", self.internal.scheme())
         };
         let url = format!(
             "{}/api/v1/catalog/nodes/{node}/heartbeat",
             base.trim_end_matches('/')
         );
         let resp = self
-            .http
+            .internal
+            .get()
             .put(&url)
+            .timeout(Duration::from_millis(self.config.forward_timeout_ms))
             .header(crate::http::FORWARDED_HEADER, "1")
             .send()
             .await
@@ -465,6 +578,7 @@ impl Catalog {
             enable_tag_override: reg.enable_tag_override,
         };
         let record_bytes = records::encode(&record);
+        let route_keys = routes::route_keys(&reg.tags, &reg.meta);
         for _ in 0..CAS_RETRIES {
             let snapshot = self
                 .store
@@ -511,10 +625,12 @@ impl Catalog {
                         old_instance,
                         old_checks,
                         clashes,
+                        routes::read_claims(v, &route_keys),
                     )
                 })
                 .await?;
-            let (node_exists, id_index, old_service, old_instance, old_checks, clashes) = snapshot;
+            let (node_exists, id_index, old_service, old_instance, old_checks, clashes, claims) =
+                snapshot;
             if !node_exists {
                 return Err(CatalogError::NotFound(format!(
                     "Unknown node {:?}: register the node first",
@@ -527,6 +643,8 @@ impl Catalog {
                     reg.node
                 )));
             }
+            // Refused before anything is written when another service owns a route host.
+            let (claim_ops, granted) = routes::claim_ops(&reg.service, &claims)?;
             let mut old_by_id: HashMap<String, Check> = HashMap::new();
             for (k, e) in &old_checks {
                 if let Some(c) = decode_err(records::decode_check(k, e)) {
@@ -535,7 +653,10 @@ impl Catalog {
             }
             let same_service = old_service.as_deref() == Some(reg.service.as_str());
             let mut txn = Txn::new().with(Op::check(INSTANCE_IDS, id_key.clone(), id_index));
-            let mut changed = false;
+            for op in claim_ops {
+                txn = txn.with(op);
+            }
+            let mut changed = granted;
             if !same_service {
                 if let Some(old) = &old_service {
                     txn = txn
@@ -725,7 +846,7 @@ impl Catalog {
             .transpose()
     }
 
-    /// Sets a check's status (and output, if given). Writes only when either changes; returns
+    /// Sets a check's status (and output, if given, capped at 4 KiB). Writes only when either changes; returns
     /// whether it wrote. `NotFound` for an unknown check.
     pub async fn update_check(
         &self,
@@ -750,8 +871,9 @@ impl Catalog {
                 )));
             };
             let mut check = records::decode_check(&key, &entry)?;
+            // Reported outputs are capped like probe outputs (Consul keeps 4 KiB).
             let new_output = output
-                .map(str::to_string)
+                .map(crate::checks::probes::cap_output)
                 .unwrap_or_else(|| check.output.clone());
             if check.status == status && check.output == new_output {
                 return Ok(false);
@@ -923,11 +1045,7 @@ impl Catalog {
     /// `catalog/nodes`.
     pub async fn nodes(&self, opts: &QueryOptions) -> Result<Versioned<Vec<Node>>, CatalogError> {
         blocking_query(&self.store, opts, |v| {
-            let nodes = v
-                .range_prefix(Table::NODES, "")
-                .filter_map(|(k, e)| decode_err(records::decode_node(k, e)))
-                .collect();
-            Ok((nodes, vec![WatchKey::prefix(Table::NODES, "")]))
+            Ok((read_nodes(v), vec![WatchKey::prefix(Table::NODES, "")]))
         })
         .await
     }
@@ -1232,6 +1350,42 @@ fn validate_definition(d: &CheckDefinition) -> Result<(), CatalogError> {
 pub(crate) fn read_node(v: &StateView<'_>, node: &str) -> Option<Node> {
     v.get(Table::NODES, node)
         .and_then(|e| decode_err(records::decode_node(node, e)))
+}
+
+/// Every instance whose meta carries `meta_key`, with its own checks: what the orchestrator
+/// compares with task state on each pass (it reads this in the same view as the tasks, so
+/// the two cannot be from different moments).
+pub fn read_instances_with_meta(v: &StateView<'_>, meta_key: &str) -> Vec<(Instance, Vec<Check>)> {
+    let mut out = Vec::new();
+    for (k, e) in v.range_prefix(Table::SERVICES, "") {
+        let Some(inst) = decode_err(records::decode_instance(k, e)) else {
+            continue;
+        };
+        if !inst.meta.contains_key(meta_key) {
+            continue;
+        }
+        let prefix = records::instance_checks_prefix(&inst.service, &inst.node, &inst.id);
+        let checks = v
+            .range_prefix(Table::CHECKS, &prefix)
+            .filter_map(|(ck, ce)| decode_err(records::decode_check(ck, ce)))
+            .collect();
+        out.push((inst, checks));
+    }
+    out
+}
+
+/// Every registered instance (the ACME manager reads their route tags).
+pub fn read_instances(v: &StateView<'_>) -> Vec<Instance> {
+    v.range_prefix(Table::SERVICES, "")
+        .filter_map(|(k, e)| decode_err(records::decode_instance(k, e)))
+        .collect()
+}
+
+/// Every registered node.
+pub fn read_nodes(v: &StateView<'_>) -> Vec<Node> {
+    v.range_prefix(Table::NODES, "")
+        .filter_map(|(k, e)| decode_err(records::decode_node(k, e)))
+        .collect()
 }
 
 fn read_node_instances(v: &StateView<'_>, node: &str) -> (Vec<Instance>, Vec<WatchKey>) {

@@ -5,6 +5,28 @@
 
 use std::time::Duration;
 
+/// `wait` of a blocking query as every pier HTTP API reads it (the catalog's `/v1`, the KV
+/// API, the orchestrator's watches): a Go duration (`10s`, `5m`, `120000ms`) or plain seconds,
+/// at most [`pier_store::blocking::MAX_WAIT`]. `None` when empty or zero: the caller's default.
+pub fn parse_wait(text: &str) -> Result<Option<Duration>, String> {
+    let bad = || {
+        format!("`wait` must be a duration like 10s, 5m or 120000ms (at most 10m), got {text:?}")
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let wait = if text.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(text.parse().map_err(|_| bad())?)
+    } else {
+        parse_go_duration(text).map_err(|_| bad())?
+    };
+    if wait > pier_store::blocking::MAX_WAIT {
+        return Err(format!("`wait` may be at most 10m, got {text:?}"));
+    }
+    Ok((!wait.is_zero()).then_some(wait))
+}
+
 /// Parses a Go duration. The error says what was wrong, for a 400 answer.
 pub fn parse_go_duration(input: &str) -> Result<Duration, String> {
     let s = input.trim();

@@ -13,6 +13,10 @@ pub enum CatalogError {
     #[error("{0}")]
     NotFound(String),
 
+    /// The request contradicts what another service owns (a route host); nothing was written.
+    #[error("{0}")]
+    Conflict(String),
+
     /// A stored record does not decode; written by an incompatible version or corrupted.
     #[error("stored record {table}/{key} does not decode: {detail}")]
     CorruptRecord {

@@ -30,7 +30,8 @@
 //!   in the agent of the node ([`checks::CheckRunner`]) and are written only on transitions.
 //!   Node liveness is the leader's job ([`monitor::NodeMonitor`]): heartbeats are kept in the
 //!   leader's memory and a silent node's `serfHealth` check goes critical after
-//!   `node_dead_after_ms` (2 s by default).
+//!   `node_dead_after_ms` (`--node-down-after`; 2 s in `CatalogConfig::default`). The same
+//!   table is the orchestrator's failure detector: one verdict for both.
 //! - **Types**: [`model`] holds the catalog's own types (not serialisable), [`records`] the
 //!   stored JSON, [`wire`] Consul's JSON.
 //!
@@ -52,12 +53,13 @@ pub mod model;
 pub mod monitor;
 pub mod names;
 pub mod records;
+pub mod routes;
 pub mod wire;
 
 pub use agent::{Agent, AgentConfig};
 pub use blocking::QueryOptions;
 pub use catalog::{Catalog, CatalogConfig, ServiceFilter};
-pub use checks::{CheckRunner, CheckRunnerConfig};
+pub use checks::{CheckAllow, CheckRunner, CheckRunnerConfig, Cidr};
 pub use dns::{serve_dns, DnsConfig, DnsServer};
 pub use error::CatalogError;
 pub use http::router;

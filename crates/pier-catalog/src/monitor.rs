@@ -19,9 +19,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
-use crate::catalog::{Catalog, HeartbeatState};
+use crate::catalog::Catalog;
 use crate::model::CheckStatus;
 
 /// Handle of the monitor loop; dropping it does not stop the loop, [`NodeMonitor::shutdown`]
@@ -45,8 +44,8 @@ impl NodeMonitor {
 
 async fn monitor_loop(catalog: Catalog) {
     let tick = Duration::from_millis(catalog.config().node_monitor_tick_ms.max(10));
-    let dead_after = Duration::from_millis(catalog.config().node_dead_after_ms);
     let mut leading_term: Option<u64> = None;
+    let mut last_held_warning: Option<std::time::Instant> = None;
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -57,17 +56,17 @@ async fn monitor_loop(catalog: Catalog) {
             continue;
         }
         if leading_term != Some(status.term) {
-            let now = Instant::now();
-            for state in catalog.heartbeats.lock().values_mut() {
-                *state = HeartbeatState {
-                    last_seen: now,
-                    heard: false,
-                };
+            // Act only on what every earlier term committed (the leadership barrier).
+            match catalog.store().leader_barrier().await {
+                Ok(term) if term == status.term => {}
+                _ => continue,
             }
-            tracing::info!(
-                term = status.term,
-                "node monitor active on the new leader; every node gets a fresh grace period"
-            );
+            if catalog.begin_leadership(status.term) {
+                tracing::info!(
+                    term = status.term,
+                    "node monitor active on the new leader; every node gets a fresh grace period"
+                );
+            }
             leading_term = Some(status.term);
         }
         let nodes = match catalog.monitored_nodes().await {
@@ -77,23 +76,30 @@ async fn monitor_loop(catalog: Catalog) {
                 continue;
             }
         };
-        let now = Instant::now();
-        let mut decisions = Vec::new();
         {
-            let mut table = catalog.heartbeats.lock();
             let present: HashSet<&str> = nodes.iter().map(|(n, _)| n.as_str()).collect();
-            table.retain(|name, _| present.contains(name.as_str()));
-            for (name, health) in &nodes {
-                let state = table.entry(name.clone()).or_insert(HeartbeatState {
-                    last_seen: now,
-                    heard: false,
-                });
-                let alive = now.duration_since(state.last_seen) <= dead_after;
-                if !alive && *health != Some(CheckStatus::Critical) {
-                    decisions.push((name.clone(), CheckStatus::Critical));
-                } else if alive && state.heard && *health != Some(CheckStatus::Passing) {
-                    decisions.push((name.clone(), CheckStatus::Passing));
-                }
+            catalog
+                .heartbeats
+                .lock()
+                .nodes
+                .retain(|name, _| present.contains(name.as_str()));
+        }
+        let held = catalog.mass_silence_held(
+            nodes
+                .iter()
+                .map(|(n, h)| (n.as_str(), *h == Some(CheckStatus::Critical))),
+        );
+        if held {
+            warn_held(&mut last_held_warning, nodes.len());
+        }
+        let mut decisions = Vec::new();
+        for (name, health) in &nodes {
+            let beat = catalog.node_beat(name);
+            let alive = held || !catalog.is_silent(beat);
+            if !alive && *health != Some(CheckStatus::Critical) {
+                decisions.push((name.clone(), CheckStatus::Critical));
+            } else if alive && beat.heard && *health != Some(CheckStatus::Passing) {
+                decisions.push((name.clone(), CheckStatus::Passing));
             }
         }
         for (node, new_status) in decisions {
@@ -103,5 +109,35 @@ async fn monitor_loop(catalog: Catalog) {
                 Err(e) => tracing::warn!(%node, error = %e, "cannot write node liveness"),
             }
         }
+    }
+}
+
+/// Says (at most every 10 s) that the detector holds its verdicts.
+pub(crate) fn warn_held(last: &mut Option<std::time::Instant>, nodes: usize) {
+    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    tracing::warn!(
+        nodes,
+        "more than half of the live nodes are silent at once: suspecting this server, not the nodes; none is marked down while it lasts"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::catalog::mass_silence;
+
+    #[test]
+    fn mass_silence_needs_a_majority_of_at_least_three_nodes() {
+        assert!(
+            !mass_silence(2, 2),
+            "two nodes: a silent node may just be dead"
+        );
+        assert!(!mass_silence(3, 1));
+        assert!(mass_silence(3, 2));
+        assert!(!mass_silence(10, 5), "half is not more than half");
+        assert!(mass_silence(10, 6));
+        assert!(!mass_silence(0, 0));
     }
 }

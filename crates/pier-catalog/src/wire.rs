@@ -785,3 +785,38 @@ mod tests {
         assert!(CheckIn::default().to_registration().is_err());
     }
 }
+
+/// `GET /api/v1/catalog/routes`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RouteClaimsOut {
+    /// Route key (host, or path of a host-less route) → owning service.
+    pub owners: BTreeMap<String, String>,
+    pub conflicts: Vec<RouteConflictOut>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RouteConflictOut {
+    pub route: String,
+    pub owner: String,
+    /// Services whose instances ask for the route too and get no traffic for it.
+    pub refused: Vec<String>,
+}
+
+impl From<&crate::routes::RouteClaims> for RouteClaimsOut {
+    fn from(c: &crate::routes::RouteClaims) -> Self {
+        RouteClaimsOut {
+            owners: c.owners.clone(),
+            conflicts: c
+                .conflicts
+                .iter()
+                .map(|x| RouteConflictOut {
+                    route: x.key.clone(),
+                    owner: x.owner.clone(),
+                    refused: x.others.clone(),
+                })
+                .collect(),
+        }
+    }
+}

@@ -47,7 +47,13 @@ async fn http_check_writes_only_on_transitions() {
         passing["Output"].as_str().unwrap().contains("200"),
         "{passing}"
     );
-    let writes = s.agent().runner().writes();
+    // The runner counts a write once the store has acknowledged it, which can be just after
+    // a reader sees the new status.
+    let writes = common::eventually(Duration::from_secs(5), "the write is counted", || async {
+        let w = s.agent().runner().writes();
+        (w > 0).then_some(w)
+    })
+    .await;
     let modify = passing["ModifyIndex"].as_u64().unwrap();
     let hits = target.hits.load(std::sync::atomic::Ordering::Relaxed);
 
@@ -297,4 +303,179 @@ async fn silent_node_goes_critical_within_3s_and_recovers() {
         "instance left the passing set {} ms after the agent stopped",
         gone_after.as_millis()
     );
+}
+
+/// A server answering every request with a 1 MiB body.
+async fn huge_body_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|| async { "y".repeat(1 << 20) });
+    let handle = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (addr, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_check_outputs_are_stored_capped_at_4_kib() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::single(dir.path(), Options::default()).await;
+    let c = reqwest::Client::new();
+    let (addr, _server) = huge_body_server().await;
+    let r = c
+        .put(s.url("/v1/agent/service/register"))
+        .json(&json!({"ID":"big-1","Name":"big","Checks":[
+            {"HTTP":format!("http://{addr}/"),"Interval":"200ms","CheckID":"big-http"},
+            {"TTL":"30s","CheckID":"big-ttl"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let http = wait_status(&c, &s, "big-http", "passing").await;
+    let out = http["Output"].as_str().unwrap();
+    assert!(
+        out.len() <= 4096 && out.len() > 4000,
+        "HTTP output stored with {} bytes",
+        out.len()
+    );
+
+    // Reported outputs: the update endpoint's Output and pass/warn/fail's note.
+    let huge = "z".repeat(100_000);
+    let r = c
+        .put(s.url("/v1/agent/check/update/big-ttl"))
+        .json(&json!({"Status":"warning","Output":huge}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ttl = wait_status(&c, &s, "big-ttl", "warning").await;
+    let out = ttl["Output"].as_str().unwrap();
+    assert!(out.len() <= 4096 && out.len() > 4000, "{} bytes", out.len());
+    assert!(out.starts_with("zzz"), "{}", &out[..40]);
+
+    let note = "n".repeat(6000);
+    let r = c
+        .put(s.url(&format!("/v1/agent/check/pass/big-ttl?note={note}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ttl = wait_status(&c, &s, "big-ttl", "passing").await;
+    let out = ttl["Output"].as_str().unwrap();
+    assert!(
+        out.len() <= 4096 && out.starts_with("nnn"),
+        "{} bytes",
+        out.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_reach_only_allowed_networks() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    // As `pier server` without --check-allow: private ranges only.
+    let s = TestServer::single(
+        dir.path(),
+        Options {
+            check_allow: Some(pier_catalog::CheckAllow::private_networks()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let target = StatusServer::start(200).await;
+    let port = target.addr.port();
+    let refused = [
+        json!({"HTTP":"http://169.254.169.254/latest/meta-data/","Interval":"1s"}),
+        json!({"HTTP":format!("http://127.0.0.1:{port}/admin"),"Interval":"1s"}),
+        json!({"HTTP":format!("http://localhost:{port}/"),"Interval":"1s"}),
+        json!({"HTTP":format!("http://[::ffff:127.0.0.1]:{port}/"),"Interval":"1s"}),
+        json!({"TCP":format!("127.0.0.1:{port}"),"Interval":"1s"}),
+        json!({"TCP":"0.0.0.0:22","Interval":"1s"}),
+    ];
+    for check in refused {
+        let r = c
+            .put(s.url("/v1/agent/service/register"))
+            .json(&json!({"ID":"ssrf-1","Name":"ssrf","Check":check}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{check} was accepted");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("--check-allow"), "{check}: {text}");
+    }
+    let services: Value = common::get_json(&c, s.url("/v1/agent/services"))
+        .await
+        .unwrap();
+    assert!(
+        services.get("ssrf-1").is_none(),
+        "nothing was registered: {services}"
+    );
+
+    // A check stored by other means (before the operator narrowed the list) is not probed.
+    let reg = pier_catalog::InstanceRegistration {
+        id: "old-1".into(),
+        service: "old".into(),
+        node: s.name.clone(),
+        port,
+        checks: vec![pier_catalog::CheckRegistration {
+            id: Some("old-http".into()),
+            name: None,
+            notes: String::new(),
+            status: Some(pier_catalog::CheckStatus::Passing),
+            definition: pier_catalog::CheckDefinition {
+                kind: pier_catalog::CheckKind::Http {
+                    url: format!("http://127.0.0.1:{port}/"),
+                    method: "GET".into(),
+                    headers: Default::default(),
+                    tls_skip_verify: false,
+                    body: String::new(),
+                },
+                interval: Some(Duration::from_millis(100)),
+                timeout: None,
+                deregister_critical_after: None,
+            },
+        }],
+        ..Default::default()
+    };
+    let catalog = s.catalog().clone();
+    s.on(async move { catalog.register_instance(&reg).await })
+        .await
+        .unwrap();
+    let old = wait_status(&c, &s, "old-http", "critical").await;
+    assert!(
+        old["Output"].as_str().unwrap().contains("not probed"),
+        "{old}"
+    );
+    assert_eq!(
+        target.hits.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the refused address was never contacted"
+    );
+
+    // The default of the library (and `pier dev`): loopback allowed, by address and by name;
+    // link-local metadata still refused.
+    let dir2 = tempfile::tempdir().unwrap();
+    drop(s);
+    let s = TestServer::single(dir2.path(), Options::default()).await;
+    let r = c
+        .put(s.url("/v1/agent/service/register"))
+        .json(&json!({"ID":"meta-1","Name":"meta",
+            "Check":{"HTTP":"http://169.254.169.254/","Interval":"1s"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .put(s.url("/v1/agent/service/register"))
+        .json(&json!({"ID":"ok-1","Name":"ok","Checks":[
+            {"HTTP":format!("http://localhost:{port}/"),"Interval":"200ms","CheckID":"ok-http"},
+            {"TCP":format!("127.0.0.1:{port}"),"Interval":"200ms","CheckID":"ok-tcp"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    wait_status(&c, &s, "ok-http", "passing").await;
+    wait_status(&c, &s, "ok-tcp", "passing").await;
 }

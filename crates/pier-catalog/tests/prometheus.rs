@@ -1,128 +1,18 @@
-//! Prometheus with `consul_sd_configs` pointed at the API discovers a service's instances as
-//! scrape targets and drops one after it is deregistered, asserted through Prometheus' own
-//! `/api/v1/targets`.
+//! What Prometheus' Consul service discovery asks of the catalog, replayed request by request.
 //!
 //! Debian builds Prometheus without Consul service discovery (bookworm 2.42 and trixie 2.53:
-//! "Disable Consul SD until its Debian package is back in shape"), so on this machine the
-//! real-Prometheus test cannot run. It checks the installed binary with `promtool`: when
-//! `consul_sd_configs` is supported it runs Prometheus for real; otherwise it says so loudly on
-//! stderr and the protocol replay below (the exact request sequence of Prometheus' Consul SD,
-//! which uses the official Go client `hashicorp/consul/api`) is what covers Prometheus, next to
-//! `victoriametrics.rs`, where a real Prometheus-compatible scraper from Debian runs the same
-//! `consul_sd_configs` against the catalog.
+//! "Disable Consul SD until its Debian package is back in shape"), so a real Prometheus cannot
+//! run `consul_sd_configs` on these machines. Two tests cover it instead: the protocol replay
+//! below (the exact request sequence of Prometheus' Consul SD, which uses the official Go client
+//! `hashicorp/consul/api`), and `victoriametrics.rs`, where a real Prometheus-compatible scraper
+//! from Debian runs the same `consul_sd_configs` against the catalog.
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Options, Scraper, TestServer};
+use common::{Options, TestServer};
 use serde_json::{json, Value};
-
-/// Addresses of the job's active targets.
-async fn targets(c: &reqwest::Client, prom: &str) -> Option<Vec<String>> {
-    let t = common::consul_sd_targets(c, prom).await?;
-    Some(t.into_iter().map(|(address, _)| address).collect())
-}
-
-/// Whether the installed Prometheus accepts `consul_sd_configs` (asked of `promtool`).
-fn prometheus_supports_consul_sd(dir: &std::path::Path) -> bool {
-    let cfg = dir.join("probe.yml");
-    std::fs::write(
-        &cfg,
-        "scrape_configs:\n  - job_name: probe\n    consul_sd_configs:\n      - server: '127.0.0.1:1'\n",
-    )
-    .unwrap();
-    let out = Command::new("promtool")
-        .arg("check")
-        .arg("config")
-        .arg(&cfg)
-        .output()
-        .expect("promtool is required (apt-get install prometheus)");
-    if out.status.success() {
-        return true;
-    }
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.contains("consul_sd_configs not found"),
-        "promtool failed for another reason: {text}"
-    );
-    false
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_consul_sd_discovers_and_drops_targets() {
-    common::init_tracing();
-    let probe_dir = tempfile::tempdir().unwrap();
-    if !prometheus_supports_consul_sd(probe_dir.path()) {
-        eprintln!(
-            "\n*** NOT RUN WITH REAL PROMETHEUS: the installed prometheus is built without consul_sd_configs \
-             (Debian disables Consul SD). Prometheus' protocol is covered by \
-             prometheus_consul_sd_protocol_replay. ***\n"
-        );
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::single(&dir.path().join("pier"), Options::default()).await;
-    let c = reqwest::Client::new();
-    common::register_web(&c, &s, &[("web-1", 19001), ("web-2", 19002)]).await;
-
-    let prom_port = pier_testkit::net::free_port();
-    let mut cmd = Command::new("prometheus");
-    let config = dir.path().join("prometheus.yml");
-    cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("tsdb").display()
-        ))
-        .arg("--log.level=warn");
-    let scraper = Scraper::start(
-        &s,
-        &config,
-        "        refresh_interval: 1s\n",
-        cmd,
-        "prometheus",
-        prom_port,
-        "/-/ready",
-    )
-    .await;
-    let prom = &scraper.base;
-
-    let found = common::eventually(
-        Duration::from_secs(30),
-        "Prometheus discovers both instances",
-        || async {
-            let t = targets(&c, prom).await?;
-            (t.len() == 2).then_some(t)
-        },
-    )
-    .await;
-    assert_eq!(found, vec!["127.0.0.1:19001", "127.0.0.1:19002"]);
-
-    let deregistered = Instant::now();
-    common::deregister(&c, &s, "web-2").await;
-    let left = common::eventually(
-        Duration::from_secs(30),
-        "Prometheus drops web-2",
-        || async {
-            let t = targets(&c, prom).await?;
-            (t.len() == 1).then_some(t)
-        },
-    )
-    .await;
-    assert_eq!(left, vec!["127.0.0.1:19001"]);
-    // Prometheus batches discovery updates (5 s) before the scrape manager applies them; the
-    // catalog side answers the blocked health query as soon as the write is applied.
-    println!(
-        "Prometheus dropped the target {} ms after deregistration",
-        deregistered.elapsed().as_millis()
-    );
-}
 
 /// One blocking GET as the Go client `hashicorp/consul/api` makes it for Prometheus
 /// (`AllowStale` → `stale`, `WaitIndex` → `index`, `WaitTime` → `wait=<ms>ms`), parsing the

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::{Options, StatusServer, TestServer};
 
@@ -14,46 +13,7 @@ const PY_CONSUL: &str = "py-consul==1.8.0";
 
 fn python_with_py_consul() -> PathBuf {
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-consul-venv");
-    let python = venv.join("bin/python");
-    let has_it = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import consul"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    if python.exists() && has_it(&python) {
-        return python;
-    }
-    let status = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .expect("python3 is required for this test (apt-get install python3 python3-venv)");
-    assert!(
-        status.success(),
-        "cannot create a venv at {}",
-        venv.display()
-    );
-    let out = Command::new(venv.join("bin/pip"))
-        .args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            PY_CONSUL,
-        ])
-        .output()
-        .expect("run pip");
-    assert!(
-        out.status.success(),
-        "pip install {PY_CONSUL} failed (needs PyPI): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        has_it(&python),
-        "py-consul installed but `import consul` fails"
-    );
-    python
+    pier_testkit::python::venv_with(&venv, PY_CONSUL, "consul")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

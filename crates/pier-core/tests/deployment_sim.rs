@@ -580,3 +580,175 @@ fn old_tasks_finishing_count_as_progress() {
     let later = step(&snapshot, now + 25_001);
     assert_eq!(later.state.status, DeploymentStatus::RolledBack);
 }
+
+/// Runs `sim` (a deployment begun) to the end with `node` going down at step `down_at_step`
+/// and coming back `back_after_ms` later (or never), then lets the reconciler settle the
+/// service the way the IO loop does once no deployment is in progress. Returns the final
+/// status of the (last) deployment.
+fn rollout_through_node_down(
+    sim: &mut Sim,
+    node: &str,
+    down_at_step: u64,
+    back_after_ms: Option<u64>,
+) -> Result<DeploymentStatus, String> {
+    let mut down_at: Option<u64> = None;
+    let mut status = None;
+    for n in 0..3_000u64 {
+        if n == down_at_step {
+            sim.node_down(node);
+            down_at = Some(sim.now_ms);
+        }
+        if let (Some(at), Some(after)) = (down_at, back_after_ms) {
+            if sim.now_ms >= at + after && sim.down.contains(node) {
+                sim.node_up(node);
+            }
+        }
+        if status.is_none() {
+            let plan = step(&sim.snapshot(), sim.now_ms);
+            sim.steps += 1;
+            sim.apply(&plan)?;
+            if sim.state.status.is_terminal() {
+                status = Some(sim.state.status);
+                // From here on the reconciler keeps the service, healthy as soon as passing.
+                sim.deployment.settings.min_healthy_time_ms = 0;
+            }
+        } else {
+            sim.reconcile_once()?;
+            let desired = sim.deployment.desired_count as usize;
+            let back = back_after_ms.is_none() || !sim.down.contains(node);
+            if back
+                && down_at.is_some()
+                && sim.healthy_serving() == desired
+                && sim.alive() == desired
+                && sim.lost_flags() == 0
+            {
+                sim.check_stop_order()?;
+                return status.ok_or_else(|| "no status".to_owned());
+            }
+        }
+        sim.advance(500);
+    }
+    Err(format!("never settled: {:?}", sim.state))
+}
+
+#[test]
+fn a_node_lost_mid_rollout_and_back_keeps_the_floor_and_leaves_no_duplicates() {
+    for back_after_ms in [Some(2_000), Some(20_000), None] {
+        let mut sim = Sim::new(6, 3, 1, 6);
+        sim.behaviors.insert(2, Behavior::good(1_000, 1_000));
+        sim.lost_task_timeout_ms = 30_000;
+        sim.begin(deployment(6, settings(1, 0)));
+        let status = rollout_through_node_down(&mut sim, "node-00000", 6, back_after_ms).unwrap();
+        assert_eq!(status, DeploymentStatus::Succeeded, "{back_after_ms:?}");
+        assert_eq!(sim.healthy_by_revision().get(&2).copied(), Some(6));
+        assert_eq!(sim.alive_by_revision().get(&1).copied().unwrap_or(0), 0);
+        // The deployment stopped no task below the floor of 6 but the node's own loss.
+        assert!(
+            sim.min_healthy_seen >= 4,
+            "{back_after_ms:?}: {}",
+            sim.min_healthy_seen
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(120))]
+
+    /// A node lost at any point of any rollout, back after any time or never: the floor and
+    /// the surge cap hold after every step, the rollout succeeds, and the service settles
+    /// at exactly `desired` healthy tasks of the new revision with nothing lost or doubled.
+    #[test]
+    fn rollout_with_a_node_down_and_back(
+        desired in 1u32..9,
+        surge in 0u32..3,
+        unavailable in 0u32..3,
+        min_healthy in prop_oneof![Just(0u64), Just(2_000)],
+        start_ms in 0u64..6_000,
+        healthy_after in 0u64..6_000,
+        down_at_step in 0u64..80,
+        back_after_ms in proptest::option::of(0u64..20_000),
+        lost_timeout_ms in prop_oneof![Just(5_000u64), Just(300_000)],
+    ) {
+        prop_assume!(surge + unavailable > 0);
+        let mut s = settings(surge, unavailable);
+        s.min_healthy_time_ms = min_healthy;
+        s.drain_delay_ms = 1_000;
+        let mut sim = Sim::new(6, 3, 1, desired);
+        sim.behaviors.insert(2, Behavior::good(start_ms, healthy_after));
+        sim.lost_task_timeout_ms = lost_timeout_ms;
+        sim.begin(deployment(desired, s));
+        match rollout_through_node_down(&mut sim, "node-00000", down_at_step, back_after_ms) {
+            Ok(status) => prop_assert_eq!(status, DeploymentStatus::Succeeded),
+            Err(e) => prop_assert!(false, "{}", e),
+        }
+        prop_assert_eq!(
+            sim.healthy_by_revision().get(&2).copied().unwrap_or(0),
+            desired as usize
+        );
+    }
+}
+
+/// Late in a rollout: the new tasks are all placed and node b, holding `n1`, went down and is
+/// back while `n3`, started in its place, is still starting. `n1` is kept (and serves again)
+/// until `n3` passes, then it goes, not `n3`.
+#[test]
+fn a_new_task_back_from_a_down_node_goes_only_when_its_replacement_passes() {
+    use pier_core::deployment::{
+        DeploymentState, ObservedState, StopReason, TaskHealth, TaskSnapshot,
+    };
+    let now = 2_000_000;
+    let task = |id: &str, node: &str, healthy: bool| TaskSnapshot {
+        id: id.into(),
+        revision: 2,
+        observed: if healthy {
+            ObservedState::Running
+        } else {
+            ObservedState::Starting
+        },
+        health: if healthy {
+            TaskHealth::Passing
+        } else {
+            TaskHealth::Unknown
+        },
+        healthy_since_ms: healthy.then_some(now - 60_000),
+        reached_running: healthy,
+        ever_passed: healthy,
+        created_at_ms: now - 90_000,
+        node: Some(node.into()),
+        zone: Some(node.into()),
+        ..Default::default()
+    };
+    let mut n1 = task("n1", "b", true);
+    n1.lost_since_ms = Some(now - 20_000);
+    let mut snapshot = pier_core::deployment::DeploymentSnapshot {
+        deployment: deployment(2, settings(1, 0)),
+        state: DeploymentState::started(now - 100_000),
+        tasks: vec![n1, task("n2", "a", true), task("n3", "c", false)],
+        ..Default::default()
+    };
+    let plan = step(&snapshot, now);
+    assert!(
+        !plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::DeregisterTask { .. })),
+        "{:?}",
+        plan.actions
+    );
+    assert_eq!(plan.state.status, DeploymentStatus::InProgress);
+    // n3 passes (and has for min_healthy_time): n1 goes.
+    snapshot.tasks[2] = task("n3", "c", true);
+    let plan = step(&snapshot, now);
+    assert!(
+        plan.actions.contains(&Action::DeregisterTask {
+            task: "n1".into(),
+            reason: StopReason::ReplacedWhileLost
+        }),
+        "{:?}",
+        plan.actions
+    );
+    assert!(!plan.actions.contains(&Action::DeregisterTask {
+        task: "n3".into(),
+        reason: StopReason::ReplacedWhileLost
+    }));
+}

@@ -4,7 +4,12 @@
 //!
 //! `cargo run --release -p pier-gateway --example bench_gateway -- \
 //!     --listen 127.0.0.1:18082 --backend 127.0.0.1:18080 [--backend ...] \
-//!     [--threads N] [--round-robin] [--zone Z]`
+//!     [--threads N] [--round-robin] [--zone Z] [--access-log FILE]`
+//!
+//! `--access-log FILE` writes the combined access log through the gateway's
+//! writer thread, as `pier gateway` does by default; without it, requests
+//! are logged only as `tracing` events when `RUST_LOG` enables
+//! `pier_gateway::access`.
 //!
 //! `--threads 1` (the default when the process may use one CPU, e.g. under
 //! `taskset -c 0`) uses tokio's current-thread runtime.
@@ -22,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(1);
     let mut balancing = Balancing::PowerOfTwoChoices;
     let mut zone = String::new();
+    let mut access_log: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -30,6 +36,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--threads" => threads = args.next().ok_or("--threads needs N")?.parse()?,
             "--round-robin" => balancing = Balancing::RoundRobin,
             "--zone" => zone = args.next().ok_or("--zone needs Z")?,
+            "--access-log" => {
+                access_log = Some(args.next().ok_or("--access-log needs FILE")?.into())
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -72,7 +81,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .build()?
     };
     rt.block_on(async move {
-        let gateway = Gateway::new(cfg, rx)?;
+        let mut gateway = Gateway::new(cfg, rx)?;
+        if let Some(path) = access_log {
+            let log = pier_gateway::AccessLog::start(
+                pier_gateway::AccessDestination::File(path),
+                pier_gateway::AccessFormat::Combined,
+                &gateway.metrics(),
+            )?;
+            gateway.set_access_log(log);
+        }
         eprintln!(
             "bench_gateway listening on {} ({threads} thread(s))",
             gateway.local_addr()

@@ -16,13 +16,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method};
+use http::{HeaderValue, Method, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::access::AccessEntry;
 use crate::backend::InflightGuard;
 use crate::metrics::ServiceMetrics;
 use crate::server::ConnCtx;
@@ -158,14 +159,20 @@ impl Body for UpstreamBody {
     }
 }
 
-/// Fields of one access log line.
+/// Fields of one access log line known before the response.
 pub(crate) struct AccessRecord {
     pub(crate) method: Method,
     pub(crate) host: String,
-    pub(crate) path: String,
+    /// Path and query.
+    pub(crate) uri: String,
+    pub(crate) version: Version,
+    pub(crate) referer: Option<HeaderValue>,
+    pub(crate) user_agent: Option<HeaderValue>,
     pub(crate) request_id: HeaderValue,
     pub(crate) backend: Option<(SocketAddr, Arc<str>)>,
     pub(crate) attempts: u32,
+    /// The response body's length, when its framing said it.
+    pub(crate) bytes: Option<u64>,
 }
 
 pub(crate) const ACCESS_TARGET: &str = "pier_gateway::access";
@@ -186,31 +193,68 @@ impl Completion {
         let elapsed = self.start.elapsed();
         self.metrics.observe(self.status, elapsed.as_secs_f64());
         drop(self.guard);
-        if let Some(client) = self.client {
+        if let Some(client) = &self.client {
             client.head.request_finished();
         }
-        if let Some(rec) = self.log {
-            let (backend, zone) = match &rec.backend {
-                Some((addr, zone)) => (addr.to_string(), zone.to_string()),
-                None => ("-".to_string(), "-".to_string()),
-            };
-            tracing::info!(
-                target: ACCESS_TARGET,
-                method = %rec.method,
-                host = %rec.host,
-                path = %rec.path,
-                status = self.status,
-                service = %self.metrics.name(),
-                backend = %backend,
-                zone = %zone,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                request_id = rec.request_id.to_str().unwrap_or("-"),
-                attempts = rec.attempts,
-                outcome,
-                "request"
-            );
+        let Some(rec) = self.log else {
+            return;
+        };
+        // The connection's writer when the gateway has one; `tracing` otherwise.
+        match self.client.as_ref().and_then(|c| c.access.as_ref()) {
+            Some(access) => {
+                let client = self.client.as_ref().map(|c| c.peer_ip.clone());
+                let rec = *rec;
+                access.log(Box::new(AccessEntry {
+                    time: SystemTime::now(),
+                    peer: client.unwrap_or(HeaderValue::from_static("-")),
+                    method: rec.method,
+                    host: rec.host,
+                    uri: rec.uri,
+                    version: rec.version,
+                    status: self.status,
+                    bytes: rec.bytes,
+                    referer: rec.referer,
+                    user_agent: rec.user_agent,
+                    service: Arc::clone(self.metrics.name()),
+                    backend: rec.backend,
+                    duration: elapsed,
+                    request_id: rec.request_id,
+                    attempts: rec.attempts,
+                    outcome,
+                }));
+            }
+            None => trace_line(&rec, self.status, &self.metrics, elapsed, outcome),
         }
     }
+}
+
+fn trace_line(
+    rec: &AccessRecord,
+    status: u16,
+    metrics: &ServiceMetrics,
+    elapsed: Duration,
+    outcome: &'static str,
+) {
+    let (backend, zone) = match &rec.backend {
+        Some((addr, zone)) => (addr.to_string(), zone.to_string()),
+        None => ("-".to_string(), "-".to_string()),
+    };
+    let path = rec.uri.split('?').next().unwrap_or("");
+    tracing::info!(
+        target: ACCESS_TARGET,
+        method = %rec.method,
+        host = %rec.host,
+        path = %path,
+        status,
+        service = %metrics.name(),
+        backend = %backend,
+        zone = %zone,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        request_id = rec.request_id.to_str().unwrap_or("-"),
+        attempts = rec.attempts,
+        outcome,
+        "request"
+    );
 }
 
 /// The response body sent to clients.

@@ -8,14 +8,20 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
+use crate::access::AccessLog;
 use crate::backend::Clock;
 use crate::config::GatewayConfig;
 use crate::live::Router;
 use crate::metrics::{GatewayMetrics, UNROUTED};
 use crate::pool::PoolConfig;
 use crate::proxy::Shared;
-use crate::server::{http1_builder, http2_builder, serve_connection, shutdown_sequence, Lifecycle};
+use crate::server::{
+    http1_builder, http2_builder, serve_connection, serve_tls_connection, shutdown_sequence,
+    Builders, Lifecycle,
+};
 use crate::table::RouteTable;
+use crate::tls::CertResolver;
+use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -27,6 +33,8 @@ pub enum GatewayError {
     },
     #[error("cannot use the listening socket: {0}")]
     Listener(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Idle keep-alive connections kept per backend; more are closed when they
@@ -36,11 +44,29 @@ const MAX_IDLE_PER_BACKEND: usize = 1024;
 /// Pool idle ages are counted in ticks of `backend_pool_idle_ms / (N - 1)`.
 const POOL_PRUNE_TICKS: u64 = 5;
 
+/// The second listener, terminating TLS.
+struct HttpsListener {
+    listener: std::net::TcpListener,
+    local_addr: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+fn bind(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), GatewayError> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| GatewayError::Bind { addr, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(GatewayError::Listener)?;
+    let local_addr = listener.local_addr().map_err(GatewayError::Listener)?;
+    Ok((listener, local_addr))
+}
+
 /// A bound, not yet serving gateway.
 pub struct Gateway {
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
     local_addr: SocketAddr,
+    https: Option<HttpsListener>,
     pool_tick: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -51,15 +77,7 @@ impl Gateway {
         cfg: GatewayConfig,
         routes: watch::Receiver<Arc<RouteTable>>,
     ) -> Result<Gateway, GatewayError> {
-        let listener =
-            std::net::TcpListener::bind(cfg.listen).map_err(|source| GatewayError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(GatewayError::Listener)?;
-        let local_addr = listener.local_addr().map_err(GatewayError::Listener)?;
+        let (listener, local_addr) = bind(cfg.listen)?;
 
         let clock = Clock::new();
         let metrics = GatewayMetrics::new();
@@ -79,11 +97,61 @@ impl Gateway {
                 clock,
                 metrics,
                 unrouted,
+                access: None,
+                access_off: false,
+                https_port: None,
+                challenges: None,
             }),
             listener,
             local_addr,
+            https: None,
             pool_tick,
         })
+    }
+
+    /// No access log: neither a writer nor `tracing` events.
+    pub fn disable_access_log(&mut self) {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.access = None;
+            shared.access_off = true;
+        }
+    }
+
+    /// Also serves HTTPS on `listen`, with certificates picked by SNI from
+    /// `certs`, through the same routing and proxy path. Returns the bound
+    /// address.
+    pub fn enable_https(
+        &mut self,
+        listen: SocketAddr,
+        certs: Arc<CertResolver>,
+    ) -> Result<SocketAddr, GatewayError> {
+        let (listener, local_addr) = bind(listen)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(certs)?);
+        // A fresh gateway's `Shared` has no other owner yet.
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.https_port = Some(local_addr.port());
+        }
+        self.https = Some(HttpsListener {
+            listener,
+            local_addr,
+            acceptor,
+        });
+        Ok(local_addr)
+    }
+
+    /// Answers ACME HTTP-01 challenges over plain HTTP from `challenges`.
+    pub fn set_acme_challenges(&mut self, challenges: Arc<crate::challenge::AcmeChallenges>) {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.challenges = Some(challenges);
+        }
+    }
+
+    /// Writes the access log through `log` instead of `tracing` events
+    /// (target `pier_gateway::access`); flushed when serving ends.
+    pub fn set_access_log(&mut self, log: AccessLog) {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.access = Some(log);
+        }
     }
 
     /// The address actually bound (useful with port 0).
@@ -113,8 +181,18 @@ impl Gateway {
         let listener =
             tokio::net::TcpListener::from_std(self.listener).map_err(GatewayError::Listener)?;
         let shared = self.shared;
-        let h1 = Arc::new(http1_builder(&shared));
-        let h2 = Arc::new(http2_builder(&shared));
+        let builders = Arc::new(Builders {
+            h1: http1_builder(&shared),
+            h2: http2_builder(&shared),
+        });
+        let https = match self.https {
+            Some(h) => Some((
+                tokio::net::TcpListener::from_std(h.listener).map_err(GatewayError::Listener)?,
+                h.acceptor,
+                h.local_addr,
+            )),
+            None => None,
+        };
         let (drain_tx, drain_rx) = watch::channel(false);
         let (hard_tx, hard_rx) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel::<()>(1);
@@ -123,7 +201,12 @@ impl Gateway {
             hard_stop: hard_rx,
             alive: alive_tx.clone(),
         };
-        tracing::info!(listen = %self.local_addr, zone = %shared.cfg.zone, "gateway serving");
+        tracing::info!(
+            listen = %self.local_addr,
+            https = ?https.as_ref().map(|h| h.2),
+            zone = %shared.cfg.zone,
+            "gateway serving"
+        );
         let pruner = {
             let shared = Arc::clone(&shared);
             let pool_tick = Arc::clone(&self.pool_tick);
@@ -150,23 +233,31 @@ impl Gateway {
                     Ok((stream, peer)) => {
                         tokio::spawn(serve_connection(
                             Arc::clone(&shared),
-                            Arc::clone(&h1),
-                            Arc::clone(&h2),
+                            Arc::clone(&builders),
                             stream,
                             peer,
                             life.clone(),
                         ));
                     }
-                    Err(e) => {
-                        // Usually EMFILE/ENFILE or an aborted handshake:
-                        // back off briefly instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(e) => accept_failed(e).await,
+                },
+                accepted = accept_tls(&https) => match accepted {
+                    Ok((stream, peer, acceptor)) => {
+                        tokio::spawn(serve_tls_connection(
+                            Arc::clone(&shared),
+                            Arc::clone(&builders),
+                            acceptor,
+                            stream,
+                            peer,
+                            life.clone(),
+                        ));
                     }
+                    Err(e) => accept_failed(e).await,
                 },
             }
         }
         drop(listener);
+        drop(https);
         drop(life);
         tracing::info!("gateway draining");
         shutdown_sequence(
@@ -178,7 +269,36 @@ impl Gateway {
         )
         .await;
         pruner.abort();
+        if let Some(access) = &shared.access {
+            access.flush().await;
+        }
         tracing::info!("gateway stopped");
         Ok(())
     }
+}
+
+type TlsListener = (
+    tokio::net::TcpListener,
+    tokio_rustls::TlsAcceptor,
+    SocketAddr,
+);
+
+/// The next client of the HTTPS listener; never resolves without one.
+async fn accept_tls(
+    https: &Option<TlsListener>,
+) -> std::io::Result<(TcpStream, SocketAddr, tokio_rustls::TlsAcceptor)> {
+    match https {
+        Some((listener, acceptor, _)) => {
+            let (stream, peer) = listener.accept().await?;
+            Ok((stream, peer, acceptor.clone()))
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_failed(e: std::io::Error) {
+    // Usually EMFILE/ENFILE or an aborted handshake: back off briefly
+    // instead of spinning.
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }

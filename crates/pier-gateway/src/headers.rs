@@ -159,8 +159,9 @@ pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
 pub(crate) struct Forwarding {
     host: Option<HeaderValue>,
     xff: HeaderValue,
-    /// `X-Forwarded-Proto: http` is added.
+    /// `X-Forwarded-Proto` is added, with this value.
     xfp: bool,
+    proto: &'static HeaderValue,
     xfh: Option<HeaderValue>,
     id: HeaderValue,
     /// `SKIP_*` bits: client fields left out of the forwarded head.
@@ -174,6 +175,7 @@ const SKIP_XFH: u8 = 8;
 const SKIP_ID: u8 = 16;
 
 static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 impl Forwarding {
     /// Untrusted (the default): the client's `X-Forwarded-*` values are
@@ -225,10 +227,19 @@ impl Forwarding {
             host: rewrite_host.then(|| original_host.clone()),
             xff,
             xfp: !has_xfp,
+            proto: &HTTP,
             xfh: (!has_xfh).then(|| original_host.clone()),
             id: request_id.clone(),
             skip,
         }
+    }
+
+    /// The client came over TLS: `X-Forwarded-Proto: https`.
+    pub(crate) fn over_https(mut self, https: bool) -> Forwarding {
+        if https {
+            self.proto = &HTTPS;
+        }
+        self
     }
 
     /// Whether the client's field `name` is left out (replaced by ours).
@@ -258,7 +269,7 @@ impl Forwarding {
         [
             ("host", self.host.as_ref()),
             ("x-forwarded-for", Some(&self.xff)),
-            ("x-forwarded-proto", self.xfp.then_some(&HTTP)),
+            ("x-forwarded-proto", self.xfp.then_some(self.proto)),
             ("x-forwarded-host", self.xfh.as_ref()),
             ("x-request-id", Some(&self.id)),
         ]

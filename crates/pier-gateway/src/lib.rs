@@ -29,12 +29,15 @@
 //!   per connection; WebSocket upgrades), timeouts, graceful shutdown.
 //! - `metrics`: per-service counters and latency histograms
 //!   ([`GatewayMetrics`]), registered into a prometheus-client `Registry` or
-//!   rendered as text; every request also leaves one `tracing` event with
-//!   target `pier_gateway::access`.
+//!   rendered as text.
+//! - `access`: the access log, one line per request (combined or JSON)
+//!   written by its own thread behind a bounded queue; without one set, each
+//!   request leaves a `tracing` event with target `pier_gateway::access`.
 //!
 //! # Limits of this version
-//! - Backends are spoken to in HTTP/1.1 only; clients may use HTTP/1.1 or
-//!   h2c. No TLS on either side.
+//! - Backends are spoken to in HTTP/1.1 only, without TLS; clients may use
+//!   HTTP/1.1 or h2c, and over the optional HTTPS listener (`tls`: rustls,
+//!   certificate by SNI, HTTP/2 or HTTP/1.1 by ALPN) the same proxy path.
 //! - A client that goes away does not cancel its request to the backend
 //!   (HTTP/1 connections are served with half-close, HAProxy's default too);
 //!   the answer is dropped when it arrives.
@@ -57,8 +60,10 @@
 //!   request, so a backend never sees the client's framing headers, and a
 //!   response with ambiguous framing is refused (502), never forwarded.
 
+pub mod access;
 mod backend;
 mod body;
+pub mod challenge;
 pub mod config;
 mod gateway;
 mod headers;
@@ -70,15 +75,20 @@ mod pool;
 mod proxy;
 mod server;
 pub mod table;
+pub mod tls;
 mod upstream;
 pub mod urlprefix;
 
+pub use access::{AccessDestination, AccessFormat, AccessLog, AccessLogError};
 pub use body::GatewayBody;
+pub use challenge::AcmeChallenges;
 pub use config::{Balancing, GatewayConfig, Limits, OutlierConfig, RetryConfig, Timeouts};
 pub use gateway::{Gateway, GatewayError};
 pub use host::normalize_host;
 pub use metrics::GatewayMetrics;
 pub use table::{
-    Backend, BuildIssue, CatalogInstance, Resolution, RouteDefaults, RouteTable, ServiceEntry,
+    Backend, BuildIssue, CatalogInstance, HttpsPolicy, Resolution, RouteDefaults, RouteTable,
+    ServiceEntry,
 };
+pub use tls::{certified_key, CertInfo, CertResolver, OnDemandIssuer, TlsError};
 pub use urlprefix::{parse_urlprefix_tag, try_parse_urlprefix_tag, RouteSpec, TagError};

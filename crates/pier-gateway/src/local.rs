@@ -46,6 +46,29 @@ pub(crate) fn respond(
     resp
 }
 
+/// 308 (method and body kept) to the same path over HTTPS; port 443 left out.
+pub(crate) fn redirect_https(host: &str, port: u16, target: &str) -> Response<GatewayBody> {
+    let location = if port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{port}{target}")
+    };
+    let mut resp = respond(
+        StatusCode::PERMANENT_REDIRECT,
+        false,
+        "redirect",
+        format!("this route is served over HTTPS: {location}"),
+        &[],
+        false,
+    );
+    // The host is normalised and the target came from a parsed request line, so this only
+    // fails for bytes a header cannot hold; then the 308 goes without a Location.
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
 pub(crate) fn unknown_host(json: bool, host: &str) -> Response<GatewayBody> {
     let hint = match host.strip_suffix(".localhost") {
         Some(name) if !name.is_empty() && !name.contains('.') => {

@@ -70,6 +70,7 @@ pub struct GatewayMetrics {
     failures: Family<KindLabels, Counter>,
     retries: Family<KindLabels, Counter>,
     ejections: Family<ServiceLabels, Counter>,
+    access_log_dropped: Counter,
     cache: Arc<Mutex<HashMap<String, ServiceMetrics>>>,
 }
 
@@ -93,6 +94,7 @@ impl GatewayMetrics {
             failures: Family::default(),
             retries: Family::default(),
             ejections: Family::default(),
+            access_log_dropped: Counter::default(),
             cache: Arc::default(),
         }
     }
@@ -125,6 +127,16 @@ impl GatewayMetrics {
             "Backends ejected by passive outlier detection, by service",
             self.ejections.clone(),
         );
+        registry.register(
+            "pier_gateway_access_log_dropped",
+            "Access log lines dropped because the writer's queue was full",
+            self.access_log_dropped.clone(),
+        );
+    }
+
+    /// The counter of dropped access log lines (shared with this handle).
+    pub(crate) fn access_log_dropped(&self) -> Counter {
+        self.access_log_dropped.clone()
     }
 
     /// The metrics in the Prometheus/OpenMetrics text format.

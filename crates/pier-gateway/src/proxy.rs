@@ -30,6 +30,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
 
+use crate::access::AccessLog;
 use crate::backend::{Clock, Verdict};
 use crate::body::{
     AccessRecord, BodySlot, Completion, GatewayBody, TrackedBody, UpstreamBody, ACCESS_TARGET,
@@ -45,6 +46,7 @@ use crate::local;
 use crate::metrics::{FailureKind, GatewayMetrics, ServiceMetrics};
 use crate::pool::Conn;
 use crate::server::ConnCtx;
+use crate::table::HttpsPolicy;
 use crate::table::{strip_path, Resolution};
 use crate::upstream::{
     self, ExchangeError, Framing, RequestFraming, ResponseBody, ResponseHead, Wire,
@@ -57,6 +59,13 @@ pub(crate) struct Shared {
     pub(crate) clock: Clock,
     pub(crate) metrics: GatewayMetrics,
     pub(crate) unrouted: ServiceMetrics,
+    pub(crate) access: Option<AccessLog>,
+    /// No access log at all, not even `tracing` events.
+    pub(crate) access_off: bool,
+    /// The HTTPS listener's port, for redirects.
+    pub(crate) https_port: Option<u16>,
+    /// Pending ACME HTTP-01 challenges this gateway answers itself.
+    pub(crate) challenges: Option<Arc<crate::challenge::AcmeChallenges>>,
 }
 
 enum Prepared {
@@ -104,6 +113,9 @@ impl Ctx {
     ) -> Response<GatewayBody> {
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), self.request_id.clone());
+        if let Some(rec) = self.log.as_mut() {
+            rec.bytes = resp.body().size_hint().exact();
+        }
         Completion {
             status: resp.status().as_u16(),
             start: self.start,
@@ -115,6 +127,70 @@ impl Ctx {
         .finish("local");
         resp
     }
+}
+
+/// One year, the value browsers' preload lists ask for.
+static HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
+
+/// ACME's HTTP-01 challenges must reach the gateway over plain HTTP.
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// The 308 to HTTPS a route with `https=redirect` answers over plain HTTP. Only when this
+/// gateway has an HTTPS listener: redirecting to nothing would break the route.
+fn redirect(
+    shared: &Shared,
+    conn: &ConnCtx,
+    https: HttpsPolicy,
+    host: &str,
+    uri: &http::Uri,
+) -> Option<Response<GatewayBody>> {
+    let port = shared.https_port?;
+    if !https.redirect || conn.https || uri.path().starts_with(ACME_CHALLENGE) {
+        return None;
+    }
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    Some(local::redirect_https(host, port, target))
+}
+
+/// The key authorization of a pending ACME challenge, answered before routing: the host may
+/// have no healthy backend yet (that is often why it needs a certificate).
+fn acme_answer(shared: &Shared, conn: &ConnCtx, uri: &http::Uri) -> Option<Response<GatewayBody>> {
+    let challenges = shared.challenges.as_ref()?;
+    if conn.https || challenges.is_empty() {
+        return None;
+    }
+    let token = uri.path().strip_prefix(ACME_CHALLENGE)?;
+    let answer = challenges.answer(token)?;
+    let mut resp = Response::new(GatewayBody::Local(Some(Bytes::from(answer))));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(resp)
+}
+
+fn access_record(
+    req: &Request<Incoming>,
+    host: Option<&str>,
+    request_id: &HeaderValue,
+) -> Box<AccessRecord> {
+    let headers = req.headers();
+    Box::new(AccessRecord {
+        method: req.method().clone(),
+        host: host.unwrap_or("-").to_string(),
+        uri: req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
+        version: req.version(),
+        referer: headers.get(http::header::REFERER).cloned(),
+        user_agent: headers.get(http::header::USER_AGENT).cloned(),
+        request_id: request_id.clone(),
+        backend: None,
+        attempts: 0,
+        bytes: None,
+    })
 }
 
 pub(crate) async fn handle(
@@ -141,16 +217,10 @@ pub(crate) async fn handle(
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .and_then(normalize_host_ref);
-    let log = tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO).then(|| {
-        Box::new(AccessRecord {
-            method: req.method().clone(),
-            host: host_cow.as_deref().unwrap_or("-").to_string(),
-            path: req.uri().path().to_string(),
-            request_id: request_id.clone(),
-            backend: None,
-            attempts: 0,
-        })
-    });
+    let wants_log = !shared.access_off
+        && (shared.access.is_some()
+            || tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO));
+    let log = wants_log.then(|| access_record(&req, host_cow.as_deref(), &request_id));
     let ctx = Ctx {
         start,
         client: Arc::clone(&conn),
@@ -189,13 +259,17 @@ pub(crate) async fn handle(
         return Ok(ctx.local(&shared.unrouted, r));
     };
 
+    if let Some(r) = acme_answer(shared, &conn, req.uri()) {
+        return Ok(ctx.local(&shared.unrouted, r));
+    }
     let table = shared.router.current();
-    let (index, strip) = match table.source.resolve(host, req.uri().path()) {
+    let (index, strip, https) = match table.source.resolve(host, req.uri().path()) {
         Resolution::Service {
             index,
             strip_prefix,
+            https,
             ..
-        } => (index, strip_prefix),
+        } => (index, strip_prefix, https),
         Resolution::UnknownHost => {
             return Ok(ctx.local(&shared.unrouted, local::unknown_host(json, host)))
         }
@@ -205,6 +279,9 @@ pub(crate) async fn handle(
         }
     };
     let service = &table.services[index];
+    if let Some(r) = redirect(shared, &conn, https, host, req.uri()) {
+        return Ok(ctx.local(&service.metrics, r));
+    }
     let service_name = table.source.services()[index].name();
     if service.backends.is_empty() {
         let registered = table.source.services()[index].backends().len();
@@ -287,7 +364,8 @@ pub(crate) async fn handle(
         !host_header_ok,
         &ctx.request_id,
         shared.cfg.trust_forwarded_headers,
-    );
+    )
+    .over_https(conn.https);
     let framing = match &prepared {
         // A body-less POST/PUT/PATCH, or a request that said
         // `Content-Length: 0`, says so explicitly, as clients do.
@@ -376,13 +454,26 @@ pub(crate) async fn handle(
                 rparts
                     .headers
                     .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+                if https.hsts && conn.https {
+                    rparts
+                        .headers
+                        .insert(header::STRICT_TRANSPORT_SECURITY, HSTS.clone());
+                }
+                let mut log = ctx.log;
+                if let Some(rec) = log.as_mut() {
+                    rec.bytes = match framing {
+                        Framing::Length(n) => Some(n),
+                        Framing::Empty => Some(0),
+                        _ => None,
+                    };
+                }
                 let completion = Completion {
                     status: status.as_u16(),
                     start,
                     metrics: service.metrics.clone(),
                     guard: Some(guard),
                     client: Some(ctx.client),
-                    log: ctx.log,
+                    log,
                 };
                 if let (Framing::Upgrade, Some(client_up)) = (framing, client_upgrade) {
                     strip_hop_by_hop(&mut rparts.headers, true);

@@ -32,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
+use crate::access::AccessLog;
 use crate::headers::ip_header;
 use crate::proxy::{handle, Shared};
 
@@ -186,9 +187,13 @@ impl HeadWatch {
 /// What the request path needs to know about its client connection.
 pub(crate) struct ConnCtx {
     pub(crate) peer_ip: HeaderValue,
+    /// The client came over TLS.
+    pub(crate) https: bool,
     pub(crate) idle: Arc<IdleMark>,
     pub(crate) head: HeadWatch,
     pub(crate) hard_stop: watch::Receiver<bool>,
+    /// The gateway's access log writer, when it has one.
+    pub(crate) access: Option<AccessLog>,
     /// Dropped with the last user of this context: counts for shutdown.
     _alive: mpsc::Sender<()>,
 }
@@ -260,10 +265,16 @@ pub(crate) fn http2_builder(shared: &Shared) -> http2::Builder<TokioExecutor> {
     b
 }
 
+/// The builders every client connection is served with.
+pub(crate) struct Builders {
+    pub(crate) h1: http1::Builder,
+    pub(crate) h2: http2::Builder<TokioExecutor>,
+}
+
+/// A plain TCP client: HTTP/1.1 or h2c, told apart by the HTTP/2 preface.
 pub(crate) async fn serve_connection(
     shared: Arc<Shared>,
-    h1: Arc<http1::Builder>,
-    h2: Arc<http2::Builder<TokioExecutor>>,
+    b: Arc<Builders>,
     stream: TcpStream,
     peer: SocketAddr,
     life: Lifecycle,
@@ -278,13 +289,60 @@ pub(crate) async fn serve_connection(
             return;
         }
     };
+    serve_io(shared, b, stream, proto, false, peer, life).await
+}
+
+/// A TLS client: the handshake has to finish within the header-read
+/// timeout (a slow handshake is a slowloris too); ALPN picks the protocol.
+pub(crate) async fn serve_tls_connection(
+    shared: Arc<Shared>,
+    b: Arc<Builders>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    life: Lifecycle,
+) {
+    let _ = stream.set_nodelay(true);
+    let header_timeout = Duration::from_millis(shared.cfg.timeouts.header_read_ms);
+    let tls = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake not finished within the header timeout");
+            return;
+        }
+    };
+    let proto = match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Proto::Http2,
+        _ => Proto::Http1,
+    };
+    serve_io(shared, b, tls, proto, true, peer, life).await
+}
+
+async fn serve_io<S>(
+    shared: Arc<Shared>,
+    b: Arc<Builders>,
+    stream: S,
+    proto: Proto,
+    https: bool,
+    peer: SocketAddr,
+    life: Lifecycle,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let header_timeout = Duration::from_millis(shared.cfg.timeouts.header_read_ms);
     let mark = Arc::new(IdleMark::new());
     let idle_ms = shared.cfg.timeouts.idle_ms;
     let ctx = Arc::new(ConnCtx {
         peer_ip: ip_header(peer.ip()),
+        https,
         idle: Arc::clone(&mark),
         head: HeadWatch::new(),
         hard_stop: life.hard_stop.clone(),
+        access: shared.access.clone(),
         _alive: life.alive.clone(),
     });
     let io = TokioIo::new(IdleIo {
@@ -304,12 +362,12 @@ pub(crate) async fn serve_connection(
     };
     match proto {
         Proto::Http1 => {
-            let conn = h1.serve_connection(io, svc).with_upgrades();
+            let conn = b.h1.serve_connection(io, svc).with_upgrades();
             let head = Some((&watch.head, header_timeout.as_millis() as u64));
             drive(conn, Timers { head, ..timers }, life).await
         }
         Proto::Http2 => {
-            let conn = h2.serve_connection(io, svc);
+            let conn = b.h2.serve_connection(io, svc);
             drive(conn, timers, life).await
         }
     }

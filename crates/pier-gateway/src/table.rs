@@ -118,6 +118,12 @@ pub enum BuildIssue {
         tag: String,
         error: TagError,
     },
+    #[error("route {route} of `{service}` is not routed: it belongs to `{owner}`")]
+    NotOwner {
+        route: String,
+        owner: String,
+        service: String,
+    },
     #[error("route {host}{prefix} is claimed by `{kept}` and `{dropped}`; `{kept}` keeps it")]
     RouteConflict {
         host: String,
@@ -132,6 +138,42 @@ struct PathRoute {
     prefix: String,
     strip: Option<String>,
     service: usize,
+    https: HttpsPolicy,
+}
+
+/// (host or None for any host, path prefix)
+type RouteKey = (Option<String>, String);
+/// (service index, strip prefix, HTTPS options) of the route that won a key.
+type ClaimedRoute = (usize, Option<String>, HttpsPolicy);
+
+/// What a route asks of HTTPS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpsPolicy {
+    /// Plain HTTP is answered 308 to the https URL.
+    pub redirect: bool,
+    /// `Strict-Transport-Security` on responses over HTTPS.
+    pub hsts: bool,
+}
+
+/// Whether `service` may route `spec` given the recorded owners; reports when not.
+fn owned_by(
+    spec: &RouteSpec,
+    service: &str,
+    owners: &BTreeMap<String, String>,
+    issues: &mut Vec<BuildIssue>,
+) -> bool {
+    let key = spec.host.as_deref().unwrap_or(spec.path_prefix.as_str());
+    match owners.get(key) {
+        Some(owner) if owner != service => {
+            issues.push(BuildIssue::NotOwner {
+                route: format!("{}{}", spec.host.as_deref().unwrap_or(""), spec.path_prefix),
+                owner: owner.clone(),
+                service: service.to_string(),
+            });
+            false
+        }
+        _ => true,
+    }
 }
 
 /// Where a request goes.
@@ -142,6 +184,7 @@ pub enum Resolution<'a> {
         index: usize,
         service: &'a ServiceEntry,
         strip_prefix: Option<&'a str>,
+        https: HttpsPolicy,
     },
     /// No service has a route for this host.
     UnknownHost,
@@ -166,6 +209,18 @@ impl RouteTable {
     /// Builds the table from the catalog's instances. Pure and
     /// deterministic: the same instances in any order give the same table.
     pub fn build(instances: &[CatalogInstance], defaults: &RouteDefaults) -> RouteTable {
+        RouteTable::build_with_owners(instances, defaults, &BTreeMap::new())
+    }
+
+    /// [`RouteTable::build`] honouring route ownership: `owners` maps a host (or, for a
+    /// host-less route, its path prefix) to the service that claimed it first; another
+    /// service's routes for it are left out and reported ([`BuildIssue::NotOwner`]). Routes
+    /// without a recorded owner fall back to name order, reported as conflicts.
+    pub fn build_with_owners(
+        instances: &[CatalogInstance],
+        defaults: &RouteDefaults,
+        owners: &BTreeMap<String, String>,
+    ) -> RouteTable {
         let mut issues = Vec::new();
         let mut grouped: BTreeMap<&str, Vec<&CatalogInstance>> = BTreeMap::new();
         for inst in instances {
@@ -174,8 +229,7 @@ impl RouteTable {
 
         let mut services = Vec::with_capacity(grouped.len());
         // (host or None, prefix) -> (service index, strip)
-        let mut claimed: BTreeMap<(Option<String>, String), (usize, Option<String>)> =
-            BTreeMap::new();
+        let mut claimed: BTreeMap<RouteKey, ClaimedRoute> = BTreeMap::new();
 
         for (name, mut insts) in grouped {
             insts.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
@@ -233,12 +287,22 @@ impl RouteTable {
             // Instances of one service may disagree on tags mid-deploy; the
             // union is routed, first (sorted) spec wins for a given key.
             specs.sort();
-            specs.dedup_by(|a, b| a.host == b.host && a.path_prefix == b.path_prefix);
+            // A route's HTTPS options hold when any instance (or the route tag beside the
+            // default host) asks for them.
+            specs.dedup_by(|later, kept| {
+                let same = later.host == kept.host && later.path_prefix == kept.path_prefix;
+                if same {
+                    kept.redirect_https |= later.redirect_https;
+                    kept.hsts |= later.hsts;
+                }
+                same
+            });
+            specs.retain(|spec| owned_by(spec, name, owners, &mut issues));
             let mut won = Vec::with_capacity(specs.len());
             for spec in specs {
                 let key = (spec.host.clone(), spec.path_prefix.clone());
                 match claimed.get(&key) {
-                    Some((owner, _)) => {
+                    Some((owner, _, _)) => {
                         let owner: &ServiceEntry = &services[*owner];
                         issues.push(BuildIssue::RouteConflict {
                             host: spec.host.clone().unwrap_or_else(|| "*".to_string()),
@@ -248,7 +312,11 @@ impl RouteTable {
                         });
                     }
                     None => {
-                        claimed.insert(key, (index, spec.strip_prefix.clone()));
+                        let https = HttpsPolicy {
+                            redirect: spec.redirect_https,
+                            hsts: spec.hsts,
+                        };
+                        claimed.insert(key, (index, spec.strip_prefix.clone(), https));
                         won.push(spec);
                     }
                 }
@@ -262,11 +330,12 @@ impl RouteTable {
 
         let mut by_host: HashMap<String, Vec<PathRoute>> = HashMap::new();
         let mut any_host = Vec::new();
-        for ((host, prefix), (service, strip)) in claimed {
+        for ((host, prefix), (service, strip, https)) in claimed {
             let route = PathRoute {
                 prefix,
                 strip,
                 service,
+                https,
             };
             match host {
                 Some(h) => by_host.entry(h).or_default().push(route),
@@ -318,6 +387,7 @@ impl RouteTable {
                 index: route.service,
                 service: &self.services[route.service],
                 strip_prefix: route.strip.as_deref(),
+                https: route.https,
             },
             None if host_routes.is_some() || !self.any_host.is_empty() => Resolution::NoRoute,
             None => Resolution::UnknownHost,
@@ -442,6 +512,43 @@ mod tests {
         assert_eq!(web.passing_backends().count(), 1);
         assert_eq!(web.backends()[0].addr, "127.0.0.1:8001".parse().unwrap());
         assert_eq!(t.hosts(), vec!["api.localhost", "web.localhost"]);
+    }
+
+    #[test]
+    fn a_recorded_owner_keeps_its_host_whatever_the_names() {
+        // "aaa" sorts first and would win by name order; "zzz" owns the host.
+        let mut early = inst("zzz", "z1", 9001, "a", true);
+        early.tags = vec!["urlprefix-shop.example.com".into()];
+        let mut late = inst("aaa", "a1", 9002, "a", true);
+        late.tags = vec![
+            "urlprefix-shop.example.com/api".into(),
+            "urlprefix-/static".into(),
+        ];
+        let all = [early, late];
+        let by_name = RouteTable::build(&all, &RouteDefaults::default());
+        assert_eq!(
+            routed(&by_name, "shop.example.com", "/api"),
+            Some(("aaa", None))
+        );
+        let owners = BTreeMap::from([
+            ("shop.example.com".to_string(), "zzz".to_string()),
+            ("/static".to_string(), "zzz".to_string()),
+        ]);
+        let t = RouteTable::build_with_owners(&all, &RouteDefaults::default(), &owners);
+        assert_eq!(routed(&t, "shop.example.com", "/api"), Some(("zzz", None)));
+        assert_eq!(routed(&t, "aaa.localhost", "/"), Some(("aaa", None)));
+        assert_eq!(routed(&t, "other.example", "/static"), None);
+        let refused: Vec<&BuildIssue> = t
+            .issues()
+            .iter()
+            .filter(|i| matches!(i, BuildIssue::NotOwner { .. }))
+            .collect();
+        assert_eq!(refused.len(), 2, "{:?}", t.issues());
+        assert!(
+            refused[0].to_string().contains("belongs to `zzz`"),
+            "{}",
+            refused[0]
+        );
     }
 
     #[test]

@@ -16,6 +16,12 @@ pub struct RouteSpec {
     pub host: Option<String>,
     pub path_prefix: String,
     pub strip_prefix: Option<String>,
+    /// `https=redirect`: plain HTTP requests get 308 to the same URL over HTTPS.
+    pub redirect_https: bool,
+    /// `hsts=true`: responses over HTTPS carry `Strict-Transport-Security`.
+    pub hsts: bool,
+    /// `tls=acme`: the cluster's ACME manager obtains a certificate for the host.
+    pub acme: bool,
 }
 
 impl RouteSpec {
@@ -25,6 +31,9 @@ impl RouteSpec {
             host: Some(host.into()),
             path_prefix: "/".to_string(),
             strip_prefix: None,
+            redirect_https: false,
+            hsts: false,
+            acme: false,
         }
     }
 }
@@ -42,7 +51,7 @@ pub enum TagError {
     InvalidHost(String),
     #[error("path `{0}` must start with `/` and contain no spaces, `?` or `#`")]
     InvalidPath(String),
-    #[error("option `{0}` is not supported (only `strip=` and `proto=http`)")]
+    #[error("option `{0}` is not supported (only `strip=`, `proto=http`, `https=redirect`, `hsts=true` and `tls=acme`)")]
     UnsupportedOption(String),
     #[error("strip prefix `{strip}` is not a prefix of the route path `{path}`")]
     StripNotPrefix { strip: String, path: String },
@@ -81,6 +90,7 @@ pub fn try_parse_urlprefix_tag(tag: &str) -> Result<Option<RouteSpec>, TagError>
         return Err(TagError::InvalidPath(path.to_string()));
     }
     let mut strip_prefix = None;
+    let (mut redirect_https, mut hsts, mut acme) = (false, false, false);
     for option in parts {
         match option.split_once('=') {
             Some(("strip", value)) => {
@@ -97,6 +107,9 @@ pub fn try_parse_urlprefix_tag(tag: &str) -> Result<Option<RouteSpec>, TagError>
                     Some(value.trim_end_matches('/').to_string()).filter(|s| !s.is_empty());
             }
             Some(("proto", "http")) => {}
+            Some(("https", "redirect")) => redirect_https = true,
+            Some(("hsts", "true")) => hsts = true,
+            Some(("tls", "acme")) => acme = true,
             _ => return Err(TagError::UnsupportedOption(option.to_string())),
         }
     }
@@ -104,6 +117,9 @@ pub fn try_parse_urlprefix_tag(tag: &str) -> Result<Option<RouteSpec>, TagError>
         host,
         path_prefix: path.to_string(),
         strip_prefix,
+        redirect_https,
+        hsts,
+        acme,
     }))
 }
 
@@ -123,6 +139,9 @@ mod tests {
             host: host.map(str::to_string),
             path_prefix: path.to_string(),
             strip_prefix: strip.map(str::to_string),
+            redirect_https: false,
+            hsts: false,
+            acme: false,
         }
     }
 
@@ -148,6 +167,23 @@ mod tests {
             parse_urlprefix_tag("urlprefix-/api/ strip=/api/"),
             Some(spec(None, "/api/", Some("/api")))
         );
+    }
+
+    #[test]
+    fn https_options() {
+        let spec = parse_urlprefix_tag("urlprefix-shop.example.com https=redirect hsts=true")
+            .expect("a route");
+        assert!(spec.redirect_https && spec.hsts && !spec.acme);
+        let acme = parse_urlprefix_tag("urlprefix-shop.example.com tls=acme").expect("a route");
+        assert!(acme.acme && !acme.redirect_https);
+        assert!(matches!(
+            try_parse_urlprefix_tag("urlprefix-shop.example.com tls=manual"),
+            Err(TagError::UnsupportedOption(_))
+        ));
+        assert!(matches!(
+            try_parse_urlprefix_tag("urlprefix-ex.com/ https=on"),
+            Err(TagError::UnsupportedOption(_))
+        ));
     }
 
     #[test]

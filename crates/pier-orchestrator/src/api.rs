@@ -11,13 +11,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use pier_api::service::{
-    parse_service_file, AgentTask, AgentTasks, DeployRequest, DeployResponse, DeploymentRecord,
-    DeploymentStatus, DrainRequest, Limits, NodeRecord, NodeView, RegisterNode, RevisionRecord,
-    RollbackRequest, ScaleRequest, ServiceDetail, ServiceRecord, ServiceSummary, StopPhase,
-    TaskHealth, TaskState, TaskStatus, TaskView,
+    parse_service_file, AgentTask, AgentTasks, DeployRequest, DeployResponse, DeploymentStatus,
+    DrainRequest, Limits, NodeRecord, NodeView, RegisterNode, RevisionRecord, RollbackRequest,
+    ScaleRequest, ServiceDetail, ServiceRecord, ServiceSummary, StopPhase, TaskHealth, TaskState,
+    TaskStatus, TaskView,
 };
 use pier_api::{ApiError, ErrorCode};
-use pier_store::{Consistency, StoreError, Txn, WatchKey};
+use pier_store::blocking::{blocking_query, QueryOptions};
+use pier_store::{Consistency, Op, StoreError, Txn, WatchKey};
 
 use crate::controller::new_deployment;
 use crate::tables::{self, ServiceDoc};
@@ -26,7 +27,8 @@ use crate::{catalog_sync, now_ms, OrchestratorError, Shared};
 
 pub const INDEX_HEADER: &str = "x-pier-index";
 const FORWARDED_HEADER: &str = "x-pier-forwarded";
-const MAX_WAIT_MS: u64 = 300_000;
+/// How long an orchestrator watch holds without `wait` (agents always send one).
+const DEFAULT_WATCH_WAIT: Duration = Duration::from_secs(30);
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -36,6 +38,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(inspect_service).delete(remove_service),
         )
         .route("/api/v1/services/{name}/tasks", get(service_tasks))
+        .route(
+            "/api/v1/services/{name}/revisions/{revision}",
+            get(get_revision),
+        )
         .route("/api/v1/services/{name}/scale", put(scale))
         .route("/api/v1/services/{name}/rollback", post(rollback))
         .route(
@@ -44,7 +50,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v1/deployments/{id}", get(get_deployment))
         .route("/api/v1/nodes", get(list_nodes))
-        .route("/api/v1/nodes/{name}", put(register_node))
+        .route(
+            "/api/v1/nodes/{name}",
+            put(register_node).delete(remove_node),
+        )
         .route("/api/v1/nodes/{name}/alive", put(heartbeat))
         .route("/api/v1/nodes/{name}/drain", put(drain))
         .route("/api/v1/nodes/{name}/tasks", get(node_tasks))
@@ -95,44 +104,25 @@ fn not_found(msg: impl Into<String>) -> HttpError {
 
 type ApiResult<T> = Result<T, HttpError>;
 
-/// `?index=N&wait=30s`: returns once the watched index passes N, or after the wait.
-struct Blocking {
-    min_index: Option<u64>,
-    wait_ms: u64,
-}
-
-fn blocking_params(q: &HashMap<String, String>) -> ApiResult<Blocking> {
-    let min_index =
-        match q.get("index") {
-            Some(v) => Some(v.parse::<u64>().map_err(|_| {
-                invalid(format!("`index` must be a non-negative integer, got {v:?}"))
-            })?),
-            None => None,
-        };
-    let wait_ms = match q.get("wait") {
-        Some(v) => pier_api::service::parse_duration_ms(v)
-            .map_err(|e| invalid(format!("`wait`: {e}")))?
-            .min(MAX_WAIT_MS),
-        None => 30_000,
+/// `?index=N&wait=30s` of the orchestrator's watches (agents' task lists, deployments): the
+/// store's one blocking-query implementation, answering once the result's index differs
+/// from N, or after the wait.
+fn blocking_params(q: &HashMap<String, String>) -> ApiResult<QueryOptions> {
+    let min_index = match q.get("index") {
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| invalid(format!("`index` must be a non-negative integer, got {v:?}")))?,
+        None => 0,
     };
-    Ok(Blocking { min_index, wait_ms })
-}
-
-async fn wait_for_change(shared: &Shared, keys: &[WatchKey], b: &Blocking) -> ApiResult<u64> {
-    let mut watch = shared.store.watch(keys);
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(b.wait_ms);
-    loop {
-        let index = shared
-            .store
-            .read(Consistency::Default, |v| v.index_of(keys))
-            .await?;
-        let ready = b.min_index.is_none_or(|min| index > min);
-        let now = tokio::time::Instant::now();
-        if ready || now >= deadline {
-            return Ok(index);
-        }
-        watch.changed(deadline - now).await;
+    let wait = pier_catalog::duration::parse_wait(q.get("wait").map(String::as_str).unwrap_or(""))
+        .map_err(invalid)?
+        .unwrap_or(DEFAULT_WATCH_WAIT);
+    Ok(QueryOptions {
+        consistency: Consistency::Default,
+        min_index,
+        wait,
     }
+    .with_jitter())
 }
 
 fn with_index<T: serde::Serialize>(index: u64, body: T) -> Response {
@@ -143,23 +133,45 @@ fn with_index<T: serde::Serialize>(index: u64, body: T) -> Response {
 
 // ------------------------------------------------------------------ services
 
-async fn check_image(shared: &Shared, image: &str) -> ApiResult<()> {
+/// `sha256:` and 64 lowercase hex digits: the only digest a revision pins.
+fn is_sha256_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Resolves `image` to the manifest digest it names now (`name:tag@sha256:…`) when it lives in
+/// the pier registry, refusing images that do not exist there. An image already naming a
+/// digest is kept as it is; anything else (another registry, the registry unreachable) stays
+/// unpinned: agents then run `image` as written.
+async fn resolve_image(shared: &Shared, image: &str) -> ApiResult<Option<String>> {
+    if image.contains('@') {
+        return Ok(Some(image.to_string()));
+    }
     let Some(registry) = shared.config.registry_addr.as_deref() else {
-        return Ok(());
+        return Ok(None);
     };
-    let Some(rest) = image.strip_prefix(&format!("{registry}/")) else {
-        return Ok(());
+    let names =
+        std::iter::once(registry).chain(shared.config.registry_aliases.iter().map(String::as_str));
+    let Some(rest) = names
+        .filter_map(|name| image.strip_prefix(name)?.strip_prefix('/'))
+        .next()
+    else {
+        return Ok(None);
     };
-    let (repo, reference) = match rest.split_once('@') {
-        Some((repo, digest)) => (repo.to_string(), digest.to_string()),
-        None => match rest.rsplit_once(':') {
-            Some((repo, tag)) => (repo.to_string(), tag.to_string()),
-            None => (rest.to_string(), "latest".to_string()),
-        },
+    let (repo, reference) = match rest.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), tag.to_string()),
+        _ => (rest.to_string(), "latest".to_string()),
     };
-    let url = format!("http://{registry}/v2/{repo}/manifests/{reference}");
-    let resp = shared
-        .http
+    // In a secure cluster the registry speaks TLS and lets this server in by its certificate.
+    let (client, scheme) = match &shared.config.internal_http {
+        Some(internal) => (internal.get(), internal.scheme()),
+        None => (Arc::new(shared.http.clone()), "http"),
+    };
+    let url = format!("{scheme}://{registry}/v2/{repo}/manifests/{reference}");
+    let resp = client
         .head(&url)
         .header(
             "accept",
@@ -169,17 +181,30 @@ async fn check_image(shared: &Shared, image: &str) -> ApiResult<()> {
         .send()
         .await;
     match resp {
-        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) if r.status().is_success() => {
+            let digest = r
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .filter(|d| is_sha256_digest(d));
+            match digest {
+                Some(d) => Ok(Some(format!("{image}@{d}"))),
+                None => {
+                    tracing::warn!(%image, "the registry named no manifest digest; deploying the image unpinned");
+                    Ok(None)
+                }
+            }
+        }
         Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Err(invalid(format!(
             "image {image} does not exist in the pier registry at {registry}: push it first (docker push {image})"
         ))),
         Ok(r) => {
-            tracing::warn!(%image, status = %r.status(), "registry answered unexpectedly while checking the image; deploying anyway");
-            Ok(())
+            tracing::warn!(%image, status = %r.status(), "registry answered unexpectedly while resolving the image; deploying it unpinned");
+            Ok(None)
         }
         Err(err) => {
-            tracing::warn!(%image, error = %err, "cannot reach the pier registry to check the image; deploying anyway");
-            Ok(())
+            tracing::warn!(%image, error = %err, "cannot reach the pier registry to resolve the image; deploying it unpinned");
+            Ok(None)
         }
     }
 }
@@ -195,6 +220,9 @@ async fn deploy(
         },
     )
     .map_err(|e| invalid(format!("service file: {e}")))?;
+    let mut spec = spec;
+    // Pinned first: the same file deployed after its tag moved is a new revision.
+    spec.pinned_image = resolve_image(&shared, &spec.image).await?;
     let world = World::load(&shared.store, Consistency::Default).await?;
     let now = now_ms();
     let existing = world.services.get(&spec.name);
@@ -225,7 +253,8 @@ async fn deploy(
             spec.name, spec.cpu_millis, spec.memory_mb
         ))
     })?;
-    check_image(&shared, &spec.image).await?;
+    // The route host belongs to the first service that claims it.
+    crate::routes::claim(&shared, &spec.name, &spec.route).await?;
 
     let (mut record, guard) = match existing {
         Some(svc) => (svc.value.record.clone(), svc.modify_index),
@@ -521,7 +550,10 @@ async fn list_services(State(shared): State<Arc<Shared>>) -> ApiResult<Response>
         let (mut running, mut healthy) = (0, 0);
         for t in world.tasks_of(name) {
             let s = world.status_of(&t.value.id);
-            if t.value.stop_phase == StopPhase::Active && s.state == TaskState::Running {
+            // A lost task's last report is stale: it counts again once its node is heard.
+            let reachable = !world.node_down(&t.value.node);
+            if t.value.stop_phase == StopPhase::Active && s.state == TaskState::Running && reachable
+            {
                 running += 1;
                 if s.health == TaskHealth::Healthy {
                     healthy += 1;
@@ -539,6 +571,7 @@ async fn list_services(State(shared): State<Arc<Shared>>) -> ApiResult<Response>
                 .deployment_of(&svc.value)
                 .map(|d| d.value.record.status),
             route: spec.map(|s| s.route.clone()).unwrap_or_default(),
+            pinned_image: spec.and_then(|s| s.pinned_image.clone()),
             placement_error: svc
                 .value
                 .record
@@ -553,16 +586,23 @@ async fn list_services(State(shared): State<Arc<Shared>>) -> ApiResult<Response>
 async fn inspect_service(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
+    visible: Option<axum::Extension<pier_api::service::SecretsVisible>>,
 ) -> ApiResult<Json<ServiceDetail>> {
     let world = World::load(&shared.store, Consistency::Default).await?;
     let svc = world
         .services
         .get(&name)
         .ok_or_else(|| not_found(format!("no service named {name:?}")))?;
-    let spec = world
+    let mut spec = world
         .spec(&name, svc.value.record.revision)
         .cloned()
         .ok_or_else(|| not_found(format!("service {name} has no current revision")))?;
+    // Env values may hold credentials: only callers the auth layer lets see secrets get them.
+    if visible.is_some_and(|axum::Extension(v)| !v.0) {
+        for value in spec.env.values_mut() {
+            *value = "(redacted)".to_string();
+        }
+    }
     let mut service = svc.value.record.clone();
     service.restart_status = restart_status(&svc.value);
     Ok(Json(ServiceDetail {
@@ -580,6 +620,32 @@ async fn inspect_service(
     }))
 }
 
+/// `GET /api/v1/services/:name/revisions/:n`: the spec of one revision, env redacted as in
+/// `inspect`, so two revisions can be compared.
+async fn get_revision(
+    State(shared): State<Arc<Shared>>,
+    Path((name, revision)): Path<(String, String)>,
+    visible: Option<axum::Extension<pier_api::service::SecretsVisible>>,
+) -> ApiResult<Json<pier_api::service::ServiceSpec>> {
+    let revision: u64 = revision
+        .parse()
+        .map_err(|_| invalid(format!("a revision is a number, not {revision:?}")))?;
+    let world = World::load(&shared.store, Consistency::Default).await?;
+    if !world.services.contains_key(&name) {
+        return Err(not_found(format!("no service named {name:?}")));
+    }
+    let mut spec = world
+        .spec(&name, revision)
+        .cloned()
+        .ok_or_else(|| not_found(format!("service {name} has no revision {revision}")))?;
+    if visible.is_some_and(|axum::Extension(v)| !v.0) {
+        for value in spec.env.values_mut() {
+            *value = "(redacted)".to_string();
+        }
+    }
+    Ok(Json(spec))
+}
+
 async fn service_tasks(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
@@ -590,7 +656,10 @@ async fn service_tasks(
     }
     let mut out: Vec<TaskView> = world
         .tasks_of(&name)
-        .map(|t| TaskView::new(t.value.clone(), world.status_of(&t.value.id)))
+        .map(|t| {
+            TaskView::new(t.value.clone(), world.status_of(&t.value.id))
+                .on_node(world.node_down(&t.value.node))
+        })
         .collect();
     out.sort_by(|a, b| {
         b.task
@@ -606,17 +675,12 @@ async fn get_deployment(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let b = blocking_params(&q)?;
-    let keys = [WatchKey::key(tables::DEPLOYMENTS, id.clone())];
-    let index = wait_for_change(&shared, &keys, &b).await?;
-    let dep: Option<DeploymentRecord> = shared
-        .store
-        .read(Consistency::Default, |v| {
-            tables::deployments()
-                .get(v, &id)
-                .map(|d| d.map(|d| d.value.record))
-        })
-        .await??;
+    let opts = blocking_params(&q)?;
+    let (index, dep) = blocking_query(&shared.store, &opts, |v| {
+        let dep = tables::deployments().get(v, &id)?.map(|d| d.value.record);
+        Ok::<_, StoreError>((dep, vec![WatchKey::key(tables::DEPLOYMENTS, id.clone())]))
+    })
+    .await?;
     match dep {
         Some(d) => Ok(with_index(index, d)),
         None => Err(not_found(format!("no deployment {id:?}"))),
@@ -628,7 +692,6 @@ async fn get_deployment(
 async fn list_nodes(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
     let world = World::load(&shared.store, Consistency::Default).await?;
     let leader = shared.store.status().is_leader;
-    let now = now_ms();
     let mut out = Vec::new();
     for n in world.nodes.values() {
         let (mut tasks, mut cpu, mut mem) = (0, 0, 0);
@@ -652,10 +715,7 @@ async fn list_nodes(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
             allocated_cpu_millis: cpu,
             allocated_memory_mb: mem,
             last_heartbeat_age_ms: if leader {
-                shared
-                    .heartbeats
-                    .get(&n.value.name)
-                    .map(|l| now.saturating_sub(l))
+                shared.catalog.heard_ms_ago(&n.value.name)
             } else {
                 None
             },
@@ -716,19 +776,34 @@ async fn register_node(
     }
     catalog_sync::register_node(&shared.catalog, &record).await;
     if shared.store.status().is_leader {
-        shared.heartbeats.record(&name, now);
+        shared.catalog.record_heartbeat(&name);
     }
     tracing::info!(node = %name, zone = %record.zone, "node registered");
     Ok(Json(record))
 }
 
+/// `PUT /api/v1/nodes/{name}/alive`. Acknowledged only on behalf of a leader that a quorum
+/// follows: a leader cut off from its quorum for an election timeout (openraft never makes it
+/// step down by itself) refuses, and so does a follower that has lost its leader, so an agent
+/// attached to the minority side of a partition learns that the cluster may have marked its
+/// node down instead of being told all is well.
 async fn heartbeat(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
-    let status = shared.store.status();
-    if status.is_leader {
+    let contact = shared.store.leader_contact();
+    let silent_ms = contact
+        .last_contact_ms
+        .map(|ms| format!("{ms} ms"))
+        .unwrap_or_else(|| "ever".into());
+    if contact.is_leader {
+        if !contact.known_leader {
+            return Err(OrchestratorError::Unavailable(format!(
+                "this server leads but no quorum has acknowledged it for {silent_ms}: the heartbeat cannot be vouched for by the cluster"
+            ))
+            .into());
+        }
         let known = shared
             .store
             .read(Consistency::Stale, |v| {
@@ -740,7 +815,7 @@ async fn heartbeat(
                 "unknown node {name:?}: register it first"
             )));
         }
-        shared.heartbeats.record(&name, now_ms());
+        shared.catalog.record_heartbeat(&name);
     } else {
         if headers.contains_key(FORWARDED_HEADER) {
             return Err(OrchestratorError::Unavailable(
@@ -748,35 +823,59 @@ async fn heartbeat(
             )
             .into());
         }
-        let leader = status
-            .leader
-            .filter(|l| !l.http_addr.is_empty())
-            .ok_or_else(|| {
-                OrchestratorError::Unavailable("no raft leader known; retry shortly".into())
-            })?;
-        let url = format!("http://{}/api/v1/nodes/{name}/alive", leader.http_addr);
-        let resp = shared
-            .http
-            .put(url)
-            .header(FORWARDED_HEADER, "1")
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .map_err(|e| {
-                OrchestratorError::Unavailable(format!(
-                    "cannot forward the heartbeat to the leader: {e}"
-                ))
-            })?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            return Err(not_found(format!(
-                "unknown node {name:?}: register it first"
-            )));
+        if !contact.known_leader {
+            return Err(OrchestratorError::Unavailable(format!(
+                "this server has not heard from a leader for {silent_ms}: it may be cut off from the cluster's quorum"
+            ))
+            .into());
         }
-    }
-    if let Err(err) = shared.catalog.heartbeat(&name).await {
-        tracing::debug!(node = %name, error = %err, "catalog heartbeat failed");
+        forward_heartbeat(&shared, &name).await?;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Hands a heartbeat to the leader; anything but its acknowledgement is a refusal.
+async fn forward_heartbeat(shared: &Shared, name: &str) -> ApiResult<()> {
+    let leader = shared
+        .store
+        .status()
+        .leader
+        .filter(|l| !l.http_addr.is_empty())
+        .ok_or_else(|| {
+            OrchestratorError::Unavailable("no raft leader known; retry shortly".into())
+        })?;
+    let url = format!(
+        "{}://{}/api/v1/nodes/{name}/alive",
+        shared.internal.scheme(),
+        leader.http_addr
+    );
+    let resp = shared
+        .internal
+        .get()
+        .put(url)
+        .header(FORWARDED_HEADER, "1")
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map_err(|e| {
+            OrchestratorError::Unavailable(format!(
+                "cannot forward the heartbeat to the leader: {e}"
+            ))
+        })?;
+    match resp.status() {
+        s if s.is_success() => Ok(()),
+        reqwest::StatusCode::NOT_FOUND => Err(not_found(format!(
+            "unknown node {name:?}: register it first"
+        ))),
+        s => {
+            let body = resp.text().await.unwrap_or_default();
+            Err(OrchestratorError::Unavailable(format!(
+                "the leader {} did not acknowledge the heartbeat ({s}): {body}",
+                leader.name
+            ))
+            .into())
+        }
+    }
 }
 
 async fn drain(
@@ -808,63 +907,103 @@ async fn drain(
     Err(OrchestratorError::Conflict(format!("node {name} kept changing; try again")).into())
 }
 
+/// `DELETE /api/v1/nodes/:name[?force=true]` (`pier node rm`): forgets a node for good. Its
+/// tasks are given up and replaced elsewhere by the next controller pass (the controller
+/// treats tasks on an unregistered node as removed). A node whose agent still heartbeats is
+/// refused without `force`: it would register itself again at once.
+async fn remove_node(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<NodeRecord>> {
+    valid_node_name(&name)?;
+    let force = q
+        .get("force")
+        .is_some_and(|v| v.is_empty() || v == "true" || v == "1");
+    for _ in 0..5 {
+        let node = shared
+            .store
+            .read(Consistency::Default, |v| tables::nodes().get(v, &name))
+            .await??
+            .ok_or_else(|| not_found(format!("no node named {name:?}")))?;
+        if !node.value.down && !force {
+            return Err(OrchestratorError::Conflict(format!(
+                "node {name} is up (its agent heartbeats): stop its agent first and wait until the node is down, or drain it (pier node drain {name}) and remove it with --force"
+            ))
+            .into());
+        }
+        let txn = Txn {
+            ops: vec![
+                Op::check(tables::NODES, name.clone(), node.modify_index),
+                tables::nodes().delete(name.clone()),
+            ],
+        };
+        if shared.store.write(txn).await?.applied {
+            tracing::info!(node = %name, force, "node removed; its tasks are replaced elsewhere");
+            return Ok(Json(node.value));
+        }
+    }
+    Err(OrchestratorError::Conflict(format!("node {name} kept changing; try again")).into())
+}
+
 async fn node_tasks(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     valid_node_name(&name)?;
-    let b = blocking_params(&q)?;
+    let opts = blocking_params(&q)?;
     let prefix = format!("{name}/");
-    let keys = [WatchKey::prefix(tables::TASKS, prefix.clone())];
-    let index = wait_for_change(&shared, &keys, &b).await?;
-    let tasks = shared
-        .store
-        .read(
-            Consistency::Default,
-            |v| -> Result<Vec<AgentTask>, StoreError> {
-                let mut out = Vec::new();
-                for (_, t) in tables::tasks().list(v, &prefix)? {
-                    if t.value.stop_phase == StopPhase::Stopped {
-                        continue;
-                    }
-                    let key = tables::revision_key(&t.value.service, t.value.revision);
-                    if let Some(rev) = tables::revisions().get(v, &key)? {
-                        out.push(AgentTask {
-                            task: t.value,
-                            spec: rev.value.spec,
-                        });
-                    }
-                }
-                Ok(out)
-            },
-        )
-        .await??;
+    let (index, tasks) = blocking_query(&shared.store, &opts, |v| {
+        let mut out = Vec::new();
+        for (_, t) in tables::tasks().list(v, &prefix)? {
+            if t.value.stop_phase == StopPhase::Stopped {
+                continue;
+            }
+            let key = tables::revision_key(&t.value.service, t.value.revision);
+            if let Some(rev) = tables::revisions().get(v, &key)? {
+                out.push(AgentTask {
+                    task: t.value,
+                    spec: rev.value.spec,
+                });
+            }
+        }
+        // The list depends on the node's tasks; their revisions never change once written.
+        Ok::<_, StoreError>((out, vec![WatchKey::prefix(tables::TASKS, prefix.clone())]))
+    })
+    .await?;
     Ok(with_index(index, AgentTasks { index, tasks }))
 }
 
 // ------------------------------------------------------------------ tasks
 
+/// The task and its status. Tasks are keyed by node: with the node (what agents send) this
+/// is one lookup; without it (a user's `GET /api/v1/tasks/ID`) every task is looked at.
 async fn find_task(
     shared: &Shared,
     id: &str,
+    node: Option<&str>,
 ) -> ApiResult<
     Option<(
         pier_api::service::TaskRecord,
         Option<pier_store::Versioned<TaskStatus>>,
     )>,
 > {
-    let id = id.to_string();
     Ok(shared
         .store
         .read(Consistency::Default, |v| -> Result<_, StoreError> {
-            let task = tables::tasks()
-                .list(v, "")?
-                .into_iter()
-                .map(|(_, t)| t.value)
-                .find(|t| t.id == id);
+            let task = match node {
+                Some(node) => tables::tasks()
+                    .get(v, &tables::task_key(node, id))?
+                    .map(|t| t.value),
+                None => tables::tasks()
+                    .list(v, "")?
+                    .into_iter()
+                    .map(|(_, t)| t.value)
+                    .find(|t| t.id == id),
+            };
             match task {
-                Some(t) => Ok(Some((t, tables::task_status().get(v, &id)?))),
+                Some(t) => Ok(Some((t, tables::task_status().get(v, id)?))),
                 None => Ok(None),
             }
         })
@@ -875,7 +1014,7 @@ async fn get_task(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TaskView>> {
-    let (task, status) = find_task(&shared, &id)
+    let (task, status) = find_task(&shared, &id, None)
         .await?
         .ok_or_else(|| not_found(format!("no task {id:?}")))?;
     Ok(Json(TaskView::new(
@@ -887,9 +1026,13 @@ async fn get_task(
 async fn report_status(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
     Json(mut status): Json<TaskStatus>,
 ) -> ApiResult<StatusCode> {
-    let (task, previous) = find_task(&shared, &id)
+    if let Some(node) = q.get("node") {
+        valid_node_name(node)?;
+    }
+    let (task, previous) = find_task(&shared, &id, q.get("node").map(String::as_str))
         .await?
         .ok_or_else(|| not_found(format!("no task {id:?}")))?;
     status.updated_at_ms = now_ms();
@@ -922,7 +1065,8 @@ async fn report_status(
     let _ = result;
     let changed = prev.state != status.state
         || prev.health != status.health
-        || prev.host_ports != status.host_ports;
+        || prev.host_ports != status.host_ports
+        || prev.network_ip != status.network_ip;
     if changed {
         let serving = task.stop_phase == StopPhase::Active && status.state == TaskState::Running;
         if serving {

@@ -24,25 +24,37 @@ const MAX_EVENTS: usize = 100;
 const KEEP_STOPPED_TASKS: usize = 10;
 
 pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut leader_since: Option<u64> = None;
+    // The term this server leads, set once it has passed the leadership barrier.
+    let mut leadership: Option<u64> = None;
     loop {
         if *shutdown.borrow() {
             return;
         }
+        if leadership.is_some_and(|term| shared.store.leading_term() != Some(term)) {
+            leadership = None;
+        }
         if !shared.store.status().is_leader {
-            leader_since = None;
+            leadership = None;
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(300)) => {}
                 _ = shutdown.changed() => return,
             }
             continue;
         }
+        let term = match leadership {
+            Some(l) => l,
+            None => match take_leadership(&shared).await {
+                Some(l) => *leadership.insert(l),
+                None => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    continue;
+                }
+            },
+        };
         let now = now_ms();
-        let grace_from = *leader_since.get_or_insert_with(|| {
-            shared.heartbeats.reset(now);
-            tracing::info!("orchestrator controller active on this server (raft leader)");
-            now
-        });
         let keys = [
             WatchKey::prefix(tables::SERVICES, ""),
             WatchKey::prefix(tables::DEPLOYMENTS, ""),
@@ -50,7 +62,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: tokio::sync::watch::R
             WatchKey::prefix(tables::NODES, ""),
         ];
         let mut watch = shared.store.watch(&keys);
-        if let Err(err) = pass(&shared, now, grace_from).await {
+        if let Err(err) = pass(&shared, now, term).await {
             tracing::warn!(error = %err, "controller pass failed; retrying");
         }
         tokio::select! {
@@ -60,20 +72,53 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: tokio::sync::watch::R
     }
 }
 
-async fn pass(shared: &Shared, now: u64, grace_from: u64) -> Result<(), crate::OrchestratorError> {
-    let mut world = World::load(&shared.store, Consistency::Default).await?;
+/// A new leader acts only after it has applied everything earlier terms committed (the
+/// barrier); every write of its passes is then guarded by its term, so a deposed leader's
+/// late writes fail instead of undoing the next leader's work. Returns the term.
+async fn take_leadership(shared: &Shared) -> Option<u64> {
+    match shared.store.leader_barrier().await {
+        Ok(term) => {
+            shared.catalog.begin_leadership(term);
+            tracing::info!(
+                term,
+                "orchestrator controller active on this server (raft leader)"
+            );
+            Some(term)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "leadership barrier not passed yet");
+            None
+        }
+    }
+}
+
+async fn pass(shared: &Shared, now: u64, term: u64) -> Result<(), crate::OrchestratorError> {
+    let mut world = World::load_with_catalog(&shared.store, Consistency::Default).await?;
 
     // Node liveness: a node silent for longer than the timeout is down; a blip is not.
     let mut node_ops = Vec::new();
+    let held = shared.catalog.mass_silence_held(
+        world
+            .nodes
+            .values()
+            .map(|n| (n.value.name.as_str(), n.value.down)),
+    );
+    if held {
+        // The node monitor on this same leader says so (rate-limited); every pass would spam.
+        tracing::debug!("more than half of the live nodes are silent at once: marking none down");
+    }
     for node in world.nodes.values_mut() {
-        let last = shared.heartbeats.last(&node.value.name, grace_from);
-        let down = matches!(
-            core::node_liveness(last, now, shared.config.node_down_after_ms),
-            core::NodeLiveness::Down { .. }
-        );
+        // The cluster's one failure detector (the catalog's heartbeat table); a blip shorter
+        // than its timeout is not a failure.
+        let beat = shared.catalog.node_beat(&node.value.name);
+        let silent = !held && shared.catalog.is_silent(beat);
+        // A new leader's grace period keeps nodes up that were up; it must not bring back a
+        // node already marked down: its lost tasks would count again (and their replacements
+        // be trimmed) before anyone has heard from it.
+        let down = silent || (node.value.down && !beat.heard);
         if down != node.value.down {
             if down {
-                tracing::warn!(node = %node.value.name, silent_ms = now.saturating_sub(last), "node missed its heartbeats: marking it down");
+                tracing::warn!(node = %node.value.name, silent_ms = beat.silent_ms, "node missed its heartbeats: marking it down");
             } else {
                 tracing::info!(node = %node.value.name, "node is heartbeating again: marking it up");
             }
@@ -86,26 +131,30 @@ async fn pass(shared: &Shared, now: u64, grace_from: u64) -> Result<(), crate::O
         }
     }
     if !node_ops.is_empty() {
+        node_ops.push(Op::leader_term(term));
         shared.store.write(Txn { ops: node_ops }).await?;
         // Re-read so indexes used as guards below are current.
-        world = World::load(&shared.store, Consistency::Default).await?;
+        world = World::load_with_catalog(&shared.store, Consistency::Default).await?;
     }
-    // Tasks on down or draining nodes are moved: pier-core treats them as lost.
-    let away: BTreeSet<String> = world
-        .nodes
-        .values()
-        .filter(|n| n.value.down || n.value.draining)
-        .map(|n| n.value.name.clone())
-        .collect();
-
+    debug_assert!(
+        world.catalog.is_some(),
+        "the controller loads the catalog view"
+    );
+    let catalog_view = world.catalog.take().unwrap_or_default();
+    let routable = catalog_sync::reconcile(shared, &world, &catalog_view).await;
     let mut extra_alloc: BTreeMap<String, Resources> = BTreeMap::new();
     let names: Vec<String> = world.services.keys().cloned().collect();
     for name in names {
-        if let Err(err) = service_pass(shared, &world, &name, now, &away, &mut extra_alloc).await {
+        let ctx = PassContext {
+            now,
+            term,
+            routable: &routable,
+        };
+        if let Err(err) = service_pass(shared, &world, &name, ctx, &mut extra_alloc).await {
             tracing::warn!(service = %name, error = %err, "controller pass for the service failed");
         }
     }
-    gc(shared, &world).await?;
+    gc(shared, &world, term).await?;
     Ok(())
 }
 
@@ -195,14 +244,44 @@ fn wire_status(s: StoredStatus) -> DeploymentStatus {
     }
 }
 
+/// What every service's pass shares.
+#[derive(Clone, Copy)]
+struct PassContext<'a> {
+    now: u64,
+    term: u64,
+    /// Tasks whose catalog instance is passing (see `catalog_sync::reconcile`).
+    routable: &'a BTreeSet<String>,
+}
+
+/// A task of a service with a port is healthy for deployments only once the gateway can
+/// route to it, i.e. its catalog instance is passing; until then it counts as not yet known.
+fn gate_on_catalog(
+    world: &World,
+    task: &TaskRecord,
+    mut snap: core::TaskSnapshot,
+    routable: &BTreeSet<String>,
+) -> core::TaskSnapshot {
+    let publishes_port = world
+        .spec(&task.service, task.revision)
+        .is_some_and(|spec| !spec.ports.is_empty());
+    if publishes_port && snap.health == core::TaskHealth::Passing && !routable.contains(&task.id) {
+        snap.health = core::TaskHealth::Unknown;
+    }
+    snap
+}
+
 async fn service_pass(
     shared: &Shared,
     world: &World,
     name: &str,
-    now: u64,
-    away: &BTreeSet<String>,
+    ctx: PassContext<'_>,
     extra_alloc: &mut BTreeMap<String, Resources>,
 ) -> Result<(), crate::OrchestratorError> {
+    let PassContext {
+        now,
+        term,
+        routable,
+    } = ctx;
     let Some(svc) = world.services.get(name) else {
         return Ok(());
     };
@@ -215,22 +294,13 @@ async fn service_pass(
         .tasks_of(name)
         .map(|t| (t.value.clone(), world.status_of(&t.value.id)))
         .collect();
+    // Tasks on a down node are lost, not stopped (pier-core decides what becomes of them,
+    // including finishing the stop sequence of tasks nobody will ever report the exit of).
     let snaps: Vec<core::TaskSnapshot> = own
         .iter()
-        .map(|(t, s)| {
-            let mut snap = task_snapshot(t, s);
-            // Nobody will ever report the exit of a task on a down node: once its stop
-            // sequence has begun, it counts as gone so the sequence can finish (if the node
-            // comes back, its agent removes the container because the task is stopped).
-            let node_down = world.nodes.get(&t.node).is_none_or(|n| n.value.down);
-            if node_down && t.stop_phase != StopPhase::Active && !snap.observed.is_terminal() {
-                snap.observed = core::ObservedState::Failed {
-                    reason: "node down".into(),
-                };
-            }
-            snap
-        })
+        .map(|(t, s)| gate_on_catalog(world, t, task_snapshot(t, s), routable))
         .collect();
+    let nodes = NodeSets::of(world, &own);
     let desired_count = if doc.record.deleting {
         0
     } else {
@@ -244,111 +314,17 @@ async fn service_pass(
     let mut drain_stops: Vec<String> = Vec::new();
     let mut dep_doc = dep.map(|d| d.value.clone());
     let actions = match &mut dep_doc {
-        Some(d) if !doc.record.deleting => {
-            let snapshot = core::DeploymentSnapshot {
-                deployment: core::Deployment {
-                    id: d.record.id.clone(),
-                    target_revision: d.record.revision,
-                    previous_stable_revision: d.previous_stable,
-                    desired_count: d.record.desired,
-                    settings: (&d.settings).into(),
-                    kind: d.kind(),
-                },
-                state: (&d.state).into(),
-                tasks: snaps.clone(),
-                down_nodes: away.clone(),
-            };
-            let plan = core::step(&snapshot, now);
-            let before = d.state.status;
-            let known_failures: BTreeSet<String> =
-                d.state.failures.iter().map(|f| f.task.clone()).collect();
-            d.state = StoredState::from(&plan.state);
-            for f in &d.state.failures {
-                if !known_failures.contains(&f.task) {
-                    let kind: core::FailureKind = (&f.kind).into();
-                    push_event(
-                        &mut d.record.events,
-                        now,
-                        format!("task {} failed: {}", f.task, kind.short()),
-                    );
-                }
-            }
-            if before != d.state.status {
-                let text = format!(
-                    "deployment {}{}",
-                    wire_status(d.state.status).as_str().replace('_', " "),
-                    d.state
-                        .reason
-                        .as_deref()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default()
-                );
-                push_event(&mut d.record.events, now, text);
-            }
-            plan.actions
-        }
+        Some(d) if !doc.record.deleting => deployment_step(shared, d, &snaps, &nodes, now),
         _ => {
-            // A draining node's tasks are replaced before they are stopped: they stay out of
-            // the reconciler's view (so it starts replacements elsewhere), and one is asked to
-            // stop only when enough tasks elsewhere are healthy to keep the count.
-            let draining: BTreeSet<&str> = world
-                .nodes
-                .values()
-                .filter(|n| n.value.draining && !n.value.down)
-                .map(|n| n.value.name.as_str())
-                .collect();
-            let on_drain: BTreeSet<String> = snaps
-                .iter()
-                .filter(|t| {
-                    t.is_active()
-                        && t.desired == core::DesiredState::Run
-                        && !t.is_terminal()
-                        && t.node.as_deref().is_some_and(|n| draining.contains(n))
-                })
-                .map(|t| t.id.clone())
-                .collect();
-            let healthy_elsewhere = snaps
-                .iter()
-                .filter(|t| {
-                    t.is_active()
-                        && t.desired == core::DesiredState::Run
-                        && !on_drain.contains(&t.id)
-                        && t.is_healthy(0, now)
-                })
-                .count();
-            let stoppable = (healthy_elsewhere + on_drain.len())
-                .saturating_sub(desired_count as usize)
-                .min(on_drain.len());
-            drain_stops = on_drain.iter().take(stoppable).cloned().collect();
-            let nodes = world
-                .nodes
-                .values()
-                .map(|n| core::NodeHeartbeat {
-                    id: n.value.name.clone(),
-                    last_heartbeat_ms: if n.value.down { 0 } else { now },
-                })
-                .collect();
-            let snapshot = core::ServiceSnapshot {
-                revision: doc.record.revision,
+            let (on_drain, stops) = drain_plan(&snaps, &nodes, desired_count as usize, now);
+            drain_stops = stops;
+            let view = ServiceView {
+                snaps: &snaps,
+                on_drain: &on_drain,
+                spec: &current_spec,
                 desired_count,
-                tasks: snaps
-                    .iter()
-                    .filter(|t| !on_drain.contains(&t.id))
-                    .cloned()
-                    .collect(),
-                nodes,
-                settings: core::ReconcileSettings {
-                    drain_delay_ms: current_spec.deploy.drain_delay_ms,
-                    node_down_after_ms: shared.config.node_down_after_ms,
-                    restart_backoff_initial_ms: shared.config.restart_backoff_initial_ms,
-                    restart_backoff_max_ms: shared.config.restart_backoff_max_ms,
-                    restart_backoff_reset_after_ms: shared.config.restart_backoff_reset_after_ms,
-                },
-                restart: (&doc.restart).into(),
             };
-            let plan = core::reconcile(&snapshot, now);
-            doc.restart = (&plan.restart).into();
-            plan.actions
+            reconcile_step(shared, world, &mut doc, view, now)
         }
     };
 
@@ -373,11 +349,11 @@ async fn service_pass(
                 let mut existing: Vec<ExistingTask> = own
                     .iter()
                     .filter(|(t, s)| {
+                        let t = updated.get(&t.id).unwrap_or(t);
                         t.stop_phase == StopPhase::Active
                             && t.desired == DesiredState::Running
                             && !s.state.is_terminal()
-                            && !away.contains(&t.node)
-                            && !updated.contains_key(&t.id)
+                            && !nodes.away(&t.node)
                     })
                     .map(|(t, _)| ExistingTask {
                         node: t.node.clone(),
@@ -406,6 +382,7 @@ async fn service_pass(
                         stop_phase: StopPhase::Active,
                         stop_reason: None,
                         created_at_ms: now,
+                        lost_since_ms: None,
                     };
                     let r = extra_alloc.entry(p.node.clone()).or_default();
                     *r = r.saturating_add(&Resources::new(spec.cpu_millis, spec.memory_mb));
@@ -456,6 +433,18 @@ async fn service_pass(
                     updated.insert(t.id.clone(), t);
                 }
             }
+            Action::MarkTaskLost { task } => {
+                if let Some(mut t) = task_of(task, &updated) {
+                    t.lost_since_ms = Some(now);
+                    updated.insert(t.id.clone(), t);
+                }
+            }
+            Action::MarkTaskFound { task } => {
+                if let Some(mut t) = task_of(task, &updated) {
+                    t.lost_since_ms = None;
+                    updated.insert(t.id.clone(), t);
+                }
+            }
             Action::MarkDeployment { status, .. } => {
                 if let (Some(d), core::DeploymentStatus::Succeeded) = (dep_doc.as_ref(), status) {
                     doc.record.stable_revision = Some(d.record.revision);
@@ -500,7 +489,8 @@ async fn service_pass(
     }
     let active = own
         .iter()
-        .filter(|(t, _)| t.stop_phase == StopPhase::Active && !updated.contains_key(&t.id))
+        .map(|(t, _)| updated.get(&t.id).unwrap_or(t))
+        .filter(|t| t.stop_phase == StopPhase::Active && t.desired == DesiredState::Running)
         .count();
     if placement_attempted {
         if doc.record.placement_error != placement_error {
@@ -578,6 +568,7 @@ async fn service_pass(
     if ops.len() == 1 {
         return Ok(());
     }
+    ops.push(Op::leader_term(term));
     let result = shared.store.write(Txn { ops }).await?;
     if !result.applied {
         // Someone (the API) changed the service meanwhile; the next pass recomputes.
@@ -589,8 +580,186 @@ async fn service_pass(
     Ok(())
 }
 
+/// One step of the service's in-progress deployment; new failures and a change of status
+/// become events of the deployment.
+fn deployment_step(
+    shared: &Shared,
+    d: &mut DeploymentDoc,
+    snaps: &[core::TaskSnapshot],
+    nodes: &NodeSets,
+    now: u64,
+) -> Vec<Action> {
+    let snapshot = core::DeploymentSnapshot {
+        deployment: core::Deployment {
+            id: d.record.id.clone(),
+            target_revision: d.record.revision,
+            previous_stable_revision: d.previous_stable,
+            desired_count: d.record.desired,
+            settings: (&d.settings).into(),
+            kind: d.kind(),
+        },
+        state: (&d.state).into(),
+        tasks: snaps.to_vec(),
+        down_nodes: nodes.down.clone(),
+        draining_nodes: nodes.draining.clone(),
+        removed_nodes: nodes.removed.clone(),
+        lost_task_timeout_ms: shared.config.lost_task_timeout_ms,
+    };
+    let plan = core::step(&snapshot, now);
+    let before = d.state.status;
+    let known_failures: BTreeSet<String> =
+        d.state.failures.iter().map(|f| f.task.clone()).collect();
+    d.state = StoredState::from(&plan.state);
+    for f in &d.state.failures {
+        if !known_failures.contains(&f.task) {
+            let kind: core::FailureKind = (&f.kind).into();
+            push_event(
+                &mut d.record.events,
+                now,
+                format!("task {} failed: {}", f.task, kind.short()),
+            );
+        }
+    }
+    if before != d.state.status {
+        let text = format!(
+            "deployment {}{}",
+            wire_status(d.state.status).as_str().replace('_', " "),
+            d.state
+                .reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+        push_event(&mut d.record.events, now, text);
+    }
+    plan.actions
+}
+
+/// What the reconciler is shown of a service outside deployments.
+struct ServiceView<'a> {
+    snaps: &'a [core::TaskSnapshot],
+    /// Tasks of draining nodes, kept out of its view (see [`drain_plan`]).
+    on_drain: &'a BTreeSet<String>,
+    spec: &'a ServiceSpec,
+    desired_count: u32,
+}
+
+/// One self-healing pass; the back-off state it returns goes into `doc`.
+fn reconcile_step(
+    shared: &Shared,
+    world: &World,
+    doc: &mut crate::tables::ServiceDoc,
+    view: ServiceView<'_>,
+    now: u64,
+) -> Vec<Action> {
+    let heartbeats = world
+        .nodes
+        .values()
+        .map(|n| core::NodeHeartbeat {
+            id: n.value.name.clone(),
+            last_heartbeat_ms: if n.value.down { 0 } else { now },
+        })
+        .collect();
+    let config = &shared.config;
+    let snapshot = core::ServiceSnapshot {
+        revision: doc.record.revision,
+        desired_count: view.desired_count,
+        tasks: view
+            .snaps
+            .iter()
+            .filter(|t| !view.on_drain.contains(&t.id))
+            .cloned()
+            .collect(),
+        nodes: heartbeats,
+        settings: core::ReconcileSettings {
+            drain_delay_ms: view.spec.deploy.drain_delay_ms,
+            max_unavailable: settings_for(view.spec, view.desired_count).max_unavailable,
+            node_down_after_ms: shared.catalog.config().node_dead_after_ms,
+            lost_task_timeout_ms: config.lost_task_timeout_ms,
+            restart_backoff_initial_ms: config.restart_backoff_initial_ms,
+            restart_backoff_max_ms: config.restart_backoff_max_ms,
+            restart_backoff_reset_after_ms: config.restart_backoff_reset_after_ms,
+        },
+        restart: (&doc.restart).into(),
+    };
+    let plan = core::reconcile(&snapshot, now);
+    doc.restart = (&plan.restart).into();
+    plan.actions
+}
+
+/// A draining node's tasks are replaced before they are stopped: they stay out of the
+/// reconciler's view (so it starts replacements elsewhere), and one is asked to stop only when
+/// enough tasks elsewhere are healthy to keep the count. Tasks lost on down nodes are not
+/// "elsewhere": their last report is stale. Returns the draining tasks and those to stop now.
+fn drain_plan(
+    snaps: &[core::TaskSnapshot],
+    nodes: &NodeSets,
+    desired: usize,
+    now: u64,
+) -> (BTreeSet<String>, Vec<String>) {
+    let wanted = |t: &core::TaskSnapshot| {
+        t.is_active() && t.desired == core::DesiredState::Run && !t.is_terminal()
+    };
+    let on_node = |t: &core::TaskSnapshot, set: &BTreeSet<String>| {
+        t.node.as_deref().is_some_and(|n| set.contains(n))
+    };
+    let on_drain: BTreeSet<String> = snaps
+        .iter()
+        .filter(|t| wanted(t) && on_node(t, &nodes.draining))
+        .map(|t| t.id.clone())
+        .collect();
+    let healthy_elsewhere = snaps
+        .iter()
+        .filter(|t| wanted(t) && !on_drain.contains(&t.id) && t.is_healthy(0, now))
+        .filter(|t| !on_node(t, &nodes.down) && !on_node(t, &nodes.removed))
+        .count();
+    let stoppable = (healthy_elsewhere + on_drain.len())
+        .saturating_sub(desired)
+        .min(on_drain.len());
+    let stops = on_drain.iter().take(stoppable).cloned().collect();
+    (on_drain, stops)
+}
+
+/// The nodes a service's tasks are on, as pier-core distinguishes them.
+struct NodeSets {
+    /// Missed their heartbeats: their tasks are lost.
+    down: BTreeSet<String>,
+    /// Up and draining: their tasks move elsewhere.
+    draining: BTreeSet<String>,
+    /// Named by a task but no longer registered: their tasks are given up.
+    removed: BTreeSet<String>,
+}
+
+impl NodeSets {
+    fn of(world: &World, own: &[(TaskRecord, pier_api::service::TaskStatus)]) -> NodeSets {
+        let mut sets = NodeSets {
+            down: BTreeSet::new(),
+            draining: BTreeSet::new(),
+            removed: BTreeSet::new(),
+        };
+        for n in world.nodes.values() {
+            if n.value.down {
+                sets.down.insert(n.value.name.clone());
+            } else if n.value.draining {
+                sets.draining.insert(n.value.name.clone());
+            }
+        }
+        for (t, _) in own {
+            if !world.nodes.contains_key(&t.node) {
+                sets.removed.insert(t.node.clone());
+            }
+        }
+        sets
+    }
+
+    /// The scheduler places nothing there and counts nothing there for spread.
+    fn away(&self, node: &str) -> bool {
+        self.down.contains(node) || self.draining.contains(node) || self.removed.contains(node)
+    }
+}
+
 /// Deletes the oldest stopped tasks of each service beyond the few kept for `pier service ps`.
-async fn gc(shared: &Shared, world: &World) -> Result<(), crate::OrchestratorError> {
+async fn gc(shared: &Shared, world: &World, term: u64) -> Result<(), crate::OrchestratorError> {
     let mut by_service: BTreeMap<&str, Vec<&TaskRecord>> = BTreeMap::new();
     for t in world.tasks.values() {
         if t.value.stop_phase == StopPhase::Stopped {
@@ -611,8 +780,72 @@ async fn gc(shared: &Shared, world: &World) -> Result<(), crate::OrchestratorErr
             ops.push(Op::delete(tables::TASK_STATUS, t.id.clone()));
         }
     }
+    ops.extend(retention_ops(world, shared.config.keep_revisions));
     if !ops.is_empty() {
+        ops.push(Op::leader_term(term));
         shared.store.write(Txn { ops }).await?;
     }
     Ok(())
+}
+
+/// Revision history and finished deployments are bounded: per service, the newest `keep`
+/// revisions stay (rollback targets), plus every revision something still names — the
+/// current one, a task's that is not stopped, those an in-progress deployment may go back to. Of the finished deployments the
+/// newest `keep` stay; the service's latest deployment and any in progress always do.
+fn retention_ops(world: &World, keep: usize) -> Vec<Op> {
+    let keep = keep.max(1);
+    let mut ops = Vec::new();
+    for (name, svc) in &world.services {
+        let mut deployments: Vec<&DeploymentDoc> = world
+            .deployments
+            .values()
+            .map(|d| &d.value)
+            .filter(|d| d.record.service == *name)
+            .collect();
+        deployments
+            .sort_by_key(|d| std::cmp::Reverse((d.record.created_at_ms, d.record.id.clone())));
+        let latest = svc.value.record.deployment.as_deref();
+        let mut kept_deps: Vec<&DeploymentDoc> = Vec::new();
+        for (i, d) in deployments.into_iter().enumerate() {
+            let kept = i < keep
+                || d.record.status == DeploymentStatus::InProgress
+                || Some(d.record.id.as_str()) == latest;
+            if kept {
+                kept_deps.push(d);
+            } else {
+                ops.push(Op::delete(tables::DEPLOYMENTS, d.record.id.clone()));
+            }
+        }
+        let mut named: BTreeSet<u64> = BTreeSet::from([svc.value.record.revision]);
+        // A stopped task keeps only its revision's number (for `pier service ps`).
+        named.extend(
+            world
+                .tasks_of(name)
+                .filter(|t| t.value.stop_phase != StopPhase::Stopped)
+                .map(|t| t.value.revision),
+        );
+        // A deployment in progress may still roll back to where it came from.
+        for d in kept_deps
+            .iter()
+            .filter(|d| d.record.status == DeploymentStatus::InProgress)
+        {
+            named.insert(d.record.revision);
+            named.extend(d.record.from_revision);
+            named.extend(d.previous_stable);
+            named.extend(d.rollback_from);
+        }
+        let mut revisions: Vec<u64> = world
+            .revisions
+            .keys()
+            .filter(|(s, _)| s == name)
+            .map(|(_, r)| *r)
+            .collect();
+        revisions.sort_unstable_by(|a, b| b.cmp(a));
+        for r in revisions.into_iter().skip(keep) {
+            if !named.contains(&r) {
+                ops.push(Op::delete(tables::REVISIONS, tables::revision_key(name, r)));
+            }
+        }
+    }
+    ops
 }

@@ -10,9 +10,9 @@ mod api;
 mod catalog_sync;
 mod controller;
 mod error;
-mod heartbeats;
 mod logs;
 mod place;
+mod routes;
 pub mod tables;
 mod world;
 
@@ -27,28 +27,41 @@ use pier_store::Store;
 pub struct OrchestratorConfig {
     /// Longest time between two controller passes when nothing is written.
     pub tick_ms: u64,
-    /// A node silent for longer is down and its tasks are placed elsewhere. Shorter blips move
-    /// nothing.
-    pub node_down_after_ms: u64,
+    /// A task lost on a down node (replaced elsewhere, but left running in case the node was
+    /// only cut off) is given up after this long.
+    pub lost_task_timeout_ms: u64,
     pub restart_backoff_initial_ms: u64,
     pub restart_backoff_max_ms: u64,
     pub restart_backoff_reset_after_ms: u64,
+    /// Revisions (and finished deployments) kept per service; older ones nothing names are
+    /// deleted (`--keep-revisions`).
+    pub keep_revisions: usize,
     /// Largest `count` a service may ask for.
     pub max_count: u32,
-    /// `host:port` of the pier registry. Images under it are checked up front on deploy.
+    /// `host:port` of the pier registry. Images under it are resolved to their manifest
+    /// digest on deploy (and refused if they do not exist).
     pub registry_addr: Option<String>,
+    /// Other names of the pier registry in image references (`127.0.0.1:5000`, the agents'
+    /// node-local registry endpoint), resolved at `registry_addr` too.
+    pub registry_aliases: Vec<String>,
+    /// How this server calls other pier processes (the leader's API to forward heartbeats,
+    /// agents for logs): TLS with the server's certificate in a secure cluster. None: plain.
+    pub internal_http: Option<pier_net::HttpClient>,
 }
 
 impl Default for OrchestratorConfig {
     fn default() -> Self {
         OrchestratorConfig {
             tick_ms: 200,
-            node_down_after_ms: 3_000,
+            lost_task_timeout_ms: pier_core::deployment::DEFAULT_LOST_TASK_TIMEOUT_MS,
             restart_backoff_initial_ms: 1_000,
             restart_backoff_max_ms: 60_000,
             restart_backoff_reset_after_ms: 300_000,
             max_count: pier_api::service::DEFAULT_MAX_COUNT,
+            keep_revisions: 10,
             registry_addr: None,
+            registry_aliases: Vec::new(),
+            internal_http: None,
         }
     }
 }
@@ -56,9 +69,10 @@ impl Default for OrchestratorConfig {
 pub(crate) struct Shared {
     pub store: Store,
     pub catalog: Catalog,
-    pub heartbeats: heartbeats::Heartbeats,
     pub config: OrchestratorConfig,
     pub http: reqwest::Client,
+    /// See [`OrchestratorConfig::internal_http`].
+    pub internal: pier_net::HttpClient,
 }
 
 /// A running orchestrator: the controller task plus what the API routes need.
@@ -74,15 +88,24 @@ pub fn spawn(store: Store, catalog: Catalog, config: OrchestratorConfig) -> Orch
         .connect_timeout(std::time::Duration::from_secs(2))
         .build()
         .unwrap_or_default();
+    let internal = match config.internal_http.clone() {
+        Some(c) => c,
+        None => pier_net::HttpClient::new(
+            |b| b.connect_timeout(std::time::Duration::from_secs(2)),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("an HTTP client without TLS always builds: {e}")),
+    };
     let shared = Arc::new(Shared {
         store,
         catalog,
-        heartbeats: Default::default(),
         config,
         http,
+        internal,
     });
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(controller::run(shared.clone(), rx));
+    let task = tokio::spawn(controller::run(shared.clone(), rx.clone()));
+    tokio::spawn(routes::run(shared.clone(), rx));
     Orchestrator {
         shared,
         shutdown: tx,
@@ -104,9 +127,4 @@ impl Orchestrator {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use pier_api::time::now_ms;

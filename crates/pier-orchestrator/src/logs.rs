@@ -51,13 +51,15 @@ pub(crate) async fn service_logs(
             continue;
         };
         let mut url = format!(
-            "http://{}/v1/logs/{}?follow={follow}",
-            node.value.agent_addr, t.value.id
+            "{}://{}/v1/logs/{}?follow={follow}",
+            shared.internal.scheme(),
+            node.value.agent_addr,
+            t.value.id
         );
         if let Some(n) = tail {
             url.push_str(&format!("&tail={n}"));
         }
-        let resp = match shared.http.get(&url).send().await {
+        let resp = match shared.internal.get().get(&url).send().await {
             Ok(r) if r.status().is_success() => r,
             Ok(r) => {
                 let line = format!(

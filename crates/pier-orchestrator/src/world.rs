@@ -10,6 +10,7 @@ use pier_api::service::{
 use pier_core::deployment as core;
 use pier_store::{Consistency, Store, Versioned};
 
+use crate::catalog_sync::CatalogView;
 use crate::error::OrchestratorError;
 use crate::tables::{self, DeploymentDoc, ServiceDoc};
 
@@ -24,10 +25,29 @@ pub struct World {
     /// task id → observed half.
     pub statuses: BTreeMap<String, Versioned<TaskStatus>>,
     pub nodes: BTreeMap<String, Versioned<NodeRecord>>,
+    /// The catalog's pier-owned entries, read in the same view; only the controller's loads
+    /// ([`World::load_with_catalog`]) read them.
+    pub catalog: Option<CatalogView>,
 }
 
 impl World {
     pub async fn load(store: &Store, consistency: Consistency) -> Result<World, OrchestratorError> {
+        Self::load_inner(store, consistency, false).await
+    }
+
+    /// The world with the catalog's pier-owned entries, for the controller's catalog pass.
+    pub async fn load_with_catalog(
+        store: &Store,
+        consistency: Consistency,
+    ) -> Result<World, OrchestratorError> {
+        Self::load_inner(store, consistency, true).await
+    }
+
+    async fn load_inner(
+        store: &Store,
+        consistency: Consistency,
+        with_catalog: bool,
+    ) -> Result<World, OrchestratorError> {
         let world = store
             .read(consistency, |view| -> Result<World, OrchestratorError> {
                 let services = tables::services().list(view, "")?.into_iter().collect();
@@ -52,6 +72,7 @@ impl World {
                     tasks,
                     statuses,
                     nodes,
+                    catalog: with_catalog.then(|| CatalogView::read(view)),
                 })
             })
             .await??;
@@ -69,6 +90,11 @@ impl World {
             .get(task_id)
             .map(|v| v.value.clone())
             .unwrap_or_default()
+    }
+
+    /// The task's node is down, or no longer known.
+    pub fn node_down(&self, node: &str) -> bool {
+        self.nodes.get(node).is_none_or(|n| n.value.down)
     }
 
     pub fn tasks_of<'a>(
@@ -140,6 +166,7 @@ pub fn task_snapshot(task: &TaskRecord, status: &TaskStatus) -> core::TaskSnapsh
         // Statuses stored before `first_passed_at_ms` existed only know the current health.
         ever_passed: status.first_passed_at_ms.is_some() || status.health == TaskHealth::Healthy,
         created_at_ms: task.created_at_ms,
+        lost_since_ms: task.lost_since_ms,
         node: Some(task.node.clone()),
         zone: Some(task.zone.clone()),
     }

@@ -106,13 +106,23 @@ fn classify_build_error(e: bollard::errors::Error, _last: &[String]) -> BuildErr
 }
 
 /// Pushes `image` (`registry/name:tag`) to its registry, streaming progress to `log`.
-pub async fn push_image(docker: &Docker, image: &str, log: &LogSink) -> Result<(), BuildError> {
+/// With `registry_token`, the engine sends it as the bearer token (a secure cluster's registry).
+pub async fn push_image(
+    docker: &Docker,
+    image: &str,
+    registry_token: Option<String>,
+    log: &LogSink,
+) -> Result<(), BuildError> {
     let (repo, tag) = split_tag(image);
     let options = PushImageOptions {
         tag: Some(tag.to_string()),
         ..Default::default()
     };
-    let mut stream = docker.push_image(repo, Some(options), None);
+    let credentials = registry_token.map(|t| bollard::auth::DockerCredentials {
+        registrytoken: Some(t),
+        ..Default::default()
+    });
+    let mut stream = docker.push_image(repo, Some(options), credentials);
     let mut last_status = String::new();
     while let Some(item) = stream.next().await {
         let info = match item {

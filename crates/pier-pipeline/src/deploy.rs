@@ -51,15 +51,21 @@ pub struct HttpDeployer {
 }
 
 const POLL_WAIT: &str = "10s";
+/// One request's limit (a blocking poll waits POLL_WAIT at most).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl HttpDeployer {
     /// `base_url` like `http://127.0.0.1:8500`.
     pub fn new(base_url: impl Into<String>) -> HttpDeployer {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
+        HttpDeployer::with_client(base_url, client)
+    }
+
+    /// With the caller's client (the server's own TLS identity in a secure cluster).
+    pub fn with_client(base_url: impl Into<String>, client: reqwest::Client) -> HttpDeployer {
         HttpDeployer {
             base_url: base_url.into().trim_end_matches('/').to_string(),
             client,
@@ -94,7 +100,7 @@ impl HttpDeployer {
                 "{}/api/v1/deployments/{id}?index={index}&wait={POLL_WAIT}",
                 self.base_url
             );
-            let resp = match self.client.get(&url).send().await {
+            let resp = match self.client.get(&url).timeout(REQUEST_TIMEOUT).send().await {
                 Ok(r) if r.status().is_success() => r,
                 Ok(r) if r.status().is_server_error() && failures < 30 => {
                     // A leader election in progress: retry for a while.
@@ -147,6 +153,7 @@ impl Deployer for HttpDeployer {
             .json(&DeployRequest {
                 file: service_file.to_string(),
             })
+            .timeout(REQUEST_TIMEOUT)
             .send()
             .await
             .map_err(|e| DeployError::Unreachable(e.to_string()))?;

@@ -228,7 +228,11 @@ async fn stages(
 
     // Push.
     stage(format!("push {image}"));
-    if let Err(e) = push_image(&docker, &image, log).await {
+    let token = shared.config.push_token.as_ref().and_then(|mint| {
+        let repository = image_repository(&image);
+        mint(repository)
+    });
+    if let Err(e) = push_image(&docker, &image, token, log).await {
         let reason = match e {
             BuildError::Push(m) => format!("pushing {image} failed: {m}"),
             other => other.to_string(),
@@ -247,5 +251,27 @@ async fn stages(
         Ok(DeployOutcome::Failed { reason }) => fail(RunStage::Deploy, reason),
         Err(e @ DeployError::Refused(_)) => fail(RunStage::Deploy, e.to_string()),
         Err(e) => fail(RunStage::Deploy, e.to_string()),
+    }
+}
+
+/// The repository of `registry/name:tag` (`name`, which may hold slashes).
+fn image_repository(image: &str) -> &str {
+    let without_tag = match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => &image[..i],
+        _ => image,
+    };
+    without_tag
+        .split_once('/')
+        .map(|(_, name)| name)
+        .unwrap_or(without_tag)
+}
+
+#[cfg(test)]
+mod image_repository_tests {
+    #[test]
+    fn the_registry_and_tag_are_cut_off() {
+        assert_eq!(super::image_repository("127.0.0.1:5000/web:abc"), "web");
+        assert_eq!(super::image_repository("reg:5000/team/web:v1"), "team/web");
+        assert_eq!(super::image_repository("reg:5000/team/web"), "team/web");
     }
 }

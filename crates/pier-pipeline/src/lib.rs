@@ -40,7 +40,13 @@ pub struct PipelineConfig {
     pub registry: String,
     /// Rolls out built images and reports the outcome.
     pub deployer: Arc<dyn Deployer>,
+    /// In a secure cluster: makes a short-lived registry token that lets the Docker engine push
+    /// to a repository (the argument); None where the registry asks for no credentials.
+    pub push_token: Option<PushTokenFn>,
 }
+
+/// See [`PipelineConfig::push_token`].
+pub type PushTokenFn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 pub(crate) struct Shared {
     pub store: Store,

@@ -121,12 +121,7 @@ pub fn log_key(name: &str, number: u64, seq: u64) -> String {
     format!("{name}/{number:010}/{seq:08}")
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use pier_api::time::now_ms;
 
 pub async fn get_pipeline(
     store: &Store,

@@ -63,6 +63,16 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: tokio::sync::watch::R
             continue;
         }
         if leader.is_none() {
+            // Recover runs only from what every earlier term committed (the leadership
+            // barrier), so a run the previous leader finished is not taken for interrupted.
+            if let Err(e) = shared.store.leader_barrier().await {
+                tracing::debug!(error = %e, "leadership barrier not passed yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(FOLLOWER_TICK) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
             match recover(&shared).await {
                 Ok(n) => {
                     if n > 0 {

@@ -47,7 +47,7 @@ async fn builds_the_commit_and_pushes_it() {
     .await
     .unwrap();
     assert!(!id.is_empty());
-    push_image(&docker, &image, &log).await.unwrap();
+    push_image(&docker, &image, None, &log).await.unwrap();
     drop(log);
     let text = collect(rx).await;
     assert!(text.contains("COPY www /www"), "{text}");
@@ -119,6 +119,6 @@ async fn push_to_an_unreachable_registry_fails() {
     let image = format!("127.0.0.1:{port}/{name}:v1");
     let _img = pier_testkit::docker::busybox_image().build(&image);
     let (log, _rx) = LogSink::channel();
-    let err = push_image(&docker, &image, &log).await.unwrap_err();
+    let err = push_image(&docker, &image, None, &log).await.unwrap_err();
     assert!(matches!(err, BuildError::Push(_)), "{err:?}");
 }

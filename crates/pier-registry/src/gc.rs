@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::{blocking, now_unix_ms, Inner, RegistryError};
+use crate::{now_unix_ms, Inner, RegistryError};
 
 /// Candidates handled per write transaction: bounds how long a push may wait
 /// for the index writer while GC sweeps.
@@ -66,8 +66,7 @@ pub(crate) async fn run(inner: &Inner, dry_run: bool) -> Result<GcReport, Regist
         ..GcReport::default()
     };
 
-    let index = inner.index.clone();
-    let snap = blocking(move || index.gc_snapshot(cutoff)).await?;
+    let snap = inner.index.gc_snapshot(cutoff).await?;
     report.manifests = snap.manifests as u64;
     report.blobs_total = snap.blob_count as u64;
     report.blobs_marked = snap
@@ -86,9 +85,7 @@ pub(crate) async fn run(inner: &Inner, dry_run: bool) -> Result<GcReport, Regist
                 .locks
                 .lock_many(batch.iter().map(|c| c.digest.as_str()))
                 .await;
-            let index = inner.index.clone();
-            let batch = batch.to_vec();
-            let removed = blocking(move || index.gc_remove(&batch, cutoff)).await?;
+            let removed = inner.index.gc_remove(batch.to_vec(), cutoff).await?;
             for c in removed {
                 let Ok(digest) = Digest::parse(&c.digest) else {
                     continue;
@@ -114,7 +111,7 @@ pub(crate) async fn run(inner: &Inner, dry_run: bool) -> Result<GcReport, Regist
             continue;
         }
         let _guard = inner.locks.lock(&key).await;
-        if inner.index.blob(&key)?.is_some() {
+        if inner.index.blob(key.clone()).await?.is_some() {
             continue;
         }
         if !dry_run {

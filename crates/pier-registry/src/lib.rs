@@ -20,8 +20,10 @@
 //! ```
 
 mod api;
+pub mod cluster;
 pub mod digest;
 mod error;
+mod fetch;
 pub mod gc;
 pub mod index;
 mod locks;
@@ -41,6 +43,8 @@ pub use error::RegistryError;
 pub use gc::GcReport;
 pub use server::serve;
 
+pub use fetch::BlobSource;
+use index::meta::{LocalMeta, Meta};
 use index::Index;
 use locks::DigestLocks;
 use metrics::Metrics;
@@ -81,9 +85,13 @@ impl RegistryConfig {
 pub(crate) struct Inner {
     pub(crate) cfg: RegistryConfig,
     pub(crate) store: Arc<dyn BlobStore>,
-    pub(crate) index: Arc<Index>,
+    pub(crate) index: Arc<dyn Meta>,
+    /// Other servers holding blobs this one lacks (a cluster); None alone.
+    pub(crate) source: Option<Arc<dyn BlobSource>>,
     pub(crate) uploads: Uploads,
     pub(crate) locks: DigestLocks,
+    /// One fetch from a peer per digest (apart from `locks`: a fetch publishes under those).
+    pub(crate) fetch_locks: DigestLocks,
     pub(crate) metrics: Metrics,
     /// One GC at a time; pushes and pulls never take it.
     pub(crate) gc_running: tokio::sync::Mutex<()>,
@@ -113,17 +121,54 @@ impl Registry {
         })
         .await
         .map_err(|e| RegistryError::Internal(format!("opening the registry: {e}")))??;
-        Ok(Registry::with_store(cfg, index, Arc::new(store)))
+        Ok(Registry::with_store(
+            cfg,
+            Arc::new(LocalMeta::new(index)),
+            None,
+            Arc::new(store),
+        ))
     }
 
-    fn with_store(cfg: RegistryConfig, index: Index, store: Arc<dyn BlobStore>) -> Registry {
+    /// Opens the blob store in `cfg.data_dir` with metadata kept elsewhere (the cluster's
+    /// replicated store) and blobs this server lacks fetched from `source`.
+    pub async fn open_shared(
+        cfg: RegistryConfig,
+        meta: Arc<dyn Meta>,
+        source: Arc<dyn BlobSource>,
+    ) -> Result<Registry, RegistryError> {
+        let data_dir = cfg.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || -> Result<_, RegistryError> {
+            std::fs::create_dir_all(&data_dir).map_err(|source| RegistryError::Io {
+                context: format!("creating data directory {}", data_dir.display()),
+                source,
+            })?;
+            Ok(FsBlobStore::open(&data_dir)?)
+        })
+        .await
+        .map_err(|e| RegistryError::Internal(format!("opening the registry: {e}")))??;
+        Ok(Registry::with_store(
+            cfg,
+            meta,
+            Some(source),
+            Arc::new(store),
+        ))
+    }
+
+    fn with_store(
+        cfg: RegistryConfig,
+        index: Arc<dyn Meta>,
+        source: Option<Arc<dyn BlobSource>>,
+        store: Arc<dyn BlobStore>,
+    ) -> Registry {
         Registry {
             inner: Arc::new(Inner {
                 cfg,
                 store,
-                index: Arc::new(index),
+                index,
+                source,
                 uploads: Uploads::default(),
                 locks: DigestLocks::new(),
+                fetch_locks: DigestLocks::new(),
                 metrics: Metrics::new(),
                 gc_running: tokio::sync::Mutex::new(()),
             }),
@@ -175,15 +220,4 @@ pub(crate) fn now_unix_ms() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_millis() as u64
-}
-
-/// Runs a synchronous index operation off the async threads (redb writes
-/// wait for the single writer and fsync).
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, index::IndexError> + Send + 'static,
-) -> Result<T, RegistryError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(RegistryError::from),
-        Err(e) => Err(RegistryError::Internal(format!("index task: {e}"))),
-    }
 }

@@ -15,12 +15,19 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 
 pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
 
-/// Docker's "foreign" layers live elsewhere (their `urls`); a registry does
-/// not hold them, so they are not required to exist.
-const FOREIGN_LAYER_TYPES: [&str; 2] = [
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+/// Non-distributable layers (OCI's `nondistributable` types in every compression, Docker's
+/// "foreign" layers) live elsewhere (their `urls`); a registry does not hold them, so they are
+/// not required to exist. Prefixes: the compression suffix (`+gzip`, `+zstd`, none) varies.
+const FOREIGN_LAYER_TYPE_PREFIXES: [&str; 2] = [
+    "application/vnd.docker.image.rootfs.foreign.diff.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
 ];
+
+fn is_non_distributable(media_type: &str) -> bool {
+    FOREIGN_LAYER_TYPE_PREFIXES
+        .iter()
+        .any(|prefix| media_type.starts_with(prefix))
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ManifestError {
@@ -59,8 +66,6 @@ struct WireDescriptor {
     media_type: Option<String>,
     digest: Option<String>,
     size: Option<serde_json::Value>,
-    #[serde(default)]
-    urls: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -106,8 +111,7 @@ fn descriptor(field: &str, d: &WireDescriptor) -> Result<Descriptor, ManifestErr
             )))
         }
     }
-    let has_urls = d.urls.as_ref().is_some_and(|u| !u.is_empty());
-    let foreign = has_urls && FOREIGN_LAYER_TYPES.contains(&media_type.as_str());
+    let foreign = is_non_distributable(&media_type);
     Ok(Descriptor {
         media_type,
         digest,
@@ -237,6 +241,34 @@ mod tests {
         assert_eq!(m.blobs.len(), 2);
         assert_eq!(m.subject.unwrap().to_string(), d(3));
         assert_eq!(m.artifact_type.as_deref(), Some("application/x-sbom"));
+    }
+
+    #[test]
+    fn every_non_distributable_layer_type_is_foreign() {
+        for media_type in [
+            "application/vnd.oci.image.layer.nondistributable.v1.tar",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        ] {
+            let body = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": d(1), "size": 2},
+                "layers": [{"mediaType": media_type, "digest": d(2), "size": 5,
+                            "urls": ["https://example.com/layer"]}],
+            });
+            let m = parse(Some(OCI_MANIFEST), body.to_string().as_bytes()).unwrap();
+            let required: Vec<String> = m.blobs.iter().map(|b| b.to_string()).collect();
+            assert_eq!(
+                required,
+                vec![d(1)],
+                "{media_type}: only the config is required, the non-distributable layer is not"
+            );
+        }
+        assert!(!is_non_distributable(
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::index::{Page, PutOutcome};
 use crate::manifest;
 use crate::names::{Reference, RepoName, Tag};
 use crate::storage::{BlobRead, ByteRange};
-use crate::{blocking, now_unix_ms, Inner, RegistryError};
+use crate::{now_unix_ms, Inner, RegistryError};
 
 pub(crate) struct StoredManifest {
     pub digest: Digest,
@@ -22,18 +22,28 @@ pub(crate) struct PushedManifest {
 
 impl Inner {
     /// NAME_UNKNOWN for a repository never pushed to, else `otherwise`.
-    fn unknown(&self, repo: &RepoName, otherwise: RegistryError) -> RegistryError {
-        match self.index.repo_exists(repo.as_str()) {
+    async fn unknown(&self, repo: &RepoName, otherwise: RegistryError) -> RegistryError {
+        match self.index.repo_exists(repo.to_string()).await {
             Ok(false) => RegistryError::NameUnknown(repo.to_string()),
             Ok(true) => otherwise,
             Err(e) => e.into(),
         }
     }
 
-    pub(crate) fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, RegistryError> {
-        match self.index.repo_blob(repo.as_str(), digest)? {
+    pub(crate) async fn blob_size(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<u64, RegistryError> {
+        match self
+            .index
+            .repo_blob(repo.to_string(), digest.clone())
+            .await?
+        {
             Some(size) => Ok(size),
-            None => Err(self.unknown(repo, RegistryError::BlobUnknown(digest.to_string()))),
+            None => Err(self
+                .unknown(repo, RegistryError::BlobUnknown(digest.to_string()))
+                .await),
         }
     }
 
@@ -43,14 +53,18 @@ impl Inner {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<BlobRead, RegistryError> {
-        match self.store.read(digest, range).await? {
-            Some(read) => Ok(read),
-            None => {
-                // Indexed but gone: GC took it between the lookup and the open.
-                tracing::debug!(repo = %repo, digest = %digest, "blob vanished before it could be opened");
-                Err(RegistryError::BlobUnknown(digest.to_string()))
+        if let Some(read) = self.store.read(digest, range).await? {
+            return Ok(read);
+        }
+        // A cluster: another server holds it; fetched (verified) and kept here.
+        if self.fetch_from_peers(digest).await? {
+            if let Some(read) = self.store.read(digest, range).await? {
+                return Ok(read);
             }
         }
+        // Indexed but gone: GC took it between the lookup and the open.
+        tracing::debug!(repo = %repo, digest = %digest, "blob vanished before it could be opened");
+        Err(RegistryError::BlobUnknown(digest.to_string()))
     }
 
     /// Cross-repository mount; Ok(None) when it cannot be mounted (the
@@ -61,13 +75,15 @@ impl Inner {
         from: Option<&RepoName>,
         digest: &Digest,
     ) -> Result<Option<u64>, RegistryError> {
-        let index = self.index.clone();
-        let (repo, from, digest) = (
-            repo.to_string(),
-            from.map(|f| f.to_string()),
-            digest.clone(),
-        );
-        blocking(move || index.mount_blob(&repo, from.as_deref(), &digest, now_unix_ms())).await
+        Ok(self
+            .index
+            .mount_blob(
+                repo.to_string(),
+                from.map(|f| f.to_string()),
+                digest.clone(),
+                now_unix_ms(),
+            )
+            .await?)
     }
 
     pub(crate) async fn delete_blob(
@@ -75,28 +91,42 @@ impl Inner {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<(), RegistryError> {
-        let index = self.index.clone();
-        let (r, d) = (repo.to_string(), digest.clone());
-        if blocking(move || index.unlink_blob(&r, &d)).await? {
+        if self
+            .index
+            .unlink_blob(repo.to_string(), digest.clone())
+            .await?
+        {
             Ok(())
         } else {
-            Err(self.unknown(repo, RegistryError::BlobUnknown(digest.to_string())))
+            Err(self
+                .unknown(repo, RegistryError::BlobUnknown(digest.to_string()))
+                .await)
         }
     }
 
-    pub(crate) fn manifest(
+    pub(crate) async fn manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<StoredManifest, RegistryError> {
-        match self.index.resolve_manifest(repo.as_str(), reference)? {
+        match self
+            .index
+            .resolve_manifest(repo.to_string(), reference.clone())
+            .await?
+        {
             Some((digest, record)) => Ok(StoredManifest { digest, record }),
-            None => Err(self.unknown(repo, RegistryError::ManifestUnknown(reference.to_string()))),
+            None => Err(self
+                .unknown(repo, RegistryError::ManifestUnknown(reference.to_string()))
+                .await),
         }
     }
 
     pub(crate) async fn manifest_bytes(&self, m: &StoredManifest) -> Result<Bytes, RegistryError> {
-        match self.store.read_all(&m.digest).await? {
+        let mut bytes = self.store.read_all(&m.digest).await?;
+        if bytes.is_none() && self.fetch_from_peers(&m.digest).await? {
+            bytes = self.store.read_all(&m.digest).await?;
+        }
+        match bytes {
             Some(bytes) => Ok(bytes),
             None => {
                 tracing::error!(digest = %m.digest, "indexed manifest has no bytes in the blob store");
@@ -138,9 +168,10 @@ impl Inner {
         if self.store.stat(&digest).await? != Some(size) {
             self.store.put_verified(&digest, bytes).await?;
         }
-        let index = self.index.clone();
-        let (r, d) = (repo.to_string(), digest.clone());
-        let outcome = blocking(move || index.put_manifest(&r, &d, &record, &tags, now)).await?;
+        let outcome = self
+            .index
+            .put_manifest(repo.to_string(), digest.clone(), record, tags, now)
+            .await?;
         match outcome {
             // The file stays until GC finds it unindexed past the grace window.
             PutOutcome::Missing(missing) => Err(RegistryError::ManifestBlobUnknown(missing)),
@@ -156,43 +187,48 @@ impl Inner {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<(), RegistryError> {
-        let index = self.index.clone();
         let r = repo.to_string();
         let deleted = match reference.clone() {
-            Reference::Digest(d) => blocking(move || index.delete_manifest(&r, &d)).await?,
-            Reference::Tag(t) => blocking(move || index.delete_tag(&r, &t)).await?,
+            Reference::Digest(d) => self.index.delete_manifest(r, d).await?,
+            Reference::Tag(t) => self.index.delete_tag(r, t).await?,
         };
         if deleted {
             Ok(())
         } else {
-            Err(self.unknown(repo, RegistryError::ManifestUnknown(reference.to_string())))
+            Err(self
+                .unknown(repo, RegistryError::ManifestUnknown(reference.to_string()))
+                .await)
         }
     }
 
-    pub(crate) fn tags(
+    pub(crate) async fn tags(
         &self,
         repo: &RepoName,
         last: Option<&str>,
         limit: Option<usize>,
     ) -> Result<Page, RegistryError> {
         self.index
-            .tags(repo.as_str(), last, limit)?
+            .tags(repo.to_string(), last.map(str::to_string), limit)
+            .await?
             .ok_or_else(|| RegistryError::NameUnknown(repo.to_string()))
     }
 
-    pub(crate) fn catalog(
+    pub(crate) async fn catalog(
         &self,
         last: Option<&str>,
         limit: Option<usize>,
     ) -> Result<Page, RegistryError> {
-        Ok(self.index.catalog(last, limit)?)
+        Ok(self.index.catalog(last.map(str::to_string), limit).await?)
     }
 
-    pub(crate) fn referrers(
+    pub(crate) async fn referrers(
         &self,
         repo: &RepoName,
         subject: &Digest,
     ) -> Result<Vec<(Digest, ManifestRecord)>, RegistryError> {
-        Ok(self.index.referrers(repo.as_str(), subject)?)
+        Ok(self
+            .index
+            .referrers(repo.to_string(), subject.clone())
+            .await?)
     }
 }

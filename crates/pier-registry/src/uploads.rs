@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::names::RepoName;
-use crate::{blocking, now_unix_ms, Inner, RegistryError};
+use crate::{now_unix_ms, Inner, RegistryError};
 
 pub(crate) struct UploadSession {
     pub id: String,
@@ -335,17 +335,21 @@ impl Inner {
     ) -> Result<(), RegistryError> {
         let key = digest.to_string();
         let _guard = self.locks.lock(&key).await;
-        let have_record = self.index.blob(&key)?.is_some_and(|b| b.size == size);
+        let have_record = self
+            .index
+            .blob(key.clone())
+            .await?
+            .is_some_and(|b| b.size == size);
         let have_file = have_record && self.store.stat(digest).await? == Some(size);
         if have_file {
             self.store.upload_delete(&session.id).await?;
         } else {
             self.store.upload_commit(&session.id, digest).await?;
         }
-        let index = self.index.clone();
-        let repo = session.repo.clone();
-        let digest = digest.clone();
-        blocking(move || index.publish_blob(&repo, &digest, size, now_unix_ms())).await
+        Ok(self
+            .index
+            .publish_blob(session.repo.clone(), digest.clone(), size, now_unix_ms())
+            .await?)
     }
 
     pub(crate) async fn cancel_upload(&self, session: &UploadSession) -> Result<(), RegistryError> {

@@ -25,6 +25,8 @@ fn config(name: &str, dir: &std::path::Path, expect: usize, join: Vec<String>) -
         election_timeout_min_ms: 400,
         election_timeout_max_ms: 800,
         snapshot_every_logs: 10_000,
+        tls: None,
+        extra_routes: None,
     }
 }
 

@@ -55,6 +55,7 @@ impl PendingWrite {
                     keys.push((table.clone(), key.clone()));
                 }
                 OpWire::DeletePrefix { .. } => exclusive = true,
+                OpWire::LeaderTerm { .. } => {}
             }
         }
         let (reply, rx) = oneshot::channel();

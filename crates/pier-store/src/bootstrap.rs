@@ -14,6 +14,10 @@ use crate::wire::{InfoReply, InfoRequest, LeaderReply, MemberWire, NodeInfo};
 const POLL: Duration = Duration::from_millis(200);
 const INFO_TIMEOUT: Duration = Duration::from_secs(2);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// A member that has not heard from a leader for this long checks whether it was removed.
+const REMOVED_CHECK_AFTER: Duration = Duration::from_secs(3);
+/// How often an initialized server checks that it is still a member.
+const MEMBERSHIP_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 fn node_info(m: &MemberWire) -> NodeInfo {
     NodeInfo {
@@ -32,7 +36,8 @@ pub(crate) async fn run(inner: Weak<Inner>) {
     let Some(me) = inner.upgrade() else { return };
     if me.is_initialized().await {
         drop(me);
-        refresh_own_info(inner).await;
+        refresh_own_info(inner.clone()).await;
+        stay_member(inner).await;
         return;
     }
     if me.bootstrap_expect() <= 1 && me.join_addrs().is_empty() {
@@ -47,15 +52,85 @@ pub(crate) async fn run(inner: Weak<Inner>) {
     drop(me);
     loop {
         let Some(me) = inner.upgrade() else { return };
-        if me.check_running().is_err() || me.is_initialized().await {
+        if me.check_running().is_err() {
             return;
         }
-        if step(&me).await {
-            return;
+        if me.is_initialized().await || step(&me).await {
+            break;
         }
         drop(me);
         tokio::time::sleep(POLL).await;
     }
+    stay_member(inner).await;
+}
+
+/// A server that was removed (or whose removal raced a restart) hears from no leader any more:
+/// once silent for a while it asks the servers it knows, and if a leader's membership no
+/// longer holds it, asks that leader to add it again. Runs for the life of the store.
+async fn stay_member(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(MEMBERSHIP_CHECK_EVERY).await;
+        let Some(me) = inner.upgrade() else { return };
+        if me.check_running().is_err() {
+            return;
+        }
+        let silent = me.leader_silence().is_none_or(|s| s > REMOVED_CHECK_AFTER);
+        if me.is_leader_now() || !silent {
+            continue;
+        }
+        if let Some(leader) = find_leader_without(&me).await {
+            let self_member = me.self_member();
+            tracing::warn!(leader = %leader.name, "this server is not in the leader's membership (it was removed); asking to join again");
+            let res: Result<LeaderReply<()>, CallError> = me
+                .client()
+                .call(
+                    &leader.raft_addr,
+                    "/raft/join",
+                    &self_member,
+                    JOIN_TIMEOUT,
+                    Some(leader.id),
+                )
+                .await;
+            match res {
+                Ok(LeaderReply::Ok(())) => {
+                    tracing::info!(leader = %leader.name, "joined the cluster again")
+                }
+                Ok(other) => {
+                    tracing::warn!(leader = %leader.name, reply = ?other, "rejoin refused; retrying")
+                }
+                Err(e) => {
+                    tracing::info!(leader = %leader.name, error = %e, "rejoin not done yet; retrying")
+                }
+            }
+        }
+    }
+}
+
+/// A server that reports itself as leader with a membership that does not include this one.
+async fn find_leader_without(me: &Inner) -> Option<MemberWire> {
+    let mut targets: Vec<String> = me.join_addrs().to_vec();
+    for m in me.membership_members().into_iter().chain(me.known_peers()) {
+        if !targets.contains(&m.raft_addr) {
+            targets.push(m.raft_addr);
+        }
+    }
+    let own = me.self_member().raft_addr;
+    targets.retain(|t| *t != own);
+    let req = InfoRequest { caller: None };
+    for t in &targets {
+        let res: Result<InfoReply, CallError> = me
+            .client()
+            .call(t, "/raft/info", &req, INFO_TIMEOUT, None)
+            .await;
+        let Ok(info) = res else { continue };
+        let Some(leader) = info.leader.clone() else {
+            continue;
+        };
+        if leader.id == info.id && info.initialized && !info.members.contains(&me.node_id()) {
+            return Some(leader);
+        }
+    }
+    None
 }
 
 /// A restarted server may have new addresses (port 0, a changed `http_advertise`): once a
@@ -86,9 +161,14 @@ async fn refresh_own_info(inner: Weak<Inner>) {
 async fn step(me: &Inner) -> bool {
     let self_member = me.self_member();
     let mut targets: Vec<String> = me.join_addrs().to_vec();
-    for p in me.known_peers() {
-        if !targets.contains(&p.raft_addr) {
-            targets.push(p.raft_addr);
+    for addr in me
+        .known_peers()
+        .into_iter()
+        .map(|p| p.raft_addr)
+        .chain(me.hinted_addrs())
+    {
+        if !targets.contains(&addr) {
+            targets.push(addr);
         }
     }
     targets.retain(|t| *t != self_member.raft_addr);
@@ -98,8 +178,10 @@ async fn step(me: &Inner) -> bool {
     };
     let mut existing: Option<InfoReply> = None;
     for t in &targets {
-        let res: Result<InfoReply, CallError> =
-            me.client().call(t, "/raft/info", &req, INFO_TIMEOUT).await;
+        let res: Result<InfoReply, CallError> = me
+            .client()
+            .call(t, "/raft/info", &req, INFO_TIMEOUT, None)
+            .await;
         match res {
             Ok(info) => {
                 if info.id == me.node_id() {
@@ -124,10 +206,19 @@ async fn step(me: &Inner) -> bool {
 
     if let Some(info) = existing {
         // A cluster exists: ask its leader to add us.
-        let leader_addr = info.leader.map(|l| l.raft_addr).unwrap_or(info.raft_addr);
+        let (leader_addr, leader_id) = info
+            .leader
+            .map(|l| (l.raft_addr, l.id))
+            .unwrap_or((info.raft_addr, info.id));
         let res: Result<LeaderReply<()>, CallError> = me
             .client()
-            .call(&leader_addr, "/raft/join", &self_member, JOIN_TIMEOUT)
+            .call(
+                &leader_addr,
+                "/raft/join",
+                &self_member,
+                JOIN_TIMEOUT,
+                Some(leader_id),
+            )
             .await;
         match res {
             Ok(LeaderReply::Ok(())) => {

@@ -63,8 +63,10 @@
 //!   its commit index; the reading server waits until it has applied that index.
 
 mod batcher;
+pub mod blocking;
 mod bootstrap;
 mod error;
+mod liveness;
 mod log_store;
 mod model;
 mod network;
@@ -82,6 +84,6 @@ pub use model::{
     MAX_VALUE_BYTES,
 };
 pub use state::{PrefixIter, StateView};
-pub use store::{LeaderContact, MemberInfo, Store, StoreConfig, StoreStatus};
+pub use store::{LeaderContact, MemberInfo, Store, StoreConfig, StoreStatus, StoreTls};
 pub use typed::{TypedTable, Versioned};
 pub use watch::Watch;

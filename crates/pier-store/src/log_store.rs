@@ -163,6 +163,13 @@ impl LogStore {
         })
     }
 
+    /// A handle that stops upgrading once every user of the log file (openraft's core, its
+    /// replication tasks' readers and the writer thread) has let it go, i.e. once the file
+    /// can be opened again. `Store::shutdown` waits on it.
+    pub fn release_handle(&self) -> std::sync::Weak<Database> {
+        Arc::downgrade(&self.db)
+    }
+
     fn read_meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
@@ -328,18 +335,17 @@ fn decode_entry(bytes: &[u8]) -> Result<RaftEntry, StorageError<u64>> {
     serde_json::from_slice(bytes).map_err(|e| sto_err(ErrorSubject::Logs, ErrorVerb::Read, e))
 }
 
+/// Entries with `start <= index < end_excl` from redb.
 fn read_db_range(
     db: &Database,
     start: u64,
-    end: Bound<u64>,
+    end_excl: u64,
 ) -> Result<Vec<RaftEntry>, StorageError<u64>> {
     let e = |e: &dyn Display| sto_err(ErrorSubject::Logs, ErrorVerb::Read, e);
     let txn = db.begin_read().map_err(|x| e(&x))?;
     let table = txn.open_table(LOG).map_err(|x| e(&x))?;
     let mut out = Vec::new();
-    let iter = table
-        .range::<u64>((Bound::Included(start), end))
-        .map_err(|x| e(&x))?;
+    let iter = table.range::<u64>(start..end_excl).map_err(|x| e(&x))?;
     for item in iter {
         let (_, v) = item.map_err(|x| e(&x))?;
         out.push(decode_entry(v.value())?);
@@ -348,6 +354,10 @@ fn read_db_range(
 }
 
 /// Reads from the in-memory tail where possible; everything below it is persisted in redb.
+///
+/// The range may lie wholly below the cache (a new leader probing a lagging follower, or any
+/// read after a restart emptied the cache), straddle it, or lie inside it. An empty or inverted
+/// range yields no entries, never a panic: openraft's replication task would die with it.
 fn read_range<RB: RangeBounds<u64>>(
     db: &Database,
     cache: &Mutex<LogCache>,
@@ -358,11 +368,15 @@ fn read_range<RB: RangeBounds<u64>>(
         Bound::Excluded(s) => s.saturating_add(1),
         Bound::Unbounded => 0,
     };
-    let end = match range.end_bound() {
-        Bound::Included(s) => Bound::Included(*s),
-        Bound::Excluded(s) => Bound::Excluded(*s),
-        Bound::Unbounded => Bound::Unbounded,
+    // The first index past the range (exclusive end), saturating at u64::MAX.
+    let end_excl = match range.end_bound() {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => *e,
+        Bound::Unbounded => u64::MAX,
     };
+    if start >= end_excl {
+        return Ok(Vec::new());
+    }
     let (cached, cache_lo) = {
         let c = lock_cache(cache);
         let lo = c
@@ -370,22 +384,25 @@ fn read_range<RB: RangeBounds<u64>>(
             .first_key_value()
             .map(|(i, _)| *i)
             .unwrap_or(u64::MAX);
-        let cached: Vec<RaftEntry> = c
-            .entries
-            .range((Bound::Included(start.max(lo)), end))
-            .map(|(_, e)| e.clone())
-            .collect();
+        let from = start.max(lo);
+        let cached: Vec<RaftEntry> = if from < end_excl {
+            c.entries
+                .range(from..end_excl)
+                .map(|(_, e)| e.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         (cached, lo)
     };
     if start >= cache_lo {
         return Ok(cached);
     }
-    let db_end = match end {
-        Bound::Included(e) if e < cache_lo => Bound::Included(e),
-        Bound::Excluded(e) if e <= cache_lo => Bound::Excluded(e),
-        _ => Bound::Excluded(cache_lo),
-    };
-    let mut out = read_db_range(db, start, db_end)?;
+    // Entries below the cache are all persisted (the cache only ever drops persisted entries).
+    let mut out = read_db_range(db, start, end_excl.min(cache_lo))?;
+    debug_assert!(out
+        .windows(2)
+        .all(|w| w[0].log_id.index + 1 == w[1].log_id.index));
     out.extend(cached);
     Ok(out)
 }
@@ -514,5 +531,87 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.send(LogCmd::Lazy {
             op: LazyOp::Purge { upto, record },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> RaftEntry {
+        RaftEntry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// A log of 1..=3000 in redb, with 2001..=3000 also in the cache (or nothing cached).
+    fn log_with_cache(dir: &Path, cached_from: Option<u64>) -> (Database, Mutex<LogCache>) {
+        let db = open_db(&dir.join("log.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(LOG).unwrap();
+            for i in 1..=3000u64 {
+                let bytes = serde_json::to_vec(&entry(i)).unwrap();
+                log.insert(i, bytes.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        let mut cache = LogCache::default();
+        if let Some(from) = cached_from {
+            for i in from..=3000 {
+                cache.entries.insert(i, entry(i));
+            }
+            cache.persisted_upto = 3000;
+        }
+        (db, Mutex::new(cache))
+    }
+
+    fn indexes(v: &[RaftEntry]) -> Vec<u64> {
+        v.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[test]
+    fn reads_below_inside_and_across_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, cache) = log_with_cache(dir.path(), Some(2001));
+        // Wholly below the cache: this panicked before (range start > end in the cache).
+        assert_eq!(
+            indexes(&read_range(&db, &cache, 1300..1310).unwrap()),
+            (1300..1310).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            indexes(&read_range(&db, &cache, 5..=7).unwrap()),
+            vec![5, 6, 7]
+        );
+        // Across the cache boundary.
+        assert_eq!(
+            indexes(&read_range(&db, &cache, 1995..2005).unwrap()),
+            (1995..2005).collect::<Vec<_>>()
+        );
+        // Inside the cache, and open-ended.
+        assert_eq!(
+            indexes(&read_range(&db, &cache, 2990..).unwrap()),
+            (2990..=3000).collect::<Vec<_>>()
+        );
+        // Empty and inverted ranges give nothing.
+        assert!(read_range(&db, &cache, 10..10).unwrap().is_empty());
+        #[allow(clippy::reversed_empty_ranges)]
+        let inverted = read_range(&db, &cache, 20..10).unwrap();
+        assert!(inverted.is_empty());
+        assert!(read_range(&db, &cache, 3001..).unwrap().is_empty());
+    }
+
+    #[test]
+    fn reads_with_an_empty_cache_come_from_disk() {
+        // After a restart the cache is empty: every read is served by redb.
+        let dir = tempfile::tempdir().unwrap();
+        let (db, cache) = log_with_cache(dir.path(), None);
+        assert_eq!(
+            indexes(&read_range(&db, &cache, 1500..1503).unwrap()),
+            vec![1500, 1501, 1502]
+        );
+        assert_eq!(read_range(&db, &cache, ..).unwrap().len(), 3000);
     }
 }

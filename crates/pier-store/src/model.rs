@@ -101,6 +101,11 @@ pub enum Op {
         key: String,
         modify_index: u64,
     },
+    /// Guard: the entry must be committed in raft term `term`. A leader's controllers put it
+    /// in every write, with the term their [`crate::Store::leader_barrier`] returned, so a
+    /// write proposed by a deposed leader (or forwarded after it lost leadership) fails rather
+    /// than act on what that leader read.
+    LeaderTerm { term: u64 },
 }
 
 impl Op {
@@ -142,6 +147,11 @@ impl Op {
             table,
             prefix: prefix.into(),
         }
+    }
+
+    /// The write applies only if committed in raft term `term` (see [`Op::LeaderTerm`]).
+    pub fn leader_term(term: u64) -> Op {
+        Op::LeaderTerm { term }
     }
 
     pub fn check(table: Table, key: impl Into<String>, modify_index: u64) -> Op {
@@ -300,6 +310,7 @@ pub(crate) fn validate_txn(txn: &Txn) -> Result<(), StoreError> {
                 validate_table_name(table.as_str())?;
                 validate_prefix(table.as_str(), prefix)?;
             }
+            Op::LeaderTerm { .. } => {}
         }
     }
     Ok(())

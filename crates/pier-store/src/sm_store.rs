@@ -462,16 +462,17 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             let mut data = self.shared.write();
             for entry in entries {
                 let index = entry.log_id.index;
+                let term = entry.log_id.leader_id.term;
                 data.last_applied = Some(entry.log_id);
                 last = Some(entry.log_id);
                 let resp = match entry.payload {
                     EntryPayload::Blank => Response::Done,
                     EntryPayload::Normal(Request::Txn(txn)) => {
-                        Response::Txn(data.apply_txn(index, txn, &mut changes))
+                        Response::Txn(data.apply_txn(index, term, txn, &mut changes))
                     }
                     EntryPayload::Normal(Request::Batch(txns)) => Response::Batch(
                         txns.into_iter()
-                            .map(|t| data.apply_txn(index, t, &mut changes))
+                            .map(|t| data.apply_txn(index, term, t, &mut changes))
                             .collect(),
                     ),
                     EntryPayload::Normal(Request::ReapTombstones { up_to_index }) => {

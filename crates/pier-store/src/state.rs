@@ -67,6 +67,7 @@ impl SmData {
     pub fn apply_txn(
         &mut self,
         index: u64,
+        term: u64,
         txn: TxnWire,
         changes: &mut Vec<Change>,
     ) -> TxnResultWire {
@@ -88,6 +89,7 @@ impl SmData {
                     key,
                     modify_index,
                 } => self.current_index(table, key) == *modify_index,
+                OpWire::LeaderTerm { term: expected } => *expected == term,
                 _ => true,
             };
             if !ok {
@@ -157,7 +159,7 @@ impl SmData {
                         }
                     }
                 }
-                OpWire::Check { .. } => {}
+                OpWire::Check { .. } | OpWire::LeaderTerm { .. } => {}
             }
         }
         TxnResultWire {
@@ -211,6 +213,25 @@ impl<'a> StateView<'a> {
             range,
             prefix: prefix.to_string(),
         }
+    }
+
+    /// Live entries with a key at or after `from`, in key order (with `range_prefix`, what a
+    /// time-ordered table needs to read "everything since").
+    pub fn range_from(
+        &self,
+        table: impl AsRef<str>,
+        from: &str,
+    ) -> impl Iterator<Item = (&'a str, &'a Entry)> + 'a {
+        let from = from.to_string();
+        self.data
+            .tables
+            .get(table.as_ref())
+            .into_iter()
+            .flat_map(move |t| {
+                t.entries
+                    .range::<str, _>((Bound::Included(from.as_str()), Bound::Unbounded))
+                    .map(|(k, e)| (k.as_str(), e))
+            })
     }
 
     /// The index of a result covering `keys`: the highest modify index of the live entries and

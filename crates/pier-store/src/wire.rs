@@ -93,6 +93,9 @@ pub enum OpWire {
         key: String,
         modify_index: u64,
     },
+    LeaderTerm {
+        term: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -149,6 +152,7 @@ impl From<Txn> for TxnWire {
                     key,
                     modify_index,
                 },
+                Op::LeaderTerm { term } => OpWire::LeaderTerm { term },
             })
             .collect();
         TxnWire { ops }
@@ -192,6 +196,7 @@ impl TxnWire {
                     key,
                     modify_index,
                 },
+                OpWire::LeaderTerm { term } => Op::LeaderTerm { term },
             });
         }
         Ok(Txn { ops })
@@ -227,7 +232,35 @@ pub struct InfoReply {
     pub leader: Option<MemberWire>,
     /// Servers this one has heard of while forming a cluster.
     pub known: Vec<MemberWire>,
+    /// Ids of every member (voters and learners) of the configuration this server follows, so
+    /// a server that was removed can tell and ask to join again.
+    #[serde(default)]
+    pub members: Vec<u64>,
 }
+
+/// `/raft/prevote`: would the receiver vote for this candidate if it started an election now?
+/// Asked before a server lets openraft campaign, so a server that cannot win (cut off, or
+/// behind) never raises its term and never deposes a healthy leader when it comes back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PreVoteRequest {
+    pub candidate: NodeId,
+    /// The candidate's current term; the election would be for a higher one.
+    pub term: u64,
+    pub last_log: Option<LogId>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PreVoteReply {
+    pub granted: bool,
+}
+
+/// The header every peer call carries with the node id it is meant for. A server refuses a
+/// call meant for another id: after a data directory is wiped, the new process at the old
+/// address must not answer (and be counted) as the old member.
+pub const TARGET_NODE_HEADER: &str = "x-pier-target-node";
+
+/// The raft address of the server making a peer call.
+pub const FROM_ADDR_HEADER: &str = "x-pier-from";
 
 /// Reply of the leader-only RPCs (`/raft/write`, `/raft/read-index`, `/raft/join`, `/raft/remove`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -245,6 +278,9 @@ pub enum LeaderReply<T> {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RemoveRequest {
     pub name: String,
+    /// Remove even when the voters left would have no reachable quorum.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `/raft/snapshot` body: a whole snapshot in one request.

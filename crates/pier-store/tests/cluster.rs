@@ -221,13 +221,17 @@ async fn new_server_joins_and_member_is_removed() {
     // Remove it again (asked on a follower: forwarded to the leader).
     let leader = wait_leader_index(&nodes, Duration::from_secs(5)).await;
     let asker = (0..3).find(|i| *i != leader).unwrap();
-    nodes[asker].store().remove_member("s3").await.unwrap();
+    nodes[asker]
+        .store()
+        .remove_member("s3", false)
+        .await
+        .unwrap();
     nodes[3].shutdown().await;
     nodes.pop();
     wait_cluster_ready(&nodes, 3, Duration::from_secs(10)).await;
     put(nodes[asker].store(), "after-remove", "1").await;
     assert!(matches!(
-        nodes[asker].store().remove_member("nobody").await,
+        nodes[asker].store().remove_member("nobody", false).await,
         Err(StoreError::InvalidInput(_))
     ));
     for n in &mut nodes {

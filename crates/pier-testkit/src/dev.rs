@@ -39,12 +39,17 @@ impl DevProcess {
             registry_port.to_string(),
             "--gateway-port".into(),
             gateway_port.to_string(),
+            // `pier dev` serves HTTPS on 8443 unless told otherwise.
+            "--https-port".into(),
+            free_port().to_string(),
             "--dns-port".into(),
             free_port().to_string(),
             "--container-label".into(),
             "pier.test=1".into(),
             "--container-label".into(),
             format!("{}={}", guard.label, guard.value),
+            "--network".into(),
+            guard.network_name(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let process = spawn_and_wait(bin, "dev", &args, dir, http_port).await;

@@ -371,6 +371,25 @@ impl RunGuard {
             args.extend(ids.iter().map(String::as_str));
             let _ = try_docker(&args);
         }
+        // Then the networks the run's agents created (they carry the run label too).
+        let filter = self.filter();
+        let out = try_docker(&["network", "ls", "-q", "--filter", &filter]);
+        let nets: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if !nets.is_empty() {
+            let mut args = vec!["network", "rm"];
+            args.extend(nets.iter().map(String::as_str));
+            let _ = try_docker(&args);
+        }
+    }
+
+    /// A Docker network name of this run (at most 15 characters, so it is also the name of
+    /// the host's bridge interface): each `pier dev` of a test gets its own network, bridge
+    /// address, node gateway and DNS.
+    pub fn network_name(&self) -> String {
+        format!("pt{}", &self.value[..self.value.len().min(12)])
     }
 }
 

@@ -14,6 +14,17 @@ impl PierProcess {
     /// Starts `bin` with `args`; stderr goes to `<log_dir>/<name>.log` so a
     /// failing test can show what the server said.
     pub fn spawn(bin: &str, name: &str, args: &[&str], log_dir: &Path) -> PierProcess {
+        PierProcess::spawn_with_env(bin, name, args, &[], log_dir)
+    }
+
+    /// [`PierProcess::spawn`] with extra environment variables for the child.
+    pub fn spawn_with_env(
+        bin: &str,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+    ) -> PierProcess {
         let log_path = log_dir.join(format!("{name}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -22,6 +33,7 @@ impl PierProcess {
             .expect("open child log file");
         let child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)

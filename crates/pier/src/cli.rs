@@ -21,6 +21,14 @@ pub struct Cli {
         default_value = "http://127.0.0.1:8500"
     )]
     pub addr: String,
+    /// API token for client commands (also PIER_TOKEN); for `pier server` and `pier agent`,
+    /// the join token (also PIER_JOIN_TOKEN).
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+    /// CA certificate to trust for an https PIER_ADDR (also PIER_CACERT): a secure cluster's
+    /// DATA_DIR/tls/ca.crt.
+    #[arg(long, global = true, env = "PIER_CACERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Log line format for server modes.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -48,23 +56,39 @@ pub enum Command {
     Service(cmd::service::ServiceArgs),
     /// Inspect and drain nodes.
     Node(cmd::node::NodeArgs),
+    /// TLS certificates the gateways serve.
+    Cert(cmd::cert::CertArgs),
     /// Show a service's container output.
     Logs(cmd::logs::LogsArgs),
     /// Build and deploy from a git repository on every new commit.
     Pipeline(cmd::pipeline::PipelineArgs),
     /// Run the load balancer on its own, following a server's catalog.
     Gateway(cmd::gateway::GatewayArgs),
+    /// Back up or restore the whole cluster state.
+    Snapshot(cmd::snapshot::SnapshotArgs),
+    /// API tokens and their policies.
+    Acl(cmd::security::AclArgs),
+    /// Join tokens for servers and agents.
+    Token(cmd::security::TokenArgs),
+    /// Who changed what, when: the cluster's audit log.
+    Audit(cmd::security::AuditArgs),
 }
 
 impl Command {
     pub fn is_server(&self) -> bool {
         match self {
-            Command::Dev(_) | Command::Server(_) | Command::Agent(_) | Command::Gateway(_) => true,
+            Command::Dev(_) | Command::Agent(_) | Command::Gateway(_) => true,
+            Command::Server(args) => args.action.is_none(),
             Command::Deploy(_)
             | Command::Service(_)
             | Command::Node(_)
+            | Command::Cert(_)
             | Command::Logs(_)
-            | Command::Pipeline(_) => false,
+            | Command::Pipeline(_)
+            | Command::Snapshot(_)
+            | Command::Acl(_)
+            | Command::Token(_)
+            | Command::Audit(_) => false,
             Command::Registry(args) => args.is_server(),
             Command::Status(_) | Command::Kv(_) => false,
         }

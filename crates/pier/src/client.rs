@@ -13,15 +13,35 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(addr: &str) -> anyhow::Result<Client> {
+    /// A client that sends `token` with every request (`Authorization: Bearer`) and, for an
+    /// https address, trusts `ca_cert` (a secure cluster's CA) or else the system roots.
+    pub fn with_auth(
+        addr: &str,
+        token: Option<String>,
+        ca_cert: Option<&std::path::Path>,
+    ) -> anyhow::Result<Client> {
         let base = addr.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             anyhow::bail!("PIER_ADDR must start with http:// or https:// (got {addr:?})");
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(3))
-            .build()
-            .context("building the HTTP client")?;
+        let mut builder =
+            reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(3));
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+            let tls = pier_security::tls::client_config(&[&pem], None)
+                .with_context(|| format!("{} is not a usable CA certificate", path.display()))?;
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        if let Some(token) = token {
+            let mut headers = reqwest::header::HeaderMap::new();
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("PIER_TOKEN holds characters a header cannot carry")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        let http = builder.build().context("building the HTTP client")?;
         Ok(Client { base, http })
     }
 

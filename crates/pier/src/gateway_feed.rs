@@ -18,25 +18,66 @@ const BLOCKING_WAIT: &str = "5m";
 /// Pause after a failed query so a down server is not hammered.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
+/// Meta key the feed adds to each instance: the catalog node it runs on (the node gateway's
+/// DNS prefers a local instance's pier network address).
+pub const NODE_META: &str = "pier.feed.node";
+
+/// Every instance the feed knows (passing or not), for the node's DNS.
+pub type Instances = Arc<Vec<CatalogInstance>>;
+
 struct Shared {
-    http: reqwest::Client,
+    http: pier_net::HttpClient,
     server: String,
     defaults: RouteDefaults,
+    /// A node gateway routes `<service>.internal` only: route tags and declared hosts are
+    /// for the public gateway.
+    internal: bool,
     instances: Mutex<BTreeMap<String, Vec<CatalogInstance>>>,
+    /// Route key (host, or path of a host-less route) → the service that owns it
+    /// (`/api/v1/catalog/routes`); another service's routes for it are left out.
+    owners: Mutex<BTreeMap<String, String>>,
     routes: watch::Sender<Arc<RouteTable>>,
+    all: Option<watch::Sender<Instances>>,
 }
 
 impl Shared {
     fn publish(&self) {
-        let table = match self.instances.lock() {
-            Ok(by_service) => {
-                let all: Vec<CatalogInstance> = by_service.values().flatten().cloned().collect();
-                RouteTable::build(&all, &self.defaults)
-            }
+        let all: Vec<CatalogInstance> = match self.instances.lock() {
+            Ok(by_service) => by_service.values().flatten().cloned().collect(),
             Err(_) => return,
         };
+        let owners = match self.owners.lock() {
+            Ok(o) => o.clone(),
+            Err(_) => return,
+        };
+        let table = build_table(&all, &self.defaults, self.internal, &owners);
         self.routes.send_replace(Arc::new(table));
+        if let Some(tx) = &self.all {
+            tx.send_replace(Arc::new(all));
+        }
     }
+}
+
+/// The routing table of the instances; `internal` (a node gateway) keeps only the default
+/// host of each service: route tags and declared hosts are the public gateway's.
+fn build_table(
+    all: &[CatalogInstance],
+    defaults: &RouteDefaults,
+    internal: bool,
+    owners: &BTreeMap<String, String>,
+) -> RouteTable {
+    if !internal {
+        return RouteTable::build_with_owners(all, defaults, owners);
+    }
+    let stripped: Vec<CatalogInstance> = all
+        .iter()
+        .map(|i| CatalogInstance {
+            tags: Vec::new(),
+            meta: BTreeMap::new(),
+            ..i.clone()
+        })
+        .collect();
+    RouteTable::build(&stripped, defaults)
 }
 
 /// A channel for route tables, starting empty: the gateway holds the receiver.
@@ -47,23 +88,58 @@ pub fn channel() -> (
     watch::channel(Arc::new(RouteTable::empty()))
 }
 
-/// Starts following the catalog of `server` (e.g. `http://127.0.0.1:8500`),
-/// publishing every new table into `tx`. The feed runs until the process ends.
-pub fn spawn(server: String, tx: watch::Sender<Arc<RouteTable>>) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(3))
-        // Longer than the blocking wait plus Consul's wait/16 jitter.
-        .timeout(Duration::from_secs(6 * 60))
-        .build()?;
+/// Longer than the blocking wait plus Consul's wait/16 jitter.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(6 * 60);
+
+/// Starts following the catalog of `server` (e.g. `http://127.0.0.1:8500`) with `http`
+/// (in a secure cluster: TLS with this process's certificate), publishing every new table
+/// into `tx`. The feed runs until the process ends.
+pub fn spawn(
+    server: String,
+    tx: watch::Sender<Arc<RouteTable>>,
+    http: pier_net::HttpClient,
+) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         http,
         server: server.trim_end_matches('/').to_string(),
         defaults: RouteDefaults::default(),
+        internal: false,
         instances: Mutex::new(BTreeMap::new()),
+        owners: Mutex::new(BTreeMap::new()),
         routes: tx,
+        all: None,
     });
+    tokio::spawn(follow_claims(shared.clone()));
     tokio::spawn(follow_services(shared));
     Ok(())
+}
+
+fn internal_defaults() -> RouteDefaults {
+    RouteDefaults {
+        host_suffix: Some("internal".into()),
+        hosts_meta_key: RouteDefaults::default().hosts_meta_key,
+    }
+}
+
+/// The feed of a node gateway: every service answers on `<service>.internal` only, and every
+/// instance is also published into `all` (for the node's DNS).
+pub fn spawn_internal(
+    server: String,
+    tx: watch::Sender<Arc<RouteTable>>,
+    all: watch::Sender<Instances>,
+    http: pier_net::HttpClient,
+) {
+    let shared = Arc::new(Shared {
+        http,
+        server: server.trim_end_matches('/').to_string(),
+        defaults: internal_defaults(),
+        internal: true,
+        instances: Mutex::new(BTreeMap::new()),
+        owners: Mutex::new(BTreeMap::new()),
+        routes: tx,
+        all: Some(all),
+    });
+    tokio::spawn(follow_services(shared));
 }
 
 /// A blocking GET; returns the body and the `X-Consul-Index` of the answer.
@@ -75,7 +151,9 @@ async fn blocking_get(shared: &Shared, path: &str, index: u64) -> Result<(Value,
     );
     let resp = shared
         .http
+        .get()
         .get(&url)
+        .timeout(REQUEST_TIMEOUT)
         .send()
         .await
         .map_err(|e| e.to_string())?;
@@ -133,6 +211,49 @@ async fn follow_services(shared: Arc<Shared>) {
     }
 }
 
+/// Follows who owns each route host (public gateways only: a node gateway routes default
+/// hosts, which are never another service's).
+async fn follow_claims(shared: Arc<Shared>) {
+    let mut index = 0;
+    let mut reported = Value::Null;
+    loop {
+        match blocking_get(&shared, "/api/v1/catalog/routes", index).await {
+            Ok((body, next)) => {
+                index = next;
+                let owners: BTreeMap<String, String> = body["Owners"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let conflicts = body["Conflicts"].clone();
+                if conflicts != reported {
+                    if conflicts.as_array().is_some_and(|c| !c.is_empty()) {
+                        tracing::warn!(%conflicts, "gateway: routes claimed by more than one service; only their owners get traffic");
+                    }
+                    reported = conflicts;
+                }
+                let changed = match shared.owners.lock() {
+                    Ok(mut o) if *o != owners => {
+                        *o = owners;
+                        true
+                    }
+                    _ => false,
+                };
+                if changed {
+                    shared.publish();
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "gateway: route owners unavailable; retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
 async fn follow_service(shared: Arc<Shared>, name: String) {
     let path = format!("/v1/health/service/{name}");
     let mut index = 0;
@@ -184,7 +305,10 @@ fn parse_health(service: &str, body: &Value) -> Vec<CatalogInstance> {
                     })
                     .unwrap_or_default()
             };
-            let meta = strings(&svc["Meta"]);
+            let mut meta = strings(&svc["Meta"]);
+            if let Some(n) = node["Node"].as_str() {
+                meta.insert(NODE_META.to_string(), n.to_string());
+            }
             let zone = meta
                 .get("zone")
                 .cloned()
@@ -214,6 +338,44 @@ fn parse_health(service: &str, body: &Value) -> Vec<CatalogInstance> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pier_gateway::Resolution;
+
+    #[test]
+    fn a_node_gateway_routes_service_dot_internal_only() {
+        let inst = CatalogInstance {
+            service: "api".into(),
+            instance_id: "a1".into(),
+            address: "127.0.0.1".into(),
+            port: 32000,
+            tags: vec!["urlprefix-/".into(), "urlprefix-api.example.test/".into()],
+            meta: BTreeMap::from([("pier.hosts".to_string(), "other.test".to_string())]),
+            passing: true,
+            ..Default::default()
+        };
+        let node = build_table(
+            std::slice::from_ref(&inst),
+            &internal_defaults(),
+            true,
+            &BTreeMap::new(),
+        );
+        assert!(matches!(
+            node.resolve("api.internal", "/x"),
+            Resolution::Service { .. }
+        ));
+        for host in [
+            "api.localhost",
+            "api.example.test",
+            "other.test",
+            "web.internal",
+        ] {
+            assert_eq!(node.resolve(host, "/"), Resolution::UnknownHost, "{host}");
+        }
+        let public = build_table(&[inst], &RouteDefaults::default(), false, &BTreeMap::new());
+        assert!(matches!(
+            public.resolve("api.example.test", "/"),
+            Resolution::Service { .. }
+        ));
+    }
 
     #[test]
     fn health_answer_becomes_instances_with_zone_and_verdict() {

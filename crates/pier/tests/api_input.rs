@@ -69,8 +69,11 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
             &free_port().to_string(),
             "--gateway-port",
             &free_port().to_string(),
+            "--https-port",
+            &free_port().to_string(),
             "--dns-port",
             &free_port().to_string(),
+            "--no-network",
         ],
         tmp.path(),
     );

@@ -28,6 +28,7 @@ impl Server {
         let data = dir.join(&self.name);
         let args = [
             "server".to_string(),
+            "--insecure".to_string(),
             "--data-dir".into(),
             data.to_string_lossy().into_owned(),
             "--node-name".into(),

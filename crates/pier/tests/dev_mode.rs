@@ -22,8 +22,11 @@ fn dev_args(data_dir: &str, http: u16, raft: u16) -> Vec<String> {
         free_port().to_string(),
         "--gateway-port".into(),
         free_port().to_string(),
+        "--https-port".into(),
+        free_port().to_string(),
         "--dns-port".into(),
         free_port().to_string(),
+        "--no-network".into(),
     ]
 }
 

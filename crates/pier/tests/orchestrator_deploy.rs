@@ -10,6 +10,24 @@ use std::time::Duration;
 use orchestrator_common::*;
 use pier_testkit::images::HttpdVariant;
 
+/// The manifest digest the registry serves for `repo:tag`.
+async fn registry_digest(port: u16, repo: &str, tag: &str) -> String {
+    let resp = reqwest::Client::new()
+        .head(format!("http://127.0.0.1:{port}/v2/{repo}/manifests/{tag}"))
+        .header(
+            "accept",
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .await
+        .expect("HEAD manifest");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    resp.headers()["docker-content-digest"]
+        .to_str()
+        .expect("digest header")
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_healthy_in_catalog_and_bad_input_refused() {
     let mut c = Cluster::start(true, &[]).await;
@@ -116,6 +134,35 @@ async fn three_replicas_healthy_in_catalog_and_bad_input_refused() {
     let detail = c.get("/api/v1/services/hello").await;
     assert_eq!(detail["service"]["revision"], 1);
     assert_eq!(c.passing("hello").await.len(), 3);
+
+    // The revision pinned the tag's manifest digest, and the containers run exactly it.
+    let pinned = detail["spec"]["pinned_image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let digest = registry_digest(c.registry_port, "hello", "v1").await;
+    assert_eq!(pinned, format!("{image}@{digest}"), "{detail}");
+    let by_digest = format!("127.0.0.1:{}/hello@{digest}", c.registry_port);
+    for id in c.guard.containers(false) {
+        let ran = pier_testkit::docker::docker(&["inspect", "--format", "{{.Config.Image}}", &id]);
+        assert_eq!(ran.trim(), by_digest, "container {id}");
+    }
+    let inspect = c.pier(&["service", "inspect", "hello"]);
+    assert!(stdout(&inspect).contains(&pinned), "{}", stdout(&inspect));
+    // The tag moves: the same file is a new revision running the new digest.
+    let moved = c.push_image("hello:v1", HttpdVariant::CrashAfter { seconds: 3600 });
+    assert_eq!(moved, image);
+    let out = c.pier(&["deploy", &file]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(!stdout(&out).contains("unchanged"), "{}", stdout(&out));
+    let detail = c.get("/api/v1/services/hello").await;
+    assert_eq!(detail["service"]["revision"], 2);
+    let new_digest = registry_digest(c.registry_port, "hello", "v1").await;
+    assert_ne!(new_digest, digest);
+    assert_eq!(
+        detail["spec"]["pinned_image"],
+        serde_json::Value::String(format!("{image}@{new_digest}"))
+    );
 
     // Logs from the agent through the server.
     let logs = c.pier(&["logs", "hello"]);

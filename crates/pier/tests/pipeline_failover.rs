@@ -104,6 +104,7 @@ async fn a_leader_failover_loses_no_run() {
         let name = format!("s{i}");
         let args: Vec<String> = vec![
             "server".into(),
+            "--insecure".into(),
             "--data-dir".into(),
             dir.path().join(&name).display().to_string(),
             "--node-name".into(),
@@ -138,6 +139,7 @@ async fn a_leader_failover_loses_no_run() {
     let stays = (first + 1) % 3;
     let addr = servers[stays].base();
     let run_label = format!("{}={}", guard.label, guard.value);
+    let network = guard.network_name();
     let _agent = PierProcess::spawn(
         BIN,
         "agent",
@@ -149,10 +151,14 @@ async fn a_leader_failover_loses_no_run() {
             "a",
             "--name",
             "node-a",
+            "--registry-port",
+            "0",
             "--container-label",
             "pier.test=1",
             "--container-label",
             &run_label,
+            "--network",
+            &network,
         ],
         dir.path(),
     );

@@ -35,8 +35,17 @@ pub struct ServiceFile {
     pub stop_timeout: Option<Spanned<String>>,
     /// Host name the gateway routes to this service; default `<name>.localhost`.
     pub route: Option<Spanned<String>>,
+    /// `"redirect"`: plain HTTP requests to the route get 308 to HTTPS.
+    pub https: Option<Spanned<String>>,
+    /// Responses over HTTPS carry `Strict-Transport-Security`.
+    pub hsts: Option<bool>,
+    /// `"acme"`: the cluster obtains the route's certificate from the ACME directory.
+    pub tls: Option<Spanned<String>>,
     /// Restricts placement to these zones.
     pub zones: Option<Spanned<Vec<String>>>,
+    /// Services this one calls: each gets `<NAME>_URL=http://<name>.internal` and a task
+    /// starts only once every one of them has a healthy instance.
+    pub needs: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +83,12 @@ pub struct DeployFile {
     pub drain_delay: Option<Spanned<String>>,
     /// A new task that is not healthy by then counts as failed.
     pub healthy_deadline: Option<Spanned<String>>,
+    /// The user (and group) the process runs as: "1000", "1000:1000", "nobody".
+    pub user: Option<Spanned<String>>,
+    /// Mount the image's root filesystem read-only.
+    pub read_only_root: Option<bool>,
+    /// Linux capabilities to drop: ["ALL"], ["NET_RAW", "CAP_CHOWN"].
+    pub cap_drop: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

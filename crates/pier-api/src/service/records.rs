@@ -140,6 +140,11 @@ pub struct TaskRecord {
     pub stop_phase: StopPhase,
     pub stop_reason: Option<String>,
     pub created_at_ms: u64,
+    /// Set by the controller when the task's node went down: the task is replaced elsewhere
+    /// but keeps running where it is, in case its node was only cut off; when the node is back
+    /// it is stopped once its replacement passes (or kept, if the service needs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_since_ms: Option<u64>,
 }
 
 /// What the agent reports about a task's container.
@@ -209,6 +214,13 @@ pub struct TaskStatus {
     /// `pier service ps` once the container is gone).
     #[serde(default)]
     pub last_output: Option<String>,
+    /// The container's address on the node's pier network (reachable from the node's other
+    /// containers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_ip: Option<String>,
+    /// Services of `needs` with no healthy instance yet: the task waits for them to start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
     pub updated_at_ms: u64,
 }
 
@@ -227,6 +239,8 @@ impl Default for TaskStatus {
             first_passed_at_ms: None,
             finished_at_ms: None,
             last_output: None,
+            network_ip: None,
+            waiting_for: Vec::new(),
             updated_at_ms: 0,
         }
     }
@@ -237,7 +251,7 @@ impl Default for TaskStatus {
 pub struct TaskView {
     pub task: TaskRecord,
     pub status: TaskStatus,
-    /// One word for people: pending, pulling, starting, running, healthy, unhealthy,
+    /// One word for people: pending, pulling, starting, running, healthy, unhealthy, lost,
     /// draining, stopping, stopped, exited, failed.
     pub display_state: String,
 }
@@ -258,15 +272,30 @@ impl TaskView {
             StopPhase::Active => match (status.state, status.health) {
                 (TaskState::Running, TaskHealth::Healthy) => "healthy",
                 (TaskState::Running, TaskHealth::Unhealthy) => "unhealthy",
+                (TaskState::Pending, _) if !status.waiting_for.is_empty() => "waiting",
                 (state, _) => state.as_str(),
             },
         }
         .to_string();
+        let display_state = if display_state == "waiting" {
+            format!("waiting for {}", status.waiting_for.join(", "))
+        } else {
+            display_state
+        };
         TaskView {
             task,
             status,
             display_state,
         }
+    }
+
+    /// Shows an active task on a node that is down as "lost": whatever its agent last
+    /// reported, nobody can tell what it is doing now.
+    pub fn on_node(mut self, node_down: bool) -> TaskView {
+        if node_down && self.task.stop_phase == StopPhase::Active {
+            self.display_state = "lost".to_string();
+        }
+        self
     }
 }
 
@@ -396,6 +425,10 @@ pub struct ServiceSummary {
     pub deployment_status: Option<DeploymentStatus>,
     pub route: String,
     pub placement_error: Option<String>,
+    /// The digest-pinned image agents run (`image@sha256:…`), when the image is in pier's
+    /// registry: the console's registry page tells from it which services run a digest.
+    #[serde(default)]
+    pub pinned_image: Option<String>,
 }
 
 /// `pier service inspect`.
@@ -418,4 +451,68 @@ pub struct ScaleRequest {
 pub struct RollbackRequest {
     /// Default: the revision before the current one.
     pub revision: Option<u64>,
+}
+
+/// Whether the cluster's quorum acknowledges an agent's heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterContact {
+    /// Started, no heartbeat acknowledged yet (within the cut-off time).
+    Connecting,
+    /// The last heartbeat was acknowledged by a leader that a quorum follows.
+    Connected,
+    /// No heartbeat acknowledged for longer than the cut-off time: the cluster may have marked
+    /// this node down and replaced its tasks elsewhere. Its containers keep running.
+    CutOff,
+}
+
+/// `GET /v1/agent/health` on the agent's own listener (200 unless cut off, then 503).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentHealth {
+    pub node: String,
+    /// The server the agent talks to.
+    pub server: String,
+    pub cluster: ClusterContact,
+    /// Wall clock (ms since the epoch) of the last acknowledged heartbeat.
+    pub last_ack_ms: Option<u64>,
+    /// Since when the agent has been cut off: its last acknowledged heartbeat (or its start).
+    pub cut_off_since_ms: Option<u64>,
+    /// Why the last heartbeat was not acknowledged, if it was not.
+    pub last_error: Option<String>,
+}
+
+#[cfg(test)]
+mod waiting_tests {
+    use super::*;
+
+    fn task() -> TaskRecord {
+        TaskRecord {
+            id: "t1".into(),
+            service: "web".into(),
+            revision: 1,
+            node: "n".into(),
+            zone: "z".into(),
+            desired: DesiredState::Running,
+            stop_phase: StopPhase::Active,
+            stop_reason: None,
+            created_at_ms: 0,
+            lost_since_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_task_waiting_for_its_needs_says_so() {
+        let status = TaskStatus {
+            waiting_for: vec!["api".into(), "db".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            TaskView::new(task(), status).display_state,
+            "waiting for api, db"
+        );
+        assert_eq!(
+            TaskView::new(task(), TaskStatus::default()).display_state,
+            "pending"
+        );
+    }
 }

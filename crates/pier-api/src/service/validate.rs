@@ -109,6 +109,14 @@ pub struct DeploySpec {
     pub min_healthy_time_ms: u64,
     pub drain_delay_ms: u64,
     pub healthy_deadline_ms: u64,
+    /// `user:group` the process runs as; None: the image's.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub read_only_root: bool,
+    /// Capability names without `CAP_`, upper case (`ALL` drops every one).
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
 }
 
 impl Default for DeploySpec {
@@ -121,6 +129,9 @@ impl Default for DeploySpec {
             min_healthy_time_ms: 3_000,
             drain_delay_ms: 2_000,
             healthy_deadline_ms: 120_000,
+            user: None,
+            read_only_root: false,
+            cap_drop: Vec::new(),
         }
     }
 }
@@ -178,6 +189,11 @@ pub struct PlacementSpec {
 pub struct ServiceSpec {
     pub name: String,
     pub image: String,
+    /// `image` resolved at deploy to the manifest it named then (`name:tag@sha256:…`):
+    /// what agents run, so every task of a revision (and a rollback to it) runs the same
+    /// bytes. None when it could not be resolved (then agents run `image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_image: Option<String>,
     pub count: u32,
     pub command: Option<Vec<String>>,
     pub args: Option<Vec<String>>,
@@ -191,6 +207,18 @@ pub struct ServiceSpec {
     pub stop_signal: String,
     pub stop_timeout_ms: u64,
     pub route: String,
+    /// `https = "redirect"`: the gateway answers plain HTTP to the route with 308 to HTTPS.
+    #[serde(default)]
+    pub https_redirect: bool,
+    /// `hsts = true`: `Strict-Transport-Security` on the route's HTTPS responses.
+    #[serde(default)]
+    pub hsts: bool,
+    /// `tls = "acme"`: the route's certificate comes from the cluster's ACME directory.
+    #[serde(default)]
+    pub tls_acme: bool,
+    /// Services this one calls (`needs`), sorted, without duplicates.
+    #[serde(default)]
+    pub needs: Vec<String>,
 }
 
 impl ServiceSpec {
@@ -200,6 +228,22 @@ impl ServiceSpec {
         ServiceSpec {
             count: 0,
             ..self.clone()
+        }
+    }
+
+    /// The image reference agents pull and run: `name@sha256:…` when the revision pinned a
+    /// digest (the tag only documents it), else `image`.
+    pub fn run_image(&self) -> String {
+        match self.pinned_image.as_deref().and_then(|p| p.split_once('@')) {
+            Some((named, digest)) => {
+                let last_slash = named.rfind('/').map(|i| i + 1).unwrap_or(0);
+                let name = match named[last_slash..].rfind(':') {
+                    Some(i) => &named[..last_slash + i],
+                    None => named,
+                };
+                format!("{name}@{digest}")
+            }
+            None => self.image.clone(),
         }
     }
 }
@@ -481,7 +525,9 @@ pub fn parse_service_file(text: &str, limits: Limits) -> Result<ServiceSpec, Spe
     };
 
     let health = match &file.health {
-        None => None,
+        // A service with a port gets a TCP check on it: a task that never listens is never
+        // healthy, gets no traffic and fails its deployment.
+        None => ports.first().map(|&port| implicit_tcp_check(port)),
         Some(h) => {
             let span = h.span();
             let h = h.get_ref();
@@ -607,6 +653,7 @@ pub fn parse_service_file(text: &str, limits: Limits) -> Result<ServiceSpec, Spe
             "deploy.healthy_deadline",
             deploy.healthy_deadline_ms,
         )?;
+        deploy_security(&ctx, d, &mut deploy)?;
         if deploy.max_surge.resolve(count.max(1), true) == 0
             && deploy.max_unavailable.resolve(count.max(1), false) == 0
         {
@@ -724,9 +771,41 @@ pub fn parse_service_file(text: &str, limits: Limits) -> Result<ServiceSpec, Spe
         }
     };
 
+    let https_redirect = match &file.https {
+        None => false,
+        Some(h) if h.get_ref() == "redirect" => true,
+        Some(h) => {
+            return Err(ctx.at(
+                h.span(),
+                format!(
+                "`https` = {:?} is not supported; `https = \"redirect\"` sends plain HTTP to HTTPS",
+                h.get_ref()
+            ),
+            ))
+        }
+    };
+    let tls_acme = match &file.tls {
+        None => false,
+        Some(t) if t.get_ref() == "acme" => true,
+        Some(t) => {
+            return Err(ctx.at(
+                t.span(),
+                format!(
+                    "`tls` = {:?} is not supported; `tls = \"acme\"` obtains the route's certificate by ACME",
+                    t.get_ref()
+                ),
+            ))
+        }
+    };
+    let needs = needs(&ctx, &file.needs, &name)?;
     Ok(ServiceSpec {
+        https_redirect,
+        tls_acme,
+        hsts: file.hsts.unwrap_or(false),
+        needs,
         name,
         image,
+        pinned_image: None,
         count,
         command,
         args: file.args.clone(),
@@ -741,6 +820,77 @@ pub fn parse_service_file(text: &str, limits: Limits) -> Result<ServiceSpec, Spe
         stop_timeout_ms,
         route,
     })
+}
+
+/// Interval of the TCP check a service with a port and no `[health]` gets.
+pub const IMPLICIT_CHECK_INTERVAL_MS: u64 = 2_000;
+
+fn implicit_tcp_check(port: u16) -> HealthSpec {
+    HealthSpec {
+        kind: HealthKind::Tcp { port },
+        interval_ms: IMPLICIT_CHECK_INTERVAL_MS,
+        timeout_ms: 1_000,
+        retries: 3,
+        start_period_ms: 0,
+    }
+}
+
+fn needs(ctx: &Ctx, v: &Option<Spanned<Vec<String>>>, own: &str) -> Result<Vec<String>, SpecError> {
+    let Some(list) = v else {
+        return Ok(Vec::new());
+    };
+    let mut out = BTreeSet::new();
+    for n in list.get_ref() {
+        let n = n.trim().to_ascii_lowercase();
+        if !is_valid_name(&n) {
+            return Err(ctx.at(list.span(), format!("`needs`: {n:?} is not a service name")));
+        }
+        if n == own {
+            return Err(ctx.at(list.span(), "`needs` names the service itself"));
+        }
+        out.insert(n);
+    }
+    Ok(out.into_iter().collect())
+}
+
+fn deploy_security(
+    ctx: &Ctx,
+    d: &super::file::DeployFile,
+    deploy: &mut DeploySpec,
+) -> Result<(), SpecError> {
+    if let Some(u) = &d.user {
+        let user = u.get_ref().trim();
+        let ok = !user.is_empty()
+            && user.len() <= 64
+            && user.split(':').count() <= 2
+            && user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c));
+        if !ok {
+            return Err(ctx.at(
+                u.span(),
+                format!("`deploy.user` = {user:?}: use a user name or id, optionally with a group (\"1000:1000\")"),
+            ));
+        }
+        deploy.user = Some(user.to_string());
+    }
+    deploy.read_only_root = d.read_only_root.unwrap_or(false);
+    if let Some(caps) = &d.cap_drop {
+        let mut out = BTreeSet::new();
+        for c in caps.get_ref() {
+            let upper = c.trim().to_ascii_uppercase();
+            let name = upper.strip_prefix("CAP_").unwrap_or(&upper);
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                return Err(ctx.at(
+                    caps.span(),
+                    format!("`deploy.cap_drop`: {c:?} is not a capability name like \"NET_RAW\" or \"ALL\""),
+                ));
+            }
+            out.insert(name.to_string());
+        }
+        deploy.cap_drop = out.into_iter().collect();
+    }
+    Ok(())
 }
 
 fn unreachable_kind<T>() -> Result<T, SpecError> {

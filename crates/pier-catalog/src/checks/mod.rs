@@ -15,7 +15,9 @@
 //! - `DeregisterCriticalServiceAfter`: when a check has been critical for that long without
 //!   interruption, the runner deregisters its instance.
 
+pub mod allow;
 pub mod probes;
 mod runner;
 
+pub use allow::{CheckAllow, Cidr};
 pub use runner::{CheckRunner, CheckRunnerConfig};

@@ -7,19 +7,46 @@ use tokio::io::AsyncReadExt;
 
 use crate::model::{CheckKind, CheckStatus};
 
-/// Output kept from a probe (Consul keeps 4 KiB).
+/// Most bytes of a check's output that are stored (Consul keeps 4 KiB), marker included.
 pub const MAX_OUTPUT_BYTES: usize = 4096;
 
-fn truncate(mut s: String) -> String {
-    if s.len() > MAX_OUTPUT_BYTES {
-        let mut cut = MAX_OUTPUT_BYTES;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str(" ...(truncated)");
+const TRUNCATED_MARKER: &str = " ...(truncated)";
+
+/// `s` cut to at most [`MAX_OUTPUT_BYTES`] bytes (on a character boundary), ending with a
+/// marker when something was cut. Applies to probe outputs and to reported outputs alike.
+pub fn cap_output(s: &str) -> String {
+    if s.len() <= MAX_OUTPUT_BYTES {
+        return s.to_string();
     }
-    s
+    let mut cut = MAX_OUTPUT_BYTES - TRUNCATED_MARKER.len();
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = String::with_capacity(MAX_OUTPUT_BYTES);
+    out.push_str(&s[..cut]);
+    out.push_str(TRUNCATED_MARKER);
+    out
+}
+
+fn truncate(s: String) -> String {
+    if s.len() <= MAX_OUTPUT_BYTES {
+        s
+    } else {
+        cap_output(&s)
+    }
+}
+
+/// Reads at most `limit` bytes of a response body; the rest is never buffered.
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> String {
+    let mut buf: Vec<u8> = Vec::new();
+    while buf.len() <= limit {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    buf.truncate(limit + 1);
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// Consul's mapping of HTTP status codes.
@@ -83,7 +110,7 @@ async fn probe_http(
     let attempt = async {
         let resp = req.send().await?;
         let code = resp.status();
-        let text = resp.text().await.unwrap_or_default();
+        let text = read_capped(resp, MAX_OUTPUT_BYTES).await;
         Ok::<_, reqwest::Error>((code, text))
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -219,6 +246,19 @@ mod tests {
         assert_eq!(exit_status(Some(1)), CheckStatus::Warning);
         assert_eq!(exit_status(Some(2)), CheckStatus::Critical);
         assert_eq!(exit_status(None), CheckStatus::Critical);
+    }
+
+    #[test]
+    fn outputs_are_capped_at_4_kib_on_a_char_boundary() {
+        assert_eq!(cap_output("short"), "short");
+        let exact = "x".repeat(MAX_OUTPUT_BYTES);
+        assert_eq!(cap_output(&exact), exact);
+        let huge = "é".repeat(MAX_OUTPUT_BYTES);
+        let capped = cap_output(&huge);
+        assert!(capped.len() <= MAX_OUTPUT_BYTES, "{}", capped.len());
+        assert!(capped.len() > MAX_OUTPUT_BYTES - 32);
+        assert!(capped.ends_with(TRUNCATED_MARKER));
+        assert_eq!(truncate(huge), capped);
     }
 
     #[tokio::test]

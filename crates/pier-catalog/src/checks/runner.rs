@@ -26,6 +26,9 @@ pub struct CheckRunnerConfig {
     pub default_interval_ms: u64,
     /// Full resync of the check set even without a change (guards against a missed watch).
     pub resync_interval_ms: u64,
+    /// Networks HTTP and TCP checks registered through this agent may reach (checked at
+    /// registration, host names resolved). Default: loopback and the private ranges.
+    pub check_allow: super::allow::CheckAllow,
 }
 
 impl Default for CheckRunnerConfig {
@@ -35,6 +38,7 @@ impl Default for CheckRunnerConfig {
             default_timeout_ms: 10_000,
             default_interval_ms: 10_000,
             resync_interval_ms: 60_000,
+            check_allow: super::allow::CheckAllow::default(),
         }
     }
 }
@@ -115,6 +119,11 @@ impl CheckRunner {
         self.inner.config.enable_script_checks
     }
 
+    /// The networks checks registered through this agent may reach.
+    pub fn check_allow(&self) -> &super::allow::CheckAllow {
+        &self.inner.config.check_allow
+    }
+
     /// A TTL update (`/v1/agent/check/pass|warn|fail|update`): resets the TTL timer and writes
     /// the status if it changed. `NotFound` for an unknown check; `BadRequest` when the check
     /// has no TTL.
@@ -125,7 +134,7 @@ impl CheckRunner {
         output: Option<String>,
     ) -> Result<(), CatalogError> {
         // Consul sets the output to the note, empty when none is given.
-        let output = Some(output.unwrap_or_default());
+        let output = Some(super::probes::cap_output(&output.unwrap_or_default()));
         let tx = self
             .inner
             .tasks()
@@ -330,7 +339,17 @@ async fn run_probe(weak: std::sync::Weak<Inner>, check: Check) {
     let mut critical_since = (last == CheckStatus::Critical).then(Instant::now);
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        let (status, output) = probes::probe(&inner.http, &check.definition.kind, timeout).await;
+        // Vetted again before every probe: a check stored before the operator narrowed
+        // `--check-allow`, or a name that now resolves elsewhere, is not probed.
+        let (status, output) = match super::allow::vet_check(
+            &inner.config.check_allow,
+            &check.definition.kind,
+        )
+        .await
+        {
+            Ok(()) => probes::probe(&inner.http, &check.definition.kind, timeout).await,
+            Err(refused) => (CheckStatus::Critical, format!("not probed: {refused}")),
+        };
         if status != last && !transition(&inner, &check, &mut last, status, Some(&output)).await {
             return;
         }

@@ -176,3 +176,13 @@ pub async fn health_node(
     let body: Vec<CheckOut> = res.value.iter().map(CheckOut::from).collect();
     Ok(json_response(&s.catalog, res.index, StatusCode::OK, &body))
 }
+
+/// `GET /api/v1/catalog/routes`: who owns each route host (or host-less path), and the
+/// conflicts that could not be refused at registration. Blocking like every catalog read.
+pub async fn route_claims(State(s): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+    let p = parse_query(q.as_deref());
+    let opts = p.query_options()?;
+    let res = s.catalog.route_claims(&opts).await?;
+    let body = crate::wire::RouteClaimsOut::from(&res.value);
+    Ok(json_response(&s.catalog, res.index, StatusCode::OK, &body))
+}

@@ -81,6 +81,7 @@ pub fn router(catalog: Catalog, agent: Agent) -> Router {
             "/api/v1/catalog/nodes/{node}/heartbeat",
             put(status::heartbeat),
         )
+        .route("/api/v1/catalog/routes", get(health::route_claims))
         .route("/api/v1/catalog/nodes/{node}", put(nodes::register_node))
         .route(
             "/api/v1/catalog/nodes/{node}/services",
@@ -113,6 +114,7 @@ impl IntoResponse for ApiError {
         let status = match &self.0 {
             CatalogError::BadRequest(_) => StatusCode::BAD_REQUEST,
             CatalogError::NotFound(_) => StatusCode::NOT_FOUND,
+            CatalogError::Conflict(_) => StatusCode::CONFLICT,
             CatalogError::Store(StoreError::InvalidInput(_)) => StatusCode::BAD_REQUEST,
             CatalogError::Store(
                 StoreError::NoLeader(_) | StoreError::Timeout(_) | StoreError::Shutdown,

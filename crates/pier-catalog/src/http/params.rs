@@ -4,8 +4,8 @@
 
 use pier_store::Consistency;
 
-use crate::blocking::{QueryOptions, DEFAULT_WAIT, MAX_WAIT};
-use crate::duration::parse_go_duration;
+use crate::blocking::{QueryOptions, DEFAULT_WAIT};
+use crate::duration::parse_wait;
 use crate::error::CatalogError;
 
 #[derive(Debug, Default, Clone)]
@@ -81,23 +81,9 @@ impl Params {
             Consistency::Default
         };
         let min_index = self.u64("index")?.unwrap_or(0);
-        let wait = match self.get("wait") {
-            None | Some("") => DEFAULT_WAIT,
-            Some(w) => {
-                let d = parse_go_duration(w)
-                    .map_err(|e| CatalogError::bad(format!("Invalid wait time: {e}")))?;
-                if d > MAX_WAIT {
-                    return Err(CatalogError::bad(format!(
-                        "Invalid wait time {w:?}: the maximum is 10m"
-                    )));
-                }
-                if d.is_zero() {
-                    DEFAULT_WAIT
-                } else {
-                    d
-                }
-            }
-        };
+        let wait = parse_wait(self.get("wait").unwrap_or_default())
+            .map_err(|e| CatalogError::bad(format!("Invalid wait time: {e}")))?
+            .unwrap_or(DEFAULT_WAIT);
         Ok(QueryOptions {
             consistency,
             min_index,

@@ -25,6 +25,8 @@ pub struct Options {
     pub catalog: CatalogConfig,
     pub dns: DnsConfig,
     pub enable_script_checks: bool,
+    /// Networks the agent's checks may reach (None: the library default).
+    pub check_allow: Option<pier_catalog::CheckAllow>,
 }
 
 pub struct TestServer {
@@ -68,6 +70,8 @@ impl TestServer {
                     election_timeout_min_ms: 400,
                     election_timeout_max_ms: 800,
                     snapshot_every_logs: 10_000,
+                    tls: None,
+                    extra_routes: None,
                 };
                 let store = Store::open(cfg).await.unwrap();
                 let raft_addr = store.raft_addr();
@@ -75,6 +79,9 @@ impl TestServer {
                 let mut agent_cfg = AgentConfig::new(name_owned.clone(), "127.0.0.1");
                 agent_cfg.heartbeat_interval_ms = 300;
                 agent_cfg.checks.enable_script_checks = opts.enable_script_checks;
+                if let Some(allow) = opts.check_allow {
+                    agent_cfg.checks.check_allow = allow;
+                }
                 let agent = Agent::start(catalog.clone(), agent_cfg);
                 let monitor = NodeMonitor::start(catalog.clone());
                 std::mem::forget(monitor);

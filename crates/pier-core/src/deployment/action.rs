@@ -12,8 +12,15 @@ pub enum StopReason {
     Died,
     /// Its health check is critical.
     Critical,
-    /// Its node is down (missed heartbeats for longer than the timeout).
+    /// Its node has been down for longer than the lost-task timeout: it is given up.
     NodeDown,
+    /// Its node is no longer known to the cluster.
+    NodeRemoved,
+    /// Its node is draining (during a deployment; outside one the IO loop replaces first).
+    NodeDraining,
+    /// It was lost while its node was down and replaced; its node is back and a replacement
+    /// passes its checks.
+    ReplacedWhileLost,
     /// The service has more tasks than desired.
     ScaledDown,
     /// Someone set the task's desired state to `Stop`.
@@ -27,6 +34,9 @@ impl fmt::Display for StopReason {
             StopReason::Died => "task exited",
             StopReason::Critical => "health check critical",
             StopReason::NodeDown => "node down",
+            StopReason::NodeRemoved => "node removed",
+            StopReason::NodeDraining => "node draining",
+            StopReason::ReplacedWhileLost => "replaced while its node was down",
             StopReason::ScaledDown => "scaled down",
             StopReason::Requested => "stop requested",
         })
@@ -48,6 +58,13 @@ pub enum Action {
     StopTask { task: TaskId },
     /// The task is gone. Persist `stop_phase = Stopped`; the record may be garbage-collected.
     MarkTaskStopped { task: TaskId },
+    /// The task's node is down: persist `lost_since_ms = now`. Nothing else changes: it keeps
+    /// `desired = Run` (its agent may only be cut off from the servers, its container still
+    /// serving) and stays in the catalog, where its node's liveness check keeps it out of
+    /// rotation; it just no longer counts, so a replacement starts elsewhere.
+    MarkTaskLost { task: TaskId },
+    /// The task's node is back and the service needs it: persist `lost_since_ms = None`.
+    MarkTaskFound { task: TaskId },
     /// Set the deployment's status (also in the returned state).
     MarkDeployment {
         status: DeploymentStatus,

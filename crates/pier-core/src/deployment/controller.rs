@@ -6,12 +6,13 @@ use crate::placement::{choose_tasks_to_stop, StopCandidate};
 
 use super::action::{Action, StopReason};
 use super::breaker::{summarize_failures, FailureKind, FailureRecord};
+use super::lost::{fate, for_stop, give_up_unwanted, trim, Fate, Floor, NodeState};
 use super::model::{
     DeploymentCounts, DeploymentKind, DeploymentPlan, DeploymentSnapshot, DeploymentState,
     DeploymentStatus,
 };
 use super::stop::advance_stop;
-use super::task::{DesiredState, ObservedState, StopPhase, TaskId, TaskSnapshot};
+use super::task::{ObservedState, StopPhase, TaskId, TaskSnapshot};
 
 /// Advances a deployment by one step. Level-triggered: the plan depends only on the snapshot
 /// and `now_ms`, so the IO loop may call it as often as it likes (on every task event and on a
@@ -41,49 +42,34 @@ pub fn step(snapshot: &DeploymentSnapshot, now_ms: u64) -> DeploymentPlan {
 
     let mut tasks: Vec<&TaskSnapshot> = snapshot.tasks.iter().collect();
     tasks.sort_by(|a, b| a.id.cmp(&b.id));
-    let lost = |t: &TaskSnapshot| {
-        t.node
-            .as_ref()
-            .is_some_and(|n| snapshot.down_nodes.contains(n))
+    let node_state = |t: &TaskSnapshot| node_state_of(snapshot, t);
+    // Tasks on nodes that are down, draining or gone hold no place in the surge and are not
+    // old tasks left to replace: the scheduler does not count those nodes.
+    let away = |t: &TaskSnapshot| node_state(t) != NodeState::Up;
+    // Lost/found flags first, then the stop sequences, in task id order.
+    let marks_and_stops = |stopping: &BTreeMap<TaskId, StopReason>, mut marks: Vec<Action>| {
+        marks.extend(stop_actions(
+            &tasks,
+            stopping,
+            node_state,
+            settings.drain_delay_ms,
+            now_ms,
+        ));
+        marks
     };
 
-    // 1. Active tasks that must stop because of their own condition, and breaker counting.
-    let mut stopping: BTreeMap<TaskId, StopReason> = BTreeMap::new();
-    let mut counted: BTreeSet<TaskId> = state.failures.iter().map(|f| f.task.clone()).collect();
-    for t in tasks.iter().filter(|t| t.is_active()) {
-        let reason = if t.desired == DesiredState::Stop {
-            Some(StopReason::Requested)
-        } else if lost(t) {
-            Some(StopReason::NodeDown)
-        } else if t.is_terminal() {
-            Some(StopReason::Died)
-        } else if t.is_critical() {
-            Some(StopReason::Critical)
-        } else {
-            None
-        };
-        let Some(reason) = reason else { continue };
-        stopping.insert(t.id.clone(), reason);
-        // Only tasks of this deployment count: a crash on a lost node is not the revision's
-        // fault, and a task stopped on request is not a failure.
-        let counts_for_breaker = t.revision == target
-            && t.created_at_ms >= state.started_at_ms
-            && matches!(reason, StopReason::Died | StopReason::Critical);
-        if counts_for_breaker && !counted.contains(&t.id) {
-            if let Some(kind) = FailureKind::of(t) {
-                counted.insert(t.id.clone());
-                state.failures.push(FailureRecord {
-                    task: t.id.clone(),
-                    kind,
-                    at_ms: now_ms,
-                });
-            }
-        }
-    }
+    // 1. Active tasks that must stop because of their own condition, lost tasks, and breaker
+    //    counting.
+    let Classified {
+        mut stopping,
+        mut lost,
+        mut marks,
+    } = classify(snapshot, &tasks, &mut state, now_ms);
+    give_up_unwanted(desired, &mut lost, &mut stopping, &mut marks);
 
-    // 2. Live tasks: active and not about to stop.
+    // 2. Live tasks: active, not lost and not about to stop.
     let is_live = |t: &&&TaskSnapshot, stopping: &BTreeMap<TaskId, StopReason>| {
-        t.is_active() && !stopping.contains_key(&t.id)
+        t.is_active() && !stopping.contains_key(&t.id) && !lost.contains(&t.id)
     };
     let mut live_new: Vec<&TaskSnapshot> = tasks
         .iter()
@@ -104,15 +90,40 @@ pub fn step(snapshot: &DeploymentSnapshot, now_ms: u64) -> DeploymentPlan {
 
     let mut start = 0usize;
     if verdict.is_none() {
-        // 3. Too many new tasks (the desired count went down mid-deployment).
-        if live_new.len() > desired {
-            let excess = live_new.len() - desired;
-            let candidates = stop_candidates(&live_new, |t| !t.is_healthy(min_healthy_ms, now_ms));
-            for id in choose_tasks_to_stop(&candidates, excess) {
-                stopping.insert(id, StopReason::ScaledDown);
-            }
-            live_new.retain(|t| !stopping.contains_key(&t.id));
+        // 3. Too many new tasks: the desired count went down mid-deployment, or tasks lost
+        //    while their node was down are back next to their replacements.
+        let (running_old, not_running_old): (Vec<&TaskSnapshot>, Vec<&TaskSnapshot>) = live_old
+            .iter()
+            .partition(|t| t.observed == ObservedState::Running);
+        let healthy_old = running_old
+            .iter()
+            .filter(|t| t.is_healthy(0, now_ms))
+            .count();
+        let floor = desired.saturating_sub(settings.max_unavailable as usize);
+        let healthy = |t: &TaskSnapshot| t.is_healthy(min_healthy_ms, now_ms);
+        let trimmed = trim(
+            &live_new,
+            desired,
+            Floor {
+                min_healthy: floor,
+                healthy_elsewhere: healthy_old,
+            },
+            healthy,
+            |t| !healthy(t),
+        );
+        for id in trimmed.scaled_down {
+            stopping.insert(id, StopReason::ScaledDown);
         }
+        for id in trimmed.returned {
+            stopping.insert(id, StopReason::ReplacedWhileLost);
+        }
+        marks.extend(
+            trimmed
+                .found
+                .into_iter()
+                .map(|task| Action::MarkTaskFound { task }),
+        );
+        live_new.retain(|t| !stopping.contains_key(&t.id));
 
         // 4. Replace old tasks without going under the healthy floor. Old tasks that are not
         //    running yet serve nothing, so stopping them costs nothing. Running ones go only
@@ -120,21 +131,10 @@ pub fn step(snapshot: &DeploymentSnapshot, now_ms: u64) -> DeploymentPlan {
         //    unit each; running ones whose health is not known (yet) go first, as they do not
         //    lower the healthy count, but they still use the budget so that an agent that lost
         //    its check state cannot make a step stop every old task at once.
-        let healthy_new = live_new
-            .iter()
-            .filter(|t| t.is_healthy(min_healthy_ms, now_ms))
-            .count();
-        let (running_old, not_running_old): (Vec<&TaskSnapshot>, Vec<&TaskSnapshot>) = live_old
-            .iter()
-            .partition(|t| t.observed == ObservedState::Running);
+        let healthy_new = live_new.iter().filter(|t| healthy(t)).count();
         for t in &not_running_old {
             stopping.insert(t.id.clone(), StopReason::Replaced);
         }
-        let healthy_old = running_old
-            .iter()
-            .filter(|t| t.is_healthy(0, now_ms))
-            .count();
-        let floor = desired.saturating_sub(settings.max_unavailable as usize);
         let may_stop = (healthy_new + healthy_old).saturating_sub(floor);
         let candidates = stop_candidates(&running_old, |t| !t.is_healthy(0, now_ms));
         for id in choose_tasks_to_stop(&candidates, may_stop) {
@@ -150,7 +150,7 @@ pub fn step(snapshot: &DeploymentSnapshot, now_ms: u64) -> DeploymentPlan {
         //    against their node until they exit, so no node is over-committed.
         let occupying = tasks
             .iter()
-            .filter(|t| !t.is_terminal() && !lost(t))
+            .filter(|t| !t.is_terminal() && !away(t))
             .filter(|t| {
                 let leaving = !t.is_active() || stopping.contains_key(&t.id);
                 if rollback {
@@ -174,7 +174,7 @@ pub fn step(snapshot: &DeploymentSnapshot, now_ms: u64) -> DeploymentPlan {
         let old_left = tasks
             .iter()
             .filter(|t| t.revision != target)
-            .filter(|t| !t.is_terminal() && t.stop_phase != StopPhase::Stopped && !lost(t))
+            .filter(|t| !t.is_terminal() && t.stop_phase != StopPhase::Stopped && !away(t))
             .count();
         // Old tasks finishing their stop also count as progress (a scale-to-zero deployment
         // or a long drain never grows the healthy count).
@@ -198,7 +198,7 @@ pub fn step(snapshot: &DeploymentSnapshot, now_ms: u64) -> DeploymentPlan {
         // Old tasks stopped in this very step still run until they exit, so `old_left`
         // (counted before this step's decisions) is the right test.
         if healthy_new >= desired && live_new.len() == desired && old_left == 0 {
-            let actions = stop_actions(&tasks, &stopping, settings.drain_delay_ms, now_ms);
+            let actions = marks_and_stops(&stopping, marks);
             let reason = format!("{desired} tasks of revision {target} healthy");
             return finish(state, DeploymentStatus::Succeeded, reason, actions);
         }
@@ -214,12 +214,7 @@ pub fn step(snapshot: &DeploymentSnapshot, now_ms: u64) -> DeploymentPlan {
     state.counts.failed = state.failures.len() as u32;
     let mut actions = Vec::new();
     if let Some(reason) = verdict {
-        actions.extend(stop_actions(
-            &tasks,
-            &stopping,
-            settings.drain_delay_ms,
-            now_ms,
-        ));
+        actions.extend(marks_and_stops(&stopping, marks));
         let rollback_to = deployment
             .previous_stable_revision
             .filter(|&r| r != target && settings.auto_rollback && !rollback);
@@ -253,12 +248,7 @@ pub fn step(snapshot: &DeploymentSnapshot, now_ms: u64) -> DeploymentPlan {
             count: start as u32,
         });
     }
-    actions.extend(stop_actions(
-        &tasks,
-        &stopping,
-        settings.drain_delay_ms,
-        now_ms,
-    ));
+    actions.extend(marks_and_stops(&stopping, marks));
     DeploymentPlan { actions, state }
 }
 
@@ -278,6 +268,7 @@ fn finish(
 pub(super) fn stop_actions(
     tasks: &[&TaskSnapshot],
     stopping: &BTreeMap<TaskId, StopReason>,
+    node_state: impl Fn(&TaskSnapshot) -> NodeState,
     drain_delay_ms: u64,
     now_ms: u64,
 ) -> Vec<Action> {
@@ -288,10 +279,79 @@ pub(super) fn stop_actions(
         } else {
             None
         };
-        let (_, mut steps) = advance_stop(t, reason, drain_delay_ms, now_ms);
+        let seen = for_stop(t, node_state(t));
+        let (_, mut steps) = advance_stop(&seen, reason, drain_delay_ms, now_ms);
         actions.append(&mut steps);
     }
     actions
+}
+
+/// The state of `task`'s node as the deployment snapshot has it.
+fn node_state_of(snapshot: &DeploymentSnapshot, task: &TaskSnapshot) -> NodeState {
+    match task.node.as_ref() {
+        Some(n) if snapshot.removed_nodes.contains(n) => NodeState::Removed,
+        Some(n) if snapshot.down_nodes.contains(n) => NodeState::Down,
+        Some(n) if snapshot.draining_nodes.contains(n) => NodeState::Draining,
+        _ => NodeState::Up,
+    }
+}
+
+/// What step 1 found.
+struct Classified {
+    /// Active tasks to stop and why.
+    stopping: BTreeMap<TaskId, StopReason>,
+    /// Active tasks on a down node, kept but not counted.
+    lost: BTreeSet<TaskId>,
+    /// `MarkTaskLost` for lost tasks not flagged yet.
+    marks: Vec<Action>,
+}
+
+/// Step 1: which active tasks must stop because of their own condition or their node's, which
+/// are lost, and the circuit breaker's count (into `state.failures`).
+fn classify(
+    snapshot: &DeploymentSnapshot,
+    tasks: &[&TaskSnapshot],
+    state: &mut DeploymentState,
+    now_ms: u64,
+) -> Classified {
+    let target = snapshot.deployment.target_revision;
+    let mut out = Classified {
+        stopping: BTreeMap::new(),
+        lost: BTreeSet::new(),
+        marks: Vec::new(),
+    };
+    let mut counted: BTreeSet<TaskId> = state.failures.iter().map(|f| f.task.clone()).collect();
+    for t in tasks.iter().filter(|t| t.is_active()) {
+        let node = node_state_of(snapshot, t);
+        let reason = match fate(t, node, snapshot.lost_task_timeout_ms, now_ms) {
+            Fate::Stop(reason) => reason,
+            Fate::Lost { newly } => {
+                if newly {
+                    out.marks.push(Action::MarkTaskLost { task: t.id.clone() });
+                }
+                out.lost.insert(t.id.clone());
+                continue;
+            }
+            Fate::Live => continue,
+        };
+        out.stopping.insert(t.id.clone(), reason);
+        // Only tasks of this deployment count: a task lost with its node is not the
+        // revision's fault, and a task stopped on request is not a failure.
+        let counts_for_breaker = t.revision == target
+            && t.created_at_ms >= state.started_at_ms
+            && matches!(reason, StopReason::Died | StopReason::Critical);
+        if counts_for_breaker && !counted.contains(&t.id) {
+            if let Some(kind) = FailureKind::of(t) {
+                counted.insert(t.id.clone());
+                state.failures.push(FailureRecord {
+                    task: t.id.clone(),
+                    kind,
+                    at_ms: now_ms,
+                });
+            }
+        }
+    }
+    out
 }
 
 pub(super) fn stop_candidates(

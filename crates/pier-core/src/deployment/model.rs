@@ -152,15 +152,43 @@ impl DeploymentState {
     }
 }
 
+/// How long a task may stay lost on a down node before it is given up (marked stopped):
+/// five minutes, the time Kubernetes gives a pod on an unreachable node by default. A longer
+/// wait costs only a record shown as lost (its replacement already runs elsewhere); a shorter
+/// one turns a longer partition back into the outage this avoids when the service has no
+/// capacity elsewhere: the returning agent kills the task and a new one has to start.
+pub const DEFAULT_LOST_TASK_TIMEOUT_MS: u64 = 300_000;
+
 /// Everything [`super::step`] looks at.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeploymentSnapshot {
     pub deployment: Deployment,
     pub state: DeploymentState,
     /// Every task of the service, of every revision, in any phase.
     pub tasks: Vec<TaskSnapshot>,
-    /// Nodes marked down (see [`super::node_liveness`]); their tasks are treated as lost.
+    /// Nodes marked down (see [`super::node_liveness`]); their tasks are lost: replaced but
+    /// not stopped (see `lost.rs`).
     pub down_nodes: BTreeSet<NodeId>,
+    /// Nodes being drained; their tasks are stopped and replaced.
+    pub draining_nodes: BTreeSet<NodeId>,
+    /// Nodes no longer in the cluster; their tasks are given up at once.
+    pub removed_nodes: BTreeSet<NodeId>,
+    /// A task lost for this long is given up.
+    pub lost_task_timeout_ms: u64,
+}
+
+impl Default for DeploymentSnapshot {
+    fn default() -> Self {
+        Self {
+            deployment: Deployment::default(),
+            state: DeploymentState::default(),
+            tasks: Vec::new(),
+            down_nodes: BTreeSet::new(),
+            draining_nodes: BTreeSet::new(),
+            removed_nodes: BTreeSet::new(),
+            lost_task_timeout_ms: DEFAULT_LOST_TASK_TIMEOUT_MS,
+        }
+    }
 }
 
 /// What one step decided: actions to apply and the state to persist, in one transaction.

@@ -1,22 +1,30 @@
 //! Self-healing outside deployments: keep `desired_count` healthy tasks of the service's
-//! current revision, with crash-loop back-off, and move work off nodes that are down.
+//! current revision, with crash-loop back-off, and replace the tasks lost on nodes that are
+//! down (stopping them only once their node is back and their replacements pass).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::placement::{choose_tasks_to_stop, NodeId};
+use crate::placement::NodeId;
 
 use super::action::{Action, StopReason};
 use super::breaker::FailureKind;
-use super::controller::{stop_actions, stop_candidates};
+use super::controller::stop_actions;
 use super::liveness::{node_liveness, NodeLiveness};
-use super::task::{DesiredState, Revision, TaskId, TaskSnapshot};
+use super::lost::{fate, give_up_unwanted, trim, Fate, Floor, NodeState};
+use super::model::DEFAULT_LOST_TASK_TIMEOUT_MS;
+use super::task::{Revision, TaskId, TaskSnapshot};
 
 /// Settings of the reconciler.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReconcileSettings {
     pub drain_delay_ms: u64,
+    /// The service's `max_unavailable`: tasks back from a down node next to their
+    /// replacements are stopped only while `desired − max_unavailable` tasks stay healthy.
+    pub max_unavailable: u32,
     /// Heartbeat silence after which a node is down and its tasks are replaced elsewhere.
     pub node_down_after_ms: u64,
+    /// A task lost on a down node for this long is given up (marked stopped).
+    pub lost_task_timeout_ms: u64,
     /// Delay before the first restart after a crash; doubles with each consecutive crash.
     pub restart_backoff_initial_ms: u64,
     pub restart_backoff_max_ms: u64,
@@ -28,7 +36,9 @@ impl Default for ReconcileSettings {
     fn default() -> Self {
         Self {
             drain_delay_ms: 5_000,
+            max_unavailable: 0,
             node_down_after_ms: 30_000,
+            lost_task_timeout_ms: DEFAULT_LOST_TASK_TIMEOUT_MS,
             restart_backoff_initial_ms: 1_000,
             restart_backoff_max_ms: 300_000,
             restart_backoff_reset_after_ms: 600_000,
@@ -122,6 +132,40 @@ impl RestartState {
     }
 }
 
+/// Sorts the active tasks: those that begin their stop sequence now (recording crashes for the
+/// back-off), those lost on down nodes, and the `MarkTaskLost` flags to persist.
+fn sort_out(
+    tasks: &[&TaskSnapshot],
+    node_state: impl Fn(&TaskSnapshot) -> NodeState,
+    restart: &mut RestartState,
+    settings: &ReconcileSettings,
+    now_ms: u64,
+) -> (BTreeMap<TaskId, StopReason>, BTreeSet<TaskId>, Vec<Action>) {
+    let mut stopping = BTreeMap::new();
+    let mut lost = BTreeSet::new();
+    let mut marks = Vec::new();
+    for t in tasks.iter().filter(|t| t.is_active()) {
+        let reason = match fate(t, node_state(t), settings.lost_task_timeout_ms, now_ms) {
+            Fate::Stop(reason) => reason,
+            Fate::Lost { newly } => {
+                if newly {
+                    marks.push(Action::MarkTaskLost { task: t.id.clone() });
+                }
+                lost.insert(t.id.clone());
+                continue;
+            }
+            Fate::Live => continue,
+        };
+        if matches!(reason, StopReason::Died | StopReason::Critical) {
+            if let Some(kind) = FailureKind::of(t) {
+                restart.record(t, kind, settings, now_ms);
+            }
+        }
+        stopping.insert(t.id.clone(), reason);
+    }
+    (stopping, lost, marks)
+}
+
 /// `initial × 2^(n−1)`, capped at `max`.
 pub fn backoff_delay_ms(consecutive_failures: u32, settings: &ReconcileSettings) -> u64 {
     let shift = consecutive_failures.saturating_sub(1).min(63);
@@ -140,7 +184,7 @@ pub struct ServiceSnapshot {
     /// Every task of the service.
     pub tasks: Vec<TaskSnapshot>,
     /// Heartbeats of every node the service's tasks are on. A task on a node missing here is
-    /// treated as lost (the node was removed).
+    /// given up (the node was removed).
     pub nodes: Vec<NodeHeartbeat>,
     pub settings: ReconcileSettings,
     pub restart: RestartState,
@@ -179,51 +223,57 @@ pub fn reconcile(snapshot: &ServiceSnapshot, now_ms: u64) -> ReconcilePlan {
         .filter(|(_, l)| matches!(l, NodeLiveness::Down { .. }))
         .map(|(id, _)| (*id).to_owned())
         .collect();
-    let lost = |t: &TaskSnapshot| {
-        t.node
-            .as_deref()
-            .is_some_and(|n| !matches!(liveness.get(n), Some(NodeLiveness::Alive { .. })))
+    let node_state = |t: &TaskSnapshot| match t.node.as_deref() {
+        None => NodeState::Up,
+        Some(n) => match liveness.get(n) {
+            Some(NodeLiveness::Alive { .. }) => NodeState::Up,
+            Some(NodeLiveness::Down { .. }) => NodeState::Down,
+            None => NodeState::Removed,
+        },
     };
 
     let mut tasks: Vec<&TaskSnapshot> = snapshot.tasks.iter().collect();
     tasks.sort_by(|a, b| a.id.cmp(&b.id));
 
-    let mut stopping: BTreeMap<TaskId, StopReason> = BTreeMap::new();
-    for t in tasks.iter().filter(|t| t.is_active()) {
-        let reason = if t.desired == DesiredState::Stop {
-            StopReason::Requested
-        } else if lost(t) {
-            StopReason::NodeDown
-        } else if t.is_terminal() {
-            StopReason::Died
-        } else if t.is_critical() {
-            StopReason::Critical
-        } else {
-            continue;
-        };
-        if matches!(reason, StopReason::Died | StopReason::Critical) {
-            if let Some(kind) = FailureKind::of(t) {
-                restart.record(t, kind, settings, now_ms);
-            }
-        }
-        stopping.insert(t.id.clone(), reason);
-    }
-
+    let desired = snapshot.desired_count as usize;
+    let (mut stopping, mut lost, mut marks) =
+        sort_out(&tasks, node_state, &mut restart, settings, now_ms);
+    give_up_unwanted(desired, &mut lost, &mut stopping, &mut marks);
     let mut live: Vec<&TaskSnapshot> = tasks
         .iter()
-        .filter(|t| t.is_active() && !stopping.contains_key(&t.id))
+        .filter(|t| t.is_active() && !stopping.contains_key(&t.id) && !lost.contains(&t.id))
         .copied()
         .collect();
-    let desired = snapshot.desired_count as usize;
-    if live.len() > desired {
-        let candidates = stop_candidates(&live, |t| {
-            t.revision != snapshot.revision || !t.is_healthy(0, now_ms)
-        });
-        for id in choose_tasks_to_stop(&candidates, live.len() - desired) {
-            stopping.insert(id, StopReason::ScaledDown);
-        }
-        live.retain(|t| !stopping.contains_key(&t.id));
-    }
+    let healthy = |t: &TaskSnapshot| t.is_healthy(0, now_ms);
+    let trimmed = trim(
+        &live,
+        desired,
+        Floor {
+            min_healthy: desired.saturating_sub(settings.max_unavailable as usize),
+            healthy_elsewhere: 0,
+        },
+        healthy,
+        |t| t.revision != snapshot.revision || !healthy(t),
+    );
+    stopping.extend(
+        trimmed
+            .scaled_down
+            .into_iter()
+            .map(|id| (id, StopReason::ScaledDown)),
+    );
+    stopping.extend(
+        trimmed
+            .returned
+            .into_iter()
+            .map(|id| (id, StopReason::ReplacedWhileLost)),
+    );
+    marks.extend(
+        trimmed
+            .found
+            .into_iter()
+            .map(|task| Action::MarkTaskFound { task }),
+    );
+    live.retain(|t| !stopping.contains_key(&t.id));
 
     // A service that has been healthy for a while since its last crash starts afresh.
     if let Some(last) = restart.last_failure_ms {
@@ -259,9 +309,11 @@ pub fn reconcile(snapshot: &ServiceSnapshot, now_ms: u64) -> ReconcilePlan {
             }
         }
     }
+    actions.extend(marks);
     actions.extend(stop_actions(
         &tasks,
         &stopping,
+        node_state,
         settings.drain_delay_ms,
         now_ms,
     ));

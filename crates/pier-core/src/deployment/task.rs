@@ -87,6 +87,11 @@ pub struct TaskSnapshot {
     /// stops, does not hold a place in the surge.
     pub ever_passed: bool,
     pub created_at_ms: u64,
+    /// When the task was first seen on a down node (persisted by the IO loop on
+    /// [`super::Action::MarkTaskLost`]). Kept after its node comes back, until the service no
+    /// longer has more tasks than it needs ([`super::Action::MarkTaskFound`]), so the
+    /// tasks that were lost are the ones stopped in favour of their replacements.
+    pub lost_since_ms: Option<u64>,
     /// Node and zone, once placed.
     pub node: Option<NodeId>,
     pub zone: Option<String>,

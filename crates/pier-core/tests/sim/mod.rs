@@ -9,10 +9,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pier_core::deployment::{
-    step, Action, Deployment, DeploymentKind, DeploymentPlan, DeploymentSnapshot, DeploymentState,
-    DeploymentStatus, DesiredState, ObservedState, Revision, StopPhase, TaskHealth, TaskSnapshot,
+    reconcile, step, Action, Deployment, DeploymentKind, DeploymentPlan, DeploymentSnapshot,
+    DeploymentState, DeploymentStatus, DesiredState, NodeHeartbeat, ObservedState, ReconcilePlan,
+    ReconcileSettings, RestartState, Revision, ServiceSnapshot, StopPhase, TaskHealth,
+    TaskSnapshot, DEFAULT_LOST_TASK_TIMEOUT_MS,
 };
-use pier_core::placement::{ExistingTask, Node, PlacementState, Resources, Strategy};
+use pier_core::placement::{ExistingTask, Node, NodeStatus, PlacementState, Resources, Strategy};
 
 /// How tasks of one revision behave once started.
 #[derive(Clone, Debug)]
@@ -80,6 +82,16 @@ pub struct Sim {
     pub history: Vec<(Deployment, DeploymentState)>,
     /// First plan of each rollback deployment.
     pub first_rollback_plan: Option<DeploymentPlan>,
+    /// Nodes cut off from the controller: their tasks neither progress nor get signals (the
+    /// agent cannot hear the servers), and they serve nothing (the catalog marks the node
+    /// critical).
+    pub down: BTreeSet<String>,
+    pub lost_task_timeout_ms: u64,
+    /// The reconciler's persisted back-off state (for [`Sim::reconcile_once`]).
+    pub restart: RestartState,
+    /// Deregistrations of tasks that came back from a down node, with the number of healthy
+    /// serving tasks that were not lost just before it.
+    pub returned_stops: Vec<(String, usize)>,
 }
 
 impl Sim {
@@ -113,6 +125,10 @@ impl Sim {
             placement_failures: 0,
             history: Vec::new(),
             first_rollback_plan: None,
+            down: BTreeSet::new(),
+            lost_task_timeout_ms: DEFAULT_LOST_TASK_TIMEOUT_MS,
+            restart: RestartState::default(),
+            returned_stops: Vec::new(),
         };
         sim.behaviors.insert(revision, Behavior::good(0, 0));
         let created = sim.create_tasks(revision, desired);
@@ -193,8 +209,95 @@ impl Sim {
             deployment: self.deployment.clone(),
             state: self.state.clone(),
             tasks: self.tasks.values().map(|t| t.snap.clone()).collect(),
-            down_nodes: BTreeSet::new(),
+            down_nodes: self.down.clone(),
+            lost_task_timeout_ms: self.lost_task_timeout_ms,
+            ..Default::default()
         }
+    }
+
+    /// What the reconciler sees: the deployment's target revision, count and settings.
+    pub fn service_snapshot(&self) -> ServiceSnapshot {
+        let s = &self.deployment.settings;
+        ServiceSnapshot {
+            revision: self.deployment.target_revision,
+            desired_count: self.deployment.desired_count,
+            tasks: self.tasks.values().map(|t| t.snap.clone()).collect(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| NodeHeartbeat {
+                    id: n.id.clone(),
+                    last_heartbeat_ms: if self.down.contains(&n.id) {
+                        0
+                    } else {
+                        self.now_ms
+                    },
+                })
+                .collect(),
+            settings: ReconcileSettings {
+                drain_delay_ms: s.drain_delay_ms,
+                max_unavailable: s.max_unavailable,
+                node_down_after_ms: 3_000,
+                lost_task_timeout_ms: self.lost_task_timeout_ms,
+                ..Default::default()
+            },
+            restart: self.restart.clone(),
+        }
+    }
+
+    /// One reconcile, applied like the IO loop applies it (invariants checked).
+    pub fn reconcile_once(&mut self) -> Result<ReconcilePlan, String> {
+        let plan = reconcile(&self.service_snapshot(), self.now_ms);
+        self.steps += 1;
+        self.apply_actions(&plan.actions)?;
+        self.restart = plan.restart.clone();
+        Ok(plan)
+    }
+
+    /// Cuts `node` off: its tasks are lost to the controller.
+    pub fn node_down(&mut self, node: &str) {
+        self.down.insert(node.to_owned());
+        if let Ok(i) = self.nodes.binary_search_by(|n| n.id.as_str().cmp(node)) {
+            self.nodes[i].status = NodeStatus::Down;
+        }
+    }
+
+    /// `node` is heard again. Its agent now acts on what it missed: a stop signal sent while
+    /// it was away, or a task given up meanwhile, stops now.
+    pub fn node_up(&mut self, node: &str) {
+        self.down.remove(node);
+        if let Ok(i) = self.nodes.binary_search_by(|n| n.id.as_str().cmp(node)) {
+            self.nodes[i].status = NodeStatus::Ready;
+        }
+        let now = self.now_ms;
+        for t in self.tasks.values_mut() {
+            if t.snap.node.as_deref() != Some(node) || t.snap.is_terminal() {
+                continue;
+            }
+            if t.stop_signal_at.is_some() || t.snap.stop_phase == StopPhase::Stopped {
+                t.stop_signal_at = Some(now);
+            }
+        }
+    }
+
+    fn on_down_node(&self, t: &TaskSnapshot) -> bool {
+        t.node.as_ref().is_some_and(|n| self.down.contains(n))
+    }
+
+    /// Active tasks on down nodes flagged lost.
+    pub fn lost_flags(&self) -> usize {
+        self.tasks
+            .values()
+            .filter(|t| t.snap.is_active() && t.snap.lost_since_ms.is_some())
+            .count()
+    }
+
+    /// Containers running on reachable nodes, whatever the controller thinks of them.
+    pub fn alive(&self) -> usize {
+        self.tasks
+            .values()
+            .filter(|t| !t.snap.is_terminal() && !self.on_down_node(&t.snap))
+            .count()
     }
 
     fn min_healthy_ms(&self) -> u64 {
@@ -204,13 +307,13 @@ impl Sim {
         }
     }
 
-    /// Healthy tasks in the catalog, by the controller's definition.
+    /// Healthy tasks in the catalog, by the controller's definition (none on a down node).
     pub fn healthy_serving(&self) -> usize {
         let min = self.min_healthy_ms();
         let target = self.deployment.target_revision;
         self.tasks
             .values()
-            .filter(|t| t.snap.is_active())
+            .filter(|t| t.snap.is_active() && !self.on_down_node(&t.snap))
             .filter(|t| {
                 let m = if t.snap.revision == target { min } else { 0 };
                 t.snap.is_healthy(m, self.now_ms)
@@ -225,31 +328,66 @@ impl Sim {
             .filter(|t| !t.snap.is_terminal() && t.snap.stop_phase != StopPhase::Stopped)
             // A never-routed task on its way out does not hold a place in the surge.
             .filter(|t| t.snap.is_active() || t.snap.was_routable())
+            // Nor does a lost one: the scheduler does not count a down node.
+            .filter(|t| !self.on_down_node(&t.snap))
             .count()
     }
 
     /// Applies a plan like the IO loop, checking the invariants. Returns an error message on
     /// a violation.
     pub fn apply(&mut self, plan: &DeploymentPlan) -> Result<(), String> {
+        self.apply_actions(&plan.actions)?;
+        self.state = plan.state.clone();
+        for action in &plan.actions {
+            if let Action::StartRollback { to_revision } = action {
+                let from = self.deployment.target_revision;
+                self.history
+                    .push((self.deployment.clone(), self.state.clone()));
+                let mut rollback = self.deployment.clone();
+                rollback.id = format!("{}-rollback", rollback.id);
+                rollback.target_revision = *to_revision;
+                rollback.kind = DeploymentKind::Rollback {
+                    from_revision: from,
+                };
+                self.begin(rollback);
+                let first = step(&self.snapshot(), self.now_ms);
+                self.first_rollback_plan = Some(first.clone());
+                self.steps += 1;
+                return self.apply(&first);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies task actions like the IO loop, checking the invariants.
+    pub fn apply_actions(&mut self, actions: &[Action]) -> Result<(), String> {
         let settings = self.deployment.settings.clone();
         let desired = self.deployment.desired_count as usize;
         let floor = desired.saturating_sub(settings.max_unavailable as usize);
         let healthy_before = self.healthy_serving();
         let rollback = matches!(self.deployment.kind, DeploymentKind::Rollback { .. });
         let mut started = false;
-        for action in &plan.actions {
+        let healthy_never_lost = self.healthy_never_lost();
+        for action in actions {
             match action {
                 Action::StartTask { revision, count } => {
                     started = true;
                     self.create_tasks(*revision, *count);
                 }
                 Action::DeregisterTask { task, .. } => {
+                    let down = self
+                        .tasks
+                        .get(task)
+                        .is_some_and(|t| self.on_down_node(&t.snap));
                     let t = self
                         .tasks
                         .get_mut(task)
                         .ok_or("deregister of unknown task")?;
                     if t.snap.stop_phase != StopPhase::Active {
                         return Err(format!("{task}: deregistered twice"));
+                    }
+                    if t.snap.lost_since_ms.is_some() && !down {
+                        self.returned_stops.push((task.clone(), healthy_never_lost));
                     }
                     t.snap.desired = DesiredState::Stop;
                     t.snap.stop_phase = StopPhase::Draining {
@@ -286,8 +424,12 @@ impl Sim {
                     ));
                 }
                 Action::MarkTaskStopped { task } => {
+                    let unreachable = self
+                        .tasks
+                        .get(task)
+                        .is_some_and(|t| self.on_down_node(&t.snap));
                     let t = self.tasks.get_mut(task).ok_or("mark of unknown task")?;
-                    if !t.snap.is_terminal() {
+                    if !t.snap.is_terminal() && !unreachable {
                         return Err(format!("{task}: marked stopped while still alive"));
                     }
                     if t.snap.stop_phase == StopPhase::Active {
@@ -300,10 +442,41 @@ impl Sim {
                         true,
                     ));
                 }
+                Action::MarkTaskLost { task } => {
+                    let down = self
+                        .tasks
+                        .get(task)
+                        .is_some_and(|t| self.on_down_node(&t.snap));
+                    let t = self
+                        .tasks
+                        .get_mut(task)
+                        .ok_or("lost mark of unknown task")?;
+                    if !down || t.snap.lost_since_ms.is_some() {
+                        return Err(format!(
+                            "{task}: marked lost (down: {down}) twice or while its node is up"
+                        ));
+                    }
+                    t.snap.lost_since_ms = Some(self.now_ms);
+                }
+                Action::MarkTaskFound { task } => {
+                    let down = self
+                        .tasks
+                        .get(task)
+                        .is_some_and(|t| self.on_down_node(&t.snap));
+                    let t = self
+                        .tasks
+                        .get_mut(task)
+                        .ok_or("found mark of unknown task")?;
+                    if down || t.snap.lost_since_ms.is_none() {
+                        return Err(format!(
+                            "{task}: found while its node is down or never lost"
+                        ));
+                    }
+                    t.snap.lost_since_ms = None;
+                }
                 Action::MarkDeployment { .. } | Action::StartRollback { .. } => {}
             }
         }
-        self.state = plan.state.clone();
 
         let healthy_after = self.healthy_serving();
         if healthy_after < floor.min(healthy_before) {
@@ -321,26 +494,22 @@ impl Sim {
                 "{occupying} tasks hold resources after a start, cap {cap}"
             ));
         }
-
-        for action in &plan.actions {
-            if let Action::StartRollback { to_revision } = action {
-                let from = self.deployment.target_revision;
-                self.history
-                    .push((self.deployment.clone(), self.state.clone()));
-                let mut rollback = self.deployment.clone();
-                rollback.id = format!("{}-rollback", rollback.id);
-                rollback.target_revision = *to_revision;
-                rollback.kind = DeploymentKind::Rollback {
-                    from_revision: from,
-                };
-                self.begin(rollback);
-                let first = step(&self.snapshot(), self.now_ms);
-                self.first_rollback_plan = Some(first.clone());
-                self.steps += 1;
-                return self.apply(&first);
-            }
-        }
         Ok(())
+    }
+
+    /// Healthy serving tasks that were never lost.
+    fn healthy_never_lost(&self) -> usize {
+        let min = self.min_healthy_ms();
+        let target = self.deployment.target_revision;
+        self.tasks
+            .values()
+            .filter(|t| t.snap.is_active() && t.snap.lost_since_ms.is_none())
+            .filter(|t| !self.on_down_node(&t.snap))
+            .filter(|t| {
+                let m = if t.snap.revision == target { min } else { 0 };
+                t.snap.is_healthy(m, self.now_ms)
+            })
+            .count()
     }
 
     /// Moves time forward, letting tasks progress per their behaviour.
@@ -349,8 +518,10 @@ impl Sim {
         let now = self.now_ms;
         let stop_time = self.stop_time_ms;
         let mut freed = Vec::new();
+        let down = self.down.clone();
         for t in self.tasks.values_mut() {
-            if t.snap.is_terminal() {
+            // A cut-off node's tasks are frozen as the controller last heard of them.
+            if t.snap.is_terminal() || t.snap.node.as_ref().is_some_and(|n| down.contains(n)) {
                 continue;
             }
             if let Some(at) = t.stop_signal_at {

@@ -68,7 +68,7 @@ pub(super) async fn get(
     req: Request,
 ) -> Result<Response, RegistryError> {
     let digest = Digest::parse(digest)?;
-    let size = inner.blob_size(name, &digest)?;
+    let size = inner.blob_size(name, &digest).await?;
     let builder = Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header("docker-content-digest", digest.to_string())

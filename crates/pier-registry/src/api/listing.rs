@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::Request;
 use axum::response::Response;
 use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
@@ -79,16 +78,19 @@ fn to_json(value: &impl Serialize) -> Result<Vec<u8>, RegistryError> {
         .map_err(|e| RegistryError::Internal(format!("encoding a listing: {e}")))
 }
 
-pub(super) fn tags(
+pub(super) async fn tags(
     inner: &Inner,
     name: &RepoName,
-    req: &Request,
+    query: Option<&str>,
 ) -> Result<Response, RegistryError> {
-    let (n, last) = paging(&Query::parse(req.uri().query()))?;
+    let (n, last) = paging(&Query::parse(query))?;
     let page = if n == Some(0) {
-        inner.tags(name, None, Some(0)).map(|_| Page::default())?
+        inner
+            .tags(name, None, Some(0))
+            .await
+            .map(|_| Page::default())?
     } else {
-        inner.tags(name, last.as_deref(), n)?
+        inner.tags(name, last.as_deref(), n).await?
     };
     let body = to_json(&TagList {
         name: name.as_str(),
@@ -103,12 +105,12 @@ pub(super) fn tags(
     ))
 }
 
-pub(super) fn catalog(inner: &Inner, req: &Request) -> Result<Response, RegistryError> {
-    let (n, last) = paging(&Query::parse(req.uri().query()))?;
+pub(super) async fn catalog(inner: &Inner, query: Option<&str>) -> Result<Response, RegistryError> {
+    let (n, last) = paging(&Query::parse(query))?;
     let page = if n == Some(0) {
         Page::default()
     } else {
-        inner.catalog(last.as_deref(), n)?
+        inner.catalog(last.as_deref(), n).await?
     };
     let body = to_json(&Catalog {
         repositories: &page.items,
@@ -117,16 +119,16 @@ pub(super) fn catalog(inner: &Inner, req: &Request) -> Result<Response, Registry
     Ok(with_next_link(resp, "/v2/_catalog", n, &page))
 }
 
-pub(super) fn referrers(
+pub(super) async fn referrers(
     inner: &Inner,
     name: &RepoName,
     digest: &str,
-    req: &Request,
+    query: Option<&str>,
 ) -> Result<Response, RegistryError> {
     let subject = Digest::parse(digest)?;
-    let query = Query::parse(req.uri().query());
+    let query = Query::parse(query);
     let filter = query.get("artifactType").filter(|a| !a.is_empty());
-    let found = inner.referrers(name, &subject)?;
+    let found = inner.referrers(name, &subject).await?;
     let manifests = found
         .iter()
         .filter(|(_, r)| filter.is_none() || r.artifact_type.as_deref() == filter)

@@ -57,7 +57,7 @@ pub(super) async fn get(
     let reference = reference(raw, |_| {
         RegistryError::ManifestUnknown(raw.chars().take(200).collect())
     })?;
-    let stored = inner.manifest(name, &reference)?;
+    let stored = inner.manifest(name, &reference).await?;
     if !accepts(req.headers(), &stored.record.media_type) {
         return Err(RegistryError::ManifestUnknown(format!(
             "{reference} is a {} manifest, which the Accept header does not allow",

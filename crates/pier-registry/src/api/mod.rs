@@ -166,10 +166,10 @@ async fn dispatch(
         (Route::Base, Method::GET | Method::HEAD) => {
             Ok(util::json_response(StatusCode::OK, b"{}".to_vec()))
         }
-        (Route::Catalog, Method::GET) => listing::catalog(inner, &req),
-        (Route::Tags(name), Method::GET) => listing::tags(inner, &name, &req),
+        (Route::Catalog, Method::GET) => listing::catalog(inner, req.uri().query()).await,
+        (Route::Tags(name), Method::GET) => listing::tags(inner, &name, req.uri().query()).await,
         (Route::Referrers(name, digest), Method::GET) => {
-            listing::referrers(inner, &name, &digest, &req)
+            listing::referrers(inner, &name, &digest, req.uri().query()).await
         }
         (Route::Manifest(name, reference), Method::GET | Method::HEAD) => {
             manifests::get(inner, &name, &reference, req).await

@@ -19,6 +19,7 @@
 //! Writes are synchronous and block on redb's single writer: call them from
 //! `spawn_blocking`.
 
+pub mod meta;
 pub mod records;
 
 use std::collections::{HashMap, HashSet};
@@ -48,6 +49,9 @@ pub enum IndexError {
     Corrupt(String),
     #[error("index schema version {found} is not supported (expected {SCHEMA_VERSION})")]
     Schema { found: u64 },
+    /// The cluster's replicated store could not serve the operation (no leader, say).
+    #[error("cluster metadata: {0}")]
+    Cluster(String),
 }
 
 macro_rules! from_redb {
@@ -107,6 +111,10 @@ pub struct GcCandidate {
     pub digest: String,
     pub size: u64,
     pub repos: Vec<String>,
+    /// The version of the blob's record the snapshot saw (a cluster removes it
+    /// only if unchanged since); 0 for the local index, which re-checks in one
+    /// write transaction instead.
+    pub version: u64,
 }
 
 pub struct Index {
@@ -523,6 +531,7 @@ impl Index {
                     digest: digest.to_string(),
                     size,
                     repos: Vec::new(),
+                    version: 0,
                 },
             );
         }
@@ -646,6 +655,7 @@ mod tests {
             digest: layer.to_string(),
             size: 5,
             repos: vec!["a/b".into()],
+            version: 0,
         };
         assert!(index
             .gc_remove(std::slice::from_ref(&stale), 1_000)

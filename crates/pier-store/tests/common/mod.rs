@@ -37,6 +37,8 @@ pub fn config(
         election_timeout_min_ms: 400,
         election_timeout_max_ms: 800,
         snapshot_every_logs: 10_000,
+        tls: None,
+        extra_routes: None,
     }
 }
 

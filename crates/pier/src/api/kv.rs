@@ -2,7 +2,6 @@
 //! the index of their own result passes `?index=` (see `pier_store` watches).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -69,48 +68,27 @@ pub async fn get_key(
     } else {
         WatchKey::key(Table::KV, key.clone())
     };
-    let keys = [watch_key];
-    // Subscribe before reading so a write between the read and the wait is not missed.
-    let mut watch = state.store.watch(&keys);
-    let deadline = tokio::time::Instant::now() + jittered(params.wait);
-    loop {
-        let (index, entries) = state
-            .store
-            .read(params.consistency, |view| {
-                let index = view.index_of(&keys);
-                let entries: Vec<KvEntry> = if recurse {
-                    view.range_prefix(&Table::KV, &key)
-                        .map(|(k, e)| to_wire(k, e))
-                        .collect()
-                } else {
-                    view.get(&Table::KV, &key)
-                        .map(|e| to_wire(&key, e))
-                        .into_iter()
-                        .collect()
-                };
-                (index, entries)
-            })
-            .await?;
-        let ready = match params.min_index {
-            Some(min) => index > min,
-            None => true,
+    let opts = pier_store::blocking::QueryOptions {
+        consistency: params.consistency,
+        min_index: params.min_index.unwrap_or(0),
+        wait: params.wait,
+    }
+    .with_jitter();
+    let (index, entries) = pier_store::blocking::blocking_query(&state.store, &opts, |view| {
+        let entries: Vec<KvEntry> = if recurse {
+            view.range_prefix(&Table::KV, &key)
+                .map(|(k, e)| to_wire(k, e))
+                .collect()
+        } else {
+            view.get(&Table::KV, &key)
+                .map(|e| to_wire(&key, e))
+                .into_iter()
+                .collect()
         };
-        let now = tokio::time::Instant::now();
-        if ready || now >= deadline {
-            return Ok(kv_response(index, recurse, entries));
-        }
-        watch.changed(deadline - now).await;
-    }
-}
-
-/// Spreads the wake-ups of many watchers with the same wait, as Consul adds up
-/// to wait/16.
-fn jittered(wait: Duration) -> Duration {
-    let extra_ms = (wait.as_millis() / 16) as u64;
-    if extra_ms == 0 {
-        return wait;
-    }
-    wait + Duration::from_millis(rand::random_range(0..extra_ms))
+        Ok::<_, pier_store::StoreError>((entries, vec![watch_key.clone()]))
+    })
+    .await?;
+    Ok(kv_response(index, recurse, entries))
 }
 
 fn kv_response(index: u64, recurse: bool, entries: Vec<KvEntry>) -> Response {

@@ -3,8 +3,10 @@
 
 mod error;
 mod json;
-mod kv;
-mod params;
+pub mod kv;
+pub(crate) mod params;
+pub mod registry;
+pub mod snapshot;
 mod status;
 mod txn;
 
@@ -31,12 +33,23 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/status", get(status::get_status))
+        .route("/api/v1/members", get(status::list_members))
+        .route(
+            "/api/v1/members/{name}",
+            axum::routing::delete(status::remove_member),
+        )
         .route("/api/v1/kv", get(kv::list_root))
         .route(
             "/api/v1/kv/{*key}",
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
         .route("/api/v1/txn", post(txn::post_txn))
+        .route("/api/v1/snapshot", get(snapshot::save))
+        .route(
+            "/api/v1/snapshot/restore",
+            post(snapshot::restore)
+                .layer(DefaultBodyLimit::max(snapshot::RESTORE_BODY_LIMIT_BYTES)),
+        )
         .route("/metrics", get(crate::metrics::render))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT_BYTES))

@@ -8,9 +8,7 @@ use pier_store::Consistency;
 
 use super::HttpError;
 
-/// Longest a blocking read may wait, as in Consul.
-pub const MAX_WAIT: Duration = Duration::from_secs(600);
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+pub use pier_store::blocking::DEFAULT_WAIT;
 
 pub struct ReadParams {
     pub consistency: Consistency,
@@ -60,26 +58,12 @@ pub fn read_params(query: &HashMap<String, String>) -> Result<ReadParams, HttpEr
     })
 }
 
-/// Consul's `wait`: a Go duration (`10s`, `5m`, `120000ms`, `1m30s`) or plain
-/// seconds, at most 10 minutes. The Go syntax is the catalog's parser, so
-/// `/api/v1` and `/v1` accept exactly the same spellings.
+/// Consul's `wait`: the one parser every pier API uses (`pier_catalog::duration::parse_wait`),
+/// so `/api/v1` and `/v1` accept exactly the same spellings.
 pub fn parse_wait(text: &str) -> Result<Duration, HttpError> {
-    let bad = || {
-        HttpError::invalid(format!(
-            "`wait` must be a duration like 10s, 5m or 120000ms (at most 10m), got {text:?}"
-        ))
-    };
-    let wait = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        Duration::from_secs(text.parse().map_err(|_| bad())?)
-    } else {
-        pier_catalog::duration::parse_go_duration(text).map_err(|_| bad())?
-    };
-    if wait > MAX_WAIT {
-        return Err(HttpError::invalid(format!(
-            "`wait` may be at most 10m, got {text:?}"
-        )));
-    }
-    Ok(wait)
+    pier_catalog::duration::parse_wait(text)
+        .map(|w| w.unwrap_or(DEFAULT_WAIT))
+        .map_err(HttpError::invalid)
 }
 
 #[cfg(test)]

@@ -4,11 +4,10 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use anyhow::Context;
-
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
-    /// A server's HTTP API (host:port or URL).
+    /// The servers' HTTP API (host:port or URL), comma separated; one is enough, the agent learns
+    /// the others from it and fails over between them.
     #[arg(long, env = "PIER_SERVER")]
     pub server: String,
     /// Availability zone of this node.
@@ -38,7 +37,29 @@ pub struct AgentArgs {
     pub memory_mb: Option<u64>,
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: std::time::Duration,
+    /// Port of the node-local registry endpoint on 127.0.0.1 (a pull-through to the cluster
+    /// registry: images are named `127.0.0.1:5000/NAME:TAG` on every node); 0 turns it off.
+    #[arg(long, default_value_t = DEFAULT_REGISTRY_PORT)]
+    pub registry_port: u16,
+    /// Where the agent keeps its certificate (a secure cluster).
+    #[arg(long, default_value = "/var/lib/pier/agent")]
+    pub data_dir: std::path::PathBuf,
+    #[command(flatten)]
+    pub node_net: crate::node::NodeNetArgs,
 }
+
+/// The first of a comma-separated server list as a URL (what the node gateway follows).
+fn first_server_url(servers: &str, scheme: &str) -> String {
+    let first = servers.split(',').next().unwrap_or_default().trim();
+    if first.contains("://") {
+        first.to_string()
+    } else {
+        format!("{scheme}://{first}")
+    }
+}
+
+/// Port of the node-local registry endpoint (`127.0.0.1:5000`), the name pier images carry.
+pub const DEFAULT_REGISTRY_PORT: u16 = 5000;
 
 pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -47,11 +68,52 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
-pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+/// `join_token`: the global `--token` (or PIER_JOIN_TOKEN): the agent join token.
+pub async fn run(args: AgentArgs, join_token: Option<String>) -> anyhow::Result<ExitCode> {
     let name = args
         .name
         .unwrap_or_else(crate::cmd::server::default_node_name);
+    let join_token = join_token.or_else(|| std::env::var("PIER_JOIN_TOKEN").ok());
+    let material = crate::security::node::prepare(
+        &args.data_dir,
+        pier_security::ca::Role::Agent,
+        &name,
+        &args.server,
+        join_token.as_deref(),
+        std::slice::from_ref(&args.host_ip),
+    )
+    .await?;
+    let tls = match &material {
+        Some(m) => Some(pier_agent::AgentTls {
+            client: pier_net::HttpClient::new(
+                |b| b.connect_timeout(std::time::Duration::from_secs(1)),
+                Some(m.client_config()?),
+            )?,
+            listener: m.listener()?,
+        }),
+        None => None,
+    };
+    if let (Some(m), Some(t)) = (material, tls.clone()) {
+        tokio::spawn(crate::security::node::renew_loop(
+            m,
+            args.data_dir.clone(),
+            args.server.clone(),
+            vec![args.host_ip.clone()],
+            t.client,
+            t.listener,
+        ));
+    }
+    let node_http = match &tls {
+        Some(t) => t.client.clone(),
+        None => pier_net::HttpClient::new(
+            |b| b.connect_timeout(std::time::Duration::from_secs(3)),
+            None,
+        )?,
+    };
+    let first_server = first_server_url(&args.server, node_http.scheme());
     let config = pier_agent::AgentConfig {
+        network: args.node_net.network(),
+        readiness: None,
         server: args.server,
         name,
         zone: args.zone,
@@ -62,11 +124,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         heartbeat_interval_ms: args.heartbeat_interval.as_millis() as u64,
         cpu_millis: args.cpu,
         memory_mb: args.memory_mb,
+        registry_listen: (args.registry_port != 0)
+            .then(|| SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), args.registry_port)),
+        tls,
     };
-    let agent = pier_agent::Agent::start(config)
-        .await
-        .context("cannot start the agent")?;
-    crate::server::Shutdown::on_signals().wait().await;
+    let shutdown = crate::server::Shutdown::on_signals();
+    let (agent, _node_gateway) = crate::node::start_agent(
+        config,
+        first_server,
+        node_http,
+        args.node_net.upstreams(),
+        shutdown.wait(),
+    )
+    .await?;
+    shutdown.wait().await;
     agent.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -24,6 +24,11 @@ pub struct DevArgs {
     /// Gateway: every service answers on http://<name>.localhost:<port>.
     #[arg(long, default_value_t = 8080)]
     pub gateway_port: u16,
+    /// Gateway over HTTPS: https://<name>.localhost:<port>, certificates from a local CA.
+    #[arg(long, default_value_t = 8443)]
+    pub https_port: u16,
+    #[command(flatten)]
+    pub acme: crate::cmd::server::AcmeArgs,
     /// Consul-style DNS (UDP and TCP): dig @127.0.0.1 -p 8600 web.service.consul
     #[arg(long, default_value_t = 8600)]
     pub dns_port: u16,
@@ -39,6 +44,16 @@ pub struct DevArgs {
     /// A node silent for longer is down and its tasks move elsewhere.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub node_down_after: std::time::Duration,
+    /// Revisions kept per service (rollback targets); older ones no task or deployment names
+    /// are deleted, and so are finished deployments beyond as many.
+    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    pub keep_revisions: usize,
+    #[command(flatten)]
+    pub access_log: crate::cmd::gateway::AccessLogArgs,
+    #[command(flatten)]
+    pub backups: crate::cmd::server::BackupArgs,
+    #[command(flatten)]
+    pub node_net: crate::node::NodeNetArgs,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -61,28 +76,49 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         "  gateway           http://<service>.localhost:{}",
         args.gateway_port
     );
+    eprintln!(
+        "  gateway (HTTPS)   https://<service>.localhost:{}",
+        args.https_port
+    );
     eprintln!("  DNS               127.0.0.1:{} (udp+tcp)", args.dns_port);
+    let ca = crate::certs::local_ca_cert_path(&data_dir);
+    eprintln!(
+        "  local CA          {} (made on first start; to trust it: curl --cacert {0}, or\n                    sudo cp {0} /usr/local/share/ca-certificates/pier-dev.crt && sudo update-ca-certificates)",
+        ca.display()
+    );
     server::run(ServerConfig {
         node_name: "dev".to_string(),
-        data_dir,
+        data_dir: data_dir.clone(),
         http_listen: SocketAddr::new(localhost, args.http_port),
         raft_listen: SocketAddr::new(localhost, args.raft_port),
         advertise: None,
         bootstrap_expect: 1,
         join: Vec::new(),
         snapshot_every_logs: 10_000,
+        backup_every: args.backups.snapshot_every,
+        backup_keep: args.backups.snapshot_keep,
         registry_listen: Some(SocketAddr::new(localhost, args.registry_port)),
+        registry_cluster: None,
         gateway: Some(server::GatewayWiring {
             listen: SocketAddr::new(localhost, args.gateway_port),
             zone: args.zone.clone(),
+            access_log: args.access_log.clone(),
+            https_listen: Some(SocketAddr::new(localhost, args.https_port)),
+            local_ca: Some(data_dir.clone()),
         }),
         dns_listen: Some(SocketAddr::new(localhost, args.dns_port)),
+        check_allow: pier_catalog::CheckAllow::loopback_and_private(),
+        acme: args.acme.config(),
+        security: server::SecurityMode::Dev,
         orchestrator: pier_orchestrator::OrchestratorConfig {
-            node_down_after_ms: args.node_down_after.as_millis() as u64,
+            keep_revisions: args.keep_revisions,
             ..Default::default()
         },
+        node_down_after_ms: u64::try_from(args.node_down_after.as_millis()).unwrap_or(u64::MAX),
+        dns_upstreams: args.node_net.upstreams(),
         agent: (!args.no_agent).then(|| pier_agent::AgentConfig {
             container_labels: args.container_labels.into_iter().collect(),
+            network: args.node_net.network(),
             ..pier_agent::AgentConfig::new(String::new(), "dev", args.zone.clone())
         }),
     })

@@ -1,4 +1,4 @@
-//! `pier node ls|drain NODE`.
+//! `pier node ls|drain NODE|rm NODE`.
 
 use std::process::ExitCode;
 
@@ -24,6 +24,13 @@ pub enum NodeCommand {
         node: String,
         #[arg(long)]
         undo: bool,
+    },
+    /// Forget a node for good (its machine is gone): its tasks are replaced elsewhere. Refused
+    /// while its agent heartbeats, unless --force.
+    Rm {
+        node: String,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -66,6 +73,19 @@ pub async fn run(client: &Client, args: NodeArgs) -> anyhow::Result<ExitCode> {
             } else {
                 println!("node {node}: accepting tasks again");
             }
+        }
+        NodeCommand::Rm { node, force } => {
+            let path = if force {
+                format!("/api/v1/nodes/{node}?force=true")
+            } else {
+                format!("/api/v1/nodes/{node}")
+            };
+            let req = client.http().delete(client.url(&path));
+            let rec: NodeRecord = decode(client.send(req).await?).await?;
+            println!(
+                "node {} removed; its tasks are started on other nodes",
+                rec.name
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -103,10 +103,7 @@ fn absolute_repo(repo: &str) -> anyhow::Result<String> {
 }
 
 fn age(ms: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = pier_api::time::now_ms();
     let secs = now.saturating_sub(ms) / 1000;
     match secs {
         s if s < 120 => format!("{s}s ago"),

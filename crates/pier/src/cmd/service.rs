@@ -104,10 +104,7 @@ pub async fn run(client: &Client, args: ServiceArgs) -> anyhow::Result<ExitCode>
                     "{:<26} {:>4} {:<12} {:<8} {:<10} {:<22} {:<10} DETAIL",
                     "TASK", "REV", "NODE", "ZONE", "STATE", "PORTS", "AGE"
                 );
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
+                let now = pier_api::time::now_ms();
                 for t in tasks {
                     let ports: Vec<String> = t
                         .status
@@ -146,6 +143,14 @@ pub async fn run(client: &Client, args: ServiceArgs) -> anyhow::Result<ExitCode>
                 let s = &detail.service;
                 println!("service    {}", s.name);
                 println!("image      {}", detail.spec.image);
+                println!(
+                    "pinned     {}",
+                    detail
+                        .spec
+                        .pinned_image
+                        .as_deref()
+                        .unwrap_or("(not pinned: agents run the image as named)")
+                );
                 println!("count      {}", s.count);
                 println!(
                     "revision   {} (latest {}, stable {})",

@@ -87,10 +87,15 @@ impl Cluster {
             name.into(),
             "--zone".into(),
             zone.into(),
+            // Images are pulled from `pier dev`'s registry directly; tests share the machine.
+            "--registry-port".into(),
+            "0".into(),
             "--container-label".into(),
             "pier.test=1".into(),
             "--container-label".into(),
             format!("{}={}", self.guard.label, self.guard.value),
+            "--network".into(),
+            self.guard.network_name(),
         ]
     }
 
