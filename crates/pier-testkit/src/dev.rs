@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::docker::RunGuard;
 use crate::net::free_port;
-use crate::process::{wait_http_ok, PierProcess};
+use crate::process::PierProcess;
 
 pub struct DevProcess {
     pub process: PierProcess,
@@ -77,11 +77,12 @@ async fn spawn_and_wait(
     http_port: u16,
 ) -> PierProcess {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let process = PierProcess::spawn(bin, name, &refs, dir);
-    wait_http_ok(
-        &format!("http://127.0.0.1:{http_port}/api/v1/status"),
-        Duration::from_secs(30),
-    )
-    .await;
+    let mut process = PierProcess::spawn(bin, name, &refs, dir);
+    process
+        .wait_http_ok(
+            &format!("http://127.0.0.1:{http_port}/api/v1/status"),
+            Duration::from_secs(30),
+        )
+        .await;
     process
 }

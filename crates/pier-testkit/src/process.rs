@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 pub struct PierProcess {
     child: Option<Child>,
     pub name: String,
+    /// Where the child's stdout and stderr go.
+    pub log_path: std::path::PathBuf,
 }
 
 impl PierProcess {
@@ -42,6 +44,7 @@ impl PierProcess {
         PierProcess {
             child: Some(child),
             name: name.to_string(),
+            log_path,
         }
     }
 
@@ -86,6 +89,40 @@ impl PierProcess {
             Some(child) => matches!(child.try_wait(), Ok(None)),
             None => false,
         }
+    }
+}
+
+impl PierProcess {
+    /// As [`wait_http_ok`], but stops as soon as the process exits, and panics with its exit
+    /// status and the end of its log, so a server that never came up says why.
+    pub async fn wait_http_ok(&mut self, url: &str, timeout: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no attempt");
+        while Instant::now() < deadline {
+            match client.get(url).timeout(Duration::from_secs(2)).send().await {
+                Ok(resp) if resp.status().is_success() => return,
+                Ok(resp) => last = format!("status {}", resp.status()),
+                Err(e) => last = e.to_string(),
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                last = format!("{} exited ({status}) before answering", self.name);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "{url} did not answer 2xx within {timeout:?}: {last}\n--- end of {}:\n{}",
+            self.log_path.display(),
+            self.log_tail(40)
+        );
+    }
+
+    /// The last `lines` lines of the child's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use pier_testkit::net::free_port;
-use pier_testkit::process::{wait_http_ok, PierProcess};
+use pier_testkit::process::PierProcess;
 
 pub const PIER: &str = env!("CARGO_BIN_EXE_pier");
 
@@ -54,12 +54,13 @@ impl Dev {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args = args.iter().map(String::as_str).collect::<Vec<_>>();
-        let process = PierProcess::spawn(PIER, name, &args, dir);
-        wait_http_ok(
-            &format!("http://127.0.0.1:{http_port}/api/v1/status"),
-            Duration::from_secs(30),
-        )
-        .await;
+        let mut process = PierProcess::spawn(PIER, name, &args, dir);
+        process
+            .wait_http_ok(
+                &format!("http://127.0.0.1:{http_port}/api/v1/status"),
+                Duration::from_secs(30),
+            )
+            .await;
         Dev {
             process,
             http_port,
