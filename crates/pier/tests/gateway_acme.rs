@@ -277,8 +277,15 @@ async fn a_tls_acme_route_gets_a_certificate_from_pebble_through_http01() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unanswerable_challenge_shows_its_error_in_cert_ls_and_http_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    // Pebble validates on a port nothing listens on: the challenge cannot succeed.
-    let closed = free_port();
+    // Pebble validates on a port that is bound but never listened on, so the connection is
+    // refused and the challenge cannot succeed. The socket stays bound for the whole test: a
+    // port merely found free could be taken by another test's listener meanwhile (CI once saw
+    // pebble get a 404 from some other gateway there).
+    let closed_socket = tokio::net::TcpSocket::new_v4().unwrap();
+    closed_socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .unwrap();
+    let closed = closed_socket.local_addr().unwrap().port();
     let (dev, _pebble) = dev_with_pebble(dir.path(), Some(closed)).await;
     let b = backend("broken").await;
     dev.register(
