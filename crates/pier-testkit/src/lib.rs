@@ -11,4 +11,5 @@ pub mod netns;
 pub mod process;
 pub mod python;
 pub mod servers;
+pub mod sim;
 pub mod snapshot;
