@@ -86,7 +86,7 @@ for _ in $(seq 1 100); do
 done
 curl -fsS -X PUT "http://127.0.0.1:$DEV_HTTP/v1/agent/service/register" -d "{
     \"ID\": \"bench-1\", \"Name\": \"bench\", \"Address\": \"127.0.0.1\", \"Port\": $BACKEND_PORT,
-    \"Tags\": [\"urlprefix-$HOST/\"]}" >/dev/null
+    \"Tags\": [\"urlprefix-$HOST\"]}" >/dev/null
 "$PIER" --addr "http://127.0.0.1:$DEV_HTTP" cert add "$HOST" --cert "$TMP/tls.crt" --key "$TMP/tls.key" >/dev/null
 
 # The shipped gateway: default settings (access log on, combined format, to stderr).
