@@ -104,6 +104,8 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     pub read_only_root: bool,
     pub cap_drop: Vec<String>,
+    /// Bind mounts, `host:container[:ro]` (a task's secrets directory).
+    pub binds: Vec<String>,
 }
 
 /// A managed container as the engine reports it.
@@ -686,6 +688,7 @@ fn host_config(
         cap_drop: (!spec.cap_drop.is_empty()).then(|| spec.cap_drop.clone()),
         network_mode: spec.network.clone(),
         dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
+        binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
         ..Default::default()
     }
 }
@@ -793,6 +796,7 @@ mod tests {
             user: None,
             read_only_root: true,
             cap_drop: vec!["ALL".into()],
+            binds: vec![],
         };
         let hc = host_config(&spec, HashMap::new());
         assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));

@@ -13,6 +13,7 @@ pub mod docker;
 mod http;
 mod probe;
 pub mod registry;
+pub mod secrets;
 pub mod task_env;
 mod worker;
 
@@ -62,6 +63,9 @@ pub struct AgentConfig {
     pub network: Option<String>,
     /// Whether a service has a healthy instance (for `needs`). None: needs never wait.
     pub readiness: Option<Readiness>,
+    /// Where tasks' secret files are written (one directory per task, bind-mounted read-only
+    /// at `/run/secrets`): a tmpfs, `/run/pier/secrets` by default.
+    pub secrets_dir: std::path::PathBuf,
 }
 
 /// See [`AgentConfig::readiness`].
@@ -109,6 +113,7 @@ impl AgentConfig {
             tls: None,
             network: None,
             readiness: None,
+            secrets_dir: secrets::default_dir(),
         }
     }
 }
@@ -200,6 +205,7 @@ impl Agent {
             host_ip: config.host_ip.clone(),
             network: config.network.clone(),
             readiness: config.readiness.clone(),
+            secrets: secrets::SecretsDir::new(config.secrets_dir.clone()),
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
                 .build()
@@ -497,9 +503,11 @@ async fn sync_loop(
                     if !wanted.contains_key(&c.task_id) && !live.contains(&c.task_id) {
                         tracing::info!(task = %c.task_id, container = %c.id, "removing the container of a task this node no longer runs");
                         let docker = ctx.docker.clone();
+                        let secrets = ctx.secrets.clone();
                         tokio::spawn(async move {
                             let _ = docker.stop(&c.id, 5_000).await;
                             let _ = docker.remove(&c.id).await;
+                            secrets.remove(&c.task_id);
                         });
                     }
                 }

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::client::ServerClient;
 use crate::docker::{ContainerInfo, ContainerSpec, DockerDriver, DockerError};
 use crate::probe::{self, ProbeTarget};
+use crate::secrets::SecretError;
 
 pub enum WorkerMsg {
     Desired(Box<AgentTask>),
@@ -31,6 +32,7 @@ pub struct WorkerCtx {
     pub host_ip: String,
     pub network: Option<String>,
     pub readiness: Option<crate::Readiness>,
+    pub secrets: crate::secrets::SecretsDir,
     pub http: reqwest::Client,
 }
 
@@ -249,6 +251,14 @@ impl Worker {
             Ok(n) => n,
             Err(e) => return self.fail(e),
         };
+        let mut env = crate::task_env::task_env(&spec, &self.task.task, dns.as_deref());
+        let binds = match self.secrets(&spec).await {
+            Ok((secret_env, binds)) => {
+                env.extend(secret_env);
+                binds
+            }
+            Err(e) => return self.fail(e),
+        };
         let cspec = ContainerSpec {
             task_id: self.id().to_string(),
             service: spec.name.clone(),
@@ -256,7 +266,8 @@ impl Worker {
             image,
             entrypoint: spec.command.clone(),
             cmd: spec.args.clone(),
-            env: crate::task_env::task_env(&spec, &self.task.task, dns.as_deref()),
+            env,
+            binds,
             ports: spec.ports.clone(),
             host_ip: self.ctx.host_ip.clone(),
             cpu_millis: spec.cpu_millis,
@@ -295,7 +306,35 @@ impl Worker {
         }
     }
 
-    fn fail(&mut self, e: DockerError) {
+    /// The task's secrets from the server: its secret environment variables, and the bind
+    /// of its `/run/secrets` directory when it mounts any as files.
+    async fn secrets(
+        &self,
+        spec: &pier_api::service::ServiceSpec,
+    ) -> Result<(std::collections::BTreeMap<String, String>, Vec<String>), SecretError> {
+        if spec.secrets.is_empty() && spec.secret_files.is_empty() {
+            return Ok(Default::default());
+        }
+        let values = self
+            .ctx
+            .client
+            .task_secrets(&self.task.task.node, self.id())
+            .await
+            .map_err(|e| SecretError::Fetch(e.to_string()))?;
+        let env = crate::secrets::env(spec, &values)?;
+        let mut binds = Vec::new();
+        if !spec.secret_files.is_empty() {
+            let dir = self.ctx.secrets.write_files(self.id(), spec, &values)?;
+            binds.push(format!(
+                "{}:{}:ro",
+                dir.display(),
+                pier_api::secret::SECRETS_MOUNT
+            ));
+        }
+        Ok((env, binds))
+    }
+
+    fn fail(&mut self, e: impl std::fmt::Display) {
         tracing::warn!(task = %self.id(), error = %e, "task failed to start");
         self.set_state(TaskState::Failed, Some(e.to_string()));
         self.status.finished_at_ms = Some(now_ms());
@@ -389,6 +428,7 @@ impl Worker {
         if let Err(e) = self.ctx.docker.remove(&id).await {
             tracing::warn!(task = %self.id(), error = %e, "cannot remove the container");
         }
+        self.ctx.secrets.remove(self.id());
         self.container = None;
         tracing::info!(task = %self.id(), "task stopped");
     }
@@ -399,6 +439,7 @@ impl Worker {
                 tracing::warn!(task = %self.id(), error = %e, "cannot remove the container");
             }
         }
+        self.ctx.secrets.remove(self.id());
     }
 
     fn next_wake_ms(&self) -> u64 {

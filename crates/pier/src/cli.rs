@@ -58,6 +58,8 @@ pub enum Command {
     Node(cmd::node::NodeArgs),
     /// TLS certificates the gateways serve.
     Cert(cmd::cert::CertArgs),
+    /// Secrets services use as environment variables or files (values never shown).
+    Secret(cmd::secret::SecretArgs),
     /// Show a service's container output.
     Logs(cmd::logs::LogsArgs),
     /// Build and deploy from a git repository on every new commit.
@@ -83,6 +85,7 @@ impl Command {
             | Command::Service(_)
             | Command::Node(_)
             | Command::Cert(_)
+            | Command::Secret(_)
             | Command::Logs(_)
             | Command::Pipeline(_)
             | Command::Snapshot(_)

@@ -46,6 +46,10 @@ pub struct ServiceFile {
     /// Services this one calls: each gets `<NAME>_URL=http://<name>.internal` and a task
     /// starts only once every one of them has a healthy instance.
     pub needs: Option<Spanned<Vec<String>>>,
+    /// Secrets as environment variables: `DB_PASSWORD = "db-password"` (variable = secret).
+    pub secrets: Option<Spanned<BTreeMap<String, String>>>,
+    /// Secrets mounted read-only as files at `/run/secrets/<name>` (mode 0400).
+    pub secret_files: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -219,9 +219,28 @@ pub struct ServiceSpec {
     /// Services this one calls (`needs`), sorted, without duplicates.
     #[serde(default)]
     pub needs: Vec<String>,
+    /// Secrets given as environment variables: variable name → secret name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+    /// Secrets mounted as files at `/run/secrets/<name>`, sorted, without duplicates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_files: Vec<String>,
+    /// The version of every secret the revision uses, recorded by the server at deploy: a new
+    /// version of a secret makes a new revision, so the service's tasks are replaced.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_versions: BTreeMap<String, u64>,
 }
 
 impl ServiceSpec {
+    /// Every secret the service uses (as a variable or as a file).
+    pub fn secret_names(&self) -> BTreeSet<String> {
+        self.secrets
+            .values()
+            .chain(self.secret_files.iter())
+            .cloned()
+            .collect()
+    }
+
     /// The spec without `count`: what makes tasks of two revisions interchangeable. A change
     /// of `count` alone scales; any other change rolls out a new revision.
     pub fn template(&self) -> ServiceSpec {
@@ -798,7 +817,11 @@ pub fn parse_service_file(text: &str, limits: Limits) -> Result<ServiceSpec, Spe
         }
     };
     let needs = needs(&ctx, &file.needs, &name)?;
+    let (secrets, secret_files) = secrets(&ctx, &file)?;
     Ok(ServiceSpec {
+        secrets,
+        secret_files,
+        secret_versions: BTreeMap::new(),
         https_redirect,
         tls_acme,
         hsts: file.hsts.unwrap_or(false),
@@ -851,6 +874,57 @@ fn needs(ctx: &Ctx, v: &Option<Spanned<Vec<String>>>, own: &str) -> Result<Vec<S
         out.insert(n);
     }
     Ok(out.into_iter().collect())
+}
+
+fn is_env_name(key: &str) -> bool {
+    key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `[secrets]` (variable → secret) and `secret_files`: names checked, no variable set twice.
+fn secrets(
+    ctx: &Ctx,
+    file: &ServiceFile,
+) -> Result<(BTreeMap<String, String>, Vec<String>), SpecError> {
+    let bad_name = |span: Range<usize>, name: &str| {
+        ctx.at(
+            span,
+            format!("secret name {name:?} must be 1-63 characters of a-z, 0-9 and '-', starting with a letter"),
+        )
+    };
+    let mut vars = BTreeMap::new();
+    if let Some(table) = &file.secrets {
+        for (var, secret) in table.get_ref() {
+            if !is_env_name(var) {
+                return Err(ctx.at(
+                    table.span(),
+                    format!("[secrets]: {var:?} is not an environment variable name (letters, digits and '_', not starting with a digit)"),
+                ));
+            }
+            if file.env.contains_key(var) {
+                return Err(ctx.at(
+                    table.span(),
+                    format!("[secrets]: {var} is also set in [env]; set it in one place"),
+                ));
+            }
+            let secret = secret.trim();
+            if !crate::secret::is_valid_secret_name(secret) {
+                return Err(bad_name(table.span(), secret));
+            }
+            vars.insert(var.clone(), secret.to_string());
+        }
+    }
+    let mut files = BTreeSet::new();
+    if let Some(list) = &file.secret_files {
+        for secret in list.get_ref() {
+            let secret = secret.trim();
+            if !crate::secret::is_valid_secret_name(secret) {
+                return Err(bad_name(list.span(), secret));
+            }
+            files.insert(secret.to_string());
+        }
+    }
+    Ok((vars, files.into_iter().collect()))
 }
 
 fn deploy_security(

@@ -44,6 +44,11 @@ pub struct AgentArgs {
     /// Where the agent keeps its certificate (a secure cluster).
     #[arg(long, default_value = "/var/lib/pier/agent")]
     pub data_dir: std::path::PathBuf,
+    /// Where tasks' secret files are written before being mounted read-only at
+    /// /run/secrets (one directory per task, removed with its container); keep it on a tmpfs.
+    /// Default: /run/pier/secrets.
+    #[arg(long)]
+    pub secrets_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub node_net: crate::node::NodeNetArgs,
 }
@@ -114,6 +119,9 @@ pub async fn run(args: AgentArgs, join_token: Option<String>) -> anyhow::Result<
     let config = pier_agent::AgentConfig {
         network: args.node_net.network(),
         readiness: None,
+        secrets_dir: args
+            .secrets_dir
+            .unwrap_or_else(pier_agent::secrets::default_dir),
         server: args.server,
         name,
         zone: args.zone,
