@@ -161,6 +161,19 @@ pub async fn run(client: &Client, args: ServiceArgs) -> anyhow::Result<ExitCode>
                         .unwrap_or("-".into())
                 );
                 println!("route      {}", detail.spec.route);
+                // Names and versions only: values never leave the cluster.
+                for (var, secret) in &detail.spec.secrets {
+                    println!(
+                        "secret     {var} = {secret} (env, version {})",
+                        secret_version(&detail.spec, secret)
+                    );
+                }
+                for secret in &detail.spec.secret_files {
+                    println!(
+                        "secret     /run/secrets/{secret} (file, version {})",
+                        secret_version(&detail.spec, secret)
+                    );
+                }
                 println!("revisions  {:?}", detail.revisions);
                 if let Some(e) = &s.placement_error {
                     println!("placement  {e}");
@@ -226,4 +239,11 @@ pub async fn run(client: &Client, args: ServiceArgs) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn secret_version(spec: &pier_api::service::ServiceSpec, secret: &str) -> String {
+    spec.secret_versions
+        .get(secret)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "-".into())
 }
