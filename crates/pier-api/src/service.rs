@@ -2,11 +2,13 @@
 //! its validated and normalised form (stored in every revision), and the records the
 //! orchestrator keeps and serves (services, revisions, deployments, tasks, nodes).
 
+mod env_file;
 mod file;
 mod records;
 mod units;
 mod validate;
 
+pub use env_file::{env_file_of, merge_env_file, parse_env_file, EnvFileError};
 pub use file::ServiceFile;
 pub use records::*;
 pub use units::{format_duration_ms, parse_duration_ms, parse_memory_mb};

@@ -222,6 +222,8 @@ async fn deploy(
     )
     .map_err(|e| invalid(format!("service file: {e}")))?;
     let mut spec = spec;
+    pier_api::service::merge_env_file(&mut spec, req.env_file)
+        .map_err(|e| invalid(format!("service file: {e}")))?;
     // Pinned first: the same file deployed after its tag moved is a new revision.
     spec.pinned_image = resolve_image(&shared, &spec.image).await?;
     // Every secret it names must exist; the revision records their versions.

@@ -88,7 +88,10 @@ impl Env {
         let r = self
             .http
             .post(format!("{}/api/v1/services", self.base))
-            .json(&DeployRequest { file: file.into() })
+            .json(&DeployRequest {
+                file: file.into(),
+                env_file: None,
+            })
             .send()
             .await
             .unwrap();

@@ -22,6 +22,9 @@ pub struct ServiceFile {
     pub args: Option<Vec<String>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// `KEY=VALUE` lines read by `pier deploy` (path relative to the service file); `[env]`
+    /// wins over it.
+    pub env_file: Option<Spanned<String>>,
     pub port: Option<Spanned<i64>>,
     pub ports: Option<Spanned<Vec<Spanned<i64>>>>,
     /// Millicores (1000 = one CPU).

@@ -401,6 +401,9 @@ pub struct DrainRequest {
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     pub file: String,
+    /// The variables of the file's `env_file`, read by the CLI on its machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -198,6 +198,9 @@ pub struct ServiceSpec {
     pub command: Option<Vec<String>>,
     pub args: Option<Vec<String>>,
     pub env: BTreeMap<String, String>,
+    /// The `env_file` the service file named (its variables are in `env`, below `[env]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<String>,
     pub ports: Vec<u16>,
     pub cpu_millis: u64,
     pub memory_mb: u64,
@@ -833,6 +836,7 @@ pub fn parse_service_file(text: &str, limits: Limits) -> Result<ServiceSpec, Spe
         command,
         args: file.args.clone(),
         env: file.env.clone(),
+        env_file: env_file(&ctx, &file.env_file)?,
         ports,
         cpu_millis,
         memory_mb,
@@ -874,6 +878,14 @@ fn needs(ctx: &Ctx, v: &Option<Spanned<Vec<String>>>, own: &str) -> Result<Vec<S
         out.insert(n);
     }
     Ok(out.into_iter().collect())
+}
+
+fn env_file(ctx: &Ctx, v: &Option<Spanned<String>>) -> Result<Option<String>, SpecError> {
+    match v {
+        None => Ok(None),
+        Some(p) if p.get_ref().trim().is_empty() => Err(ctx.at(p.span(), "`env_file` is empty")),
+        Some(p) => Ok(Some(p.get_ref().trim().to_string())),
+    }
 }
 
 fn is_env_name(key: &str) -> bool {
