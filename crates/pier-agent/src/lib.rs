@@ -66,6 +66,9 @@ pub struct AgentConfig {
     /// Where tasks' secret files are written (one directory per task, bind-mounted read-only
     /// at `/run/secrets`): a tmpfs, `/run/pier/secrets` by default.
     pub secrets_dir: std::path::PathBuf,
+    /// Host directories under which services may mount host paths (`--volume-root`); empty:
+    /// none may.
+    pub volume_roots: Vec<String>,
 }
 
 /// See [`AgentConfig::readiness`].
@@ -114,6 +117,7 @@ impl AgentConfig {
             network: None,
             readiness: None,
             secrets_dir: secrets::default_dir(),
+            volume_roots: Vec::new(),
         }
     }
 }
@@ -198,6 +202,8 @@ impl Agent {
             attributes: config.attributes.clone(),
             cpu_millis: config.cpu_millis.unwrap_or(engine_cpu),
             memory_mb: config.memory_mb.unwrap_or(engine_mem),
+            volumes: docker.list_volumes().await?,
+            volume_roots: config.volume_roots.clone(),
         };
         let ctx = Arc::new(WorkerCtx {
             docker: docker.clone(),
@@ -206,6 +212,7 @@ impl Agent {
             network: config.network.clone(),
             readiness: config.readiness.clone(),
             secrets: secrets::SecretsDir::new(config.secrets_dir.clone()),
+            volume_roots: config.volume_roots.clone(),
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
                 .build()
@@ -231,6 +238,7 @@ impl Agent {
             )),
             tokio::spawn(heartbeat_loop(
                 client.clone(),
+                docker.clone(),
                 config.clone(),
                 registration,
                 contact,
@@ -272,17 +280,22 @@ impl Agent {
     }
 }
 
+/// Every this many heartbeats the agent compares its named volumes with what it reported.
+const VOLUME_CHECK_EVERY_BEATS: u64 = 2;
+
 /// How often the agent re-reads the cluster's member list.
 const MEMBERS_REFRESH_EVERY: Duration = Duration::from_secs(30);
 
 async fn heartbeat_loop(
     client: ServerClient,
+    docker: DockerDriver,
     config: AgentConfig,
-    registration: RegisterNode,
+    mut registration: RegisterNode,
     contact: SharedContact,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut registered = false;
+    let mut beats: u64 = 0;
     let mut members_refreshed: Option<std::time::Instant> = None;
     loop {
         if *shutdown.borrow() {
@@ -293,6 +306,18 @@ async fn heartbeat_loop(
             match client.refresh_members().await {
                 Ok(()) => members_refreshed = Some(std::time::Instant::now()),
                 Err(e) => tracing::debug!(error = %e, "cannot read the cluster's members yet"),
+            }
+        }
+        // The node's named volumes, reported again (registration) when they change: the
+        // scheduler pins services to the node holding theirs.
+        beats += 1;
+        if beats % VOLUME_CHECK_EVERY_BEATS == 0 {
+            if let Ok(volumes) = docker.list_volumes().await {
+                if volumes != registration.volumes {
+                    tracing::info!(?volumes, "this node's volumes changed; reporting them");
+                    registration.volumes = volumes;
+                    registered = false;
+                }
             }
         }
         let outcome = beat(&client, &config, &registration, &mut registered).await;

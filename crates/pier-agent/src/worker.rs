@@ -33,6 +33,8 @@ pub struct WorkerCtx {
     pub network: Option<String>,
     pub readiness: Option<crate::Readiness>,
     pub secrets: crate::secrets::SecretsDir,
+    /// Host directories under which tasks may mount host paths (`--volume-root`).
+    pub volume_roots: Vec<String>,
     pub http: reqwest::Client,
 }
 
@@ -252,10 +254,17 @@ impl Worker {
             Err(e) => return self.fail(e),
         };
         let mut env = crate::task_env::task_env(&spec, &self.task.task, dns.as_deref());
-        let binds = match self.secrets(&spec).await {
+        let mut binds = match self.secrets(&spec).await {
             Ok((secret_env, binds)) => {
                 env.extend(secret_env);
                 binds
+            }
+            Err(e) => return self.fail(e),
+        };
+        let tmpfs = match self.volumes(&spec).await {
+            Ok((volume_binds, tmpfs)) => {
+                binds.extend(volume_binds);
+                tmpfs
             }
             Err(e) => return self.fail(e),
         };
@@ -268,6 +277,7 @@ impl Worker {
             cmd: spec.args.clone(),
             env,
             binds,
+            tmpfs,
             ports: spec.ports.clone(),
             host_ip: self.ctx.host_ip.clone(),
             cpu_millis: spec.cpu_millis,
@@ -332,6 +342,58 @@ impl Worker {
             ));
         }
         Ok((env, binds))
+    }
+
+    /// The task's `[[volumes]]`: binds of named volumes (created if missing, kept after the
+    /// container) and allowed host paths, and tmpfs mounts.
+    async fn volumes(
+        &self,
+        spec: &pier_api::service::ServiceSpec,
+    ) -> Result<(Vec<String>, std::collections::BTreeMap<String, String>), String> {
+        use pier_api::service::VolumeSpec;
+        let ro = |read_only: bool| if read_only { ":ro" } else { "" };
+        let mut binds = Vec::new();
+        let mut tmpfs = std::collections::BTreeMap::new();
+        for v in &spec.volumes {
+            match v {
+                VolumeSpec::Named {
+                    name,
+                    target,
+                    read_only,
+                } => {
+                    let engine = self
+                        .ctx
+                        .docker
+                        .ensure_volume(name)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    binds.push(format!("{engine}:{target}{}", ro(*read_only)));
+                }
+                VolumeSpec::Host {
+                    source,
+                    target,
+                    read_only,
+                } => {
+                    let allowed = self
+                        .ctx
+                        .volume_roots
+                        .iter()
+                        .any(|r| pier_api::service::is_under(source, r));
+                    if !allowed {
+                        return Err(format!(
+                            "host path {source} is not under this node's --volume-root ({})",
+                            self.ctx.volume_roots.join(", ")
+                        ));
+                    }
+                    binds.push(format!("{source}:{target}{}", ro(*read_only)));
+                }
+                VolumeSpec::Tmpfs { target, size_mb } => {
+                    let options = size_mb.map(|m| format!("size={m}m")).unwrap_or_default();
+                    tmpfs.insert(target.clone(), options);
+                }
+            }
+        }
+        Ok((binds, tmpfs))
     }
 
     fn fail(&mut self, e: impl std::fmt::Display) {

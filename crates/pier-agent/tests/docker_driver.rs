@@ -30,6 +30,7 @@ fn spec(task: &str, image: &str) -> ContainerSpec {
         read_only_root: false,
         cap_drop: vec![],
         binds: vec![],
+        tmpfs: BTreeMap::new(),
     }
 }
 

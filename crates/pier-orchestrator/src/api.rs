@@ -60,6 +60,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/tasks/{id}", get(get_task))
         .route("/api/v1/tasks/{id}/status", put(report_status))
         .merge(crate::secrets::router())
+        .merge(crate::volumes::router())
         .with_state(shared)
 }
 
@@ -258,6 +259,7 @@ pub(crate) async fn deploy_spec(shared: &Shared, spec: ServiceSpec) -> ApiResult
         }
     }
     // What can be known up front is refused before anything changes.
+    crate::volumes::check_host_paths(&world, &spec).map_err(invalid)?;
     crate::place::can_ever_fit(&world, &spec).map_err(|reason| {
         invalid(format!(
             "no node can ever run a task of {} ({} millicpu, {} MiB): {reason}",
@@ -778,6 +780,8 @@ async fn register_node(
             .as_ref()
             .map(|e| e.value.registered_at_ms)
             .unwrap_or(now),
+        volumes: req.volumes,
+        volume_roots: req.volume_roots,
     };
     if existing.as_ref().map(|e| &e.value) != Some(&record) {
         shared

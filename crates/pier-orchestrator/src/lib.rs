@@ -15,6 +15,7 @@ mod place;
 mod routes;
 pub mod secrets;
 pub mod tables;
+mod volumes;
 mod world;
 
 use std::sync::Arc;

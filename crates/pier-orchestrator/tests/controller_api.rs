@@ -73,6 +73,8 @@ impl Env {
             attributes: BTreeMap::new(),
             cpu_millis: 2000,
             memory_mb: 1024,
+            volumes: vec![],
+            volume_roots: vec![],
         };
         let r = self
             .http

@@ -60,6 +60,8 @@ pub enum Command {
     Cert(cmd::cert::CertArgs),
     /// Secrets services use as environment variables or files (values never shown).
     Secret(cmd::secret::SecretArgs),
+    /// Named volumes the agents hold.
+    Volume(cmd::volume::VolumeArgs),
     /// Show a service's container output.
     Logs(cmd::logs::LogsArgs),
     /// Build and deploy from a git repository on every new commit.
@@ -86,6 +88,7 @@ impl Command {
             | Command::Node(_)
             | Command::Cert(_)
             | Command::Secret(_)
+            | Command::Volume(_)
             | Command::Logs(_)
             | Command::Pipeline(_)
             | Command::Snapshot(_)

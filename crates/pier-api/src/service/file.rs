@@ -53,6 +53,23 @@ pub struct ServiceFile {
     pub secrets: Option<Spanned<BTreeMap<String, String>>>,
     /// Secrets mounted read-only as files at `/run/secrets/<name>` (mode 0400).
     pub secret_files: Option<Spanned<Vec<String>>>,
+    /// `[[volumes]]`: named volumes, host paths and tmpfs mounts.
+    pub volumes: Option<Vec<Spanned<VolumeFile>>>,
+}
+
+/// One `[[volumes]]` entry: exactly one of `name` (a named volume the agent creates and
+/// keeps), `source` (a host path under one of the agent's `--volume-root`s) or `tmpfs = true`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeFile {
+    pub name: Option<String>,
+    pub source: Option<String>,
+    pub tmpfs: Option<bool>,
+    /// Where it is mounted in the container (an absolute path).
+    pub target: Option<String>,
+    pub read_only: Option<bool>,
+    /// Size of a tmpfs: "64MiB" or a number of MiB.
+    pub size: Option<IntOrString>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,6 +16,7 @@ pub mod server;
 pub mod service;
 pub mod snapshot;
 pub mod status;
+pub mod volume;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(args) => node::run(&client, args).await,
         Command::Cert(args) => cert::run(&client, args).await,
         Command::Secret(args) => secret::run(&client, args).await,
+        Command::Volume(args) => volume::run(&client, args).await,
         Command::Logs(args) => logs::run(&client, args).await,
         Command::Pipeline(args) => pipeline::run(&client, args).await,
         Command::Snapshot(args) => snapshot::run(&client, args).await,

@@ -127,6 +127,9 @@ pub fn requirement(method: &Method, path: &str, body_name: Option<&str>) -> Requ
         // Secrets: setting or removing one changes what services run (and rolls them), so it
         // takes cluster write (management) access; the listing holds names and sizes only.
         ["api", "v1", "secrets"] if *method == Method::GET => acl(Access::Read, R::Cluster),
+        // Named volumes hold services' data: removing one takes management access.
+        ["api", "v1", "volumes"] if *method == Method::GET => acl(Access::Read, R::Cluster),
+        ["api", "v1", "volumes", _] if *method == Method::DELETE => acl(Access::Write, R::Cluster),
         ["api", "v1", "secrets", _] if *method == Method::PUT || *method == Method::DELETE => {
             acl(Access::Write, R::Cluster)
         }
@@ -254,6 +257,14 @@ mod tests {
             Acl(Access::Write, R::Cluster)
         );
         assert_eq!(req(Method::GET, "/api/v1/secrets/db-password"), Unknown);
+        assert_eq!(
+            req(Method::GET, "/api/v1/volumes"),
+            Acl(Access::Read, R::Cluster)
+        );
+        assert_eq!(
+            req(Method::DELETE, "/api/v1/volumes/data"),
+            Acl(Access::Write, R::Cluster)
+        );
         assert_eq!(
             req(Method::PUT, "/api/v1/nodes/n1/drain"),
             Acl(Access::Write, R::Node("n1".into()))
