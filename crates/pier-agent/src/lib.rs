@@ -311,7 +311,7 @@ async fn heartbeat_loop(
         // The node's named volumes, reported again (registration) when they change: the
         // scheduler pins services to the node holding theirs.
         beats += 1;
-        if beats % VOLUME_CHECK_EVERY_BEATS == 0 {
+        if beats.is_multiple_of(VOLUME_CHECK_EVERY_BEATS) {
             if let Ok(volumes) = docker.list_volumes().await {
                 if volumes != registration.volumes {
                     tracing::info!(?volumes, "this node's volumes changed; reporting them");
