@@ -358,3 +358,78 @@ fn env_file_variables_lose_to_env_and_secrets() {
     let e = err("name = \"web\"\nimage = \"x\"\nenv_file = \" \"\n");
     assert!(e.starts_with("line 3") && e.contains("empty"), "{e}");
 }
+
+#[test]
+fn volumes_of_each_kind_and_what_is_refused() {
+    use pier_api::service::{is_under, VolumeSpec};
+    let spec = parse_service_file(
+        "name = \"db\"\nimage = \"x\"\n[[volumes]]\nname = \"db-data\"\ntarget = \"/var/lib/db/\"\n[[volumes]]\nsource = \"/srv/conf\"\ntarget = \"/conf\"\nread_only = true\n[[volumes]]\ntmpfs = true\ntarget = \"/tmp\"\nsize = \"64MiB\"\n",
+        Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        spec.volumes,
+        vec![
+            VolumeSpec::Named {
+                name: "db-data".into(),
+                target: "/var/lib/db".into(),
+                read_only: false
+            },
+            VolumeSpec::Host {
+                source: "/srv/conf".into(),
+                target: "/conf".into(),
+                read_only: true
+            },
+            VolumeSpec::Tmpfs {
+                target: "/tmp".into(),
+                size_mb: Some(64)
+            },
+        ]
+    );
+    let base = "name = \"db\"\nimage = \"x\"\n";
+    for (volume, want) in [
+        ("name = \"d\"\n", "`target`"),
+        ("name = \"d\"\ntarget = \"data\"\n", "absolute path"),
+        ("name = \"d\"\ntarget = \"/a/../etc\"\n", "absolute path"),
+        ("target = \"/d\"\n", "exactly one of"),
+        (
+            "name = \"d\"\nsource = \"/x\"\ntarget = \"/d\"\n",
+            "exactly one of",
+        ),
+        (
+            "source = \"relative\"\ntarget = \"/d\"\n",
+            "absolute host path",
+        ),
+        ("source = \"/\"\ntarget = \"/d\"\n", "absolute host path"),
+        ("name = \"Bad\"\ntarget = \"/d\"\n", "volume name"),
+        (
+            "name = \"d\"\ntarget = \"/d\"\nsize = 5\n",
+            "only for `tmpfs",
+        ),
+        ("tmpfs = true\ntarget = \"/d\"\nsize = \"lots\"\n", "`size`"),
+        (
+            "tmpfs = true\ntarget = \"/d\"\nread_only = true\n",
+            "makes no sense",
+        ),
+    ] {
+        let e = err(&format!("{base}[[volumes]]\n{volume}"));
+        assert!(e.contains(want), "{volume:?}: {e}");
+        assert!(e.starts_with("line 3"), "{volume:?}: {e}");
+    }
+    let e = err(&format!(
+        "{base}[[volumes]]\nname = \"a\"\ntarget = \"/d\"\n[[volumes]]\ntmpfs = true\ntarget = \"/d/\"\n"
+    ));
+    assert!(
+        e.contains("mounted twice") && e.starts_with("line 6"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "name = \"db\"\nimage = \"x\"\nsecret_files = [\"k\"]\n[[volumes]]\ntmpfs = true\ntarget = \"/run/secrets\"\n"
+    ));
+    assert!(e.contains("secret files"), "{e}");
+
+    assert!(is_under("/srv/data/x", "/srv/data"));
+    assert!(is_under("/srv/data", "/srv/data/"));
+    assert!(!is_under("/srv/database", "/srv/data"));
+    assert!(!is_under("/etc", "/srv"));
+}

@@ -150,6 +150,13 @@ async fn a_named_volume_survives_a_kill_and_a_rollout_host_paths_and_tmpfs_are_m
     let (_, out) = exec_sh(&third, "/bin/busybox ls /scratch");
     assert!(out.trim().is_empty(), "a tmpfs starts empty: {out}");
 
+    let inspect = stdout(&c.pier(&["service", "inspect", "store"]));
+    assert!(
+        inspect.contains(&format!("/data <- named volume {volume}"))
+            && inspect.contains("/scratch <- tmpfs (16 MiB)"),
+        "{inspect}"
+    );
+
     // Listed with its node and user; not removable while mounted; removable once unused.
     let out = c.pier(&["volume", "ls", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

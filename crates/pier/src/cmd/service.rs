@@ -174,6 +174,9 @@ pub async fn run(client: &Client, args: ServiceArgs) -> anyhow::Result<ExitCode>
                         secret_version(&detail.spec, secret)
                     );
                 }
+                for v in &detail.spec.volumes {
+                    println!("volume     {}", volume_line(v));
+                }
                 println!("revisions  {:?}", detail.revisions);
                 if let Some(e) = &s.placement_error {
                     println!("placement  {e}");
@@ -246,4 +249,25 @@ fn secret_version(spec: &pier_api::service::ServiceSpec, secret: &str) -> String
         .get(secret)
         .map(|v| v.to_string())
         .unwrap_or_else(|| "-".into())
+}
+
+fn volume_line(v: &pier_api::service::VolumeSpec) -> String {
+    use pier_api::service::VolumeSpec;
+    let ro = |r: bool| if r { " (read-only)" } else { "" };
+    match v {
+        VolumeSpec::Named {
+            name,
+            target,
+            read_only,
+        } => format!("{target} <- named volume {name}{}", ro(*read_only)),
+        VolumeSpec::Host {
+            source,
+            target,
+            read_only,
+        } => format!("{target} <- host path {source}{}", ro(*read_only)),
+        VolumeSpec::Tmpfs { target, size_mb } => match size_mb {
+            Some(mb) => format!("{target} <- tmpfs ({mb} MiB)"),
+            None => format!("{target} <- tmpfs"),
+        },
+    }
 }
