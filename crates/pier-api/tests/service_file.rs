@@ -423,9 +423,9 @@ fn volumes_of_each_kind_and_what_is_refused() {
         e.contains("mounted twice") && e.starts_with("line 6"),
         "{e}"
     );
-    let e = err(&format!(
-        "name = \"db\"\nimage = \"x\"\nsecret_files = [\"k\"]\n[[volumes]]\ntmpfs = true\ntarget = \"/run/secrets\"\n"
-    ));
+    let e = err(
+        "name = \"db\"\nimage = \"x\"\nsecret_files = [\"k\"]\n[[volumes]]\ntmpfs = true\ntarget = \"/run/secrets\"\n",
+    );
     assert!(e.contains("secret files"), "{e}");
 
     assert!(is_under("/srv/data/x", "/srv/data"));
