@@ -213,6 +213,7 @@ async fn resolve_image(shared: &Shared, image: &str) -> ApiResult<Option<String>
 
 async fn deploy(
     State(shared): State<Arc<Shared>>,
+    visible: Option<axum::Extension<pier_api::service::SecretsVisible>>,
     Json(req): Json<DeployRequest>,
 ) -> ApiResult<Json<DeployResponse>> {
     let spec = parse_service_file(
@@ -227,6 +228,11 @@ async fn deploy(
         .map_err(|e| invalid(format!("service file: {e}")))?;
     // Pinned first: the same file deployed after its tag moved is a new revision.
     spec.pinned_image = resolve_image(&shared, &spec.image).await?;
+    // A service's containers read its secrets: only a caller who may see secret values may
+    // give a service a secret it does not use yet.
+    if visible.is_some_and(|axum::Extension(v)| !v.0) {
+        crate::secrets::check_may_add(&shared, &spec).await?;
+    }
     // Every secret it names must exist; the revision records their versions.
     crate::secrets::pin_versions(&shared, &mut spec).await?;
     Ok(Json(deploy_spec(&shared, spec).await?))

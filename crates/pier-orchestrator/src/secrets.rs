@@ -283,6 +283,43 @@ async fn remove(
     Ok(Json(info(&existing.value, Vec::new())))
 }
 
+/// Refuses (403) a spec that uses a secret its service's current revision does not: for a
+/// caller who may not see secret values (a deploy-scoped token), which could otherwise read
+/// any secret through a container it controls. Keeping the secrets it has is allowed.
+pub(crate) async fn check_may_add(shared: &Shared, spec: &ServiceSpec) -> ApiResult<()> {
+    let wanted = spec.secret_names();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let world = World::load(&shared.store, Consistency::Default).await?;
+    let current = world
+        .services
+        .get(&spec.name)
+        .filter(|s| !s.value.record.deleting)
+        .and_then(|s| world.spec(&spec.name, s.value.record.revision))
+        .map(ServiceSpec::secret_names)
+        .unwrap_or_default();
+    let added: Vec<&str> = wanted
+        .iter()
+        .filter(|n| !current.contains(*n))
+        .map(String::as_str)
+        .collect();
+    if added.is_empty() {
+        return Ok(());
+    }
+    Err(HttpError(
+        axum::http::StatusCode::FORBIDDEN,
+        pier_api::ApiError::new(
+            pier_api::ErrorCode::Forbidden,
+            format!(
+                "service {} would get secret(s) {} it does not use yet: that takes a management token (a service's containers read its secrets)",
+                spec.name,
+                added.join(", ")
+            ),
+        ),
+    ))
+}
+
 /// Refuses a spec naming a secret that does not exist; records the version of each one it
 /// uses.
 pub(crate) async fn pin_versions(shared: &Shared, spec: &mut ServiceSpec) -> ApiResult<()> {

@@ -110,6 +110,16 @@ async fn secrets_are_sealed_at_rest_and_reach_only_their_tasks_node() {
         format!("name = \"web\"\nimage = \"{tag}\"\nport = 8080\nsecret_files = [\"db-password\"]\n\n[secrets]\nDB_PASSWORD = \"db-password\"\n\n[deploy]\nmin_healthy_time = \"500ms\"\n"),
     )
     .unwrap();
+    // A deploy-scoped token could read any secret through its own container: it may not give
+    // a service a new one.
+    let (deploy_token, _) = c.create_token(&["deploy:web"]);
+    let out = c.cli(0, Some(&deploy_token), &["deploy", file.to_str().unwrap()]);
+    assert!(!out.status.success(), "a deploy token added a secret");
+    assert!(
+        stderr(&out).contains("management token") && stderr(&out).contains("403"),
+        "{}",
+        stderr(&out)
+    );
     let out = c.cli(0, Some(&mgmt), &["deploy", file.to_str().unwrap()]);
     assert!(
         out.status.success(),
@@ -117,6 +127,13 @@ async fn secrets_are_sealed_at_rest_and_reach_only_their_tasks_node() {
         stdout(&out),
         stderr(&out)
     );
+    // Keeping the secrets the service has is fine.
+    let out = c.cli(
+        0,
+        Some(&deploy_token),
+        &["deploy", "--detach", file.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "redeploy: {}", stderr(&out));
     let admin = c.client(Some(&mgmt));
     let deadline = Instant::now() + Duration::from_secs(30);
     let container = loop {
