@@ -527,6 +527,24 @@ impl DockerDriver {
     }
 
     /// The container's current state, or `None` when it does not exist or is not ours.
+    /// Whether the engine has a container called `name`, whoever's it is.
+    pub async fn container_exists(&self, name: &str) -> Result<bool, DockerError> {
+        match self
+            .docker
+            .inspect_container(
+                name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(DockerError::engine("inspect a container", e)),
+        }
+    }
+
     pub async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>, DockerError> {
         let resp = match self
             .docker

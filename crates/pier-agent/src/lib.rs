@@ -211,7 +211,7 @@ impl Agent {
             host_ip: config.host_ip.clone(),
             network: config.network.clone(),
             readiness: config.readiness.clone(),
-            secrets: secrets::SecretsDir::new(config.secrets_dir.clone()),
+            secrets: secrets::SecretsDir::new(config.secrets_dir.join(&config.name)),
             volume_roots: config.volume_roots.clone(),
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
@@ -428,6 +428,22 @@ async fn events_loop(
     }
 }
 
+/// Removes secret files whose container is gone (removed while the agent was down, or by
+/// hand): they would otherwise stay on the host. Task ids are unique, so a directory without
+/// a container of its name serves nobody (whichever agent wrote it).
+async fn sweep_secrets(ctx: &WorkerCtx) {
+    for task in ctx.secrets.tasks_older_than(Duration::from_secs(60)) {
+        if let Ok(false) = ctx
+            .docker
+            .container_exists(&docker::container_name(&task))
+            .await
+        {
+            tracing::info!(%task, "removing the secret files of a task whose container is gone");
+            ctx.secrets.remove(&task);
+        }
+    }
+}
+
 async fn sync_loop(
     ctx: Arc<WorkerCtx>,
     node: String,
@@ -524,6 +540,7 @@ async fn sync_loop(
                     .keys()
                     .cloned()
                     .collect();
+                sweep_secrets(&ctx).await;
                 for c in list {
                     if !wanted.contains_key(&c.task_id) && !live.contains(&c.task_id) {
                         tracing::info!(task = %c.task_id, container = %c.id, "removing the container of a task this node no longer runs");

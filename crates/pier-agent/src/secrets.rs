@@ -57,7 +57,8 @@ impl SecretsDir {
         SecretsDir { root }
     }
 
-    /// `<root>/<task id>`: the host side of the task's `/run/secrets`.
+    /// `<root>/<task id>`: the host side of the task's `/run/secrets` (the agent's root is
+    /// `--secrets-dir/<node>`).
     pub fn task_dir(&self, task_id: &str) -> PathBuf {
         self.root.join(task_id)
     }
@@ -110,6 +111,25 @@ impl SecretsDir {
         // The container's user must be able to open files in it (it sees only this directory).
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
         Ok(dir)
+    }
+
+    /// Tasks with a secrets directory written more than `min_age` ago (a directory being
+    /// prepared for a container not created yet is younger).
+    pub fn tasks_older_than(&self, min_age: std::time::Duration) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= min_age)
+            })
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
     }
 
     /// Removes the task's secret files, if any.
@@ -202,6 +222,10 @@ mod tests {
         assert_eq!(root_mode & 0o777, 0o700);
         // A second attempt replaces the files.
         dir.write_files("t1", &spec, &values).unwrap();
+        assert!(dir
+            .tasks_older_than(std::time::Duration::from_secs(60))
+            .is_empty());
+        assert_eq!(dir.tasks_older_than(std::time::Duration::ZERO), vec!["t1"]);
         dir.remove("t1");
         assert!(!task_dir.exists());
 

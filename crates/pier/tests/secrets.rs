@@ -113,8 +113,27 @@ async fn everything_shown(c: &Cluster, deployment: &str) -> String {
 
 #[tokio::test]
 async fn a_secret_reaches_its_tasks_as_env_and_file_only_and_a_new_value_rolls_the_service() {
-    let mut c = Cluster::start(true, &[]).await;
+    let secrets_dir = tempfile::tempdir().unwrap();
+    let secrets_arg = secrets_dir.path().to_str().unwrap().to_string();
+    // Secret files left by a task whose container is gone (removed while its agent was
+    // down): the agent sweeps them.
+    let stale = secrets_dir.path().join("dev/web-9-0dd0dead");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("db-password"), "stale").unwrap();
+    let touched = Command::new("touch")
+        .args(["-d", "5 minutes ago"])
+        .arg(&stale)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    let mut c = Cluster::start(true, &["--secrets-dir", &secrets_arg]).await;
     let image = c.push_image("secret-web:v1", HttpdVariant::Healthy);
+    eventually(
+        "stale secret files swept",
+        Duration::from_secs(30),
+        || async { !stale.exists() },
+    )
+    .await;
     let file = c.write_file("web.toml", &web_file(&image));
 
     // A service naming a secret that does not exist is refused before anything changes.
@@ -193,7 +212,11 @@ async fn a_secret_reaches_its_tasks_as_env_and_file_only_and_a_new_value_rolls_t
         .find_map(|m| m.strip_prefix("/run/secrets false "))
         .expect("the secrets mount's host side")
         .to_string();
-    assert!(source.ends_with(&task1), "one directory per task: {source}");
+    assert_eq!(
+        std::path::Path::new(&source),
+        secrets_dir.path().join("dev").join(&task1),
+        "one directory per task under --secrets-dir/<node>"
+    );
 
     // The listing: name, version, size, users; never the value.
     let list = c.get("/api/v1/secrets").await;
@@ -272,4 +295,20 @@ async fn a_secret_reaches_its_tasks_as_env_and_file_only_and_a_new_value_rolls_t
         stdout(&out)
     );
     assert!(!stdout(&out).contains("rolling"), "{}", stdout(&out));
+
+    // Removing the service removes its task's secret files; then the secret can go.
+    let (task2, _) = healthy_task(&c, "web", 2).await.expect("revision 2");
+    let dir2 = secrets_dir.path().join("dev").join(&task2);
+    assert!(dir2.exists(), "{}", dir2.display());
+    let out = c.pier(&["service", "rm", "web"]);
+    assert!(out.status.success(), "service rm: {}", stderr(&out));
+    eventually(
+        "the task's secret files removed with it",
+        Duration::from_secs(30),
+        || async { !dir2.exists() },
+    )
+    .await;
+    let out = c.pier(&["secret", "rm", "db-password"]);
+    assert!(out.status.success(), "secret rm: {}", stderr(&out));
+    assert_eq!(c.get("/api/v1/secrets").await, serde_json::json!([]));
 }

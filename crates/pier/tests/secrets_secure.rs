@@ -171,6 +171,29 @@ async fn secrets_are_sealed_at_rest_and_reach_only_their_tasks_node() {
         env.lines().any(|l| l == format!("DB_PASSWORD={VALUE}")),
         "{env}"
     );
+    // The files are under the agent's secrets directory, per node and task, and go with the
+    // task.
+    let tasks: Value = admin
+        .get(format!("{server}/api/v1/services/web/tasks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let task = tasks[0]["task"]["id"]
+        .as_str()
+        .expect("a task id")
+        .to_string();
+    let dir = pier_agent::secrets::default_dir().join("n1").join(&task);
+    assert!(dir.join("db-password").exists(), "{}", dir.display());
+    let out = c.cli(0, Some(&mgmt), &["service", "rm", "web"]);
+    assert!(out.status.success(), "service rm: {}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dir.exists() {
+        assert!(Instant::now() < deadline, "{} left behind", dir.display());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let log = std::fs::read_to_string(tmp.path().join("s1.log")).unwrap_or_default();
     assert!(
         !log.is_empty() && !log.contains(VALUE),
