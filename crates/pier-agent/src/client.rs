@@ -320,6 +320,35 @@ impl ServerClient {
             .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// The values of the secrets task `task_id` uses (only this node's agent may read them).
+    pub async fn task_secrets(
+        &self,
+        node: &str,
+        task_id: &str,
+    ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, ClientError> {
+        use base64::Engine;
+        let resp = self
+            .send(true, |http, base| {
+                http.get(format!(
+                    "{base}/api/v1/nodes/{node}/tasks/{task_id}/secrets"
+                ))
+                .timeout(Duration::from_secs(10))
+            })
+            .await?;
+        let body: pier_api::secret::TaskSecrets = resp
+            .json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        let mut out = std::collections::BTreeMap::new();
+        for (name, b64) in body.values_base64 {
+            let value = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| ClientError::Decode(format!("secret {name} is not base64")))?;
+            out.insert(name, value);
+        }
+        Ok(out)
+    }
+
     /// Reports a task's status; naming its node lets the server look the task up directly.
     pub async fn report(
         &self,

@@ -27,6 +27,8 @@ pub const LABEL_REVISION: &str = "pier.revision";
 pub const LABEL_NODE: &str = "pier.node";
 /// On the networks the agent creates.
 pub const LABEL_NETWORK: &str = "pier.network";
+/// On the named volumes the agent creates: the volume's name in service files.
+pub const LABEL_VOLUME: &str = "pier.volume";
 
 /// Most processes (threads included) one container may run: a fork bomb stays inside it.
 pub const PIDS_LIMIT: i64 = 2048;
@@ -104,6 +106,11 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     pub read_only_root: bool,
     pub cap_drop: Vec<String>,
+    /// Bind mounts, `host-or-volume:container[:ro]` (a task's secrets directory, named
+    /// volumes, host paths).
+    pub binds: Vec<String>,
+    /// tmpfs mounts: container path → options (`size=64m`).
+    pub tmpfs: BTreeMap<String, String>,
 }
 
 /// A managed container as the engine reports it.
@@ -272,6 +279,63 @@ impl DockerDriver {
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// The engine's name of named volume `name` of this node: `pier-<node>-<name>` (two
+    /// agents on one engine never share one).
+    pub fn volume_name(&self, name: &str) -> String {
+        format!("pier-{}-{name}", self.node)
+    }
+
+    /// Creates named volume `name` (labelled as this node's) unless it exists; returns the
+    /// engine's name of it. Its data outlives every container.
+    pub async fn ensure_volume(&self, name: &str) -> Result<String, DockerError> {
+        let engine_name = self.volume_name(name);
+        let mut labels: HashMap<String, String> = self.ownership_labels().into_iter().collect();
+        labels.insert(LABEL_VOLUME.into(), name.to_string());
+        let request = bollard::models::VolumeCreateRequest {
+            name: Some(engine_name.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        // Creating an existing volume returns it unchanged.
+        self.docker
+            .create_volume(request)
+            .await
+            .map_err(|e| DockerError::engine("create a volume", e))?;
+        Ok(engine_name)
+    }
+
+    /// The named volumes this node holds (their names in service files), sorted.
+    pub async fn list_volumes(&self) -> Result<Vec<String>, DockerError> {
+        let options = bollard::query_parameters::ListVolumesOptions {
+            filters: Some(self.label_filters()),
+        };
+        let list = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(|e| DockerError::engine("list volumes", e))?;
+        let mut out: Vec<String> = list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.labels.get(LABEL_VOLUME).cloned())
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Removes named volume `name` of this node; the engine refuses while a container uses it.
+    pub async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+        self.docker
+            .remove_volume(
+                &self.volume_name(name),
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+            .map_err(|e| DockerError::engine("remove a volume", e))
     }
 
     /// The labels that mark a container as this agent's.
@@ -463,6 +527,24 @@ impl DockerDriver {
     }
 
     /// The container's current state, or `None` when it does not exist or is not ours.
+    /// Whether the engine has a container called `name`, whoever's it is.
+    pub async fn container_exists(&self, name: &str) -> Result<bool, DockerError> {
+        match self
+            .docker
+            .inspect_container(
+                name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(DockerError::engine("inspect a container", e)),
+        }
+    }
+
     pub async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>, DockerError> {
         let resp = match self
             .docker
@@ -686,6 +768,8 @@ fn host_config(
         cap_drop: (!spec.cap_drop.is_empty()).then(|| spec.cap_drop.clone()),
         network_mode: spec.network.clone(),
         dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
+        binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
+        tmpfs: (!spec.tmpfs.is_empty()).then(|| spec.tmpfs.clone().into_iter().collect()),
         ..Default::default()
     }
 }
@@ -793,6 +877,8 @@ mod tests {
             user: None,
             read_only_root: true,
             cap_drop: vec!["ALL".into()],
+            binds: vec![],
+            tmpfs: BTreeMap::new(),
         };
         let hc = host_config(&spec, HashMap::new());
         assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));

@@ -43,10 +43,17 @@ pub async fn serve(
     } else {
         logs_route
     };
+    let volume_route = axum::routing::delete(remove_volume);
+    let volume_route = if tls.is_some() {
+        volume_route.layer(axum::middleware::from_fn(servers_only))
+    } else {
+        volume_route
+    };
     let app = Router::new()
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/agent/health", get(agent_health))
         .route("/v1/logs/{task}", logs_route)
+        .route("/v1/volumes/{name}", volume_route)
         .with_state(state);
     let config = match tls {
         Some(t) => pier_net::ListenerConfig::tls(t, 256),
@@ -70,9 +77,26 @@ async fn servers_only(req: axum::extract::Request, next: axum::middleware::Next)
         Some(id) if id.role == pier_security::ca::Role::Server => next.run(req).await,
         _ => (
             StatusCode::FORBIDDEN,
-            "task logs are served to the cluster's servers only\n",
+            "only the cluster's servers may do this\n",
         )
             .into_response(),
+    }
+}
+
+/// `DELETE /v1/volumes/:name` (from a server, for `pier volume rm`): removes the node's named
+/// volume; the engine refuses (409) while a container uses it.
+async fn remove_volume(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    match state.docker.remove_volume(&name).await {
+        Ok(()) => {
+            tracing::info!(volume = %name, "volume removed");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(crate::docker::DockerError::NoSuchContainer(_)) => (
+            StatusCode::NOT_FOUND,
+            format!("no volume {name} on this node\n"),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod docker;
 mod http;
 mod probe;
 pub mod registry;
+pub mod secrets;
 pub mod task_env;
 mod worker;
 
@@ -62,6 +63,12 @@ pub struct AgentConfig {
     pub network: Option<String>,
     /// Whether a service has a healthy instance (for `needs`). None: needs never wait.
     pub readiness: Option<Readiness>,
+    /// Where tasks' secret files are written (one directory per task, bind-mounted read-only
+    /// at `/run/secrets`): a tmpfs, `/run/pier/secrets` by default.
+    pub secrets_dir: std::path::PathBuf,
+    /// Host directories under which services may mount host paths (`--volume-root`); empty:
+    /// none may.
+    pub volume_roots: Vec<String>,
 }
 
 /// See [`AgentConfig::readiness`].
@@ -109,6 +116,8 @@ impl AgentConfig {
             tls: None,
             network: None,
             readiness: None,
+            secrets_dir: secrets::default_dir(),
+            volume_roots: Vec::new(),
         }
     }
 }
@@ -193,6 +202,8 @@ impl Agent {
             attributes: config.attributes.clone(),
             cpu_millis: config.cpu_millis.unwrap_or(engine_cpu),
             memory_mb: config.memory_mb.unwrap_or(engine_mem),
+            volumes: docker.list_volumes().await?,
+            volume_roots: config.volume_roots.clone(),
         };
         let ctx = Arc::new(WorkerCtx {
             docker: docker.clone(),
@@ -200,6 +211,8 @@ impl Agent {
             host_ip: config.host_ip.clone(),
             network: config.network.clone(),
             readiness: config.readiness.clone(),
+            secrets: secrets::SecretsDir::new(config.secrets_dir.join(&config.name)),
+            volume_roots: config.volume_roots.clone(),
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
                 .build()
@@ -225,6 +238,7 @@ impl Agent {
             )),
             tokio::spawn(heartbeat_loop(
                 client.clone(),
+                docker.clone(),
                 config.clone(),
                 registration,
                 contact,
@@ -266,17 +280,22 @@ impl Agent {
     }
 }
 
+/// Every this many heartbeats the agent compares its named volumes with what it reported.
+const VOLUME_CHECK_EVERY_BEATS: u64 = 2;
+
 /// How often the agent re-reads the cluster's member list.
 const MEMBERS_REFRESH_EVERY: Duration = Duration::from_secs(30);
 
 async fn heartbeat_loop(
     client: ServerClient,
+    docker: DockerDriver,
     config: AgentConfig,
-    registration: RegisterNode,
+    mut registration: RegisterNode,
     contact: SharedContact,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut registered = false;
+    let mut beats: u64 = 0;
     let mut members_refreshed: Option<std::time::Instant> = None;
     loop {
         if *shutdown.borrow() {
@@ -287,6 +306,18 @@ async fn heartbeat_loop(
             match client.refresh_members().await {
                 Ok(()) => members_refreshed = Some(std::time::Instant::now()),
                 Err(e) => tracing::debug!(error = %e, "cannot read the cluster's members yet"),
+            }
+        }
+        // The node's named volumes, reported again (registration) when they change: the
+        // scheduler pins services to the node holding theirs.
+        beats += 1;
+        if beats.is_multiple_of(VOLUME_CHECK_EVERY_BEATS) {
+            if let Ok(volumes) = docker.list_volumes().await {
+                if volumes != registration.volumes {
+                    tracing::info!(?volumes, "this node's volumes changed; reporting them");
+                    registration.volumes = volumes;
+                    registered = false;
+                }
             }
         }
         let outcome = beat(&client, &config, &registration, &mut registered).await;
@@ -397,6 +428,22 @@ async fn events_loop(
     }
 }
 
+/// Removes secret files whose container is gone (removed while the agent was down, or by
+/// hand): they would otherwise stay on the host. Task ids are unique, so a directory without
+/// a container of its name serves nobody (whichever agent wrote it).
+async fn sweep_secrets(ctx: &WorkerCtx) {
+    for task in ctx.secrets.tasks_older_than(Duration::from_secs(60)) {
+        if let Ok(false) = ctx
+            .docker
+            .container_exists(&docker::container_name(&task))
+            .await
+        {
+            tracing::info!(%task, "removing the secret files of a task whose container is gone");
+            ctx.secrets.remove(&task);
+        }
+    }
+}
+
 async fn sync_loop(
     ctx: Arc<WorkerCtx>,
     node: String,
@@ -493,13 +540,16 @@ async fn sync_loop(
                     .keys()
                     .cloned()
                     .collect();
+                sweep_secrets(&ctx).await;
                 for c in list {
                     if !wanted.contains_key(&c.task_id) && !live.contains(&c.task_id) {
                         tracing::info!(task = %c.task_id, container = %c.id, "removing the container of a task this node no longer runs");
                         let docker = ctx.docker.clone();
+                        let secrets = ctx.secrets.clone();
                         tokio::spawn(async move {
                             let _ = docker.stop(&c.id, 5_000).await;
                             let _ = docker.remove(&c.id).await;
+                            secrets.remove(&c.task_id);
                         });
                     }
                 }

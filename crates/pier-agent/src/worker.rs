@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::client::ServerClient;
 use crate::docker::{ContainerInfo, ContainerSpec, DockerDriver, DockerError};
 use crate::probe::{self, ProbeTarget};
+use crate::secrets::SecretError;
 
 pub enum WorkerMsg {
     Desired(Box<AgentTask>),
@@ -31,6 +32,9 @@ pub struct WorkerCtx {
     pub host_ip: String,
     pub network: Option<String>,
     pub readiness: Option<crate::Readiness>,
+    pub secrets: crate::secrets::SecretsDir,
+    /// Host directories under which tasks may mount host paths (`--volume-root`).
+    pub volume_roots: Vec<String>,
     pub http: reqwest::Client,
 }
 
@@ -249,6 +253,21 @@ impl Worker {
             Ok(n) => n,
             Err(e) => return self.fail(e),
         };
+        let mut env = crate::task_env::task_env(&spec, &self.task.task, dns.as_deref());
+        let mut binds = match self.secrets(&spec).await {
+            Ok((secret_env, binds)) => {
+                env.extend(secret_env);
+                binds
+            }
+            Err(e) => return self.fail(e),
+        };
+        let tmpfs = match self.volumes(&spec).await {
+            Ok((volume_binds, tmpfs)) => {
+                binds.extend(volume_binds);
+                tmpfs
+            }
+            Err(e) => return self.fail(e),
+        };
         let cspec = ContainerSpec {
             task_id: self.id().to_string(),
             service: spec.name.clone(),
@@ -256,7 +275,9 @@ impl Worker {
             image,
             entrypoint: spec.command.clone(),
             cmd: spec.args.clone(),
-            env: crate::task_env::task_env(&spec, &self.task.task, dns.as_deref()),
+            env,
+            binds,
+            tmpfs,
             ports: spec.ports.clone(),
             host_ip: self.ctx.host_ip.clone(),
             cpu_millis: spec.cpu_millis,
@@ -295,7 +316,87 @@ impl Worker {
         }
     }
 
-    fn fail(&mut self, e: DockerError) {
+    /// The task's secrets from the server: its secret environment variables, and the bind
+    /// of its `/run/secrets` directory when it mounts any as files.
+    async fn secrets(
+        &self,
+        spec: &pier_api::service::ServiceSpec,
+    ) -> Result<(std::collections::BTreeMap<String, String>, Vec<String>), SecretError> {
+        if spec.secrets.is_empty() && spec.secret_files.is_empty() {
+            return Ok(Default::default());
+        }
+        let values = self
+            .ctx
+            .client
+            .task_secrets(&self.task.task.node, self.id())
+            .await
+            .map_err(|e| SecretError::Fetch(e.to_string()))?;
+        let env = crate::secrets::env(spec, &values)?;
+        let mut binds = Vec::new();
+        if !spec.secret_files.is_empty() {
+            let dir = self.ctx.secrets.write_files(self.id(), spec, &values)?;
+            binds.push(format!(
+                "{}:{}:ro",
+                dir.display(),
+                pier_api::secret::SECRETS_MOUNT
+            ));
+        }
+        Ok((env, binds))
+    }
+
+    /// The task's `[[volumes]]`: binds of named volumes (created if missing, kept after the
+    /// container) and allowed host paths, and tmpfs mounts.
+    async fn volumes(
+        &self,
+        spec: &pier_api::service::ServiceSpec,
+    ) -> Result<(Vec<String>, std::collections::BTreeMap<String, String>), String> {
+        use pier_api::service::VolumeSpec;
+        let ro = |read_only: bool| if read_only { ":ro" } else { "" };
+        let mut binds = Vec::new();
+        let mut tmpfs = std::collections::BTreeMap::new();
+        for v in &spec.volumes {
+            match v {
+                VolumeSpec::Named {
+                    name,
+                    target,
+                    read_only,
+                } => {
+                    let engine = self
+                        .ctx
+                        .docker
+                        .ensure_volume(name)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    binds.push(format!("{engine}:{target}{}", ro(*read_only)));
+                }
+                VolumeSpec::Host {
+                    source,
+                    target,
+                    read_only,
+                } => {
+                    let allowed = self
+                        .ctx
+                        .volume_roots
+                        .iter()
+                        .any(|r| pier_api::service::is_under(source, r));
+                    if !allowed {
+                        return Err(format!(
+                            "host path {source} is not under this node's --volume-root ({})",
+                            self.ctx.volume_roots.join(", ")
+                        ));
+                    }
+                    binds.push(format!("{source}:{target}{}", ro(*read_only)));
+                }
+                VolumeSpec::Tmpfs { target, size_mb } => {
+                    let options = size_mb.map(|m| format!("size={m}m")).unwrap_or_default();
+                    tmpfs.insert(target.clone(), options);
+                }
+            }
+        }
+        Ok((binds, tmpfs))
+    }
+
+    fn fail(&mut self, e: impl std::fmt::Display) {
         tracing::warn!(task = %self.id(), error = %e, "task failed to start");
         self.set_state(TaskState::Failed, Some(e.to_string()));
         self.status.finished_at_ms = Some(now_ms());
@@ -389,6 +490,7 @@ impl Worker {
         if let Err(e) = self.ctx.docker.remove(&id).await {
             tracing::warn!(task = %self.id(), error = %e, "cannot remove the container");
         }
+        self.ctx.secrets.remove(self.id());
         self.container = None;
         tracing::info!(task = %self.id(), "task stopped");
     }
@@ -399,6 +501,7 @@ impl Worker {
                 tracing::warn!(task = %self.id(), error = %e, "cannot remove the container");
             }
         }
+        self.ctx.secrets.remove(self.id());
     }
 
     fn next_wake_ms(&self) -> u64 {

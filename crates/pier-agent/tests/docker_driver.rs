@@ -29,6 +29,8 @@ fn spec(task: &str, image: &str) -> ContainerSpec {
         user: None,
         read_only_root: false,
         cap_drop: vec![],
+        binds: vec![],
+        tmpfs: BTreeMap::new(),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod cert;
 pub mod error;
 pub mod kv;
 pub mod pipeline;
+pub mod secret;
 pub mod security;
 pub mod service;
 pub mod status;

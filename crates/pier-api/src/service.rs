@@ -2,18 +2,20 @@
 //! its validated and normalised form (stored in every revision), and the records the
 //! orchestrator keeps and serves (services, revisions, deployments, tasks, nodes).
 
+mod env_file;
 mod file;
 mod records;
 mod units;
 mod validate;
 
+pub use env_file::{env_file_of, merge_env_file, parse_env_file, EnvFileError};
 pub use file::ServiceFile;
 pub use records::*;
 pub use units::{format_duration_ms, parse_duration_ms, parse_memory_mb};
 pub use validate::{
-    parse_service_file, Amount, ConstraintOp, ConstraintSpec, DeploySpec, HealthKind, HealthSpec,
-    Limits, PlacementSpec, PlacementStrategy, ServiceSpec, SpecError, DEFAULT_MAX_COUNT,
-    IMPLICIT_CHECK_INTERVAL_MS,
+    is_clean_absolute_path, is_under, parse_service_file, Amount, ConstraintOp, ConstraintSpec,
+    DeploySpec, HealthKind, HealthSpec, Limits, PlacementSpec, PlacementStrategy, ServiceSpec,
+    SpecError, VolumeSpec, DEFAULT_MAX_COUNT, IMPLICIT_CHECK_INTERVAL_MS,
 };
 
 /// Request extension set by the API's auth layer: whether the caller may see secret values

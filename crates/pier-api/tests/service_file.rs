@@ -306,3 +306,130 @@ fn https_redirect_and_hsts_on_the_route() {
     assert!(e.contains("`https` = \"always\" is not supported"), "{e}");
     assert!(e.contains("line 1"), "{e}");
 }
+
+#[test]
+fn secrets_as_variables_and_files() {
+    let spec = parse_service_file(
+        "name = \"web\"\nimage = \"x\"\nsecret_files = [\"tls-key\", \"db-password\", \"tls-key\"]\n[env]\nMODE = \"prod\"\n[secrets]\nDB_PASSWORD = \"db-password\"\n",
+        Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(spec.secrets["DB_PASSWORD"], "db-password");
+    assert_eq!(spec.secret_files, vec!["db-password", "tls-key"]);
+    assert_eq!(
+        spec.secret_names().into_iter().collect::<Vec<_>>(),
+        vec!["db-password", "tls-key"]
+    );
+    assert!(spec.secret_versions.is_empty(), "recorded by the server");
+
+    let e = err("name = \"web\"\nimage = \"x\"\n[env]\nDB = \"1\"\n[secrets]\nDB = \"db\"\n");
+    assert!(e.contains("also set in [env]"), "{e}");
+    assert!(e.starts_with("line 5"), "{e}");
+    let e = err("name = \"web\"\nimage = \"x\"\n[secrets]\nDB = \"Bad_Name\"\n");
+    assert!(e.contains("secret name \"Bad_Name\""), "{e}");
+    let e = err("name = \"web\"\nimage = \"x\"\n[secrets]\n1DB = \"db\"\n");
+    assert!(e.contains("not an environment variable name"), "{e}");
+    let e = err("name = \"web\"\nimage = \"x\"\nsecret_files = [\"../etc\"]\n");
+    assert!(e.starts_with("line 3") && e.contains("\"../etc\""), "{e}");
+}
+
+#[test]
+fn env_file_variables_lose_to_env_and_secrets() {
+    use pier_api::service::merge_env_file;
+    use std::collections::BTreeMap;
+    let text = "name = \"web\"\nimage = \"x\"\nenv_file = \"app.env\"\n[env]\nMODE = \"prod\"\n[secrets]\nTOKEN = \"tok\"\n";
+    let mut spec = parse_service_file(text, Limits::default()).unwrap();
+    assert_eq!(spec.env_file.as_deref(), Some("app.env"));
+    let vars = BTreeMap::from([
+        ("MODE".to_string(), "dev".to_string()),
+        ("LEVEL".to_string(), "debug".to_string()),
+        ("TOKEN".to_string(), "plain".to_string()),
+    ]);
+    merge_env_file(&mut spec, Some(vars.clone())).unwrap();
+    assert_eq!(spec.env["MODE"], "prod", "[env] wins");
+    assert_eq!(spec.env["LEVEL"], "debug");
+    assert!(!spec.env.contains_key("TOKEN"), "a secret wins too");
+
+    let mut spec = parse_service_file(text, Limits::default()).unwrap();
+    let e = merge_env_file(&mut spec, None).unwrap_err().to_string();
+    assert!(e.contains("pier deploy"), "{e}");
+    let mut plain = parse_service_file(MINIMAL, Limits::default()).unwrap();
+    assert!(merge_env_file(&mut plain, Some(vars)).is_err());
+    let e = err("name = \"web\"\nimage = \"x\"\nenv_file = \" \"\n");
+    assert!(e.starts_with("line 3") && e.contains("empty"), "{e}");
+}
+
+#[test]
+fn volumes_of_each_kind_and_what_is_refused() {
+    use pier_api::service::{is_under, VolumeSpec};
+    let spec = parse_service_file(
+        "name = \"db\"\nimage = \"x\"\n[[volumes]]\nname = \"db-data\"\ntarget = \"/var/lib/db/\"\n[[volumes]]\nsource = \"/srv/conf\"\ntarget = \"/conf\"\nread_only = true\n[[volumes]]\ntmpfs = true\ntarget = \"/tmp\"\nsize = \"64MiB\"\n",
+        Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        spec.volumes,
+        vec![
+            VolumeSpec::Named {
+                name: "db-data".into(),
+                target: "/var/lib/db".into(),
+                read_only: false
+            },
+            VolumeSpec::Host {
+                source: "/srv/conf".into(),
+                target: "/conf".into(),
+                read_only: true
+            },
+            VolumeSpec::Tmpfs {
+                target: "/tmp".into(),
+                size_mb: Some(64)
+            },
+        ]
+    );
+    let base = "name = \"db\"\nimage = \"x\"\n";
+    for (volume, want) in [
+        ("name = \"d\"\n", "`target`"),
+        ("name = \"d\"\ntarget = \"data\"\n", "absolute path"),
+        ("name = \"d\"\ntarget = \"/a/../etc\"\n", "absolute path"),
+        ("target = \"/d\"\n", "exactly one of"),
+        (
+            "name = \"d\"\nsource = \"/x\"\ntarget = \"/d\"\n",
+            "exactly one of",
+        ),
+        (
+            "source = \"relative\"\ntarget = \"/d\"\n",
+            "absolute host path",
+        ),
+        ("source = \"/\"\ntarget = \"/d\"\n", "absolute host path"),
+        ("name = \"Bad\"\ntarget = \"/d\"\n", "volume name"),
+        (
+            "name = \"d\"\ntarget = \"/d\"\nsize = 5\n",
+            "only for `tmpfs",
+        ),
+        ("tmpfs = true\ntarget = \"/d\"\nsize = \"lots\"\n", "`size`"),
+        (
+            "tmpfs = true\ntarget = \"/d\"\nread_only = true\n",
+            "makes no sense",
+        ),
+    ] {
+        let e = err(&format!("{base}[[volumes]]\n{volume}"));
+        assert!(e.contains(want), "{volume:?}: {e}");
+        assert!(e.starts_with("line 3"), "{volume:?}: {e}");
+    }
+    let e = err(&format!(
+        "{base}[[volumes]]\nname = \"a\"\ntarget = \"/d\"\n[[volumes]]\ntmpfs = true\ntarget = \"/d/\"\n"
+    ));
+    assert!(
+        e.contains("mounted twice") && e.starts_with("line 6"),
+        "{e}"
+    );
+    let e = err(
+        "name = \"db\"\nimage = \"x\"\nsecret_files = [\"k\"]\n[[volumes]]\ntmpfs = true\ntarget = \"/run/secrets\"\n",
+    );
+    assert!(e.contains("secret files"), "{e}");
+
+    assert!(is_under("/srv/data/x", "/srv/data"));
+    assert!(is_under("/srv/data", "/srv/data/"));
+    assert!(!is_under("/srv/database", "/srv/data"));
+    assert!(!is_under("/etc", "/srv"));
+}

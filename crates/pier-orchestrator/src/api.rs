@@ -13,8 +13,8 @@ use axum::{Json, Router};
 use pier_api::service::{
     parse_service_file, AgentTask, AgentTasks, DeployRequest, DeployResponse, DeploymentStatus,
     DrainRequest, Limits, NodeRecord, NodeView, RegisterNode, RevisionRecord, RollbackRequest,
-    ScaleRequest, ServiceDetail, ServiceRecord, ServiceSummary, StopPhase, TaskHealth, TaskState,
-    TaskStatus, TaskView,
+    ScaleRequest, ServiceDetail, ServiceRecord, ServiceSpec, ServiceSummary, StopPhase, TaskHealth,
+    TaskState, TaskStatus, TaskView,
 };
 use pier_api::{ApiError, ErrorCode};
 use pier_store::blocking::{blocking_query, QueryOptions};
@@ -59,10 +59,12 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/nodes/{name}/tasks", get(node_tasks))
         .route("/api/v1/tasks/{id}", get(get_task))
         .route("/api/v1/tasks/{id}/status", put(report_status))
+        .merge(crate::secrets::router())
+        .merge(crate::volumes::router())
         .with_state(shared)
 }
 
-pub(crate) struct HttpError(StatusCode, ApiError);
+pub(crate) struct HttpError(pub(crate) StatusCode, pub(crate) ApiError);
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
@@ -94,15 +96,15 @@ impl From<StoreError> for HttpError {
     }
 }
 
-fn invalid(msg: impl Into<String>) -> HttpError {
+pub(crate) fn invalid(msg: impl Into<String>) -> HttpError {
     OrchestratorError::InvalidInput(msg.into()).into()
 }
 
-fn not_found(msg: impl Into<String>) -> HttpError {
+pub(crate) fn not_found(msg: impl Into<String>) -> HttpError {
     OrchestratorError::NotFound(msg.into()).into()
 }
 
-type ApiResult<T> = Result<T, HttpError>;
+pub(crate) type ApiResult<T> = Result<T, HttpError>;
 
 /// `?index=N&wait=30s` of the orchestrator's watches (agents' task lists, deployments): the
 /// store's one blocking-query implementation, answering once the result's index differs
@@ -211,6 +213,7 @@ async fn resolve_image(shared: &Shared, image: &str) -> ApiResult<Option<String>
 
 async fn deploy(
     State(shared): State<Arc<Shared>>,
+    visible: Option<axum::Extension<pier_api::service::SecretsVisible>>,
     Json(req): Json<DeployRequest>,
 ) -> ApiResult<Json<DeployResponse>> {
     let spec = parse_service_file(
@@ -221,32 +224,48 @@ async fn deploy(
     )
     .map_err(|e| invalid(format!("service file: {e}")))?;
     let mut spec = spec;
+    pier_api::service::merge_env_file(&mut spec, req.env_file)
+        .map_err(|e| invalid(format!("service file: {e}")))?;
     // Pinned first: the same file deployed after its tag moved is a new revision.
     spec.pinned_image = resolve_image(&shared, &spec.image).await?;
+    // A service's containers read its secrets: only a caller who may see secret values may
+    // give a service a secret it does not use yet.
+    if visible.is_some_and(|axum::Extension(v)| !v.0) {
+        crate::secrets::check_may_add(&shared, &spec).await?;
+    }
+    // Every secret it names must exist; the revision records their versions.
+    crate::secrets::pin_versions(&shared, &mut spec).await?;
+    Ok(Json(deploy_spec(&shared, spec).await?))
+}
+
+/// Rolls out `spec` (validated, image pinned, secret versions recorded): nothing when it is
+/// what runs, a scale when only the count differs, else a new revision and its deployment.
+pub(crate) async fn deploy_spec(shared: &Shared, spec: ServiceSpec) -> ApiResult<DeployResponse> {
     let world = World::load(&shared.store, Consistency::Default).await?;
     let now = now_ms();
     let existing = world.services.get(&spec.name);
     if let Some(svc) = existing {
         let current = world.spec(&spec.name, svc.value.record.revision);
         if !svc.value.record.deleting && current == Some(&spec) {
-            return Ok(Json(DeployResponse {
+            return Ok(DeployResponse {
                 service: spec.name.clone(),
                 revision: svc.value.record.revision,
                 deployment: svc.value.record.deployment.clone(),
                 outcome: "unchanged".into(),
-            }));
+            });
         }
         if !svc.value.record.deleting && current.is_some_and(|c| c.template() == spec.template()) {
-            let deployment = scale_to(&shared, &world, &spec.name, spec.count).await?;
-            return Ok(Json(DeployResponse {
+            let deployment = scale_to(shared, &world, &spec.name, spec.count).await?;
+            return Ok(DeployResponse {
                 service: spec.name.clone(),
                 revision: svc.value.record.revision,
                 deployment,
                 outcome: "scaled".into(),
-            }));
+            });
         }
     }
     // What can be known up front is refused before anything changes.
+    crate::volumes::check_host_paths(&world, &spec).map_err(invalid)?;
     crate::place::can_ever_fit(&world, &spec).map_err(|reason| {
         invalid(format!(
             "no node can ever run a task of {} ({} millicpu, {} MiB): {reason}",
@@ -254,7 +273,7 @@ async fn deploy(
         ))
     })?;
     // The route host belongs to the first service that claims it.
-    crate::routes::claim(&shared, &spec.name, &spec.route).await?;
+    crate::routes::claim(shared, &spec.name, &spec.route).await?;
 
     let (mut record, guard) = match existing {
         Some(svc) => (svc.value.record.clone(), svc.modify_index),
@@ -340,7 +359,7 @@ async fn deploy(
         .into());
     }
     tracing::info!(service = %spec.name, revision, deployment = %dep.record.id, "deploying");
-    Ok(Json(DeployResponse {
+    Ok(DeployResponse {
         service: spec.name.clone(),
         revision,
         deployment: Some(dep.record.id.clone()),
@@ -349,7 +368,7 @@ async fn deploy(
         } else {
             "created".into()
         },
-    }))
+    })
 }
 
 /// Sets the desired count (and that of a deployment in progress). Returns the deployment in
@@ -767,6 +786,8 @@ async fn register_node(
             .as_ref()
             .map(|e| e.value.registered_at_ms)
             .unwrap_or(now),
+        volumes: req.volumes,
+        volume_roots: req.volume_roots,
     };
     if existing.as_ref().map(|e| &e.value) != Some(&record) {
         shared

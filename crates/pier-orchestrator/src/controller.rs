@@ -365,7 +365,8 @@ async fn service_pass(
                     zone: t.zone.clone(),
                 }));
                 let nodes = crate::place::cluster_nodes(world, extra_alloc);
-                let plan = crate::place::place(nodes, existing, spec, *count);
+                let pinned = crate::volumes::constraints(world, spec);
+                let plan = crate::place::place(nodes, existing, spec, *count, pinned);
                 for p in &plan.placements {
                     let zone = world
                         .nodes

@@ -13,7 +13,9 @@ mod error;
 mod logs;
 mod place;
 mod routes;
+pub mod secrets;
 pub mod tables;
+mod volumes;
 mod world;
 
 use std::sync::Arc;
@@ -47,6 +49,9 @@ pub struct OrchestratorConfig {
     /// How this server calls other pier processes (the leader's API to forward heartbeats,
     /// agents for logs): TLS with the server's certificate in a secure cluster. None: plain.
     pub internal_http: Option<pier_net::HttpClient>,
+    /// Seals secret values in the store: derived from the server join secret in a secure
+    /// cluster. None (`pier dev`, `--insecure`): values are stored unsealed.
+    pub secret_seal: Option<pier_security::seal::SealKey>,
 }
 
 impl Default for OrchestratorConfig {
@@ -62,6 +67,7 @@ impl Default for OrchestratorConfig {
             registry_addr: None,
             registry_aliases: Vec::new(),
             internal_http: None,
+            secret_seal: None,
         }
     }
 }

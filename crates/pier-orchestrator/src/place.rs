@@ -95,18 +95,22 @@ pub fn cluster_nodes(world: &World, extra: &BTreeMap<String, Resources>) -> Vec<
         .collect()
 }
 
-/// Places `count` tasks of `spec`. `existing` are the service's tasks that stay.
+/// Places `count` tasks of `spec`. `existing` are the service's tasks that stay; `extra`
+/// constraints come from the world (the nodes a service's volumes pin it to).
 pub fn place(
     nodes: Vec<Node>,
     existing: Vec<ExistingTask>,
     spec: &ServiceSpec,
     count: u32,
+    extra: Vec<Constraint>,
 ) -> PlacementPlan {
+    let mut constraints = constraints_of(spec);
+    constraints.extend(extra);
     let request = PlacementRequest {
         count,
         resources: Resources::new(spec.cpu_millis, spec.memory_mb),
         strategy: strategy_of(spec),
-        constraints: constraints_of(spec),
+        constraints,
     };
     let snapshot = ClusterSnapshot { nodes, existing };
     match placement::place(&snapshot, &request) {
@@ -141,7 +145,13 @@ pub fn can_ever_fit(world: &World, spec: &ServiceSpec) -> Result<(), String> {
     }
     let mut one = spec.clone();
     one.placement.distinct_node = false;
-    let plan = place(nodes, Vec::new(), &one, 1);
+    let plan = place(
+        nodes,
+        Vec::new(),
+        &one,
+        1,
+        crate::volumes::constraints(world, spec),
+    );
     match plan.failures.first() {
         Some(f) => Err(f.reason.to_string()),
         None => Ok(()),

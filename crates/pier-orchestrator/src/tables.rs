@@ -8,6 +8,7 @@
 //! | `orch.tasks`     | `<node>/<task id>`          | `TaskRecord` (desired half)   | controller        |
 //! | `orch.task_status` | task id                   | `TaskStatus` (observed half)  | agents (via API)  |
 //! | `orch.nodes`     | node name                   | `NodeRecord`                  | agents, API, controller |
+//! | `orch.secrets`   | secret name                 | `secrets::SecretDoc` (sealed) | API               |
 //!
 //! Tasks are keyed by node so an agent's blocking watch covers exactly its own tasks; a task
 //! never moves between nodes (a replacement is a new task). The persisted state of pier-core's

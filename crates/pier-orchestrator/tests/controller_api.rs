@@ -73,6 +73,8 @@ impl Env {
             attributes: BTreeMap::new(),
             cpu_millis: 2000,
             memory_mb: 1024,
+            volumes: vec![],
+            volume_roots: vec![],
         };
         let r = self
             .http
@@ -88,7 +90,10 @@ impl Env {
         let r = self
             .http
             .post(format!("{}/api/v1/services", self.base))
-            .json(&DeployRequest { file: file.into() })
+            .json(&DeployRequest {
+                file: file.into(),
+                env_file: None,
+            })
             .send()
             .await
             .unwrap();

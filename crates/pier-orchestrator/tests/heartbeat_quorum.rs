@@ -120,6 +120,8 @@ async fn a_leader_cut_off_from_its_quorum_refuses_heartbeats() {
         attributes: BTreeMap::new(),
         cpu_millis: 1_000,
         memory_mb: 512,
+        volumes: vec![],
+        volume_roots: vec![],
     };
     let resp = reqwest::Client::new()
         .put(format!("{}/api/v1/nodes/n1", servers[leader].base))

@@ -152,6 +152,7 @@ impl Deployer for HttpDeployer {
             .post(format!("{}/api/v1/services", self.base_url))
             .json(&DeployRequest {
                 file: service_file.to_string(),
+                env_file: None,
             })
             .timeout(REQUEST_TIMEOUT)
             .send()

@@ -58,6 +58,10 @@ pub enum Command {
     Node(cmd::node::NodeArgs),
     /// TLS certificates the gateways serve.
     Cert(cmd::cert::CertArgs),
+    /// Secrets services use as environment variables or files (values never shown).
+    Secret(cmd::secret::SecretArgs),
+    /// Named volumes the agents hold.
+    Volume(cmd::volume::VolumeArgs),
     /// Show a service's container output.
     Logs(cmd::logs::LogsArgs),
     /// Build and deploy from a git repository on every new commit.
@@ -83,6 +87,8 @@ impl Command {
             | Command::Service(_)
             | Command::Node(_)
             | Command::Cert(_)
+            | Command::Secret(_)
+            | Command::Volume(_)
             | Command::Logs(_)
             | Command::Pipeline(_)
             | Command::Snapshot(_)

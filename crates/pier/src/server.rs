@@ -17,6 +17,9 @@ use tokio::sync::watch;
 use crate::api::{self, AppState};
 use crate::metrics::Metrics;
 
+/// HKDF purpose of the key that seals secret values in the store (from the server secret).
+const SECRETS_SEAL_PURPOSE: &str = "pier/service-secrets/v1";
+
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub node_name: String,
@@ -326,6 +329,11 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             }),
         },
     );
+    // Secret values are sealed like certificate keys: with a key derived from the server
+    // secret, where there is one.
+    orchestrator_config.secret_seal = security
+        .as_ref()
+        .map(|s| pier_security::seal::SealKey::derive(&s.join.server_secret, SECRETS_SEAL_PURPOSE));
     let orchestrator =
         pier_orchestrator::spawn(store.clone(), catalog.clone(), orchestrator_config);
     // Certificate keys are sealed with the server secret where there is one.

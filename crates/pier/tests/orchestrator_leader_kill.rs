@@ -112,7 +112,10 @@ async fn passing(http: &reqwest::Client, server: &Server) -> Option<Vec<(String,
 async fn deploy(http: &reqwest::Client, server: &Server, file: String) -> DeployResponse {
     let resp = http
         .post(format!("{}/api/v1/services", server.base()))
-        .json(&DeployRequest { file })
+        .json(&DeployRequest {
+            file,
+            env_file: None,
+        })
         .timeout(Duration::from_secs(30))
         .send()
         .await

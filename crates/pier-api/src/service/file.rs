@@ -22,6 +22,9 @@ pub struct ServiceFile {
     pub args: Option<Vec<String>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// `KEY=VALUE` lines read by `pier deploy` (path relative to the service file); `[env]`
+    /// wins over it.
+    pub env_file: Option<Spanned<String>>,
     pub port: Option<Spanned<i64>>,
     pub ports: Option<Spanned<Vec<Spanned<i64>>>>,
     /// Millicores (1000 = one CPU).
@@ -46,6 +49,27 @@ pub struct ServiceFile {
     /// Services this one calls: each gets `<NAME>_URL=http://<name>.internal` and a task
     /// starts only once every one of them has a healthy instance.
     pub needs: Option<Spanned<Vec<String>>>,
+    /// Secrets as environment variables: `DB_PASSWORD = "db-password"` (variable = secret).
+    pub secrets: Option<Spanned<BTreeMap<String, String>>>,
+    /// Secrets mounted read-only as files at `/run/secrets/<name>` (mode 0400).
+    pub secret_files: Option<Spanned<Vec<String>>>,
+    /// `[[volumes]]`: named volumes, host paths and tmpfs mounts.
+    pub volumes: Option<Vec<Spanned<VolumeFile>>>,
+}
+
+/// One `[[volumes]]` entry: exactly one of `name` (a named volume the agent creates and
+/// keeps), `source` (a host path under one of the agent's `--volume-root`s) or `tmpfs = true`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeFile {
+    pub name: Option<String>,
+    pub source: Option<String>,
+    pub tmpfs: Option<bool>,
+    /// Where it is mounted in the container (an absolute path).
+    pub target: Option<String>,
+    pub read_only: Option<bool>,
+    /// Size of a tmpfs: "64MiB" or a number of MiB.
+    pub size: Option<IntOrString>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -348,6 +348,12 @@ pub struct NodeRecord {
     /// Set by the controller on the leader after missed heartbeats.
     pub down: bool,
     pub registered_at_ms: u64,
+    /// Named volumes the agent holds (reported by it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Host directories under which services may mount host paths (`--volume-root`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_roots: Vec<String>,
 }
 
 impl NodeRecord {
@@ -373,6 +379,19 @@ pub struct RegisterNode {
     pub attributes: BTreeMap<String, String>,
     pub cpu_millis: u64,
     pub memory_mb: u64,
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    #[serde(default)]
+    pub volume_roots: Vec<String>,
+}
+
+/// A named volume as `pier volume ls` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeView {
+    pub name: String,
+    pub node: String,
+    /// Services whose current revision mounts it.
+    pub used_by: Vec<String>,
 }
 
 /// A node with its allocation, for `pier node ls`.
@@ -401,6 +420,9 @@ pub struct DrainRequest {
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     pub file: String,
+    /// The variables of the file's `env_file`, read by the CLI on its machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

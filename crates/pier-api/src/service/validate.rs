@@ -198,6 +198,9 @@ pub struct ServiceSpec {
     pub command: Option<Vec<String>>,
     pub args: Option<Vec<String>>,
     pub env: BTreeMap<String, String>,
+    /// The `env_file` the service file named (its variables are in `env`, below `[env]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<String>,
     pub ports: Vec<u16>,
     pub cpu_millis: u64,
     pub memory_mb: u64,
@@ -219,9 +222,87 @@ pub struct ServiceSpec {
     /// Services this one calls (`needs`), sorted, without duplicates.
     #[serde(default)]
     pub needs: Vec<String>,
+    /// Secrets given as environment variables: variable name → secret name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+    /// Secrets mounted as files at `/run/secrets/<name>`, sorted, without duplicates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_files: Vec<String>,
+    /// The version of every secret the revision uses, recorded by the server at deploy: a new
+    /// version of a secret makes a new revision, so the service's tasks are replaced.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_versions: BTreeMap<String, u64>,
+    /// `[[volumes]]`, in file order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeSpec>,
+}
+
+/// A mount of a task's container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum VolumeSpec {
+    /// A volume the agent creates on its node and keeps across task restarts and rollouts;
+    /// the service's tasks are placed on the node that holds it.
+    Named {
+        name: String,
+        target: String,
+        read_only: bool,
+    },
+    /// A directory of the host, only under one of the node's `--volume-root`s.
+    Host {
+        source: String,
+        target: String,
+        read_only: bool,
+    },
+    /// A tmpfs, gone with the container.
+    Tmpfs {
+        target: String,
+        size_mb: Option<u64>,
+    },
+}
+
+impl VolumeSpec {
+    pub fn target(&self) -> &str {
+        match self {
+            VolumeSpec::Named { target, .. }
+            | VolumeSpec::Host { target, .. }
+            | VolumeSpec::Tmpfs { target, .. } => target,
+        }
+    }
+}
+
+/// Whether `path` is absolute, without `..`, `.` or empty components (a trailing `/` is
+/// removed by the caller), and not `/` itself.
+pub fn is_clean_absolute_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() > 1
+        && path.len() <= 4096
+        && !path.contains('\0')
+        && path[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// Whether `path` is `root` or below it (both clean absolute paths).
+pub fn is_under(path: &str, root: &str) -> bool {
+    let root = root.trim_end_matches('/');
+    root.is_empty()
+        || path == root
+        || path
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 impl ServiceSpec {
+    /// Every secret the service uses (as a variable or as a file).
+    pub fn secret_names(&self) -> BTreeSet<String> {
+        self.secrets
+            .values()
+            .chain(self.secret_files.iter())
+            .cloned()
+            .collect()
+    }
+
     /// The spec without `count`: what makes tasks of two revisions interchangeable. A change
     /// of `count` alone scales; any other change rolls out a new revision.
     pub fn template(&self) -> ServiceSpec {
@@ -798,7 +879,13 @@ pub fn parse_service_file(text: &str, limits: Limits) -> Result<ServiceSpec, Spe
         }
     };
     let needs = needs(&ctx, &file.needs, &name)?;
+    let (secrets, secret_files) = secrets(&ctx, &file)?;
+    let volumes = volumes(&ctx, &file, !secret_files.is_empty())?;
     Ok(ServiceSpec {
+        volumes,
+        secrets,
+        secret_files,
+        secret_versions: BTreeMap::new(),
         https_redirect,
         tls_acme,
         hsts: file.hsts.unwrap_or(false),
@@ -810,6 +897,7 @@ pub fn parse_service_file(text: &str, limits: Limits) -> Result<ServiceSpec, Spe
         command,
         args: file.args.clone(),
         env: file.env.clone(),
+        env_file: env_file(&ctx, &file.env_file)?,
         ports,
         cpu_millis,
         memory_mb,
@@ -851,6 +939,150 @@ fn needs(ctx: &Ctx, v: &Option<Spanned<Vec<String>>>, own: &str) -> Result<Vec<S
         out.insert(n);
     }
     Ok(out.into_iter().collect())
+}
+
+fn env_file(ctx: &Ctx, v: &Option<Spanned<String>>) -> Result<Option<String>, SpecError> {
+    match v {
+        None => Ok(None),
+        Some(p) if p.get_ref().trim().is_empty() => Err(ctx.at(p.span(), "`env_file` is empty")),
+        Some(p) => Ok(Some(p.get_ref().trim().to_string())),
+    }
+}
+
+/// `[[volumes]]`: one kind each, clean absolute paths, no target twice.
+fn volumes(
+    ctx: &Ctx,
+    file: &ServiceFile,
+    has_secret_files: bool,
+) -> Result<Vec<VolumeSpec>, SpecError> {
+    let mut out = Vec::new();
+    let mut targets = BTreeSet::new();
+    for v in file.volumes.iter().flatten() {
+        let span = v.span();
+        let at = |m: String| ctx.at(span.clone(), format!("[[volumes]]: {m}"));
+        let e = v.get_ref();
+        let target = e
+            .target
+            .as_deref()
+            .map(|t| t.trim().trim_end_matches('/').to_string());
+        let Some(target) = target else {
+            return Err(at("`target` (the path in the container) is missing".into()));
+        };
+        if !is_clean_absolute_path(&target) {
+            return Err(at(format!(
+                "`target` = {target:?} must be an absolute path without '..' (and not /)"
+            )));
+        }
+        if has_secret_files && is_under(&target, crate::secret::SECRETS_MOUNT) {
+            return Err(at(format!(
+                "`target` = {target:?} is where secret files are mounted"
+            )));
+        }
+        if !targets.insert(target.clone()) {
+            return Err(at(format!("`target` = {target:?} is mounted twice")));
+        }
+        let read_only = e.read_only.unwrap_or(false);
+        let kinds = usize::from(e.name.is_some())
+            + usize::from(e.source.is_some())
+            + usize::from(e.tmpfs == Some(true));
+        if kinds != 1 || e.tmpfs == Some(false) {
+            return Err(at("each volume needs exactly one of `name` (a named volume), `source` (a host path) or `tmpfs = true`".into()));
+        }
+        if e.size.is_some() && e.tmpfs != Some(true) {
+            return Err(at("`size` is only for `tmpfs = true`".into()));
+        }
+        let spec = if let Some(name) = &e.name {
+            let name = name.trim();
+            if !is_valid_name(name) {
+                return Err(at(format!("volume name {name:?} must be 1-63 characters of a-z, 0-9 and '-', starting with a letter")));
+            }
+            VolumeSpec::Named {
+                name: name.to_string(),
+                target,
+                read_only,
+            }
+        } else if let Some(source) = &e.source {
+            let source = source.trim().trim_end_matches('/');
+            if !is_clean_absolute_path(source) {
+                return Err(at(format!(
+                    "`source` = {source:?} must be an absolute host path without '..' (and not /)"
+                )));
+            }
+            VolumeSpec::Host {
+                source: source.to_string(),
+                target,
+                read_only,
+            }
+        } else {
+            if e.read_only.is_some() {
+                return Err(at("`read_only` makes no sense for a tmpfs".into()));
+            }
+            let size_mb = match &e.size {
+                None => None,
+                Some(IntOrString::Int(n)) if *n > 0 => Some(*n as u64),
+                Some(IntOrString::Int(n)) => {
+                    return Err(at(format!("`size` = {n} must be positive")))
+                }
+                Some(IntOrString::Str(s)) => {
+                    Some(parse_memory_mb(s).map_err(|err| at(format!("`size`: {err}")))?)
+                }
+            };
+            VolumeSpec::Tmpfs { target, size_mb }
+        };
+        out.push(spec);
+    }
+    Ok(out)
+}
+
+fn is_env_name(key: &str) -> bool {
+    key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `[secrets]` (variable → secret) and `secret_files`: names checked, no variable set twice.
+fn secrets(
+    ctx: &Ctx,
+    file: &ServiceFile,
+) -> Result<(BTreeMap<String, String>, Vec<String>), SpecError> {
+    let bad_name = |span: Range<usize>, name: &str| {
+        ctx.at(
+            span,
+            format!("secret name {name:?} must be 1-63 characters of a-z, 0-9 and '-', starting with a letter"),
+        )
+    };
+    let mut vars = BTreeMap::new();
+    if let Some(table) = &file.secrets {
+        for (var, secret) in table.get_ref() {
+            if !is_env_name(var) {
+                return Err(ctx.at(
+                    table.span(),
+                    format!("[secrets]: {var:?} is not an environment variable name (letters, digits and '_', not starting with a digit)"),
+                ));
+            }
+            if file.env.contains_key(var) {
+                return Err(ctx.at(
+                    table.span(),
+                    format!("[secrets]: {var} is also set in [env]; set it in one place"),
+                ));
+            }
+            let secret = secret.trim();
+            if !crate::secret::is_valid_secret_name(secret) {
+                return Err(bad_name(table.span(), secret));
+            }
+            vars.insert(var.clone(), secret.to_string());
+        }
+    }
+    let mut files = BTreeSet::new();
+    if let Some(list) = &file.secret_files {
+        for secret in list.get_ref() {
+            let secret = secret.trim();
+            if !crate::secret::is_valid_secret_name(secret) {
+                return Err(bad_name(list.span(), secret));
+            }
+            files.insert(secret.to_string());
+        }
+    }
+    Ok((vars, files.into_iter().collect()))
 }
 
 fn deploy_security(

@@ -44,6 +44,15 @@ pub struct AgentArgs {
     /// Where the agent keeps its certificate (a secure cluster).
     #[arg(long, default_value = "/var/lib/pier/agent")]
     pub data_dir: std::path::PathBuf,
+    /// Where tasks' secret files are written before being mounted read-only at
+    /// /run/secrets (one directory per task, removed with its container); keep it on a tmpfs.
+    /// Default: /run/pier/secrets.
+    #[arg(long)]
+    pub secrets_dir: Option<std::path::PathBuf>,
+    /// A host directory under which services may mount host paths (`[[volumes]] source`);
+    /// repeatable. Without one, host paths are refused.
+    #[arg(long = "volume-root", value_parser = parse_volume_root)]
+    pub volume_roots: Vec<String>,
     #[command(flatten)]
     pub node_net: crate::node::NodeNetArgs,
 }
@@ -60,6 +69,18 @@ fn first_server_url(servers: &str, scheme: &str) -> String {
 
 /// Port of the node-local registry endpoint (`127.0.0.1:5000`), the name pier images carry.
 pub const DEFAULT_REGISTRY_PORT: u16 = 5000;
+
+/// An absolute directory without `..`, as given (a trailing `/` removed).
+pub fn parse_volume_root(s: &str) -> Result<String, String> {
+    let root = s.trim().trim_end_matches('/');
+    if pier_api::service::is_clean_absolute_path(root) {
+        Ok(root.to_string())
+    } else {
+        Err(format!(
+            "--volume-root {s:?} must be an absolute directory without '..' (and not /)"
+        ))
+    }
+}
 
 pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -114,6 +135,10 @@ pub async fn run(args: AgentArgs, join_token: Option<String>) -> anyhow::Result<
     let config = pier_agent::AgentConfig {
         network: args.node_net.network(),
         readiness: None,
+        volume_roots: args.volume_roots,
+        secrets_dir: args
+            .secrets_dir
+            .unwrap_or_else(pier_agent::secrets::default_dir),
         server: args.server,
         name,
         zone: args.zone,

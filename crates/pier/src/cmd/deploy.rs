@@ -31,7 +31,13 @@ pub async fn run(client: &Client, args: DeployArgs) -> anyhow::Result<ExitCode> 
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let started = Instant::now();
     let resp: DeployResponse = client
-        .post_json("/api/v1/services", &DeployRequest { file: text })
+        .post_json(
+            "/api/v1/services",
+            &DeployRequest {
+                env_file: read_env_file(&args.file, &text)?,
+                file: text,
+            },
+        )
         .await
         .with_context(|| format!("{} was not deployed", args.file.display()))?;
     println!(
@@ -46,6 +52,31 @@ pub async fn run(client: &Client, args: DeployArgs) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::SUCCESS);
     }
     follow(client, &resp.service, &id, started, args.timeout).await
+}
+
+/// The variables of the service file's `env_file` (relative to the service file), if it names
+/// one; a bad line is refused here, naming the file and the line.
+fn read_env_file(
+    service_file: &std::path::Path,
+    text: &str,
+) -> anyhow::Result<Option<BTreeMap<String, String>>> {
+    let Some(name) = pier_api::service::env_file_of(text) else {
+        return Ok(None);
+    };
+    let path = service_file
+        .parent()
+        .unwrap_or_else(|| std::path::Path::new("."))
+        .join(name.trim());
+    let content = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read the env_file {} of {}",
+            path.display(),
+            service_file.display()
+        )
+    })?;
+    let vars = pier_api::service::parse_env_file(&content)
+        .with_context(|| format!("env_file {}", path.display()))?;
+    Ok(Some(vars))
 }
 
 /// Prints progress until the deployment ends; returns the exit code it deserves.

@@ -41,6 +41,14 @@ pub struct DevArgs {
     /// Extra label on every container the built-in agent runs (KEY=VALUE, repeatable).
     #[arg(long = "container-label", value_parser = crate::cmd::agent::parse_key_value)]
     pub container_labels: Vec<(String, String)>,
+    /// A host directory under which services may mount host paths (`[[volumes]] source`);
+    /// repeatable. Without one, host paths are refused.
+    #[arg(long = "volume-root", value_parser = crate::cmd::agent::parse_volume_root)]
+    pub volume_roots: Vec<String>,
+    /// Where the built-in agent writes tasks' secret files (mounted read-only at
+    /// /run/secrets); default: /run/pier/secrets (or $XDG_RUNTIME_DIR/pier/secrets).
+    #[arg(long)]
+    pub secrets_dir: Option<PathBuf>,
     /// A node silent for longer is down and its tasks move elsewhere.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub node_down_after: std::time::Duration,
@@ -118,6 +126,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         dns_upstreams: args.node_net.upstreams(),
         agent: (!args.no_agent).then(|| pier_agent::AgentConfig {
             container_labels: args.container_labels.into_iter().collect(),
+            volume_roots: args.volume_roots.clone(),
+            secrets_dir: args
+                .secrets_dir
+                .clone()
+                .unwrap_or_else(pier_agent::secrets::default_dir),
             network: args.node_net.network(),
             ..pier_agent::AgentConfig::new(String::new(), "dev", args.zone.clone())
         }),

@@ -10,11 +10,13 @@ pub mod logs;
 pub mod node;
 pub mod pipeline;
 pub mod registry;
+pub mod secret;
 pub mod security;
 pub mod server;
 pub mod service;
 pub mod snapshot;
 pub mod status;
+pub mod volume;
 
 use std::process::ExitCode;
 
@@ -40,6 +42,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service(args) => service::run(&client, args).await,
         Command::Node(args) => node::run(&client, args).await,
         Command::Cert(args) => cert::run(&client, args).await,
+        Command::Secret(args) => secret::run(&client, args).await,
+        Command::Volume(args) => volume::run(&client, args).await,
         Command::Logs(args) => logs::run(&client, args).await,
         Command::Pipeline(args) => pipeline::run(&client, args).await,
         Command::Snapshot(args) => snapshot::run(&client, args).await,

@@ -161,6 +161,22 @@ pub async fn run(client: &Client, args: ServiceArgs) -> anyhow::Result<ExitCode>
                         .unwrap_or("-".into())
                 );
                 println!("route      {}", detail.spec.route);
+                // Names and versions only: values never leave the cluster.
+                for (var, secret) in &detail.spec.secrets {
+                    println!(
+                        "secret     {var} = {secret} (env, version {})",
+                        secret_version(&detail.spec, secret)
+                    );
+                }
+                for secret in &detail.spec.secret_files {
+                    println!(
+                        "secret     /run/secrets/{secret} (file, version {})",
+                        secret_version(&detail.spec, secret)
+                    );
+                }
+                for v in &detail.spec.volumes {
+                    println!("volume     {}", volume_line(v));
+                }
                 println!("revisions  {:?}", detail.revisions);
                 if let Some(e) = &s.placement_error {
                     println!("placement  {e}");
@@ -226,4 +242,32 @@ pub async fn run(client: &Client, args: ServiceArgs) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn secret_version(spec: &pier_api::service::ServiceSpec, secret: &str) -> String {
+    spec.secret_versions
+        .get(secret)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn volume_line(v: &pier_api::service::VolumeSpec) -> String {
+    use pier_api::service::VolumeSpec;
+    let ro = |r: bool| if r { " (read-only)" } else { "" };
+    match v {
+        VolumeSpec::Named {
+            name,
+            target,
+            read_only,
+        } => format!("{target} <- named volume {name}{}", ro(*read_only)),
+        VolumeSpec::Host {
+            source,
+            target,
+            read_only,
+        } => format!("{target} <- host path {source}{}", ro(*read_only)),
+        VolumeSpec::Tmpfs { target, size_mb } => match size_mb {
+            Some(mb) => format!("{target} <- tmpfs ({mb} MiB)"),
+            None => format!("{target} <- tmpfs"),
+        },
+    }
 }

@@ -276,6 +276,16 @@ async fn decide(state: &AuthState, who: &Principal, need: &Requirement) -> Verdi
             }
             _ => Unauthenticated("node endpoints need the node's certificate".into()),
         },
+        Requirement::NodeAgent(node) => match who {
+            Principal::Node(id) if id.role == Role::Agent && id.name == *node => Allow,
+            Principal::Node(id) => Forbidden(format!(
+                "{id} may read only its own node's secrets, not {node:?}'s"
+            )),
+            Principal::Token(_) => Forbidden(
+                "secret values go only to the agent of the node that runs the task".into(),
+            ),
+            _ => Unauthenticated("secret values need the node's certificate".into()),
+        },
         Requirement::TaskOwner(task) => match who {
             Principal::Node(id) if id.role == Role::Agent => {
                 if task_on_node(&state.store, &id.name, task).await {

@@ -16,6 +16,9 @@ pub enum Requirement {
     Acl(Access, OwnedResource),
     /// The agent of node `name` itself (its certificate), or a server, or a management token.
     NodeSelf(String),
+    /// The agent of node `name` only (or a server): not even a management token. Secret
+    /// values go nowhere else.
+    NodeAgent(String),
     /// The agent of the node the task `id` runs on, or a server, or a management token.
     TaskOwner(String),
     /// Write access to the catalog service that the instance `id` belongs to.
@@ -117,6 +120,19 @@ pub fn requirement(method: &Method, path: &str, body_name: Option<&str>) -> Requ
         ["api", "v1", "nodes", name] if *method == Method::PUT => NodeSelf(name.to_string()),
         ["api", "v1", "nodes", name, "alive"] => NodeSelf(name.to_string()),
         ["api", "v1", "nodes", name, "tasks"] => NodeSelf(name.to_string()),
+        // Secret values, only for the node whose task uses them.
+        ["api", "v1", "nodes", name, "tasks", _, "secrets"] if *method == Method::GET => {
+            NodeAgent(name.to_string())
+        }
+        // Secrets: setting or removing one changes what services run (and rolls them), so it
+        // takes cluster write (management) access; the listing holds names and sizes only.
+        ["api", "v1", "secrets"] if *method == Method::GET => acl(Access::Read, R::Cluster),
+        // Named volumes hold services' data: removing one takes management access.
+        ["api", "v1", "volumes"] if *method == Method::GET => acl(Access::Read, R::Cluster),
+        ["api", "v1", "volumes", _] if *method == Method::DELETE => acl(Access::Write, R::Cluster),
+        ["api", "v1", "secrets", _] if *method == Method::PUT || *method == Method::DELETE => {
+            acl(Access::Write, R::Cluster)
+        }
         ["api", "v1", "nodes", name, "drain"] => acl(Access::Write, R::Node(name.to_string())),
         ["api", "v1", "nodes", name] => acl(rw, R::Node(name.to_string())),
         ["api", "v1", "tasks", id, "status"] => TaskOwner(id.to_string()),
@@ -223,6 +239,31 @@ mod tests {
         assert_eq!(
             req(Method::GET, "/api/v1/nodes/n1/tasks"),
             NodeSelf("n1".into())
+        );
+        assert_eq!(
+            req(Method::GET, "/api/v1/nodes/n1/tasks/t1/secrets"),
+            NodeAgent("n1".into())
+        );
+        assert_eq!(
+            req(Method::GET, "/api/v1/secrets"),
+            Acl(Access::Read, R::Cluster)
+        );
+        assert_eq!(
+            req(Method::PUT, "/api/v1/secrets/db-password"),
+            Acl(Access::Write, R::Cluster)
+        );
+        assert_eq!(
+            req(Method::DELETE, "/api/v1/secrets/db-password"),
+            Acl(Access::Write, R::Cluster)
+        );
+        assert_eq!(req(Method::GET, "/api/v1/secrets/db-password"), Unknown);
+        assert_eq!(
+            req(Method::GET, "/api/v1/volumes"),
+            Acl(Access::Read, R::Cluster)
+        );
+        assert_eq!(
+            req(Method::DELETE, "/api/v1/volumes/data"),
+            Acl(Access::Write, R::Cluster)
         );
         assert_eq!(
             req(Method::PUT, "/api/v1/nodes/n1/drain"),
