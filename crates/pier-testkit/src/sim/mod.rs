@@ -244,6 +244,8 @@ async fn register(
         attributes: BTreeMap::new(),
         cpu_millis: config.cpu_millis,
         memory_mb: config.memory_mb,
+        volumes: Vec::new(),
+        volume_roots: Vec::new(),
     };
     let url = format!("{}/api/v1/nodes/{name}", config.server);
     for attempt in 0..5 {
