@@ -108,7 +108,6 @@ http {
     uwsgi_temp_path $TMP/nginx-uwsgi;
     scgi_temp_path $TMP/nginx-scgi;
     keepalive_requests 1000000;
-    http2_max_requests 1000000;
     upstream backend {
         server 127.0.0.1:$BACKEND_PORT;
         keepalive 64;
