@@ -870,3 +870,86 @@ async fn service_deployment_and_revision_diff_pages_render() {
     assert!(body.contains("has no revision 9"), "{body}");
     drop(dev);
 }
+
+/// Seconds since the epoch, as the test containers' `date +%s` prints them.
+fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Whether `log` (the merged tail, `TASK | tick N at SECS` lines) has a line of `task`
+/// printed at `since` or later.
+fn has_tick_since(log: &str, task: &str, since: u64) -> bool {
+    log.lines().any(|l| {
+        l.strip_prefix(task)
+            .and_then(|rest| rest.strip_prefix(" | tick "))
+            .and_then(|rest| rest.rsplit_once(" at "))
+            .and_then(|(_, secs)| secs.trim().parse::<u64>().ok())
+            .is_some_and(|at| at >= since)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_a_browser_the_service_log_merges_every_instance_live() {
+    use orchestrator_common::*;
+    let mut c = Cluster::start(true, &[]).await;
+    let image = c.push_image("ui-ticker:v1", pier_testkit::images::HttpdVariant::Ticking);
+    let file = c.write_file("ticker.toml", &service_file("ticker", &image, 3, ""));
+    let out = c.pier(&["deploy", &file]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), c.log("dev"));
+    let tasks: Vec<String> = c
+        .tasks("ticker")
+        .await
+        .iter()
+        .filter(|t| t["display_state"] == "healthy")
+        .filter_map(|t| t["task"]["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(tasks.len(), 3, "three healthy instances: {tasks:?}");
+
+    let driver = Driver::start().await;
+    let b = driver.session().await;
+    b.goto(&format!("{}/ui/services/ticker", c.addr()))
+        .await
+        .unwrap();
+    // Lines printed from now on can only reach the page through its live stream.
+    let opened = epoch_secs() + 1;
+    b.execute("window.pierMarker = 'same page'; return 1;", vec![])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log = loop {
+        let log = match b.find(fantoccini::Locator::Css("#log")).await {
+            Ok(el) => el.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if tasks.iter().all(|t| has_tick_since(&log, t, opened)) {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every instance's new lines arrived on the open page (instances {tasks:?}, \
+             page opened at {opened}): {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let marker = b
+        .execute("return window.pierMarker || null;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(marker, json!("same page"), "the page was reloaded");
+    // Merged: the instances' lines interleave in one tail, not one instance after another.
+    let owners: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(" | tick ").map(|(t, _)| t))
+        .collect();
+    let switches = owners.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(
+        switches >= 3,
+        "the instances' lines do not interleave: {log}"
+    );
+    shot(&b, "service-log").await;
+    b.close().await.unwrap();
+}
+
