@@ -569,7 +569,6 @@ async fn in_a_browser_the_deployment_page_follows_a_rollout_live() {
     shot(&b, "overview").await;
     for (name, path, want) in [
         ("services", "/ui/services", "ui-hello:v1"),
-        ("service", "/ui/services/hello", "healthy"),
         ("nodes", "/ui/nodes", "local"),
         ("pipelines", "/ui/pipelines", "No pipeline"),
         ("catalog", "/ui/catalog", "hello"),
@@ -726,6 +725,56 @@ async fn in_a_browser_the_deployment_page_follows_a_rollout_live() {
     assert!(!reason.is_empty());
     shot(&b, "deployment-rolled-back").await;
 
+    // The service page's deployment history: all five, newest first, each linking to its
+    // live page (the bad one rolled back with its reason, then the automatic rollback).
+    eventually(
+        "the automatic rollback ended",
+        Duration::from_secs(60),
+        || async {
+            let list = c.get("/api/v1/services/hello/deployments").await;
+            list[0]["status"] == "succeeded" && list[0]["rollback_of"] == json!(id)
+        },
+    )
+    .await;
+    b.goto(&format!("{base}/ui/services/hello")).await.unwrap();
+    let history = b
+        .find_all(fantoccini::Locator::Css("table.deployments tbody tr"))
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    for r in &history {
+        rows.push(r.text().await.unwrap_or_default());
+    }
+    assert_eq!(rows.len(), 5, "deployments listed: {rows:#?}");
+    assert!(rows[0].contains("succeeded"), "newest first: {rows:#?}");
+    assert!(
+        rows[1].contains("rolled back") && rows[1].contains("health"),
+        "the bad version, rolled back and why: {rows:#?}"
+    );
+    assert!(rows[4].contains("succeeded"), "{rows:#?}");
+    click(
+        &b,
+        &format!("table.deployments a[href='/ui/deployments/{id}']"),
+    )
+    .await;
+    wait_status(&b, "rolled_back").await;
+    b.goto(&format!("{base}/ui/services/hello")).await.unwrap();
+    wait_text(
+        &b,
+        "table.deployments",
+        "rolled back",
+        Duration::from_secs(5),
+    )
+    .await;
+    shot(&b, "service").await;
+    b.goto(&format!("{base}/ui/services/hello/diff?from=1&to=2"))
+        .await
+        .unwrap();
+    wait_text(&b, "main", "ui-hello:v2", Duration::from_secs(10)).await;
+    shot(&b, "diff").await;
+    b.goto(&format!("{base}/ui/login")).await.unwrap();
+    wait_text(&b, "main", "token", Duration::from_secs(10)).await;
+    shot(&b, "login").await;
     // A phone's width: the same page still readable (tables scroll inside their section).
     b.set_window_size(390, 844).await.unwrap();
     b.goto(&format!("{base}/ui/")).await.unwrap();
@@ -951,5 +1000,111 @@ async fn in_a_browser_the_service_log_merges_every_instance_live() {
     );
     shot(&b, "service-log").await;
     b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_page_lists_its_deployments_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = RunGuard::new_run();
+    let dev = DevProcess::start(
+        orchestrator_common::BIN,
+        dir.path(),
+        &guard,
+        &["--no-agent"],
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{}", dev.http_port);
+    let c = client();
+    // Three revisions, so three deployments (no node: they stay in progress or are superseded).
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let file = format!("name = \"web\"\nimage = \"example.invalid/app:{n}\"\ncount = 1\n");
+        let mut resp = serde_json::Value::Null;
+        for _ in 0..50 {
+            resp = c
+                .post(format!("{base}/api/v1/services"))
+                .json(&json!({ "file": file }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if resp["error"]["code"] != "conflict" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ids.push(
+            resp["deployment"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{resp}"))
+                .to_string(),
+        );
+        // Distinct start times, so "newest first" is the order they were made in.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The API: newest first, bounded by `limit`.
+    let list: Vec<serde_json::Value> = c
+        .get(format!("{base}/api/v1/services/web/deployments"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<&str> = list.iter().filter_map(|d| d["id"].as_str()).collect();
+    let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(listed, newest_first);
+    let one = c
+        .get(format!("{base}/api/v1/services/web/deployments?limit=1"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Vec<serde_json::Value>>()
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0]["id"], json!(ids[2]));
+    for bad in ["0", "x", "101"] {
+        let resp = c
+            .get(format!(
+                "{base}/api/v1/services/web/deployments?limit={bad}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "limit={bad}");
+    }
+    let missing = c
+        .get(format!("{base}/api/v1/services/nope/deployments"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+
+    // The page: one row per deployment, newest first, revision and outcome, linking to the
+    // deployment's live page.
+    let (status, csp, body) = page(&c, &format!("{base}/ui/services/web"), None).await;
+    assert_eq!((status, csp.as_str()), (200, CSP), "{body}");
+    let table = body
+        .split_once("<table class=\"deployments\">")
+        .and_then(|(_, rest)| rest.split_once("</table>"))
+        .map(|(t, _)| t.to_string())
+        .unwrap_or_else(|| panic!("no deployment history on the page: {body}"));
+    let rows: Vec<&str> = table.split("<tr data-deployment=").skip(1).collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    for (row, (id, revision)) in rows.iter().zip([(&ids[2], 3), (&ids[1], 2), (&ids[0], 1)]) {
+        assert!(
+            row.contains(&format!("href=\"/ui/deployments/{id}\"")),
+            "{id} not linked in {row}"
+        );
+        assert!(
+            row.contains(&format!("<td>{revision}")),
+            "revision {revision} missing in {row}"
+        );
+        assert!(row.contains("class=\"badge "), "no outcome in {row}");
+    }
+    drop(dev);
 }
 
