@@ -1108,3 +1108,131 @@ async fn the_service_page_lists_its_deployments_newest_first() {
     drop(dev);
 }
 
+/// Pushes a one-blob manifest as `repo:tag` to the registry at `registry` (host:port).
+async fn push_tiny_image(c: &reqwest::Client, registry: &str, repo: &str, tag: &str) {
+    use sha2::Digest;
+    let config = format!("{{\"repo\":\"{repo}\"}}");
+    let config_digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&config)));
+    let blob = c
+        .post(format!(
+            "http://{registry}/v2/{repo}/blobs/uploads/?digest={config_digest}"
+        ))
+        .body(config.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blob.status().as_u16(), 201, "blob of {repo}");
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [],
+    });
+    let put = c
+        .put(format!("http://{registry}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 201, "manifest of {repo}:{tag}");
+}
+
+/// The repositories (section headings) a registry page shows.
+fn repos_on(body: &str) -> Vec<String> {
+    body.split("<section class=\"repo\"><h2>")
+        .skip(1)
+        .filter_map(|s| s.split_once("</h2>").map(|(name, _)| name.to_string()))
+        .collect()
+}
+
+/// The `href` of the link with class `class` on the page, unescaped.
+fn link_of(body: &str, class: &str) -> Option<String> {
+    let (_, rest) = body.split_once(&format!("<a class=\"{class}\" href=\""))?;
+    Some(rest.split_once('"')?.0.replace("&amp;", "&"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_registry_page_pages_through_many_repositories_and_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = RunGuard::new_run();
+    let dev = DevProcess::start(
+        orchestrator_common::BIN,
+        dir.path(),
+        &guard,
+        &["--no-agent"],
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{}", dev.http_port);
+    let registry = format!("127.0.0.1:{}", dev.registry_port);
+    let c = client();
+    // More repositories than one page holds (20), and one repository with more tags than a
+    // page shows (20).
+    let mut want: Vec<String> = (0..45).map(|i| format!("paged/r{i:02}")).collect();
+    for repo in &want {
+        push_tiny_image(&c, &registry, repo, "v1").await;
+    }
+    for t in 0..23 {
+        push_tiny_image(&c, &registry, "paged/r00", &format!("t{t:02}")).await;
+    }
+    want.sort();
+
+    let mut seen: Vec<String> = Vec::new();
+    let mut url = format!("{base}/ui/registry");
+    let mut pages = 0;
+    loop {
+        let started = Instant::now();
+        let (status, csp, body) = page(&c, &url, None).await;
+        assert_eq!((status, csp.as_str()), (200, CSP), "{url}: {body}");
+        eprintln!("{url}: {:?}", started.elapsed());
+        let repos = repos_on(&body);
+        assert!(
+            !repos.is_empty() && repos.len() <= 20,
+            "{url} shows {} repositories",
+            repos.len()
+        );
+        seen.extend(repos);
+        pages += 1;
+        if pages > 1 {
+            assert!(
+                link_of(&body, "first").is_some(),
+                "{url}: no first page link"
+            );
+        }
+        match link_of(&body, "next") {
+            Some(next) => url = format!("{base}{next}"),
+            None => break,
+        }
+        assert!(pages < 10, "the pages never end: {seen:?}");
+    }
+    assert_eq!(pages, 3, "45 repositories at 20 a page");
+    assert_eq!(seen, want, "every repository once, in order");
+
+    // The first repository's tags: 20 on its page, the rest behind "More tags".
+    let (_, _, first) = page(&c, &format!("{base}/ui/registry"), None).await;
+    let more = link_of(&first, "more")
+        .filter(|h| h == "/ui/registry?repo=paged%2Fr00&tag=t19")
+        .unwrap_or_else(|| panic!("no 'more tags' link for paged/r00 after t19: {first}"));
+    let section = first
+        .split("<section class=\"repo\"><h2>paged/r00</h2>")
+        .nth(1)
+        .and_then(|s| s.split("</section>").next())
+        .unwrap_or("");
+    let tags_here = section.matches("name=\"tag\" value=\"").count();
+    assert_eq!(tags_here, 20, "{section}");
+    let (status, _, rest) = page(&c, &format!("{base}{more}"), None).await;
+    assert_eq!(status, 200, "{rest}");
+    assert_eq!(repos_on(&rest), vec!["paged/r00".to_string()]);
+    assert!(
+        link_of(&rest, "more").is_none(),
+        "no more tags after the second page"
+    );
+    let tags_rest = rest.matches("name=\"tag\" value=\"").count();
+    assert_eq!(
+        tags_here + tags_rest,
+        24,
+        "v1 and t00..t22 across the two pages"
+    );
+    drop(dev);
+}
