@@ -239,16 +239,16 @@ fn deployment_history(list: &[DeploymentRecord]) -> Markup {
     html! {
         @if list.is_empty() { p.muted { "No deployment yet." } }
         @else { table.deployments {
-            thead { tr { th { "deployment" } th { "revision" } th { "started" } th { "ended" }
-                         th { "outcome" } th { "reason" } } }
+            thead { tr { th { "deployment" } th { "outcome" } th { "revision" } th { "started" }
+                         th { "ended" } th { "reason" } } }
             tbody { @for d in list { tr data-deployment=(d.id) {
                 td { a href={ "/ui/deployments/" (seg(&d.id)) } { code { (d.id) } } }
+                td { (badge(d.status.as_str())) }
                 td { (d.revision) @if let Some(from) = d.from_revision {
                     span.muted { " from " (from) } } }
                 td { (ago(d.created_at_ms)) " ago" }
                 td { @if d.status.is_terminal() { (ago(d.updated_at_ms)) " ago" }
                      @else { span.muted { "running" } } }
-                td { (badge(d.status.as_str())) }
                 td { (d.reason.as_deref().unwrap_or("")) }
             } } }
         } }
