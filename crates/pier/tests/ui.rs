@@ -981,6 +981,34 @@ fn has_tick_since(log: &str, task: &str, since: u64) -> bool {
     })
 }
 
+/// The service page's log once it shows lines of every one of `tasks` printed at `since`
+/// or later (bounded wait).
+async fn wait_tick_lines(b: &fantoccini::Client, tasks: &[String], since: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = match b.find(fantoccini::Locator::Css("#log")).await {
+            Ok(el) => el.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if tasks.iter().all(|t| has_tick_since(&log, t, since)) {
+            return log;
+        }
+        if Instant::now() >= deadline {
+            // Whether the stream ended (live.js marks it) or stalled.
+            let ended = b
+                .execute("var l = document.querySelector('#log'); return l && l.getAttribute('data-ended');", vec![])
+                .await
+                .unwrap_or_default();
+            eprintln!("the log stream ended: {ended}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every instance's lines since {since} arrived on the open page (instances {tasks:?}): {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn in_a_browser_the_service_log_merges_every_instance_live() {
     use orchestrator_common::*;
@@ -1008,22 +1036,7 @@ async fn in_a_browser_the_service_log_merges_every_instance_live() {
     b.execute("window.pierMarker = 'same page'; return 1;", vec![])
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let log = loop {
-        let log = match b.find(fantoccini::Locator::Css("#log")).await {
-            Ok(el) => el.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if tasks.iter().all(|t| has_tick_since(&log, t, opened)) {
-            break log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every instance's new lines arrived on the open page (instances {tasks:?}, \
-             page opened at {opened}): {log}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let log = wait_tick_lines(&b, &tasks, opened).await;
     let marker = b
         .execute("return window.pierMarker || null;", vec![])
         .await
@@ -1038,6 +1051,44 @@ async fn in_a_browser_the_service_log_merges_every_instance_live() {
     assert!(
         switches >= 3,
         "the instances' lines do not interleave: {log}"
+    );
+
+    // An instance started while the page is open joins its tail.
+    let scaled = client()
+        .put(format!("{}/api/v1/services/ticker/scale", c.addr()))
+        .json(&json!({"count": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        scaled.status().is_success(),
+        "{}",
+        scaled.text().await.unwrap()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let added = loop {
+        let new_task = c
+            .tasks("ticker")
+            .await
+            .iter()
+            .filter_map(|t| t["task"]["id"].as_str().map(str::to_string))
+            .find(|id| !tasks.contains(id));
+        if let Some(id) = new_task {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no fourth instance was placed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let since = epoch_secs();
+    let log = wait_tick_lines(&b, std::slice::from_ref(&added), since).await;
+    let marker = b
+        .execute("return window.pierMarker || null;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(marker, json!("same page"), "the page was reloaded");
+    assert!(
+        tasks.iter().all(|t| has_tick_since(&log, t, since)),
+        "the first three stopped arriving: {log}"
     );
     shot(&b, "service-log").await;
     b.close().await.unwrap();
