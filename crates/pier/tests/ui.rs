@@ -982,9 +982,10 @@ fn has_tick_since(log: &str, task: &str, since: u64) -> bool {
 }
 
 /// The service page's log once it shows lines of every one of `tasks` printed at `since`
-/// or later (bounded wait).
+/// or later (bounded wait; the panic says whether the stream ended or stalled).
 async fn wait_tick_lines(b: &fantoccini::Client, tasks: &[String], since: u64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Generous: a loaded Docker daemon can be seconds late copying a container's output.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let log = match b.find(fantoccini::Locator::Css("#log")).await {
             Ok(el) => el.text().await.unwrap_or_default(),
