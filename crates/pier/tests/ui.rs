@@ -568,6 +568,58 @@ async fn wait_status(b: &fantoccini::Client, want: &str) {
     }
 }
 
+/// The service page's deployment history after the rollout test: all five, newest first, each
+/// linking to its live page (`failed`, rolled back with its reason, then its automatic
+/// rollback); shot with the rest of the service page.
+async fn deployment_history_in_the_browser(
+    b: &fantoccini::Client,
+    c: &orchestrator_common::Cluster,
+    failed: &str,
+) {
+    use orchestrator_common::eventually;
+    let (base, id) = (c.addr(), failed);
+    eventually(
+        "the automatic rollback ended",
+        Duration::from_secs(60),
+        || async {
+            let list = c.get("/api/v1/services/hello/deployments").await;
+            list[0]["status"] == "succeeded" && list[0]["rollback_of"] == json!(id)
+        },
+    )
+    .await;
+    b.goto(&format!("{base}/ui/services/hello")).await.unwrap();
+    let history = b
+        .find_all(fantoccini::Locator::Css("table.deployments tbody tr"))
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    for r in &history {
+        rows.push(r.text().await.unwrap_or_default());
+    }
+    assert_eq!(rows.len(), 5, "deployments listed: {rows:#?}");
+    assert!(rows[0].contains("succeeded"), "newest first: {rows:#?}");
+    assert!(
+        rows[1].contains("rolled back") && rows[1].contains("health"),
+        "the bad version, rolled back and why: {rows:#?}"
+    );
+    assert!(rows[4].contains("succeeded"), "{rows:#?}");
+    click(
+        b,
+        &format!("table.deployments a[href='/ui/deployments/{id}']"),
+    )
+    .await;
+    wait_status(b, "rolled_back").await;
+    b.goto(&format!("{base}/ui/services/hello")).await.unwrap();
+    wait_text(
+        b,
+        "table.deployments",
+        "rolled back",
+        Duration::from_secs(5),
+    )
+    .await;
+    shot(b, "service").await;
+}
+
 /// `pier deploy --detach FILE`: the deployment id it prints.
 fn detached_deploy(c: &orchestrator_common::Cluster, file: &str) -> String {
     let out = c.pier(&["deploy", "--detach", file]);
@@ -771,48 +823,7 @@ async fn in_a_browser_the_deployment_page_follows_a_rollout_live() {
     assert!(!reason.is_empty());
     shot(&b, "deployment-rolled-back").await;
 
-    // The service page's deployment history: all five, newest first, each linking to its
-    // live page (the bad one rolled back with its reason, then the automatic rollback).
-    eventually(
-        "the automatic rollback ended",
-        Duration::from_secs(60),
-        || async {
-            let list = c.get("/api/v1/services/hello/deployments").await;
-            list[0]["status"] == "succeeded" && list[0]["rollback_of"] == json!(id)
-        },
-    )
-    .await;
-    b.goto(&format!("{base}/ui/services/hello")).await.unwrap();
-    let history = b
-        .find_all(fantoccini::Locator::Css("table.deployments tbody tr"))
-        .await
-        .unwrap();
-    let mut rows = Vec::new();
-    for r in &history {
-        rows.push(r.text().await.unwrap_or_default());
-    }
-    assert_eq!(rows.len(), 5, "deployments listed: {rows:#?}");
-    assert!(rows[0].contains("succeeded"), "newest first: {rows:#?}");
-    assert!(
-        rows[1].contains("rolled back") && rows[1].contains("health"),
-        "the bad version, rolled back and why: {rows:#?}"
-    );
-    assert!(rows[4].contains("succeeded"), "{rows:#?}");
-    click(
-        &b,
-        &format!("table.deployments a[href='/ui/deployments/{id}']"),
-    )
-    .await;
-    wait_status(&b, "rolled_back").await;
-    b.goto(&format!("{base}/ui/services/hello")).await.unwrap();
-    wait_text(
-        &b,
-        "table.deployments",
-        "rolled back",
-        Duration::from_secs(5),
-    )
-    .await;
-    shot(&b, "service").await;
+    deployment_history_in_the_browser(&b, &c, &id).await;
     b.goto(&format!("{base}/ui/services/hello/diff?from=1&to=2"))
         .await
         .unwrap();
@@ -875,6 +886,32 @@ async fn in_a_browser_a_pipeline_run_log_arrives_live() {
     b.close().await.unwrap();
 }
 
+/// `POST /api/v1/services` of a service file: the deployment id it answers. The controller
+/// may write the service between two deploys: the API then answers 409 "deploy again", as it
+/// says.
+async fn deploy_through_api(c: &reqwest::Client, base: &str, file: &str) -> String {
+    let mut resp = serde_json::Value::Null;
+    for _ in 0..50 {
+        resp = c
+            .post(format!("{base}/api/v1/services"))
+            .json(&json!({ "file": file }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if resp["error"]["code"] != "conflict" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    resp["deployment"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{resp}"))
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn service_deployment_and_revision_diff_pages_render() {
     let dir = tempfile::tempdir().unwrap();
@@ -896,28 +933,7 @@ async fn service_deployment_and_revision_diff_pages_render() {
         ("example.invalid/app:2", "B = \"2\""),
     ] {
         let file = format!("name = \"web\"\nimage = \"{image}\"\ncount = 2\n\n[env]\n{env}\n");
-        // The controller may write the service between the two deploys: the API then answers
-        // 409 "deploy again", as it says.
-        let mut resp = serde_json::Value::Null;
-        for _ in 0..50 {
-            resp = c
-                .post(format!("{base}/api/v1/services"))
-                .json(&json!({ "file": file }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if resp["error"]["code"] != "conflict" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        deployment = resp["deployment"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{resp}"))
-            .to_string();
+        deployment = deploy_through_api(&c, &base, &file).await;
     }
     for path in [
         "/ui/services/web".to_string(),
@@ -1112,28 +1128,7 @@ async fn the_service_page_lists_its_deployments_newest_first() {
     let mut ids = Vec::new();
     for n in 1..=3 {
         let file = format!("name = \"web\"\nimage = \"example.invalid/app:{n}\"\ncount = 1\n");
-        let mut resp = serde_json::Value::Null;
-        for _ in 0..50 {
-            resp = c
-                .post(format!("{base}/api/v1/services"))
-                .json(&json!({ "file": file }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if resp["error"]["code"] != "conflict" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        ids.push(
-            resp["deployment"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{resp}"))
-                .to_string(),
-        );
+        ids.push(deploy_through_api(&c, &base, &file).await);
         // Distinct start times, so "newest first" is the order they were made in.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
