@@ -187,6 +187,18 @@ pub async fn registry(
         join_all(repos.iter().map(|r| repo_tags(&reg, &ctx, r, after))),
         digests_in_use(&st, &ctx),
     );
+    let tags: Vec<_> = tags
+        .into_iter()
+        .map(|t| t.map_err(|f| as_refusal(&ctx, f)))
+        .collect();
+    // No credential (one repository's page reads no catalog first): the login form, no data.
+    if let Some(f) = tags
+        .iter()
+        .filter_map(|t| t.as_ref().err())
+        .find(|f| f.needs_login())
+    {
+        return failed("Registry", f);
+    }
     let body = html! {
         @if repos.is_empty() { p.muted { "No image pushed yet: " code { "docker push 127.0.0.1:5000/hello:v1" } } }
         @for (repo, tags) in repos.iter().zip(&tags) {
