@@ -128,15 +128,15 @@ pub fn services_table(list: &[ServiceSummary], gateway_port: Option<u16>) -> Mar
     html! {
         @if list.is_empty() { p.muted { "No service yet: " code { "pier deploy hello.toml" } } }
         @else { table {
-            thead { tr { th { "service" } th { "image" } th { "revision" } th { "healthy / desired" }
-                         th { "deployment" } th { "route" } } }
+            thead { tr { th { "service" } th { "healthy / desired" } th { "deployment" }
+                         th { "image" } th { "revision" } th { "route" } } }
             tbody { @for sv in list { tr {
                 td { a href={ "/ui/services/" (seg(&sv.name)) } { (sv.name) } }
-                td { code { (sv.image) } }
-                td { (sv.revision) }
                 td class=@if sv.healthy < sv.desired { "bad" } @else { "good" } {
                     (sv.healthy) " / " (sv.desired) }
                 td { @if let Some(d) = sv.deployment_status { (badge(d.as_str())) } }
+                td { code { (sv.image) } }
+                td { (sv.revision) }
                 td { @if !sv.route.is_empty() { a href=(route_href(&sv.route, gateway_port)) { (sv.route) } } }
             } } }
         } }
@@ -307,11 +307,12 @@ pub fn tasks_table(tasks: &[TaskView], revision: Option<u64>) -> Markup {
     html! {
         @if rows.is_empty() { p.muted { "No task." } }
         @else { table.tasks {
-            thead { tr { th { "zone" } th { "node" } th { "task" } th { "revision" } th { "state" } th { "why" } } }
+            thead { tr { th { "task" } th { "state" } th { "zone" } th { "node" } th { "revision" } th { "why" } } }
             tbody { @for t in rows { tr data-task=(t.task.id) {
-                td { (t.task.zone) } td { (t.task.node) } td { code { (t.task.id) } }
-                td { (t.task.revision) }
+                td { code { (t.task.id) } }
                 td.state { (badge(&t.display_state)) }
+                td { (t.task.zone) } td { (t.task.node) }
+                td { (t.task.revision) }
                 td { (t.status.message.as_deref().or(t.task.stop_reason.as_deref()).unwrap_or("")) }
             } } }
         } }
