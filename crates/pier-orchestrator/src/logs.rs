@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::channel::mpsc;
 use futures::stream::{self, BoxStream, StreamExt};
 use futures::SinkExt;
-use pier_api::service::{StopPhase, TaskRecord};
+use pier_api::service::{StopPhase, TaskRecord, TaskState};
 use pier_store::Consistency;
 
 use crate::api::HttpError;
@@ -99,7 +99,13 @@ async fn follow_new_tasks(
                     return;
                 }
                 for t in world.tasks_of(&name) {
-                    if t.value.stop_phase == StopPhase::Stopped || seen.contains(&t.value.id) {
+                    // A task joins once its container runs (before, its agent has no log to
+                    // give); until then it is looked at again on the next rescan.
+                    let running = world.status_of(&t.value.id).state == TaskState::Running;
+                    if !running
+                        || t.value.stop_phase == StopPhase::Stopped
+                        || seen.contains(&t.value.id)
+                    {
                         continue;
                     }
                     if let Some(s) = task_stream(&shared, &world, &t.value, true, tail).await {
