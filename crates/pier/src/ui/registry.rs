@@ -117,7 +117,10 @@ async fn listing(
             status: StatusCode::BAD_GATEWAY,
             message: format!("reading {uri}: {e}"),
         })?;
-    let value: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| Failure {
+        status: StatusCode::BAD_GATEWAY,
+        message: format!("decoding {uri}: {e}"),
+    })?;
     let names = value
         .get(key)
         .and_then(|t| t.as_array())
