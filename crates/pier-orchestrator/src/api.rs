@@ -11,10 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use pier_api::service::{
-    parse_service_file, AgentTask, AgentTasks, DeployRequest, DeployResponse, DeploymentStatus,
-    DrainRequest, Limits, NodeRecord, NodeView, RegisterNode, RevisionRecord, RollbackRequest,
-    ScaleRequest, ServiceDetail, ServiceRecord, ServiceSpec, ServiceSummary, StopPhase, TaskHealth,
-    TaskState, TaskStatus, TaskView,
+    parse_service_file, AgentTask, AgentTasks, DeployRequest, DeployResponse, DeploymentRecord,
+    DeploymentStatus, DrainRequest, Limits, NodeRecord, NodeView, RegisterNode, RevisionRecord,
+    RollbackRequest, ScaleRequest, ServiceDetail, ServiceRecord, ServiceSpec, ServiceSummary,
+    StopPhase, TaskHealth, TaskState, TaskStatus, TaskView,
 };
 use pier_api::{ApiError, ErrorCode};
 use pier_store::blocking::{blocking_query, QueryOptions};
@@ -44,6 +44,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v1/services/{name}/scale", put(scale))
         .route("/api/v1/services/{name}/rollback", post(rollback))
+        .route(
+            "/api/v1/services/{name}/deployments",
+            get(service_deployments),
+        )
         .route(
             "/api/v1/services/{name}/logs",
             get(crate::logs::service_logs),
@@ -704,6 +708,44 @@ async fn get_deployment(
         Some(d) => Ok(with_index(index, d)),
         None => Err(not_found(format!("no deployment {id:?}"))),
     }
+}
+
+/// Deployments one page of `GET /api/v1/services/:name/deployments` lists by default, and at most.
+const DEPLOYMENTS_DEFAULT: usize = 20;
+const DEPLOYMENTS_MAX: usize = 100;
+
+/// `GET /api/v1/services/:name/deployments?limit=N`: the service's deployments the store
+/// still holds (retention keeps the newest few), newest first, at most `limit`.
+async fn service_deployments(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let limit = match q.get("limit") {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=DEPLOYMENTS_MAX).contains(n))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "`limit` must be a number from 1 to {DEPLOYMENTS_MAX}, got {v:?}"
+                ))
+            })?,
+        None => DEPLOYMENTS_DEFAULT,
+    };
+    let world = World::load(&shared.store, Consistency::Default).await?;
+    if !world.services.contains_key(&name) {
+        return Err(not_found(format!("no service named {name:?}")));
+    }
+    let mut out: Vec<DeploymentRecord> = world
+        .deployments
+        .values()
+        .filter(|d| d.value.record.service == name)
+        .map(|d| d.value.record.clone())
+        .collect();
+    out.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(b.id.cmp(&a.id)));
+    out.truncate(limit);
+    Ok(with_index(world.index, out))
 }
 
 // ------------------------------------------------------------------ nodes

@@ -1,16 +1,21 @@
 //! `GET /api/v1/services/:name/logs?follow=true&tail=N`: the server asks the agent of each
 //! task (its own small HTTP listener) for the container's output and merges the streams,
-//! each line prefixed with the task id. The CLI only ever talks to a server.
+//! each line prefixed with the task id. Following, it also adds the tasks started after it
+//! opened (a scale, a rollout) and only ends when the service is removed or the client leaves.
+//! The CLI only ever talks to a server.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use bytes::Bytes;
+use futures::channel::mpsc;
 use futures::stream::{self, BoxStream, StreamExt};
-use pier_api::service::StopPhase;
+use futures::SinkExt;
+use pier_api::service::{StopPhase, TaskRecord, TaskState};
 use pier_store::Consistency;
 
 use crate::api::HttpError;
@@ -33,62 +38,125 @@ pub(crate) async fn service_logs(
     if !world.services.contains_key(&name) {
         return Err(OrchestratorError::NotFound(format!("no service named {name:?}")).into());
     }
-    let mut streams: Vec<BoxStream<'static, Result<Bytes, std::io::Error>>> = Vec::new();
+    let mut merged = stream::SelectAll::new();
+    let mut seen = HashSet::new();
     for t in world.tasks_of(&name) {
-        if t.value.stop_phase == StopPhase::Stopped {
-            // Gone from its node; what it wrote last was kept with its status.
-            if let Some(out) = world.status_of(&t.value.id).last_output {
-                let id = t.value.id.clone();
-                let text: String = out
-                    .lines()
-                    .map(|l| format!("{id} (exited) | {l}\n"))
-                    .collect();
-                streams.push(stream::once(async move { Ok(Bytes::from(text)) }).boxed());
-            }
-            continue;
+        if let Some(s) = task_stream(&shared, &world, &t.value, follow, tail).await {
+            merged.push(s);
         }
-        let Some(node) = world.nodes.get(&t.value.node) else {
-            continue;
-        };
-        let mut url = format!(
-            "{}://{}/v1/logs/{}?follow={follow}",
-            shared.internal.scheme(),
-            node.value.agent_addr,
-            t.value.id
-        );
-        if let Some(n) = tail {
-            url.push_str(&format!("&tail={n}"));
-        }
-        let resp = match shared.internal.get().get(&url).send().await {
-            Ok(r) if r.status().is_success() => r,
-            Ok(r) => {
-                let line = format!(
-                    "{} | (no logs: agent answered {})\n",
-                    t.value.id,
-                    r.status()
-                );
-                streams.push(stream::once(async move { Ok(Bytes::from(line)) }).boxed());
-                continue;
-            }
-            Err(e) => {
-                let line = format!(
-                    "{} | (no logs: agent {} unreachable: {e})\n",
-                    t.value.id, node.value.agent_addr
-                );
-                streams.push(stream::once(async move { Ok(Bytes::from(line)) }).boxed());
-                continue;
-            }
-        };
-        streams.push(prefixed_lines(
-            t.value.id.clone(),
-            resp.bytes_stream().boxed(),
-        ));
+        seen.insert(t.value.id.clone());
     }
-    let merged = stream::select_all(streams);
+    let body = if follow {
+        // Instances started later (a scale, a rollout) join the tail while it is open.
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(follow_new_tasks(shared, name, tail, merged, seen, tx));
+        Body::from_stream(rx)
+    } else {
+        Body::from_stream(merged)
+    };
     Ok(Response::builder()
         .header("content-type", "text/plain; charset=utf-8")
-        .body(Body::from_stream(merged))
+        .body(body)
         .unwrap_or_else(|_| Response::new(Body::empty())))
+}
+
+type Chunks = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// How often a followed service log looks for instances started since it opened.
+const RESCAN: Duration = Duration::from_secs(1);
+
+/// Forwards the merged tail to the client, adding the streams of the service's new tasks as
+/// they appear; ends when the client goes away or the service is removed.
+async fn follow_new_tasks(
+    shared: Arc<Shared>,
+    name: String,
+    tail: Option<u32>,
+    mut merged: stream::SelectAll<Chunks>,
+    mut seen: HashSet<String>,
+    mut tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let mut rescan = tokio::time::interval(RESCAN);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            Some(chunk) = merged.next(), if !merged.is_empty() => {
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+            _ = rescan.tick() => {
+                if tx.is_closed() {
+                    return;
+                }
+                let world = match World::load(&shared.store, Consistency::Default).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::debug!(service = %name, error = %e, "log follow: store read failed");
+                        continue;
+                    }
+                };
+                if !world.services.contains_key(&name) {
+                    return;
+                }
+                for t in world.tasks_of(&name) {
+                    // A task joins once its container runs (before, its agent has no log to
+                    // give); until then it is looked at again on the next rescan.
+                    let running = world.status_of(&t.value.id).state == TaskState::Running;
+                    if !running
+                        || t.value.stop_phase == StopPhase::Stopped
+                        || seen.contains(&t.value.id)
+                    {
+                        continue;
+                    }
+                    if let Some(s) = task_stream(&shared, &world, &t.value, true, tail).await {
+                        merged.push(s);
+                        seen.insert(t.value.id.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The output of one task, each line prefixed with its id: from its agent (following it when
+/// asked), or what it wrote last if it is gone; None if its node is unknown.
+async fn task_stream(
+    shared: &Shared,
+    world: &World,
+    task: &TaskRecord,
+    follow: bool,
+    tail: Option<u32>,
+) -> Option<Chunks> {
+    let id = task.id.clone();
+    if task.stop_phase == StopPhase::Stopped {
+        // Gone from its node; what it wrote last was kept with its status.
+        let out = world.status_of(&id).last_output?;
+        let text: String = out
+            .lines()
+            .map(|l| format!("{id} (exited) | {l}\n"))
+            .collect();
+        return Some(stream::once(async move { Ok(Bytes::from(text)) }).boxed());
+    }
+    let node = world.nodes.get(&task.node)?;
+    let mut url = format!(
+        "{}://{}/v1/logs/{id}?follow={follow}",
+        shared.internal.scheme(),
+        node.value.agent_addr,
+    );
+    if let Some(n) = tail {
+        url.push_str(&format!("&tail={n}"));
+    }
+    let line = match shared.internal.get().get(&url).send().await {
+        Ok(r) if r.status().is_success() => {
+            return Some(prefixed_lines(id, r.bytes_stream().boxed()));
+        }
+        Ok(r) => format!("{id} | (no logs: agent answered {})\n", r.status()),
+        Err(e) => format!(
+            "{id} | (no logs: agent {} unreachable: {e})\n",
+            node.value.agent_addr
+        ),
+    };
+    Some(stream::once(async move { Ok(Bytes::from(line)) }).boxed())
 }
 
 /// Splits a byte stream into lines and prefixes each with `task | `.

@@ -13,6 +13,8 @@ pub enum HttpdVariant {
     Healthy,
     /// Serves `/` but answers 404 on `/healthz`: its health check never passes.
     NoHealthz,
+    /// Healthy, and prints `tick N at EPOCH-SECONDS` every second (a log that keeps growing).
+    Ticking,
     /// Healthy for about `seconds`, then exits with status 1.
     CrashAfter { seconds: u32 },
 }
@@ -47,6 +49,7 @@ pub fn build_httpd_image(tag: &str, variant: HttpdVariant) {
         HttpdVariant::Healthy | HttpdVariant::NoHealthz => {
             r#"["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]"#.to_string()
         }
+        HttpdVariant::Ticking => r#"["/bin/busybox", "sh", "-c", "/bin/busybox httpd -p 8080 -h /www; i=0; while true; do i=$((i+1)); echo \"tick $i at $(/bin/busybox date +%s)\"; /bin/busybox sleep 1; done"]"#.to_string(),
         HttpdVariant::CrashAfter { seconds } => format!(
             r#"["/bin/busybox", "sh", "-c", "/bin/busybox httpd -p 8080 -h /www; /bin/busybox sleep {seconds}; echo crashing after {seconds}s; exit 1"]"#
         ),

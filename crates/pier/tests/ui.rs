@@ -278,6 +278,9 @@ async fn a_secure_cluster_asks_for_a_token_and_a_read_token_cannot_act() {
         "/ui/kv",
         "/ui/catalog",
         "/ui/registry",
+        "/ui/registry?last=app",
+        "/ui/registry?repo=app&tag=v1",
+        "/ui/services/web",
     ] {
         let (status, csp, body) = page(&c, &format!("{base}{path}"), None).await;
         assert_eq!((status, csp.as_str()), (401, CSP), "{path}");
@@ -313,6 +316,20 @@ async fn a_secure_cluster_asks_for_a_token_and_a_read_token_cannot_act() {
     }
     let cookie = set.split(';').next().unwrap().to_string();
 
+    // The deployment history's endpoint: a token is needed, a read token may read it (no
+    // service `web` here, so the handler's 404 shows the auth layer let it through).
+    let history = format!("{base}/api/v1/services/web/deployments");
+    let anonymous = c.get(&history).send().await.unwrap().status().as_u16();
+    assert!([401, 403].contains(&anonymous), "{anonymous}");
+    let read_history = c
+        .get(&history)
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(read_history, 404);
     let (status, _, body) = page(&c, &format!("{base}/ui/"), Some(&cookie)).await;
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -458,10 +475,56 @@ fn shot_dir() -> std::path::PathBuf {
     d
 }
 
-async fn shot(b: &fantoccini::Client, name: &str) {
+/// A screenshot of the whole page (up to 3,000 px tall) at `width`; the window is a little
+/// taller than the page, as its own frame takes some of it.
+async fn save_png(b: &fantoccini::Client, name: &str, width: u32) {
+    let height = b
+        .execute("return document.documentElement.scrollHeight;", vec![])
+        .await
+        .expect("page height")
+        .as_u64()
+        .unwrap_or(900)
+        .saturating_add(64)
+        .clamp(600, 3000);
+    b.set_window_size(width, height as u32)
+        .await
+        .expect("window size");
     let png = b.screenshot().await.expect("screenshot");
     assert!(png.len() > 1000, "{name}: empty screenshot");
     std::fs::write(shot_dir().join(format!("{name}.png")), png).unwrap();
+}
+
+/// Screenshots of the open page at 1280 px (`NAME.png`) and on a 390 px phone
+/// (`NAME-phone.png`), where the page itself must not be wider than the screen (tables
+/// scroll inside their box instead).
+async fn shot(b: &fantoccini::Client, name: &str) {
+    save_png(b, name, 1280).await;
+    b.set_window_size(390, 844).await.expect("phone width");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let widths = loop {
+        let v = b
+            .execute(
+                "return [document.documentElement.scrollWidth, window.innerWidth];",
+                vec![],
+            )
+            .await
+            .expect("page widths");
+        let w: Vec<u64> = v
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+            .unwrap_or_default();
+        // The resize has reached the layout once the viewport is the phone's.
+        if w.len() == 2 && w[1] <= 400 || Instant::now() > deadline {
+            break w;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        widths.len() == 2 && widths[1] <= 400 && widths[0] <= widths[1],
+        "{name}: on a phone the page is [scrollWidth, innerWidth] = {widths:?} px wide"
+    );
+    save_png(b, &format!("{name}-phone"), 390).await;
+    b.set_window_size(1280, 900).await.expect("desktop width");
 }
 
 /// The text of the first element matching `css`, once it contains `want` (bounded wait).
@@ -522,6 +585,58 @@ async fn wait_status(b: &fantoccini::Client, want: &str) {
     }
 }
 
+/// The service page's deployment history after the rollout test: all five, newest first, each
+/// linking to its live page (`failed`, rolled back with its reason, then its automatic
+/// rollback); shot with the rest of the service page.
+async fn deployment_history_in_the_browser(
+    b: &fantoccini::Client,
+    c: &orchestrator_common::Cluster,
+    failed: &str,
+) {
+    use orchestrator_common::eventually;
+    let (base, id) = (c.addr(), failed);
+    eventually(
+        "the automatic rollback ended",
+        Duration::from_secs(60),
+        || async {
+            let list = c.get("/api/v1/services/hello/deployments").await;
+            list[0]["status"] == "succeeded" && list[0]["rollback_of"] == json!(id)
+        },
+    )
+    .await;
+    b.goto(&format!("{base}/ui/services/hello")).await.unwrap();
+    let history = b
+        .find_all(fantoccini::Locator::Css("table.deployments tbody tr"))
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    for r in &history {
+        rows.push(r.text().await.unwrap_or_default());
+    }
+    assert_eq!(rows.len(), 5, "deployments listed: {rows:#?}");
+    assert!(rows[0].contains("succeeded"), "newest first: {rows:#?}");
+    assert!(
+        rows[1].contains("rolled back") && rows[1].contains("health"),
+        "the bad version, rolled back and why: {rows:#?}"
+    );
+    assert!(rows[4].contains("succeeded"), "{rows:#?}");
+    click(
+        b,
+        &format!("table.deployments a[href='/ui/deployments/{id}']"),
+    )
+    .await;
+    wait_status(b, "rolled_back").await;
+    b.goto(&format!("{base}/ui/services/hello")).await.unwrap();
+    wait_text(
+        b,
+        "table.deployments",
+        "rolled back",
+        Duration::from_secs(5),
+    )
+    .await;
+    shot(b, "service").await;
+}
+
 /// `pier deploy --detach FILE`: the deployment id it prints.
 fn detached_deploy(c: &orchestrator_common::Cluster, file: &str) -> String {
     let out = c.pier(&["deploy", "--detach", file]);
@@ -569,7 +684,6 @@ async fn in_a_browser_the_deployment_page_follows_a_rollout_live() {
     shot(&b, "overview").await;
     for (name, path, want) in [
         ("services", "/ui/services", "ui-hello:v1"),
-        ("service", "/ui/services/hello", "healthy"),
         ("nodes", "/ui/nodes", "local"),
         ("pipelines", "/ui/pipelines", "No pipeline"),
         ("catalog", "/ui/catalog", "hello"),
@@ -726,11 +840,15 @@ async fn in_a_browser_the_deployment_page_follows_a_rollout_live() {
     assert!(!reason.is_empty());
     shot(&b, "deployment-rolled-back").await;
 
-    // A phone's width: the same page still readable (tables scroll inside their section).
-    b.set_window_size(390, 844).await.unwrap();
-    b.goto(&format!("{base}/ui/")).await.unwrap();
-    wait_text(&b, "main", "hello", Duration::from_secs(10)).await;
-    shot(&b, "overview-phone").await;
+    deployment_history_in_the_browser(&b, &c, &id).await;
+    b.goto(&format!("{base}/ui/services/hello/diff?from=1&to=2"))
+        .await
+        .unwrap();
+    wait_text(&b, "main", "ui-hello:v2", Duration::from_secs(10)).await;
+    shot(&b, "diff").await;
+    b.goto(&format!("{base}/ui/login")).await.unwrap();
+    wait_text(&b, "main", "token", Duration::from_secs(10)).await;
+    shot(&b, "login").await;
     b.close().await.unwrap();
     eprintln!("browser test took {:.1}s", started.elapsed().as_secs_f64());
 }
@@ -785,6 +903,32 @@ async fn in_a_browser_a_pipeline_run_log_arrives_live() {
     b.close().await.unwrap();
 }
 
+/// `POST /api/v1/services` of a service file: the deployment id it answers. The controller
+/// may write the service between two deploys: the API then answers 409 "deploy again", as it
+/// says.
+async fn deploy_through_api(c: &reqwest::Client, base: &str, file: &str) -> String {
+    let mut resp = serde_json::Value::Null;
+    for _ in 0..50 {
+        resp = c
+            .post(format!("{base}/api/v1/services"))
+            .json(&json!({ "file": file }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if resp["error"]["code"] != "conflict" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    resp["deployment"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{resp}"))
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn service_deployment_and_revision_diff_pages_render() {
     let dir = tempfile::tempdir().unwrap();
@@ -806,28 +950,7 @@ async fn service_deployment_and_revision_diff_pages_render() {
         ("example.invalid/app:2", "B = \"2\""),
     ] {
         let file = format!("name = \"web\"\nimage = \"{image}\"\ncount = 2\n\n[env]\n{env}\n");
-        // The controller may write the service between the two deploys: the API then answers
-        // 409 "deploy again", as it says.
-        let mut resp = serde_json::Value::Null;
-        for _ in 0..50 {
-            resp = c
-                .post(format!("{base}/api/v1/services"))
-                .json(&json!({ "file": file }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if resp["error"]["code"] != "conflict" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        deployment = resp["deployment"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{resp}"))
-            .to_string();
+        deployment = deploy_through_api(&c, &base, &file).await;
     }
     for path in [
         "/ui/services/web".to_string(),
@@ -868,5 +991,353 @@ async fn service_deployment_and_revision_diff_pages_render() {
     .await;
     assert_eq!(status, 404);
     assert!(body.contains("has no revision 9"), "{body}");
+    drop(dev);
+}
+
+/// Seconds since the epoch, as the test containers' `date +%s` prints them.
+fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Whether `log` (the merged tail, `TASK | tick N at SECS` lines) has a line of `task`
+/// printed at `since` or later.
+fn has_tick_since(log: &str, task: &str, since: u64) -> bool {
+    log.lines().any(|l| {
+        l.strip_prefix(task)
+            .and_then(|rest| rest.strip_prefix(" | tick "))
+            .and_then(|rest| rest.rsplit_once(" at "))
+            .and_then(|(_, secs)| secs.trim().parse::<u64>().ok())
+            .is_some_and(|at| at >= since)
+    })
+}
+
+/// The service page's log once it shows lines of every one of `tasks` printed at `since`
+/// or later (bounded wait; the panic says whether the stream ended or stalled).
+async fn wait_tick_lines(b: &fantoccini::Client, tasks: &[String], since: u64) -> String {
+    // Generous: a loaded Docker daemon can be seconds late copying a container's output.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = match b.find(fantoccini::Locator::Css("#log")).await {
+            Ok(el) => el.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if tasks.iter().all(|t| has_tick_since(&log, t, since)) {
+            return log;
+        }
+        if Instant::now() >= deadline {
+            // Whether the stream ended (live.js marks it) or stalled.
+            let ended = b
+                .execute("var l = document.querySelector('#log'); return l && l.getAttribute('data-ended');", vec![])
+                .await
+                .unwrap_or_default();
+            eprintln!("the log stream ended: {ended}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every instance's lines since {since} arrived on the open page (instances {tasks:?}): {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_a_browser_the_service_log_merges_every_instance_live() {
+    use orchestrator_common::*;
+    let mut c = Cluster::start(true, &[]).await;
+    let image = c.push_image("ui-ticker:v1", pier_testkit::images::HttpdVariant::Ticking);
+    let file = c.write_file("ticker.toml", &service_file("ticker", &image, 3, ""));
+    let out = c.pier(&["deploy", &file]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), c.log("dev"));
+    let tasks: Vec<String> = c
+        .tasks("ticker")
+        .await
+        .iter()
+        .filter(|t| t["display_state"] == "healthy")
+        .filter_map(|t| t["task"]["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(tasks.len(), 3, "three healthy instances: {tasks:?}");
+
+    let driver = Driver::start().await;
+    let b = driver.session().await;
+    b.goto(&format!("{}/ui/services/ticker", c.addr()))
+        .await
+        .unwrap();
+    // Lines printed from now on can only reach the page through its live stream.
+    let opened = epoch_secs() + 1;
+    b.execute("window.pierMarker = 'same page'; return 1;", vec![])
+        .await
+        .unwrap();
+    let log = wait_tick_lines(&b, &tasks, opened).await;
+    let marker = b
+        .execute("return window.pierMarker || null;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(marker, json!("same page"), "the page was reloaded");
+    // Merged: the instances' lines interleave in one tail, not one instance after another.
+    let owners: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(" | tick ").map(|(t, _)| t))
+        .collect();
+    let switches = owners.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(
+        switches >= 3,
+        "the instances' lines do not interleave: {log}"
+    );
+
+    // An instance started while the page is open joins its tail.
+    let scaled = client()
+        .put(format!("{}/api/v1/services/ticker/scale", c.addr()))
+        .json(&json!({"count": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        scaled.status().is_success(),
+        "{}",
+        scaled.text().await.unwrap()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let added = loop {
+        let new_task = c
+            .tasks("ticker")
+            .await
+            .iter()
+            .filter_map(|t| t["task"]["id"].as_str().map(str::to_string))
+            .find(|id| !tasks.contains(id));
+        if let Some(id) = new_task {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no fourth instance was placed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let since = epoch_secs();
+    let log = wait_tick_lines(&b, std::slice::from_ref(&added), since).await;
+    let marker = b
+        .execute("return window.pierMarker || null;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(marker, json!("same page"), "the page was reloaded");
+    assert!(
+        tasks.iter().all(|t| has_tick_since(&log, t, since)),
+        "the first three stopped arriving: {log}"
+    );
+    shot(&b, "service-log").await;
+    b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_page_lists_its_deployments_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = RunGuard::new_run();
+    let dev = DevProcess::start(
+        orchestrator_common::BIN,
+        dir.path(),
+        &guard,
+        &["--no-agent"],
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{}", dev.http_port);
+    let c = client();
+    // Three revisions, so three deployments (no node: they stay in progress or are superseded).
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let file = format!("name = \"web\"\nimage = \"example.invalid/app:{n}\"\ncount = 1\n");
+        ids.push(deploy_through_api(&c, &base, &file).await);
+        // Distinct start times, so "newest first" is the order they were made in.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The API: newest first, bounded by `limit`.
+    let list: Vec<serde_json::Value> = c
+        .get(format!("{base}/api/v1/services/web/deployments"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<&str> = list.iter().filter_map(|d| d["id"].as_str()).collect();
+    let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(listed, newest_first);
+    let one = c
+        .get(format!("{base}/api/v1/services/web/deployments?limit=1"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Vec<serde_json::Value>>()
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0]["id"], json!(ids[2]));
+    for bad in ["0", "x", "101"] {
+        let resp = c
+            .get(format!(
+                "{base}/api/v1/services/web/deployments?limit={bad}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "limit={bad}");
+    }
+    let missing = c
+        .get(format!("{base}/api/v1/services/nope/deployments"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+
+    // The page: one row per deployment, newest first, revision and outcome, linking to the
+    // deployment's live page.
+    let (status, csp, body) = page(&c, &format!("{base}/ui/services/web"), None).await;
+    assert_eq!((status, csp.as_str()), (200, CSP), "{body}");
+    let table = body
+        .split_once("<table class=\"deployments\">")
+        .and_then(|(_, rest)| rest.split_once("</table>"))
+        .map(|(t, _)| t.to_string())
+        .unwrap_or_else(|| panic!("no deployment history on the page: {body}"));
+    let rows: Vec<&str> = table.split("<tr data-deployment=").skip(1).collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    for (row, (id, revision)) in rows.iter().zip([(&ids[2], 3), (&ids[1], 2), (&ids[0], 1)]) {
+        assert!(
+            row.contains(&format!("href=\"/ui/deployments/{id}\"")),
+            "{id} not linked in {row}"
+        );
+        assert!(
+            row.contains(&format!("<td>{revision}")),
+            "revision {revision} missing in {row}"
+        );
+        assert!(row.contains("class=\"badge "), "no outcome in {row}");
+    }
+    drop(dev);
+}
+
+/// Pushes a one-blob manifest as `repo:tag` to the registry at `registry` (host:port).
+async fn push_tiny_image(c: &reqwest::Client, registry: &str, repo: &str, tag: &str) {
+    use sha2::Digest;
+    let config = format!("{{\"repo\":\"{repo}\"}}");
+    let config_digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&config)));
+    let blob = c
+        .post(format!(
+            "http://{registry}/v2/{repo}/blobs/uploads/?digest={config_digest}"
+        ))
+        .body(config.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blob.status().as_u16(), 201, "blob of {repo}");
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [],
+    });
+    let put = c
+        .put(format!("http://{registry}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 201, "manifest of {repo}:{tag}");
+}
+
+/// The repositories (section headings) a registry page shows.
+fn repos_on(body: &str) -> Vec<String> {
+    body.split("<section class=\"repo\"><h2>")
+        .skip(1)
+        .filter_map(|s| s.split_once("</h2>").map(|(name, _)| name.to_string()))
+        .collect()
+}
+
+/// The `href` of the link with class `class` on the page, unescaped.
+fn link_of(body: &str, class: &str) -> Option<String> {
+    let (_, rest) = body.split_once(&format!("<a class=\"{class}\" href=\""))?;
+    Some(rest.split_once('"')?.0.replace("&amp;", "&"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_registry_page_pages_through_many_repositories_and_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = RunGuard::new_run();
+    let dev = DevProcess::start(
+        orchestrator_common::BIN,
+        dir.path(),
+        &guard,
+        &["--no-agent"],
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{}", dev.http_port);
+    let registry = format!("127.0.0.1:{}", dev.registry_port);
+    let c = client();
+    // More repositories than one page holds (20), and one repository with more tags than a
+    // page shows (20).
+    let mut want: Vec<String> = (0..45).map(|i| format!("paged/r{i:02}")).collect();
+    for repo in &want {
+        push_tiny_image(&c, &registry, repo, "v1").await;
+    }
+    for t in 0..23 {
+        push_tiny_image(&c, &registry, "paged/r00", &format!("t{t:02}")).await;
+    }
+    want.sort();
+
+    let mut seen: Vec<String> = Vec::new();
+    let mut url = format!("{base}/ui/registry");
+    let mut pages = 0;
+    loop {
+        let started = Instant::now();
+        let (status, csp, body) = page(&c, &url, None).await;
+        assert_eq!((status, csp.as_str()), (200, CSP), "{url}: {body}");
+        eprintln!("{url}: {:?}", started.elapsed());
+        let repos = repos_on(&body);
+        assert!(
+            !repos.is_empty() && repos.len() <= 20,
+            "{url} shows {} repositories",
+            repos.len()
+        );
+        seen.extend(repos);
+        pages += 1;
+        if pages > 1 {
+            assert!(
+                link_of(&body, "first").is_some(),
+                "{url}: no first page link"
+            );
+        }
+        match link_of(&body, "next") {
+            Some(next) => url = format!("{base}{next}"),
+            None => break,
+        }
+        assert!(pages < 10, "the pages never end: {seen:?}");
+    }
+    assert_eq!(pages, 3, "45 repositories at 20 a page");
+    assert_eq!(seen, want, "every repository once, in order");
+
+    // The first repository's tags: 20 on its page, the rest behind "More tags".
+    let (_, _, first) = page(&c, &format!("{base}/ui/registry"), None).await;
+    let more = link_of(&first, "more")
+        .filter(|h| h == "/ui/registry?repo=paged%2Fr00&tag=t19")
+        .unwrap_or_else(|| panic!("no 'more tags' link for paged/r00 after t19: {first}"));
+    let section = first
+        .split("<section class=\"repo\"><h2>paged/r00</h2>")
+        .nth(1)
+        .and_then(|s| s.split("</section>").next())
+        .unwrap_or("");
+    let tags_here = section.matches("name=\"tag\" value=\"").count();
+    assert_eq!(tags_here, 20, "{section}");
+    let (status, _, rest) = page(&c, &format!("{base}{more}"), None).await;
+    assert_eq!(status, 200, "{rest}");
+    assert_eq!(repos_on(&rest), vec!["paged/r00".to_string()]);
+    assert!(
+        link_of(&rest, "more").is_none(),
+        "no more tags after the second page"
+    );
+    let tags_rest = rest.matches("name=\"tag\" value=\"").count();
+    assert_eq!(
+        tags_here + tags_rest,
+        24,
+        "v1 and t00..t22 across the two pages"
+    );
     drop(dev);
 }

@@ -128,15 +128,15 @@ pub fn services_table(list: &[ServiceSummary], gateway_port: Option<u16>) -> Mar
     html! {
         @if list.is_empty() { p.muted { "No service yet: " code { "pier deploy hello.toml" } } }
         @else { table {
-            thead { tr { th { "service" } th { "image" } th { "revision" } th { "healthy / desired" }
-                         th { "deployment" } th { "route" } } }
+            thead { tr { th { "service" } th { "healthy / desired" } th { "deployment" }
+                         th { "image" } th { "revision" } th { "route" } } }
             tbody { @for sv in list { tr {
                 td { a href={ "/ui/services/" (seg(&sv.name)) } { (sv.name) } }
-                td { code { (sv.image) } }
-                td { (sv.revision) }
                 td class=@if sv.healthy < sv.desired { "bad" } @else { "good" } {
                     (sv.healthy) " / " (sv.desired) }
                 td { @if let Some(d) = sv.deployment_status { (badge(d.as_str())) } }
+                td { code { (sv.image) } }
+                td { (sv.revision) }
                 td { @if !sv.route.is_empty() { a href=(route_href(&sv.route, gateway_port)) { (sv.route) } } }
             } } }
         } }
@@ -200,14 +200,16 @@ pub async fn services(State(st): State<UiState>, ctx: Ctx) -> Response {
 
 pub async fn service(State(st): State<UiState>, ctx: Ctx, Path(name): Path<String>) -> Response {
     let base = format!("/api/v1/services/{}", seg(&name));
-    let (tasks_uri, checks_uri) = (
+    let (tasks_uri, checks_uri, deployments_uri) = (
         format!("{base}/tasks"),
         format!("/v1/health/checks/{}", seg(&name)),
+        format!("{base}/deployments?limit={DEPLOYMENT_HISTORY}"),
     );
-    let (detail, tasks, checks) = tokio::join!(
+    let (detail, tasks, checks, deployments) = tokio::join!(
         st.api.get::<ServiceDetail>(&ctx, &base),
         st.api.get::<Vec<TaskView>>(&ctx, &tasks_uri),
         st.api.get::<Vec<Value>>(&ctx, &checks_uri),
+        st.api.get::<Vec<DeploymentRecord>>(&ctx, &deployments_uri),
     );
     let detail = match detail {
         Ok(d) => d,
@@ -217,6 +219,7 @@ pub async fn service(State(st): State<UiState>, ctx: Ctx, Path(name): Path<Strin
         (service_head(&detail, st.gateway_port))
         section { h2 { "Instances" } (part(&tasks, |t| tasks_table(t, None))) }
         section { h2 { "Checks" } (part(&checks, |c| checks_table(c))) }
+        section { h2 { "Deployments" } (part(&deployments, |d| deployment_history(d))) }
         section { h2 { "Revisions" } (revisions(&detail)) }
         section { h2 { "Actions" } (super::actions::service_forms(&detail)) }
         section {
@@ -226,6 +229,30 @@ pub async fn service(State(st): State<UiState>, ctx: Ctx, Path(name): Path<Strin
         }
     };
     ok(&name, body)
+}
+
+/// Deployments the service page lists (the API's newest first).
+const DEPLOYMENT_HISTORY: usize = 10;
+
+/// The service's recent deployments, newest first, each linking to its live page.
+fn deployment_history(list: &[DeploymentRecord]) -> Markup {
+    html! {
+        @if list.is_empty() { p.muted { "No deployment yet." } }
+        @else { table.deployments {
+            thead { tr { th { "deployment" } th { "outcome" } th { "revision" } th { "started" }
+                         th { "ended" } th { "reason" } } }
+            tbody { @for d in list { tr data-deployment=(d.id) {
+                td { a href={ "/ui/deployments/" (seg(&d.id)) } { code { (d.id) } } }
+                td { (badge(d.status.as_str())) }
+                td { (d.revision) @if let Some(from) = d.from_revision {
+                    span.muted { " from " (from) } } }
+                td { (ago(d.created_at_ms)) " ago" }
+                td { @if d.status.is_terminal() { (ago(d.updated_at_ms)) " ago" }
+                     @else { span.muted { "running" } } }
+                td { (d.reason.as_deref().unwrap_or("")) }
+            } } }
+        } }
+    }
 }
 
 fn service_head(d: &ServiceDetail, gateway_port: Option<u16>) -> Markup {
@@ -280,11 +307,12 @@ pub fn tasks_table(tasks: &[TaskView], revision: Option<u64>) -> Markup {
     html! {
         @if rows.is_empty() { p.muted { "No task." } }
         @else { table.tasks {
-            thead { tr { th { "zone" } th { "node" } th { "task" } th { "revision" } th { "state" } th { "why" } } }
+            thead { tr { th { "task" } th { "state" } th { "zone" } th { "node" } th { "revision" } th { "why" } } }
             tbody { @for t in rows { tr data-task=(t.task.id) {
-                td { (t.task.zone) } td { (t.task.node) } td { code { (t.task.id) } }
-                td { (t.task.revision) }
+                td { code { (t.task.id) } }
                 td.state { (badge(&t.display_state)) }
+                td { (t.task.zone) } td { (t.task.node) }
+                td { (t.task.revision) }
                 td { (t.status.message.as_deref().or(t.task.stop_reason.as_deref()).unwrap_or("")) }
             } } }
         } }

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use futures::future::join_all;
@@ -22,8 +22,10 @@ use super::UiState;
 
 /// Manifests of every kind a tag may name.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
-/// Repositories shown on one page.
-const MAX_REPOS: usize = 200;
+/// Repositories on one page, and tags of each: a registry with hundreds stays one quick page
+/// at a time (every tag shown costs a manifest read).
+const REPO_PAGE: usize = 20;
+const TAG_PAGE: usize = 20;
 
 /// The registry answers a token it does not accept for this with 401 and a challenge; on
 /// the page that is a refusal of the signed-in token, not a request to sign in.
@@ -82,16 +84,53 @@ async fn tag_of(reg: &Api, ctx: &Ctx, repo: &str, tag: &str) -> Tag {
     }
 }
 
-async fn repo_tags(reg: &Api, ctx: &Ctx, repo: &str) -> Result<Vec<Tag>, Failure> {
-    let list: Value = reg
-        .get(ctx, &format!("/v2/{}/tags/list", key_path(repo)))
-        .await?;
-    let names: Vec<&str> = list
-        .get("tags")
+/// One page of a repository's tags (`tags/list?n=&last=`, the registry's own paging) with
+/// each tag's digest and size; whether the registry said there are more (its `Link`).
+async fn repo_tags(
+    reg: &Api,
+    ctx: &Ctx,
+    repo: &str,
+    after: Option<&str>,
+) -> Result<(Vec<Tag>, bool), Failure> {
+    let mut uri = format!("/v2/{}/tags/list?n={TAG_PAGE}", key_path(repo));
+    if let Some(t) = after {
+        uri.push_str(&format!("&last={}", seg(t)));
+    }
+    let (list, more) = listing(reg, ctx, &uri, "tags").await?;
+    let tags = join_all(list.iter().map(|t| tag_of(reg, ctx, repo, t))).await;
+    Ok((tags, more))
+}
+
+/// A listing of the registry (`_catalog` or `tags/list`): the names under `key`, and whether
+/// the answer carries a `Link` to a next page.
+async fn listing(
+    reg: &Api,
+    ctx: &Ctx,
+    uri: &str,
+    key: &str,
+) -> Result<(Vec<String>, bool), Failure> {
+    let resp = reg.call(ctx, Method::GET, uri, None).await?;
+    let more = resp.headers().contains_key(header::LINK);
+    let bytes = axum::body::to_bytes(resp.into_body(), 4 * 1024 * 1024)
+        .await
+        .map_err(|e| Failure {
+            status: StatusCode::BAD_GATEWAY,
+            message: format!("reading {uri}: {e}"),
+        })?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| Failure {
+        status: StatusCode::BAD_GATEWAY,
+        message: format!("decoding {uri}: {e}"),
+    })?;
+    let names = value
+        .get(key)
         .and_then(|t| t.as_array())
-        .map(|t| t.iter().filter_map(|x| x.as_str()).collect())
+        .map(|t| {
+            t.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
-    Ok(join_all(names.iter().map(|t| tag_of(reg, ctx, repo, t))).await)
+    Ok((names, more))
 }
 
 /// Pinned digest → services running it, from the service list (the same as `pier service ls`).
@@ -112,46 +151,87 @@ async fn digests_in_use(st: &UiState, ctx: &Ctx) -> BTreeMap<String, Vec<String>
     out
 }
 
-pub async fn registry(State(st): State<UiState>, ctx: Ctx) -> Response {
+/// Where a registry page starts: after repository `last`, or (with `repo`) one repository's
+/// tags after `tag`.
+#[derive(Deserialize, Default)]
+pub struct RegistryQuery {
+    last: Option<String>,
+    repo: Option<String>,
+    tag: Option<String>,
+}
+
+pub async fn registry(
+    State(st): State<UiState>,
+    ctx: Ctx,
+    Query(q): Query<RegistryQuery>,
+) -> Response {
     let Some(reg) = st.registry.clone() else {
         return ok(
             "Registry",
             html! { p.muted { "This server runs no registry." } },
         );
     };
-    let catalog = reg
-        .get::<Value>(&ctx, &format!("/v2/_catalog?n={MAX_REPOS}"))
-        .await
-        .map_err(|f| as_refusal(&ctx, f));
-    let catalog = match catalog {
-        Ok(c) => c,
-        Err(f) => return failed("Registry", &f),
+    // One repository's further tags, or one page of repositories.
+    let (repos, more) = match &q.repo {
+        Some(r) => (vec![r.clone()], false),
+        None => {
+            let mut uri = format!("/v2/_catalog?n={REPO_PAGE}");
+            if let Some(l) = q.last.as_deref().filter(|l| !l.is_empty()) {
+                uri.push_str(&format!("&last={}", seg(l)));
+            }
+            match listing(&reg, &ctx, &uri, "repositories").await {
+                Ok(x) => x,
+                Err(f) => return failed("Registry", &as_refusal(&ctx, f)),
+            }
+        }
     };
-    let repos: Vec<String> = catalog
-        .get("repositories")
-        .and_then(|r| r.as_array())
-        .map(|r| {
-            r.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let after = q.repo.as_ref().and(q.tag.as_deref());
     let (tags, in_use) = tokio::join!(
-        join_all(repos.iter().map(|r| repo_tags(&reg, &ctx, r))),
+        join_all(repos.iter().map(|r| repo_tags(&reg, &ctx, r, after))),
         digests_in_use(&st, &ctx),
     );
+    let tags: Vec<_> = tags
+        .into_iter()
+        .map(|t| t.map_err(|f| as_refusal(&ctx, f)))
+        .collect();
+    // No credential (one repository's page reads no catalog first): the login form, no data.
+    if let Some(f) = tags
+        .iter()
+        .filter_map(|t| t.as_ref().err())
+        .find(|f| f.needs_login())
+    {
+        return failed("Registry", f);
+    }
     let body = html! {
         @if repos.is_empty() { p.muted { "No image pushed yet: " code { "docker push 127.0.0.1:5000/hello:v1" } } }
         @for (repo, tags) in repos.iter().zip(&tags) {
-            section { h2 { (repo) }
+            section.repo { h2 { (repo) }
                 @match tags {
-                    Ok(tags) => { (tags_table(repo, tags, &in_use)) }
+                    Ok((tags, more_tags)) => {
+                        (tags_table(repo, tags, &in_use))
+                        @if *more_tags { @if let Some(t) = tags.last() {
+                            p { a.more href={ "/ui/registry?repo=" (seg(repo)) "&tag=" (seg(&t.name)) } {
+                                "More tags of " (repo) " →" } } } }
+                    }
                     Err(f) => { (error_box(f)) }
                 }
             }
         }
+        (pager(&q, &repos, more))
     };
     ok("Registry", body)
+}
+
+/// Links to the first and the next page of repositories.
+fn pager(q: &RegistryQuery, repos: &[String], more: bool) -> Markup {
+    let paged = q.repo.is_some() || q.last.as_deref().is_some_and(|l| !l.is_empty());
+    html! {
+        @if paged || more { nav.pager {
+            @if paged { a.first href="/ui/registry" { "← First page" } }
+            @if more { @if let Some(last) = repos.last() {
+                a.next href={ "/ui/registry?last=" (seg(last)) } { "Next repositories →" } } }
+        } }
+    }
 }
 
 fn tags_table(repo: &str, tags: &[Tag], in_use: &BTreeMap<String, Vec<String>>) -> Markup {
