@@ -1,6 +1,8 @@
 //! Loopback ports for tests that run in parallel beside a running `pier dev`.
 
+use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::{Mutex, OnceLock};
 
 use rand::Rng;
 
@@ -13,15 +15,23 @@ const LOWEST_PORT: u16 = 10_000;
 /// that range, and the kernel hands the same range out as the local port of every outgoing
 /// connection, so under a busy parallel test run another test's client connection could take
 /// the port between this call and the server binding it (CI saw a `pier dev` never start that
-/// way). Ports below the range are only ever taken by an explicit bind, so the remaining race
-/// is two tests drawing the same port out of ~20,000 at the same moment.
+/// way). Ports below the range are only ever taken by an explicit bind. A port is never handed
+/// out twice in one process (the tests of one binary run in parallel in it and would otherwise
+/// draw the same port about once in a hundred runs, CI saw that too); test binaries run one
+/// after another, so the remaining race is with other programs on the machine.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let ephemeral_low = ephemeral_range_start();
     let mut rng = rand::rng();
     if ephemeral_low > LOWEST_PORT + 1_000 {
+        let mut handed_out = HANDED_OUT
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for _ in 0..1_000 {
             let port = rng.random_range(LOWEST_PORT..ephemeral_low);
-            if bindable(port) {
+            if !handed_out.contains(&port) && bindable(port) {
+                handed_out.insert(port);
                 return port;
             }
         }
