@@ -48,6 +48,8 @@ cleanup() {
   docker ps -aq --filter "label=$LABEL" | xargs -r docker rm -f >/dev/null 2>&1
   # The pier network this run's agent created (a network it found already there stays).
   docker network ls -q --filter "label=$LABEL" | xargs -r docker network rm >/dev/null 2>&1
+  # Named volumes (examples/shop's db) carry the agents' labels too.
+  docker volume ls -q --filter "label=$LABEL" | xargs -r docker volume rm -f >/dev/null 2>&1
   docker images --format '{{.Repository}}:{{.Tag}}' | grep "^$REGISTRY/" | xargs -r docker rmi -f >/dev/null 2>&1
   rm -rf "$WORK"
 }
@@ -55,9 +57,12 @@ trap cleanup EXIT
 
 # ---------------------------------------------------------------------------------------------
 step "1. start pier dev (API $PIER_ADDR, registry $REGISTRY, gateway 127.0.0.1:$GW_PORT, agent in zone a)"
+# Both nodes run their tasks on this run's own pier network (its bridge address serves
+# *.internal and DNS to the containers) and keep secret files under $WORK.
+NODE_ARGS=(--network "pier-walk-$$" --secrets-dir "$WORK/secrets")
 DEV_ARGS=(dev --data-dir "$WORK/data" --http-port "$HTTP_PORT" --raft-port "$RAFT_PORT"
           --registry-port "$REG_PORT" --dns-port "$DNS_PORT" --gateway-port "$GW_PORT"
-          --https-port "$HTTPS_PORT" --zone a --container-label "$LABEL")
+          --https-port "$HTTPS_PORT" --zone a --container-label "$LABEL" "${NODE_ARGS[@]}")
 GATEWAY="127.0.0.1:$GW_PORT"
 # "$PIER", not the pier() function: a backgrounded function runs in a subshell, and $! would
 # be that subshell, which cleanup() would kill while pier itself lived on.
@@ -68,7 +73,8 @@ curl -fs "$PIER_ADDR/api/v1/status" >/dev/null 2>&1 || { tail -20 "$WORK/dev.log
 pier status
 
 step "   a second node agent in zone b (as on another machine)"
-"$PIER" agent --server "$PIER_ADDR" --zone b --name node-b --registry-port 0 --container-label "$LABEL" >"$WORK/agent-b.log" 2>&1 &
+"$PIER" agent --server "$PIER_ADDR" --zone b --name node-b --registry-port 0 --container-label "$LABEL" \
+  "${NODE_ARGS[@]}" >"$WORK/agent-b.log" 2>&1 &
 AGENT_PID=$!
 for _ in $(seq 1 100); do [ "$(pier node ls --json | jq length)" -ge 2 ] && break; sleep 0.1; done
 pier node ls
@@ -172,5 +178,76 @@ pier pipeline logs site/3 --follow
 expect_served site '<h1>site, third commit</h1>' 30
 pier pipeline runs site
 curl -fs "http://$REGISTRY/v2/site/tags/list"; echo
+
+# ---------------------------------------------------------------------------------------------
+step "8. an app of three services that call each other: web -> api -> db (examples/shop)"
+APP_START=$SECONDS
+SHOP="$WORK/shop"
+cp -r "$ROOT/examples/shop" "$SHOP"
+for svc in db api web; do
+  cp /bin/busybox "$SHOP/$svc/busybox"
+  docker build -q -t "$REGISTRY/shop-$svc:v1" "$SHOP/$svc" >/dev/null
+  docker push -q "$REGISTRY/shop-$svc:v1" >/dev/null
+  sed -i "s#127.0.0.1:5000/#$REGISTRY/#" "$SHOP/$svc/$svc.toml"
+  echo "pushed $REGISTRY/shop-$svc:v1"
+done
+# The secret db's password file and api's DB_PASSWORD come from; never shown again by pier.
+DB_PASSWORD="walkthrough-$$-$RANDOM"
+printf '%s' "$DB_PASSWORD" | pier secret set db-password
+pier secret ls
+
+step "   web first: its tasks wait for api (needs), which waits for db"
+pier deploy --detach "$SHOP/web/web.toml"
+for _ in $(seq 1 50); do pier service ps web | grep -q 'waiting for api' && break; sleep 0.1; done
+pier service ps web
+pier service ps web | grep -q 'waiting for api' || fail "web's tasks do not wait for api"
+pier deploy "$SHOP/db/db.toml"
+pier deploy "$SHOP/api/api.toml"
+
+all_healthy() { # all_healthy SERVICE COUNT: exactly COUNT tasks, every one healthy
+  [ "$(pier service ps "$1" --json | jq --argjson n "$2" '(length == $n) and all(.display_state == "healthy")')" = true ]
+}
+for _ in $(seq 1 150); do all_healthy web 2 && break; sleep 0.2; done
+for svc in db:1 api:2 web:2; do
+  pier service ps "${svc%:*}"
+  all_healthy "${svc%:*}" "${svc#*:}" || fail "${svc%:*} does not have ${svc#*:} healthy tasks"
+done
+
+visit() { curl -fs -m 10 -H 'Host: web.localhost' "http://$GATEWAY/"; }
+visits_in() { sed -n 's/.*visits=\([0-9][0-9]*\).*/\1/p' <<<"$1"; }
+step "   open web: each visit goes web -> api.internal -> db.internal, and db counts it"
+echo "curl -H 'Host: web.localhost' http://$GATEWAY/"
+page1="$(visit)" || fail "web does not answer through the gateway"
+echo "$page1"
+page2="$(visit)" || fail "web does not answer a second visit"
+echo "$page2"
+grep -q '^The Pier Shop: ' <<<"$page1" || fail "web's page lacks SHOP_NAME from its env_file: $page1"
+grep -Eq 'visits=[0-9]+ db=[^ ]+ api=[^ ]+ web=[^ ]+' <<<"$page1" || fail "the page did not come through api and db: $page1"
+n1="$(visits_in "$page1")"; n2="$(visits_in "$page2")"
+[ "$n2" -eq $((n1 + 1)) ] || fail "db's counter did not go up by one per visit ($n1, then $n2)"
+echo "db counted visit $n1, then $n2"
+
+step "   the secret reached db (a file) and api (env), and pier never shows it"
+if pier service inspect api --json | grep -qF "$DB_PASSWORD"; then fail "pier service inspect shows the secret"; fi
+if pier secret ls --json | grep -qF "$DB_PASSWORD"; then fail "pier secret ls shows the secret"; fi
+echo "not in 'pier service inspect' nor 'pier secret ls'; db accepted api's password (visits counted)"
+
+step "   kill db's container: the task restarts on the same volume and the count goes on"
+db_container="$(docker ps -q --filter "label=$LABEL" --filter label=pier.service=db)"
+[ -n "$db_container" ] || fail "no running container of db"
+docker kill "$db_container" >/dev/null
+echo "killed $db_container"
+deadline=$((SECONDS + 30))
+until page3="$(visit)"; do
+  [ $SECONDS -lt $deadline ] || fail "web does not answer 30 s after db's container was killed"
+  sleep 0.2
+done
+echo "$page3"
+n3="$(visits_in "$page3")"
+[ -n "$n3" ] && [ "$n3" -gt "$n2" ] || fail "db's data did not survive the kill (visits=$n2 before, '$n3' after)"
+[ -z "$(docker ps -q --filter id="$db_container")" ] || fail "the killed container is still running"
+pier service ps db
+pier volume ls
+echo "visits went on from $n2 to $n3 after the kill; the app step took $((SECONDS - APP_START)) s"
 
 step "done: every step of the walkthrough behaved as described"
