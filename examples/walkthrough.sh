@@ -198,9 +198,10 @@ pier secret ls
 
 step "   web first: its tasks wait for api (needs), which waits for db"
 pier deploy --detach "$SHOP/web/web.toml"
-for _ in $(seq 1 50); do pier service ps web | grep -q 'waiting for api' && break; sleep 0.1; done
-pier service ps web
-pier service ps web | grep -q 'waiting for api' || fail "web's tasks do not wait for api"
+# (Captured, not piped to grep -q: with pipefail, a reader that stops early fails the pipe.)
+for _ in $(seq 1 50); do web_ps="$(pier service ps web)"; grep -q 'waiting for api' <<<"$web_ps" && break; sleep 0.1; done
+echo "$web_ps"
+grep -q 'waiting for api' <<<"$web_ps" || fail "web's tasks do not wait for api"
 pier deploy "$SHOP/db/db.toml"
 pier deploy "$SHOP/api/api.toml"
 
@@ -228,8 +229,8 @@ n1="$(visits_in "$page1")"; n2="$(visits_in "$page2")"
 echo "db counted visit $n1, then $n2"
 
 step "   the secret reached db (a file) and api (env), and pier never shows it"
-if pier service inspect api --json | grep -qF "$DB_PASSWORD"; then fail "pier service inspect shows the secret"; fi
-if pier secret ls --json | grep -qF "$DB_PASSWORD"; then fail "pier secret ls shows the secret"; fi
+shown="$(pier service inspect api --json; pier secret ls --json)"
+if grep -qF "$DB_PASSWORD" <<<"$shown"; then fail "pier service inspect or pier secret ls shows the secret"; fi
 echo "not in 'pier service inspect' nor 'pier secret ls'; db accepted api's password (visits counted)"
 
 step "   kill db's container: the task restarts on the same volume and the count goes on"
