@@ -246,9 +246,11 @@ done
 echo "$page3"
 n3="$(visits_in "$page3")"
 [ -n "$n3" ] && [ "$n3" -gt "$n2" ] || fail "db's data did not survive the kill (visits=$n2 before, '$n3' after)"
+db_task() { sed -n 's/.* db=\([^ ]*\).*/\1/p' <<<"$1"; }
+[ "$(db_task "$page3")" != "$(db_task "$page2")" ] || fail "the visit after the kill was counted by the killed task $(db_task "$page2")"
 [ -z "$(docker ps -q --filter id="$db_container")" ] || fail "the killed container is still running"
 pier service ps db
 pier volume ls
-echo "visits went on from $n2 to $n3 after the kill; the app step took $((SECONDS - APP_START)) s"
+echo "visits went on from $n2 (task $(db_task "$page2")) to $n3 (task $(db_task "$page3")) on the same volume; the app step took $((SECONDS - APP_START)) s"
 
 step "done: every step of the walkthrough behaved as described"
