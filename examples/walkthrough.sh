@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The pier walkthrough, end to end: start `pier dev`, push an image, deploy a service with 3
 # replicas in 2 zones, open it, roll out a new version, watch an automatic rollback, then
-# create a pipeline and push a commit. Every step checks its outcome; the script exits
+# create a pipeline and push a commit, and run examples/shop (web -> api -> db, calling each
+# other by name, with a secret, an env_file and a named volume). Every step checks its outcome; the script exits
 # non-zero on the first one that is not what the walkthrough promises.
 #
 #   examples/walkthrough.sh                  # default ports (API 8500, registry 5000)
@@ -9,7 +10,8 @@
 #   PIER=/path/to/pier examples/walkthrough.sh
 #
 # Needs: Docker, git, curl, jq, python3, busybox-static (/bin/busybox). Leaves nothing behind:
-# containers carry a per-run label and are removed at the end, as are the images it built.
+# containers, the pier network and named volumes carry a per-run label and are removed at the
+# end, as are the images it built; secret files live in the run's temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
