@@ -2,8 +2,9 @@
 # The pier walkthrough, end to end: start `pier dev`, push an image, deploy a service with 3
 # replicas in 2 zones, open it, roll out a new version, watch an automatic rollback, then
 # create a pipeline and push a commit, and run examples/shop (web -> api -> db, calling each
-# other by name, with a secret, an env_file and a named volume). Every step checks its outcome; the script exits
-# non-zero on the first one that is not what the walkthrough promises.
+# other by name, with a secret, an env_file and a named volume). Every step checks its
+# outcome; the script exits non-zero on the first one that is not what the walkthrough
+# promises.
 #
 #   examples/walkthrough.sh                  # default ports (API 8500, registry 5000)
 #   FREE_PORTS=1 examples/walkthrough.sh     # free ports (CI)
