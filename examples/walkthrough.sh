@@ -232,13 +232,24 @@ n1="$(visits_in "$page1")"; n2="$(visits_in "$page2")"
 echo "db counted visit $n1, then $n2"
 
 step "   the secret reached db (a file) and api (env), and pier never shows it"
+db_container="$(docker ps -q --filter "label=$LABEL" --filter label=pier.service=db)"
+api_container="$(docker ps -q --filter "label=$LABEL" --filter label=pier.service=api | awk "NR == 1")"
+[ -n "$db_container" ] && [ -n "$api_container" ] || fail "no running container of db or api"
+file="$(docker exec "$db_container" /bin/busybox stat -c '%a %u' /run/secrets/db-password)"
+echo "db:  /run/secrets/db-password, mode and owner: $file"
+[ "$file" = "400 1000" ] || fail "db's secret file is not mode 0400 owned by user 1000 ($file)"
+[ "$(docker exec "$db_container" /bin/busybox cat /run/secrets/db-password)" = "$DB_PASSWORD" ] || fail "db's secret file does not hold the secret"
+[ "$(docker exec "$api_container" /bin/busybox printenv DB_PASSWORD)" = "$DB_PASSWORD" ] || fail "api's DB_PASSWORD is not the secret"
+echo "api: DB_PASSWORD is set"
+db_addr="$(docker port "$db_container" 8080/tcp | awk "NR == 1")"
+code="$(curl -s -o /dev/null -w '%{http_code}' "http://$db_addr/cgi-bin/visit")"
+echo "db without the password (straight to its port $db_addr): HTTP $code"
+[ "$code" = 403 ] || fail "db did not refuse a caller without the password (HTTP $code)"
 shown="$(pier service inspect api --json; pier secret ls --json)"
 if grep -qF "$DB_PASSWORD" <<<"$shown"; then fail "pier service inspect or pier secret ls shows the secret"; fi
-echo "not in 'pier service inspect' nor 'pier secret ls'; db accepted api's password (visits counted)"
+echo "the value is in neither 'pier service inspect' nor 'pier secret ls'"
 
 step "   kill db's container: the task restarts on the same volume and the count goes on"
-db_container="$(docker ps -q --filter "label=$LABEL" --filter label=pier.service=db)"
-[ -n "$db_container" ] || fail "no running container of db"
 docker kill "$db_container" >/dev/null
 echo "killed $db_container"
 deadline=$((SECONDS + 30))
