@@ -239,7 +239,7 @@ file="$(docker exec "$db_container" /bin/busybox stat -c '%a %u' /run/secrets/db
 echo "db:  /run/secrets/db-password, mode and owner: $file"
 [ "$file" = "400 1000" ] || fail "db's secret file is not mode 0400 owned by user 1000 ($file)"
 [ "$(docker exec "$db_container" /bin/busybox cat /run/secrets/db-password)" = "$DB_PASSWORD" ] || fail "db's secret file does not hold the secret"
-[ "$(docker exec "$api_container" /bin/busybox printenv DB_PASSWORD)" = "$DB_PASSWORD" ] || fail "api's DB_PASSWORD is not the secret"
+[ "$(docker exec "$api_container" /bin/busybox sh -c 'echo "$DB_PASSWORD"')" = "$DB_PASSWORD" ] || fail "api's DB_PASSWORD is not the secret"
 echo "api: DB_PASSWORD is set"
 db_addr="$(docker port "$db_container" 8080/tcp | awk "NR == 1")"
 code="$(curl -s -o /dev/null -w '%{http_code}' "http://$db_addr/cgi-bin/visit")"
