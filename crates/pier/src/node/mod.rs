@@ -92,6 +92,9 @@ pub async fn start(
             if source.kind() == std::io::ErrorKind::AddrInUse =>
         {
             tracing::warn!(%gateway_addr, "another process serves the pier network's gateway address on this machine; its node gateway and DNS serve this node's containers too");
+            // The feed still runs: this agent's `needs` check reads its routes, and without
+            // it a task here would wait for its needs forever.
+            crate::gateway_feed::spawn_internal(cfg.server, feed.routes_tx, feed.all_tx, cfg.http);
             return Ok(None);
         }
         Err(e) => {
