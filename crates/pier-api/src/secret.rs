@@ -17,13 +17,7 @@ pub const SECRETS_MOUNT: &str = "/run/secrets";
 /// Whether `name` is a valid secret name: like a service name (1-63 of a-z, 0-9 and '-',
 /// starting with a letter, not ending with '-'), so it is also a safe file name.
 pub fn is_valid_secret_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    crate::service::is_valid_name(name)
 }
 
 /// Why a secret name or value is refused, in words for the user.

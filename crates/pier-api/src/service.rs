@@ -13,9 +13,9 @@ pub use file::ServiceFile;
 pub use records::*;
 pub use units::{format_duration_ms, parse_duration_ms, parse_memory_mb};
 pub use validate::{
-    is_clean_absolute_path, is_under, parse_service_file, Amount, ConstraintOp, ConstraintSpec,
-    DeploySpec, HealthKind, HealthSpec, Limits, PlacementSpec, PlacementStrategy, ServiceSpec,
-    SpecError, VolumeSpec, DEFAULT_MAX_COUNT, IMPLICIT_CHECK_INTERVAL_MS,
+    is_clean_absolute_path, is_under, is_valid_name, parse_service_file, Amount, ConstraintOp,
+    ConstraintSpec, DeploySpec, HealthKind, HealthSpec, Limits, PlacementSpec, PlacementStrategy,
+    ServiceSpec, SpecError, VolumeSpec, DEFAULT_MAX_COUNT, IMPLICIT_CHECK_INTERVAL_MS,
 };
 
 /// Request extension set by the API's auth layer: whether the caller may see secret values

@@ -96,26 +96,19 @@ impl PierProcess {
     /// As [`wait_http_ok`], but stops as soon as the process exits, and panics with its exit
     /// status and the end of its log, so a server that never came up says why.
     pub async fn wait_http_ok(&mut self, url: &str, timeout: Duration) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + timeout;
-        let mut last = String::from("no attempt");
-        while Instant::now() < deadline {
-            match client.get(url).timeout(Duration::from_secs(2)).send().await {
-                Ok(resp) if resp.status().is_success() => return,
-                Ok(resp) => last = format!("status {}", resp.status()),
-                Err(e) => last = e.to_string(),
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                last = format!("{} exited ({status}) before answering", self.name);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let name = self.name.clone();
+        let child = &mut self.child;
+        let exited = move || match child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => Some(format!("{name} exited ({status}) before answering")),
+            _ => None,
+        };
+        if let Err(why) = poll_http_ok(url, timeout, exited).await {
+            panic!(
+                "{why}\n--- end of {}:\n{}",
+                self.log_path.display(),
+                self.log_tail(40)
+            );
         }
-        panic!(
-            "{url} did not answer 2xx within {timeout:?}: {last}\n--- end of {}:\n{}",
-            self.log_path.display(),
-            self.log_tail(40)
-        );
     }
 
     /// The last `lines` lines of the child's log.
@@ -135,16 +128,34 @@ impl Drop for PierProcess {
 /// Polls `url` until it answers 2xx or `timeout` passes; panics with the last
 /// error so the test output says why the server never came up.
 pub async fn wait_http_ok(url: &str, timeout: Duration) {
+    if let Err(why) = poll_http_ok(url, timeout, || None).await {
+        panic!("{why}");
+    }
+}
+
+/// The one wait for a server's first 2xx: gives up at `timeout`, or at once when `gone` says
+/// the server is gone (and why); the error names the last answer or failure.
+async fn poll_http_ok(
+    url: &str,
+    timeout: Duration,
+    mut gone: impl FnMut() -> Option<String>,
+) -> Result<(), String> {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no attempt");
     while Instant::now() < deadline {
         match client.get(url).timeout(Duration::from_secs(2)).send().await {
-            Ok(resp) if resp.status().is_success() => return,
+            Ok(resp) if resp.status().is_success() => return Ok(()),
             Ok(resp) => last = format!("status {}", resp.status()),
             Err(e) => last = e.to_string(),
         }
+        if let Some(why) = gone() {
+            last = why;
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{url} did not answer 2xx within {timeout:?}: {last}");
+    Err(format!(
+        "{url} did not answer 2xx within {timeout:?}: {last}"
+    ))
 }

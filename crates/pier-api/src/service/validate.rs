@@ -380,7 +380,9 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-fn is_valid_name(name: &str) -> bool {
+/// The one name rule of services (and of what shares their names' uses: secrets, as file
+/// names): 1-63 of a-z, 0-9 and '-', starting with a letter, not ending with '-'.
+pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase())
