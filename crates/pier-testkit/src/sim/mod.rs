@@ -8,7 +8,7 @@
 //! once, and `exited` as soon as the server asks it to stop. Everything the server sees comes
 //! through the same HTTP calls a `pier agent` makes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,17 +60,18 @@ struct Counters {
     reports_sent: AtomicU64,
     report_errors: AtomicU64,
     heartbeat_errors: AtomicU64,
-    heartbeat_ms: Mutex<Vec<u32>>,
-    report_ms: Mutex<Vec<u32>>,
+    heartbeat_ms: Mutex<VecDeque<u32>>,
+    report_ms: Mutex<VecDeque<u32>>,
 }
 
 impl Counters {
-    fn sample(list: &Mutex<Vec<u32>>, elapsed: Duration) {
+    /// Keeps the newest MAX_SAMPLES: a ring, since every heartbeat of the fleet lands here.
+    fn sample(list: &Mutex<VecDeque<u32>>, elapsed: Duration) {
         let mut list = list.lock().unwrap_or_else(|p| p.into_inner());
         if list.len() >= MAX_SAMPLES {
-            list.remove(0);
+            list.pop_front();
         }
-        list.push(elapsed.as_millis().min(u32::MAX as u128) as u32);
+        list.push_back(elapsed.as_millis().min(u32::MAX as u128) as u32);
     }
 }
 
@@ -219,7 +220,13 @@ impl Fleet {
 
     pub fn stats(&self) -> FleetStats {
         let c = &self.counters;
-        let lock = |m: &Mutex<Vec<u32>>| m.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let lock = |m: &Mutex<VecDeque<u32>>| -> Vec<u32> {
+            m.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied()
+                .collect()
+        };
         FleetStats {
             tasks_received: c.tasks_received.load(Ordering::Relaxed),
             reports_sent: c.reports_sent.load(Ordering::Relaxed),
