@@ -74,6 +74,30 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
+/// `pier cert add HOST` with `pair`, then waits (1 s at most) until HTTPS on `https` presents a
+/// certificate `ca_path` trusts; prints how long that took.
+async fn replace_and_wait_served(
+    dev: &Dev,
+    https: u16,
+    host: &'static str,
+    pair: &(String, String),
+    ca_path: &str,
+    what: &str,
+) {
+    let out = dev.pier(&["cert", "add", host, "--cert", &pair.0, "--key", &pair.1]);
+    assert!(out.status.success(), "{out:?}");
+    let stored = Instant::now();
+    eventually(what, Duration::from_secs(1), || {
+        let ca_path = ca_path.to_string();
+        async move { blocking(move || curl_https(https, host, &ca_path, &[]).0).await }
+    })
+    .await;
+    eprintln!(
+        "{what} {:?} after `pier cert add` returned",
+        stored.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_serves_localhost_names_with_its_local_ca_over_h2_and_http1() {
     let dir = tempfile::tempdir().unwrap();
@@ -238,32 +262,15 @@ async fn provided_certificates_are_picked_by_sni_listed_replaced_and_removed() {
 
     // A replaced certificate is served by new connections within a second.
     let shop2 = leaf(d, "shop2", &ca2, &["shop.example.com"]);
-    let out = dev.pier(&[
-        "cert",
-        "add",
+    replace_and_wait_served(
+        &dev,
+        https,
         "shop.example.com",
-        "--cert",
-        &shop2.0,
-        "--key",
-        &shop2.1,
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let stored = Instant::now();
-    eventually(
+        &shop2,
+        &ca2_path,
         "replaced certificate served",
-        Duration::from_secs(1),
-        || {
-            let ca2_path = ca2_path.clone();
-            async move {
-                blocking(move || curl_https(https, "shop.example.com", &ca2_path, &[]).0).await
-            }
-        },
     )
     .await;
-    eprintln!(
-        "replaced certificate served {:?} after `pier cert add` returned",
-        stored.elapsed()
-    );
 
     // Removed: blog has no certificate any more.
     let out = dev.pier(&["cert", "rm", "blog.example.com"]);
@@ -451,30 +458,13 @@ async fn a_standalone_gateway_serves_the_stored_certificates_and_follows_changes
     assert_eq!(out, format!("308 https://shop.example.com:{https}/x"));
 
     let two = leaf(d, "two", &ca2, &["shop.example.com"]);
-    let out = dev.pier(&[
-        "cert",
-        "add",
+    replace_and_wait_served(
+        &dev,
+        https,
         "shop.example.com",
-        "--cert",
-        &two.0,
-        "--key",
-        &two.1,
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let stored = Instant::now();
-    eventually(
+        &two,
+        &ca2_path,
         "replaced certificate served by the standalone gateway",
-        Duration::from_secs(1),
-        || {
-            let ca2_path = ca2_path.clone();
-            async move {
-                blocking(move || curl_https(https, "shop.example.com", &ca2_path, &[]).0).await
-            }
-        },
     )
     .await;
-    eprintln!(
-        "standalone gateway served the new certificate {:?} after it was stored",
-        stored.elapsed()
-    );
 }
