@@ -19,7 +19,7 @@ PIER="$CARGO_TARGET_DIR/release/pier"
 SIM="$CARGO_TARGET_DIR/release/examples/scale_sim"
 
 # Each simulated node holds a watch and a heartbeat connection open.
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"   # as many as this shell may open
 TMP=$(mktemp -d /tmp/pier-scale.XXXXXX)
 PIDS=()
 cleanup() {
