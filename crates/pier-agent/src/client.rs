@@ -59,6 +59,15 @@ struct Shared {
     heartbeat_timeout: Duration,
 }
 
+/// See [`ServerClient::blocking_read`].
+#[derive(Debug)]
+pub struct BlockingAnswer {
+    /// `X-Consul-Index`: pass it back to wait for the next change.
+    pub index: u64,
+    /// None: 404 (an absent key, say).
+    pub body: Option<Vec<u8>>,
+}
+
 #[derive(Clone)]
 pub struct ServerClient {
     shared: Arc<Shared>,
@@ -318,6 +327,84 @@ impl ServerClient {
         resp.json()
             .await
             .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// A Consul-style blocking read of `/v1/<segments…>?<query>` (the catalog's and KV's own
+    /// blocking queries): answers once the result's index differs from `index`, or after
+    /// `wait_ms`. A 404 (an absent key) is an answer without a body. Returns early with
+    /// [`ClientError::Switched`] when the agent moves to another server meanwhile.
+    pub async fn blocking_read(
+        &self,
+        segments: &[&str],
+        query: &str,
+        index: Option<u64>,
+        wait_ms: u64,
+    ) -> Result<BlockingAnswer, ClientError> {
+        let mut switched = self.shared.switched.subscribe();
+        let (base, generation) = self.current();
+        let mut url = reqwest::Url::parse(&base).map_err(|e| ClientError::Unreachable {
+            addr: base.clone(),
+            detail: e.to_string(),
+        })?;
+        url.path_segments_mut()
+            .map_err(|()| ClientError::Unreachable {
+                addr: base.clone(),
+                detail: "not a base URL".into(),
+            })?
+            .push("v1")
+            .extend(segments);
+        let mut q = format!("{query}&wait={wait_ms}ms");
+        if let Some(i) = index {
+            q.push_str(&format!("&index={i}"));
+        }
+        url.set_query(Some(&q));
+        let timeout = Duration::from_millis(wait_ms + wait_ms / 16 + 5_000);
+        let http = self.shared.http.get();
+        let request = http.get(url).timeout(timeout).send();
+        let resp = tokio::select! {
+            resp = request => resp,
+            _ = switched.wait_for(|g| *g != generation) => {
+                return Err(ClientError::Switched(self.current_server()));
+            }
+        };
+        let resp = resp.map_err(|e| ClientError::Unreachable {
+            addr: base.clone(),
+            detail: e.to_string(),
+        });
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail_over(generation, &e);
+                return Err(e);
+            }
+        };
+        let status = resp.status().as_u16();
+        let index = resp
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        match (status, index) {
+            (200, Some(index)) => Ok(BlockingAnswer {
+                index,
+                body: Some(body.to_vec()),
+            }),
+            (404, Some(index)) => Ok(BlockingAnswer { index, body: None }),
+            _ => {
+                let e = ClientError::Status {
+                    status,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                };
+                if e.server_trouble() {
+                    self.fail_over(generation, &e);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The values of the secrets task `task_id` uses (only this node's agent may read them).

@@ -15,8 +15,9 @@ use bollard::models::{
     NetworkCreateRequest, PortBinding,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, KillContainerOptions,
+    ListContainersOptions, LogsOptions, RemoveContainerOptions, RestartContainerOptions,
+    StopContainerOptions,
 };
 use bollard::Docker;
 use futures::{Stream, StreamExt};
@@ -504,6 +505,31 @@ impl DockerDriver {
             }) => Ok(()),
             Err(e) => Err(DockerError::engine("stop a container", e)),
         }
+    }
+
+    /// Restarts the container in place: its stop signal, SIGKILL after `timeout_ms`, then
+    /// start (a rendered file changed and the program reads it only at start).
+    pub async fn restart(&self, id: &str, timeout_ms: u64) -> Result<(), DockerError> {
+        let t = i32::try_from(timeout_ms.div_ceil(1000)).unwrap_or(i32::MAX);
+        let options = RestartContainerOptions {
+            t: Some(t),
+            signal: None,
+        };
+        self.docker
+            .restart_container(id, Some(options))
+            .await
+            .map_err(|e| DockerError::engine("restart a container", e))
+    }
+
+    /// Sends `signal` (e.g. "SIGHUP") to the container's main process.
+    pub async fn signal(&self, id: &str, signal: &str) -> Result<(), DockerError> {
+        let options = KillContainerOptions {
+            signal: signal.to_string(),
+        };
+        self.docker
+            .kill_container(id, Some(options))
+            .await
+            .map_err(|e| DockerError::engine("signal a container", e))
     }
 
     /// Removes the container (forcefully: a running one is killed). Absent is fine.

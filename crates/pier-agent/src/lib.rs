@@ -10,6 +10,7 @@
 pub mod client;
 pub mod contact;
 pub mod docker;
+pub mod files;
 mod http;
 mod probe;
 pub mod registry;
@@ -438,7 +439,7 @@ async fn sweep_secrets(ctx: &WorkerCtx) {
             .container_exists(&docker::container_name(&task))
             .await
         {
-            tracing::info!(%task, "removing the secret files of a task whose container is gone");
+            tracing::info!(%task, "removing the secret and rendered files of a task whose container is gone");
             ctx.secrets.remove(&task);
         }
     }

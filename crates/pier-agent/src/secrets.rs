@@ -29,6 +29,10 @@ pub fn default_dir() -> PathBuf {
     }
 }
 
+/// The suffix of a task's rendered-files directory beside its secrets directory (task ids
+/// have no '.').
+const FILES_SUFFIX: &str = ".files";
+
 /// Why a task's secrets could not be put in place (never containing a value).
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -61,6 +65,12 @@ impl SecretsDir {
     /// `--secrets-dir/<node>`).
     pub fn task_dir(&self, task_id: &str) -> PathBuf {
         self.root.join(task_id)
+    }
+
+    /// `<root>/<task id>.files`: the host side of the task's rendered `[files]` (see
+    /// [`crate::files`]); removed with its secrets.
+    pub fn files_dir(&self, task_id: &str) -> PathBuf {
+        self.root.join(format!("{task_id}{FILES_SUFFIX}"))
     }
 
     /// Writes the files of `spec.secret_files` for `task_id` (replacing any left from an
@@ -113,7 +123,7 @@ impl SecretsDir {
         Ok(dir)
     }
 
-    /// Tasks with a secrets directory written more than `min_age` ago (a directory being
+    /// Tasks with a secrets or rendered-files directory written more than `min_age` ago (a directory being
     /// prepared for a container not created yet is younger).
     pub fn tasks_older_than(&self, min_age: std::time::Duration) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
@@ -129,15 +139,22 @@ impl SecretsDir {
                     .is_some_and(|age| age >= min_age)
             })
             .filter_map(|e| e.file_name().into_string().ok())
+            .map(|name| match name.strip_suffix(FILES_SUFFIX) {
+                Some(task) => task.to_string(),
+                None => name,
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect()
     }
 
-    /// Removes the task's secret files, if any.
+    /// Removes the task's secret files and rendered files, if any.
     pub fn remove(&self, task_id: &str) {
-        let dir = self.task_dir(task_id);
-        if dir.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(task = %task_id, dir = %dir.display(), error = %e, "cannot remove a task's secret files");
+        for dir in [self.task_dir(task_id), self.files_dir(task_id)] {
+            if dir.exists() {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(task = %task_id, dir = %dir.display(), error = %e, "cannot remove a task's secret or rendered files");
+                }
             }
         }
     }

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pier_api::service::{
-    AgentTask, DesiredState, HealthSpec, StopPhase, TaskHealth, TaskState, TaskStatus,
+    AgentTask, DesiredState, HealthSpec, OnChange, StopPhase, TaskHealth, TaskState, TaskStatus,
 };
 use pier_core::health::{self, CheckResult, CheckSettings, CheckState, HealthStatus};
 use tokio::sync::mpsc;
 
 use crate::client::ServerClient;
 use crate::docker::{ContainerInfo, ContainerSpec, DockerDriver, DockerError};
+use crate::files::TaskFiles;
 use crate::probe::{self, ProbeTarget};
 use crate::secrets::SecretError;
 
@@ -55,6 +56,12 @@ struct Worker {
     next_quick_probe_ms: u64,
     start_attempted: bool,
     stopped: bool,
+    /// The task's `[files]`, once rendered (None: it has none).
+    files: Option<Arc<TaskFiles>>,
+    /// The watch that renders them again; aborted when the task stops.
+    files_watch: Option<tokio::task::JoinHandle<()>>,
+    /// Where the watch says which files changed (the receiver is in `run`).
+    files_changed: mpsc::Sender<Vec<OnChange>>,
 }
 
 use pier_api::time::now_ms;
@@ -77,7 +84,11 @@ pub async fn run(
     adopted: Option<ContainerInfo>,
     mut rx: mpsc::Receiver<WorkerMsg>,
 ) {
+    let (files_changed, mut files_rx) = mpsc::channel(4);
     let mut w = Worker {
+        files: None,
+        files_watch: None,
+        files_changed,
         ctx,
         task,
         container: None,
@@ -109,6 +120,7 @@ pub async fn run(
                     return;
                 }
             },
+            Some(changes) = files_rx.recv() => w.on_files_changed(changes).await,
             _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
         }
         w.probe_if_due().await;
@@ -136,6 +148,14 @@ impl Worker {
         if info.running {
             self.set_state(TaskState::Running, None);
             self.begin_health(now_ms());
+            // Its files were rendered by the agent before; the watch renders them again and
+            // acts if they changed meanwhile.
+            let root = self.ctx.secrets.files_dir(self.id());
+            match TaskFiles::new(&self.task.spec, root, &self.task.task.node) {
+                Ok(files) => self.files = files.map(Arc::new),
+                Err(e) => tracing::warn!(task = %self.id(), error = %e, "cannot follow the task's files"),
+            }
+            self.watch_files();
         } else {
             self.status.exit_code = info.exit_code;
             self.set_state(TaskState::Exited, Some(exit_message(&info)));
@@ -268,6 +288,10 @@ impl Worker {
             }
             Err(e) => return self.fail(e),
         };
+        match self.render_files(&spec).await {
+            Ok(file_binds) => binds.extend(file_binds),
+            Err(e) => return self.fail(e),
+        }
         let cspec = ContainerSpec {
             task_id: self.id().to_string(),
             service: spec.name.clone(),
@@ -305,6 +329,7 @@ impl Worker {
                 self.status.network_ip = info.network_ip;
                 self.set_state(TaskState::Running, None);
                 self.begin_health(now_ms());
+                self.watch_files();
                 tracing::info!(task = %self.id(), container = %id, "task running");
             }
             Ok(Some(info)) => {
@@ -342,6 +367,88 @@ impl Worker {
             ));
         }
         Ok((env, binds))
+    }
+
+    /// Renders the task's `[files]` (reading what they need from the servers) and returns the
+    /// binds of their directories.
+    async fn render_files(
+        &mut self,
+        spec: &pier_api::service::ServiceSpec,
+    ) -> Result<Vec<String>, crate::files::FilesError> {
+        let root = self.ctx.secrets.files_dir(self.id());
+        let Some(files) = TaskFiles::new(spec, root, &self.task.task.node)? else {
+            return Ok(Vec::new());
+        };
+        let data = crate::files::fetch_all(&self.ctx.client, &files).await?;
+        files.write(&data)?;
+        let binds = files.binds();
+        self.files = Some(Arc::new(files));
+        Ok(binds)
+    }
+
+    /// Starts following what the task's files read (once; none without files).
+    fn watch_files(&mut self) {
+        let Some(files) = self.files.clone() else {
+            return;
+        };
+        if self.files_watch.is_some() {
+            return;
+        }
+        self.files_watch = Some(tokio::spawn(crate::files::watch(
+            files,
+            self.ctx.client.clone(),
+            self.id().to_string(),
+            self.files_changed.clone(),
+        )));
+    }
+
+    fn stop_watching_files(&mut self) {
+        if let Some(h) = self.files_watch.take() {
+            h.abort();
+        }
+    }
+
+    /// Files were rendered anew: restart the container if any of them asks for it, else
+    /// send the signals they ask for. Only a running task: an exited one is not revived.
+    async fn on_files_changed(&mut self, changes: Vec<OnChange>) {
+        let Some(id) = self.container.clone() else {
+            return;
+        };
+        if self.status.state != TaskState::Running {
+            return;
+        }
+        let docker = self.ctx.docker.clone();
+        if changes.contains(&OnChange::Restart) {
+            tracing::info!(task = %self.id(), "a rendered file changed; restarting the container");
+            if let Err(e) = docker.restart(&id, self.task.spec.stop_timeout_ms).await {
+                tracing::warn!(task = %self.id(), error = %e, "cannot restart the container");
+            }
+            match docker.inspect(&id).await {
+                Ok(Some(info)) if info.running => {
+                    // Docker may give the restarted container other host ports.
+                    self.status.host_ports = info.host_ports;
+                    self.status.network_ip = info.network_ip;
+                    self.begin_health(now_ms());
+                }
+                Ok(Some(info)) => {
+                    self.exited(&info);
+                    self.capture_output(&id).await;
+                }
+                _ => {}
+            }
+            return;
+        }
+        let mut sent = std::collections::BTreeSet::new();
+        for change in changes {
+            if let OnChange::Signal(sig) = change {
+                if sent.insert(sig.clone()) {
+                    tracing::info!(task = %self.id(), signal = %sig, "a rendered file changed; signalling the container");
+                    if let Err(e) = docker.signal(&id, &sig).await {
+                        tracing::warn!(task = %self.id(), error = %e, "cannot signal the container");
+                    }
+                }
+            }
+        }
     }
 
     /// The task's `[[volumes]]`: binds of named volumes (created if missing, kept after the
@@ -462,6 +569,7 @@ impl Worker {
 
     async fn stop(&mut self) {
         self.check = None;
+        self.stop_watching_files();
         let Some(id) = self.container.clone() else {
             self.mark_not_started();
             return;
@@ -496,6 +604,7 @@ impl Worker {
     }
 
     async fn remove(&mut self) {
+        self.stop_watching_files();
         if let Some(id) = self.container.take() {
             if let Err(e) = self.ctx.docker.remove(&id).await {
                 tracing::warn!(task = %self.id(), error = %e, "cannot remove the container");

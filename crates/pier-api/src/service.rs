@@ -5,6 +5,7 @@
 mod env_file;
 mod file;
 mod records;
+pub mod template;
 mod units;
 mod validate;
 
@@ -14,7 +15,7 @@ pub use records::*;
 pub use units::{format_duration_ms, parse_duration_ms, parse_memory_mb};
 pub use validate::{
     is_clean_absolute_path, is_under, is_valid_name, parse_service_file, Amount, ConstraintOp,
-    ConstraintSpec, DeploySpec, HealthKind, HealthSpec, Limits, PlacementSpec, PlacementStrategy,
+    ConstraintSpec, DeploySpec, FileSpec, OnChange, MAX_FILES, MAX_TEMPLATE_BYTES, HealthKind, HealthSpec, Limits, PlacementSpec, PlacementStrategy,
     ServiceSpec, SpecError, VolumeSpec, DEFAULT_MAX_COUNT, IMPLICIT_CHECK_INTERVAL_MS,
 };
 

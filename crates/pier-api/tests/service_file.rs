@@ -433,3 +433,78 @@ fn volumes_of_each_kind_and_what_is_refused() {
     assert!(!is_under("/srv/database", "/srv/data"));
     assert!(!is_under("/etc", "/srv"));
 }
+
+#[test]
+fn files_are_parsed_with_defaults_and_bad_ones_refused_naming_file_and_line() {
+    use pier_api::service::OnChange;
+    let text = r#"name = "web"
+image = "x"
+
+[files]
+"/etc/app/upstreams.conf" = '{{ range service "api" }}{{ .Address }}:{{ .Port }}{{ end }}'
+
+[files."/etc/app/config.txt"]
+template = '{{ key "app/config" }}'
+on_change = "signal:hup"
+
+[files."/etc/other/plain"]
+template = "static"
+on_change = "none"
+"#;
+    let spec = parse_service_file(text, Limits::default()).unwrap();
+    let files: Vec<_> = spec
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.on_change.clone()))
+        .collect();
+    assert_eq!(
+        files,
+        vec![
+            ("/etc/app/config.txt", OnChange::Signal("SIGHUP".into())),
+            ("/etc/app/upstreams.conf", OnChange::Restart),
+            ("/etc/other/plain", OnChange::None),
+        ]
+    );
+    assert_eq!(spec.file_dirs(), vec!["/etc/app", "/etc/other"]);
+
+    let with = |files: &str| format!("name = \"web\"\nimage = \"x\"\n\n[files]\n{files}");
+    // A bad template: the error names the file, the template's line and the file's line.
+    let e = err(&with(
+        "\"/etc/app/a.conf\" = '''\nfirst line\nsecond {{ servce \"api\" }}\n'''\n",
+    ));
+    assert!(
+        e.contains("line 5")
+            && e.contains("\"/etc/app/a.conf\"")
+            && e.contains("template line 2")
+            && e.contains("unknown function"),
+        "{e}"
+    );
+    let e = err(&with("\"/etc/app/a.conf\" = '{{ range service \"api\" }}'\n"));
+    assert!(e.contains("not closed by `{{ end }}`"), "{e}");
+    let e = err(&with("\"/a.conf\" = 'x'\n"));
+    assert!(e.contains("put the file in a directory"), "{e}");
+    let e = err(&with("\"etc/a.conf\" = 'x'\n"));
+    assert!(e.contains("absolute file path"), "{e}");
+    let e = err(&with("\"/etc/a/../b\" = 'x'\n"));
+    assert!(e.contains("absolute file path"), "{e}");
+    let e = err(&with(
+        "\"/etc/app/a\" = { template = 'x', on_change = \"reload\" }\n",
+    ));
+    assert!(e.contains("`on_change` = \"reload\""), "{e}");
+    let e = err(&with(
+        "\"/etc/app/a\" = { template = 'x', on_chnage = \"none\" }\n",
+    ));
+    assert!(e.contains("unknown field `on_chnage`"), "{e}");
+    let e = err(&with("\"/etc/app/a\" = 'x'\n\"/etc/app/sub/b\" = 'y'\n"));
+    assert!(e.contains("inside /etc/app"), "{e}");
+    let big = "x".repeat(64 * 1024 + 1);
+    let e = err(&with(&format!("\"/etc/app/a\" = '{big}'\n")));
+    assert!(e.contains("larger than 64 KiB"), "{e}");
+    let many: String = (0..17).map(|i| format!("\"/etc/app/f{i}\" = 'x'\n")).collect();
+    let e = err(&with(&many));
+    assert!(e.contains("at most 16 files"), "{e}");
+    let e = err(&format!(
+        "name = \"web\"\nimage = \"x\"\n[[volumes]]\nname = \"data\"\ntarget = \"/etc/app\"\n\n[files]\n\"/etc/app/a\" = 'x'\n"
+    ));
+    assert!(e.contains("overlaps the volume"), "{e}");
+}

@@ -20,7 +20,7 @@ use crate::Shared;
 /// Instance meta with the task's address on its node's pier network (`ip:container-port`):
 /// what the node's DNS gives the node's other containers, which cannot reach the host port
 /// on a loopback host address.
-pub const META_NETWORK_ADDR: &str = "pier-network-addr";
+pub const META_NETWORK_ADDR: &str = pier_api::service::template::NETWORK_ADDR_META;
 
 /// Instance meta naming the task: marks the instances the orchestrator owns.
 pub const META_TASK: &str = "pier-task";

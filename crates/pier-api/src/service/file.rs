@@ -55,6 +55,43 @@ pub struct ServiceFile {
     pub secret_files: Option<Spanned<Vec<String>>>,
     /// `[[volumes]]`: named volumes, host paths and tmpfs mounts.
     pub volumes: Option<Vec<Spanned<VolumeFile>>>,
+    /// `[files]`: container path → a template, or `{ template = "…", on_change = "…" }`.
+    pub files: Option<BTreeMap<String, Spanned<FileEntry>>>,
+}
+
+/// One `[files]` entry: the template alone, or a table with `template` and `on_change`.
+#[derive(Debug)]
+pub enum FileEntry {
+    Template(String),
+    Table(FileTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTable {
+    pub template: String,
+    /// "restart" (default), "signal:SIGHUP" or "none".
+    pub on_change: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for FileEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FileEntry;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a template string or a table with `template` and `on_change`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FileEntry, E> {
+                Ok(FileEntry::Template(v.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<FileEntry, A::Error> {
+                FileTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(FileEntry::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One `[[volumes]]` entry: exactly one of `name` (a named volume the agent creates and

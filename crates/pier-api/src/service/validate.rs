@@ -235,6 +235,63 @@ pub struct ServiceSpec {
     /// `[[volumes]]`, in file order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeSpec>,
+    /// `[files]`, sorted by path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileSpec>,
+}
+
+/// The most `[files]` entries a service may have.
+pub const MAX_FILES: usize = 16;
+/// The largest template text of one `[files]` entry.
+pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
+
+/// A small file rendered from a template into the container, and rendered again whenever
+/// what the template reads changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Where the file is in the container (a clean absolute path, not directly under `/`).
+    pub path: String,
+    /// The template text (parsed at deploy: it is known to be valid).
+    pub template: String,
+    pub on_change: OnChange,
+}
+
+impl FileSpec {
+    /// The file's directory in the container (the agent mounts one host directory per
+    /// distinct directory, so a rendered file can be replaced by rename).
+    pub fn dir(&self) -> &str {
+        self.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("")
+    }
+
+    /// The file's name within its directory.
+    pub fn file_name(&self) -> &str {
+        self.path.rsplit_once('/').map(|(_, f)| f).unwrap_or(&self.path)
+    }
+}
+
+/// What the agent does to a running task once one of its files was rendered anew.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnChange {
+    /// Restart the container (its stop signal, then start again): the default, as Nomad's
+    /// `change_mode`, because most programs read their configuration only at start.
+    #[default]
+    Restart,
+    /// Send this signal (e.g. SIGHUP) to the container's main process.
+    Signal(String),
+    /// Only replace the file; the program watches it itself.
+    None,
+}
+
+impl fmt::Display for OnChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OnChange::Restart => f.write_str("restart"),
+            OnChange::Signal(s) => write!(f, "signal:{s}"),
+            OnChange::None => f.write_str("none"),
+        }
+    }
 }
 
 /// A mount of a task's container.
@@ -294,6 +351,13 @@ pub fn is_under(path: &str, root: &str) -> bool {
 }
 
 impl ServiceSpec {
+    /// The distinct directories of `[files]`, sorted: the agent mounts `<task>.files/<i>` at
+    /// the i-th.
+    pub fn file_dirs(&self) -> Vec<String> {
+        let set: BTreeSet<&str> = self.files.iter().map(FileSpec::dir).collect();
+        set.into_iter().map(str::to_string).collect()
+    }
+
     /// Every secret the service uses (as a variable or as a file).
     pub fn secret_names(&self) -> BTreeSet<String> {
         self.secrets
@@ -883,7 +947,9 @@ pub fn parse_service_file(text: &str, limits: Limits) -> Result<ServiceSpec, Spe
     let needs = needs(&ctx, &file.needs, &name)?;
     let (secrets, secret_files) = secrets(&ctx, &file)?;
     let volumes = volumes(&ctx, &file, !secret_files.is_empty())?;
+    let files = files(&ctx, &file, &volumes, !secret_files.is_empty())?;
     Ok(ServiceSpec {
+        files,
         volumes,
         secrets,
         secret_files,
@@ -1032,6 +1098,87 @@ fn volumes(
             VolumeSpec::Tmpfs { target, size_mb }
         };
         out.push(spec);
+    }
+    Ok(out)
+}
+
+/// `on_change`: "restart", "none" or "signal:<SIGNAL>".
+fn on_change(text: Option<&str>) -> Result<OnChange, String> {
+    let Some(text) = text.map(str::trim) else {
+        return Ok(OnChange::default());
+    };
+    match text {
+        "restart" => Ok(OnChange::Restart),
+        "none" => Ok(OnChange::None),
+        other => {
+            let sig = other
+                .strip_prefix("signal:")
+                .map(|s| s.trim().to_ascii_uppercase())
+                .map(|s| if s.starts_with("SIG") { s } else { format!("SIG{s}") })
+                .filter(|s| SIGNALS.contains(&s.as_str()) && s != "SIGKILL");
+            sig.map(OnChange::Signal).ok_or_else(|| {
+                format!("`on_change` = {other:?}: use \"restart\", \"none\" or \"signal:SIGHUP\" (a signal of {})", SIGNALS.join(", "))
+            })
+        }
+    }
+}
+
+/// `[files]`: at most [`MAX_FILES`], clean paths in a directory of their own (not `/`, not a
+/// volume's or the secrets' mount, no files directory inside another), templates that parse.
+fn files(
+    ctx: &Ctx,
+    file: &ServiceFile,
+    volumes: &[VolumeSpec],
+    has_secret_files: bool,
+) -> Result<Vec<FileSpec>, SpecError> {
+    use super::file::FileEntry;
+    let Some(table) = &file.files else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (path, entry) in table {
+        let at = |m: String| ctx.at(entry.span(), format!("[files] {path:?}: {m}"));
+        if out.len() == MAX_FILES {
+            return Err(at(format!("a service may render at most {MAX_FILES} files")));
+        }
+        let (template, change) = match entry.get_ref() {
+            FileEntry::Template(t) => (t.clone(), None),
+            FileEntry::Table(t) => (t.template.clone(), t.on_change.as_deref()),
+        };
+        let clean = path.trim();
+        if !is_clean_absolute_path(clean) || clean.ends_with('/') {
+            return Err(at("the path in the container must be an absolute file path without '..'".into()));
+        }
+        let spec = FileSpec {
+            path: clean.to_string(),
+            template,
+            on_change: on_change(change).map_err(&at)?,
+        };
+        if out.iter().any(|f: &FileSpec| f.path == spec.path) {
+            return Err(at("the path is listed twice".into()));
+        }
+        let dir = spec.dir().to_string();
+        if dir.is_empty() {
+            return Err(at("put the file in a directory (e.g. /etc/app/): its directory is mounted from the host, and / cannot be".into()));
+        }
+        if has_secret_files && is_under(&dir, crate::secret::SECRETS_MOUNT) {
+            return Err(at(format!("{dir} is where secret files are mounted")));
+        }
+        if let Some(v) = volumes.iter().find(|v| is_under(&dir, v.target()) || is_under(v.target(), &dir)) {
+            return Err(at(format!("its directory {dir} overlaps the volume mounted at {}", v.target())));
+        }
+        if spec.template.len() > MAX_TEMPLATE_BYTES {
+            return Err(at(format!("the template is larger than {} KiB", MAX_TEMPLATE_BYTES / 1024)));
+        }
+        super::template::Template::parse(&spec.template).map_err(|e| at(e.to_string()))?;
+        out.push(spec);
+    }
+    let dirs: BTreeSet<&str> = out.iter().map(FileSpec::dir).collect();
+    for f in &out {
+        if let Some(other) = dirs.iter().find(|d| **d != f.dir() && is_under(f.dir(), d)) {
+            let span = table.get(&f.path).map(|e| e.span()).unwrap_or(0..0);
+            return Err(ctx.at(span, format!("[files] {:?}: its directory {} is inside {other}, the directory of another file; files are mounted per directory, so put them in one directory or in separate ones", f.path, f.dir())));
+        }
     }
     Ok(out)
 }

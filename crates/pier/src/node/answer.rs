@@ -19,7 +19,7 @@ use pier_gateway::CatalogInstance;
 use crate::gateway_feed::NODE_META;
 
 /// Instance meta with the task's pier network address (see the orchestrator).
-pub const NETWORK_ADDR_META: &str = "pier-network-addr";
+pub use pier_api::service::template::NETWORK_ADDR_META;
 
 /// What the node's DNS knows.
 pub struct View<'a> {
@@ -76,20 +76,15 @@ fn classify_consul(labels: &[&str]) -> Target {
     }
 }
 
-/// Where a container on `node` reaches `instance`.
+/// Where a container on `node` reaches `instance` (the rule templates use too).
 pub fn reachable(instance: &CatalogInstance, node: &str) -> Option<SocketAddr> {
-    let local = instance.meta.get(NODE_META).map(String::as_str) == Some(node);
-    if local {
-        if let Some(addr) = instance
-            .meta
-            .get(NETWORK_ADDR_META)
-            .and_then(|a| a.parse::<SocketAddr>().ok())
-        {
-            return Some(addr);
-        }
-    }
-    let ip = instance.address.parse().ok()?;
-    Some(SocketAddr::new(ip, instance.port))
+    pier_api::service::template::reachable_from(
+        node,
+        instance.meta.get(NODE_META).map(String::as_str).unwrap_or(""),
+        instance.meta.get(NETWORK_ADDR_META).map(String::as_str),
+        &instance.address,
+        instance.port,
+    )
 }
 
 fn passing_of(view: &View, service: &str) -> Vec<SocketAddr> {
