@@ -382,3 +382,73 @@ pub async fn watch(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn files_are_written_per_directory_and_replaced_only_when_they_change() {
+        let spec = pier_api::service::parse_service_file(
+            "name = \"web\"\nimage = \"x\"\n[files]\n\"/etc/app/up.conf\" = '{{ service \"api\" }}'\n\"/etc/app/k\" = { template = '{{ key \"k\" }}', on_change = \"signal:HUP\" }\n\"/srv/static\" = { template = 'same', on_change = \"none\" }\n",
+            Default::default(),
+        )
+        .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("t1.files");
+        let files = TaskFiles::new(&spec, root.clone(), "n1").unwrap().unwrap();
+        assert_eq!(
+            files.binds(),
+            vec![
+                format!("{}:/etc/app:ro", root.join("0").display()),
+                format!("{}:/srv:ro", root.join("1").display()),
+            ]
+        );
+        let mut data = TemplateData::default();
+        let first = files.write(&data).unwrap();
+        assert_eq!(first.len(), 3, "every file is new");
+        assert_eq!(std::fs::read_to_string(root.join("0/up.conf")).unwrap(), "");
+        let meta = std::fs::metadata(root.join("1/static")).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o644);
+        let inode = std::fs::metadata(root.join("0/up.conf")).unwrap().ino();
+        assert!(files.write(&data).unwrap().is_empty(), "nothing changed");
+
+        data.services.insert(
+            "api".into(),
+            vec![Instance {
+                address: "10.1.0.5".into(),
+                port: 8080,
+                id: "api-1".into(),
+                node: "n1".into(),
+            }],
+        );
+        data.keys.insert("k".into(), "v2".into());
+        let changed = files.write(&data).unwrap();
+        assert_eq!(
+            changed,
+            vec![OnChange::Signal("SIGHUP".into()), OnChange::Restart]
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("0/up.conf")).unwrap(),
+            "10.1.0.5:8080"
+        );
+        assert_ne!(
+            std::fs::metadata(root.join("0/up.conf")).unwrap().ino(),
+            inode,
+            "replaced by rename, never rewritten in place"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(root.join("0"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("pier-tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+
+        // Too large to render: the last content stays, the error names the file.
+        data.keys.insert("k".into(), "x".repeat(70 * 1024));
+        let err = files.write(&data).unwrap_err().to_string();
+        assert!(err.contains("/etc/app/k") && err.contains("64 KiB"), "{err}");
+        assert_eq!(std::fs::read_to_string(root.join("0/k")).unwrap(), "v2");
+    }
+}

@@ -249,13 +249,7 @@ async fn decide(state: &AuthState, who: &Principal, need: &Requirement) -> Verdi
                 if access == Access::Read { "read" } else { "write" },
                 r.as_resource()
             )),
-            // Agents and gateways follow the catalog and the member list.
-            Principal::Node(_)
-                if access == Access::Read
-                    && matches!(r.as_resource(), Resource::CatalogService(_) | Resource::Cluster) =>
-            {
-                Allow
-            }
+            Principal::Node(id) if node_acl_allows(id.role, access, r.as_resource()) => Allow,
             Principal::Node(id) => Forbidden(format!("{id} may not do this")),
             _ => Unauthenticated(
                 "this cluster needs an API token: send it as `Authorization: Bearer`, `X-Consul-Token` or ?token= (the CLI reads PIER_TOKEN)".into(),
@@ -329,6 +323,19 @@ async fn decide(state: &AuthState, who: &Principal, need: &Requirement) -> Verdi
 static AUDIT_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// The layer itself (`axum::middleware::from_fn_with_state`).
+/// What a node's certificate may do where a token would need an ACL: agents and gateways
+/// follow the catalog and the member list; agents also read KV keys, because the `[files]`
+/// templates of any task placed on them may name any key (`{{ key "app/config" }}`) and they
+/// follow those keys with the KV API's own blocking queries. No node writes a key.
+fn node_acl_allows(role: Role, access: Access, r: Resource<'_>) -> bool {
+    access == Access::Read
+        && match r {
+            Resource::CatalogService(_) | Resource::Cluster => true,
+            Resource::Key(_) => role == Role::Agent,
+            _ => false,
+        }
+}
+
 pub async fn layer(State(state): State<AuthState>, req: Request, next: Next) -> Response {
     if state.mode == Mode::Dev && !is_loopback_host(req.headers()) {
         return error(
@@ -428,6 +435,17 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn nodes_read_the_catalog_and_only_agents_read_keys() {
+        use pier_security::acl::{Access, Resource};
+        assert!(node_acl_allows(Role::Agent, Access::Read, Resource::Key("app/config")));
+        assert!(!node_acl_allows(Role::Agent, Access::Write, Resource::Key("app/config")));
+        assert!(!node_acl_allows(Role::Gateway, Access::Read, Resource::Key("app/config")));
+        assert!(node_acl_allows(Role::Gateway, Access::Read, Resource::CatalogService("api")));
+        assert!(!node_acl_allows(Role::Agent, Access::Read, Resource::Service("api")));
+        assert!(!node_acl_allows(Role::Agent, Access::Write, Resource::Cluster));
     }
 
     #[test]
