@@ -23,3 +23,15 @@ pub use validate::{
 /// (a service's `env`). Handlers that return them redact when it is false.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SecretsVisible(pub bool);
+
+/// Request extension set by the API's auth layer: whether the caller may read a KV key. A
+/// service's `[files]` templates show the keys they read to whoever reads its containers, so
+/// giving a service a template that reads a key takes read access to that key.
+#[derive(Clone)]
+pub struct KeysReadable(pub std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for KeysReadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeysReadable(..)")
+    }
+}

@@ -218,6 +218,7 @@ async fn resolve_image(shared: &Shared, image: &str) -> ApiResult<Option<String>
 async fn deploy(
     State(shared): State<Arc<Shared>>,
     visible: Option<axum::Extension<pier_api::service::SecretsVisible>>,
+    keys: Option<axum::Extension<pier_api::service::KeysReadable>>,
     Json(req): Json<DeployRequest>,
 ) -> ApiResult<Json<DeployResponse>> {
     let spec = parse_service_file(
@@ -236,6 +237,27 @@ async fn deploy(
     // give a service a secret it does not use yet.
     if visible.is_some_and(|axum::Extension(v)| !v.0) {
         crate::secrets::check_may_add(&shared, &spec).await?;
+    }
+    // A template shows the keys it reads to whoever reads the service's containers.
+    if let Some(axum::Extension(readable)) = keys {
+        let denied: Vec<String> = spec
+            .template_keys()
+            .into_iter()
+            .filter(|k| !(readable.0)(k))
+            .collect();
+        if !denied.is_empty() {
+            return Err(HttpError(
+                axum::http::StatusCode::FORBIDDEN,
+                pier_api::ApiError::new(
+                    pier_api::ErrorCode::Forbidden,
+                    format!(
+                        "the [files] templates of {} read key(s) {} that this token may not read (a template shows them to whoever reads the containers)",
+                        spec.name,
+                        denied.join(", ")
+                    ),
+                ),
+            ));
+        }
     }
     // Every secret it names must exist; the revision records their versions.
     crate::secrets::pin_versions(&shared, &mut spec).await?;

@@ -358,6 +358,20 @@ impl ServiceSpec {
         set.into_iter().map(str::to_string).collect()
     }
 
+    /// Every KV key the `[files]` templates read.
+    pub fn template_keys(&self) -> BTreeSet<String> {
+        use super::template::{Dependency, Template};
+        self.files
+            .iter()
+            .filter_map(|f| Template::parse(&f.template).ok())
+            .flat_map(|t| t.dependencies())
+            .filter_map(|d| match d {
+                Dependency::Key(k) => Some(k),
+                Dependency::Service(_) => None,
+            })
+            .collect()
+    }
+
     /// Every secret the service uses (as a variable or as a file).
     pub fn secret_names(&self) -> BTreeSet<String> {
         self.secrets

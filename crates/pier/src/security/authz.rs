@@ -378,6 +378,14 @@ pub async fn layer(State(state): State<AuthState>, req: Request, next: Next) -> 
             req.extensions_mut().insert(who.clone());
             req.extensions_mut()
                 .insert(pier_api::service::SecretsVisible(who.sees_secrets()));
+            let reader = who.clone();
+            req.extensions_mut()
+                .insert(pier_api::service::KeysReadable(Arc::new(move |key: &str| {
+                    match &reader {
+                        Principal::Token(t) => t.allows(Access::Read, Resource::Key(key)),
+                        _ => true,
+                    }
+                })));
             next.run(req).await
         }
         // Consul answers a request without a token as its anonymous token: 403 "Permission
