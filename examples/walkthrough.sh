@@ -2,9 +2,9 @@
 # The pier walkthrough, end to end: start `pier dev`, push an image, deploy a service with 3
 # replicas in 2 zones, open it, roll out a new version, watch an automatic rollback, then
 # create a pipeline and push a commit, and run examples/shop (web -> api -> db, calling each
-# other by name, with a secret, an env_file and a named volume). Every step checks its
-# outcome; the script exits non-zero on the first one that is not what the walkthrough
-# promises.
+# other by name, with a secret, an env_file, a named volume and a [files] template). Every
+# step checks its outcome; the script exits non-zero on the first one that is not what the
+# walkthrough promises.
 #
 #   examples/walkthrough.sh                  # default ports (API 8500, registry 5000)
 #   FREE_PORTS=1 examples/walkthrough.sh     # free ports (CI)
@@ -216,6 +216,18 @@ for svc in db:1 api:2 web:2; do
   pier service ps "${svc%:*}"
   all_healthy "${svc%:*}" "${svc#*:}" || fail "${svc%:*} does not have ${svc#*:} healthy tasks"
 done
+
+step "   web's [files]: api's healthy instances, rendered into the container by the agent"
+web_container="$(docker ps -q --filter "label=$LABEL" --filter label=pier.service=web | awk "NR == 1")"
+upstreams=""
+for _ in $(seq 1 50); do
+  upstreams="$(docker exec "$web_container" /bin/busybox cat /etc/shop/upstreams || true)"
+  [ "$(grep -c : <<<"$upstreams" || true)" = 2 ] && break
+  sleep 0.1
+done
+echo "/etc/shop/upstreams in $web_container:"
+echo "$upstreams"
+[ "$(grep -c : <<<"$upstreams" || true)" = 2 ] || fail "web's /etc/shop/upstreams does not list api's 2 instances"
 
 visit() { curl -fs -m 10 -H 'Host: web.localhost' "http://$GATEWAY/"; }
 visits_in() { sed -n 's/.*visits=\([0-9][0-9]*\).*/\1/p' <<<"$1"; }
