@@ -212,8 +212,9 @@ async fn fetch(
                 .blocking_read(&["health", "service", name], "passing=1", index, wait_ms)
                 .await?;
             let entries: Vec<HealthEntry> = match &answer.body {
-                Some(body) => serde_json::from_slice(body)
-                    .map_err(|e| ClientError::Decode(e.to_string()))?,
+                Some(body) => {
+                    serde_json::from_slice(body).map_err(|e| ClientError::Decode(e.to_string()))?
+                }
                 None => Vec::new(),
             };
             let instances = entries
@@ -378,7 +379,9 @@ pub async fn watch(
                     return;
                 }
             }
-            Err(e) => tracing::warn!(task = %task, error = %e, "cannot render the task's files; the last ones stay"),
+            Err(e) => {
+                tracing::warn!(task = %task, error = %e, "cannot render the task's files; the last ones stay")
+            }
         }
     }
 }
@@ -448,7 +451,10 @@ mod tests {
         // Too large to render: the last content stays, the error names the file.
         data.keys.insert("k".into(), "x".repeat(70 * 1024));
         let err = files.write(&data).unwrap_err().to_string();
-        assert!(err.contains("/etc/app/k") && err.contains("64 KiB"), "{err}");
+        assert!(
+            err.contains("/etc/app/k") && err.contains("64 KiB"),
+            "{err}"
+        );
         assert_eq!(std::fs::read_to_string(root.join("0/k")).unwrap(), "v2");
     }
 }

@@ -153,7 +153,9 @@ impl Worker {
             let root = self.ctx.secrets.files_dir(self.id());
             match TaskFiles::new(&self.task.spec, root, &self.task.task.node) {
                 Ok(files) => self.files = files.map(Arc::new),
-                Err(e) => tracing::warn!(task = %self.id(), error = %e, "cannot follow the task's files"),
+                Err(e) => {
+                    tracing::warn!(task = %self.id(), error = %e, "cannot follow the task's files")
+                }
             }
             self.watch_files();
         } else {

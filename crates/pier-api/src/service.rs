@@ -15,8 +15,9 @@ pub use records::*;
 pub use units::{format_duration_ms, parse_duration_ms, parse_memory_mb};
 pub use validate::{
     is_clean_absolute_path, is_under, is_valid_name, parse_service_file, Amount, ConstraintOp,
-    ConstraintSpec, DeploySpec, FileSpec, OnChange, MAX_FILES, MAX_TEMPLATE_BYTES, HealthKind, HealthSpec, Limits, PlacementSpec, PlacementStrategy,
-    ServiceSpec, SpecError, VolumeSpec, DEFAULT_MAX_COUNT, IMPLICIT_CHECK_INTERVAL_MS,
+    ConstraintSpec, DeploySpec, FileSpec, HealthKind, HealthSpec, Limits, OnChange, PlacementSpec,
+    PlacementStrategy, ServiceSpec, SpecError, VolumeSpec, DEFAULT_MAX_COUNT,
+    IMPLICIT_CHECK_INTERVAL_MS, MAX_FILES, MAX_TEMPLATE_BYTES,
 };
 
 /// Request extension set by the API's auth layer: whether the caller may see secret values

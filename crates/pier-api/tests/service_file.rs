@@ -479,7 +479,9 @@ on_change = "none"
             && e.contains("unknown function"),
         "{e}"
     );
-    let e = err(&with("\"/etc/app/a.conf\" = '{{ range service \"api\" }}'\n"));
+    let e = err(&with(
+        "\"/etc/app/a.conf\" = '{{ range service \"api\" }}'\n",
+    ));
     assert!(e.contains("not closed by `{{ end }}`"), "{e}");
     let e = err(&with("\"/a.conf\" = 'x'\n"));
     assert!(e.contains("put the file in a directory"), "{e}");
@@ -500,11 +502,13 @@ on_change = "none"
     let big = "x".repeat(64 * 1024 + 1);
     let e = err(&with(&format!("\"/etc/app/a\" = '{big}'\n")));
     assert!(e.contains("larger than 64 KiB"), "{e}");
-    let many: String = (0..17).map(|i| format!("\"/etc/app/f{i}\" = 'x'\n")).collect();
+    let many: String = (0..17)
+        .map(|i| format!("\"/etc/app/f{i}\" = 'x'\n"))
+        .collect();
     let e = err(&with(&many));
     assert!(e.contains("at most 16 files"), "{e}");
-    let e = err(&format!(
-        "name = \"web\"\nimage = \"x\"\n[[volumes]]\nname = \"data\"\ntarget = \"/etc/app\"\n\n[files]\n\"/etc/app/a\" = 'x'\n"
-    ));
+    let e = err(
+        "name = \"web\"\nimage = \"x\"\n[[volumes]]\nname = \"data\"\ntarget = \"/etc/app\"\n\n[files]\n\"/etc/app/a\" = 'x'\n",
+    );
     assert!(e.contains("overlaps the volume"), "{e}");
 }

@@ -244,9 +244,11 @@ async fn files_follow_healthy_instances_within_a_second_and_key_changes_restart_
     let latency = put_at.elapsed();
     println!("key change rendered after {latency:?}");
     assert!(latency < Duration::from_secs(1), "{latency:?}");
-    eventually("web restarted in place", Duration::from_secs(20), || async {
-        inspect(&container, "{{.State.StartedAt}}") != started_before
-    })
+    eventually(
+        "web restarted in place",
+        Duration::from_secs(20),
+        || async { inspect(&container, "{{.State.StartedAt}}") != started_before },
+    )
     .await;
     eventually(
         "the same task healthy again after its restart",

@@ -61,7 +61,10 @@ async fn agents_read_template_keys_with_their_certificate_and_deployers_need_rea
     // A token that may deploy web but not read the key may not give web a template reading it.
     let (deploy_only, _) = c.create_token(&["deploy:web"]);
     let out = c.cli(0, Some(&deploy_only), &["deploy", file]);
-    assert!(!out.status.success(), "a template read a key its deployer may not read");
+    assert!(
+        !out.status.success(),
+        "a template read a key its deployer may not read"
+    );
     assert!(
         stderr(&out).contains("403") && stderr(&out).contains("app/config"),
         "{}",
@@ -92,7 +95,15 @@ async fn agents_read_template_keys_with_their_certificate_and_deployers_need_rea
         assert!(Instant::now() < deadline, "web never healthy: {tasks}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let read = || docker(&["exec", &container, "/bin/busybox", "cat", "/etc/app/config.txt"]);
+    let read = || {
+        docker(&[
+            "exec",
+            &container,
+            "/bin/busybox",
+            "cat",
+            "/etc/app/config.txt",
+        ])
+    };
     assert_eq!(read(), "color=blue");
 
     // A change reaches the file over the agent's mTLS blocking query (then the task restarts).
@@ -100,13 +111,22 @@ async fn agents_read_template_keys_with_their_certificate_and_deployers_need_rea
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let now = std::process::Command::new("docker")
-            .args(["exec", &container, "/bin/busybox", "cat", "/etc/app/config.txt"])
+            .args([
+                "exec",
+                &container,
+                "/bin/busybox",
+                "cat",
+                "/etc/app/config.txt",
+            ])
             .output()
             .unwrap();
         if String::from_utf8_lossy(&now.stdout) == "color=green" {
             break;
         }
-        assert!(Instant::now() < deadline, "the key change never reached the file");
+        assert!(
+            Instant::now() < deadline,
+            "the key change never reached the file"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let out = c.cli(0, Some(&mgmt), &["service", "rm", "web"]);

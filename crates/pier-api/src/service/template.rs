@@ -261,7 +261,9 @@ fn check_service(name: &str, line: usize) -> Result<String, TemplateError> {
     } else {
         Err(TemplateError {
             line,
-            message: format!("{name:?} is not a service name (a-z, 0-9 and '-', starting with a letter)"),
+            message: format!(
+                "{name:?} is not a service name (a-z, 0-9 and '-', starting with a letter)"
+            ),
         })
     }
 }
@@ -270,7 +272,9 @@ fn check_key(key: &str, line: usize) -> Result<String, TemplateError> {
     if key.is_empty() || key.starts_with('/') || key.len() > 512 || key.contains('\0') {
         return Err(TemplateError {
             line,
-            message: format!("{key:?} is not a KV key (not empty, not starting with '/', at most 512 bytes)"),
+            message: format!(
+                "{key:?} is not a KV key (not empty, not starting with '/', at most 512 bytes)"
+            ),
         });
     }
     Ok(key.to_string())
@@ -303,12 +307,14 @@ fn action(inner: &str, line: usize, in_range: bool) -> Result<Action, TemplateEr
             message: "empty action `{{ }}`".into(),
         });
     };
-    let unknown = || TemplateError {
+    let unknown = || {
+        TemplateError {
         line,
         message: format!(
             "unknown function or field {:?}; use service, key, keyOrDefault, range … end, or .Address/.Port/.ID/.Node inside a range",
             trimmed
         ),
+    }
     };
     if *quoted {
         return Err(unknown());
@@ -567,7 +573,10 @@ mod tests {
 
     #[test]
     fn lookups_render_sorted_and_stable() {
-        assert_eq!(render("up={{ service \"api\" }}"), "up=10.0.0.1:80,10.0.0.2:81");
+        assert_eq!(
+            render("up={{ service \"api\" }}"),
+            "up=10.0.0.1:80,10.0.0.2:81"
+        );
         assert_eq!(
             render("{{ range service \"api\" }}server {{ .Address }}:{{ .Port }} # {{.ID}}@{{.Node}}\n{{ end }}"),
             "server 10.0.0.1:80 # api-80@n1\nserver 10.0.0.2:81 # api-81@n1\n"
@@ -585,10 +594,15 @@ mod tests {
         );
         assert_eq!(render("{{ keyOrDefault `app/config` `d` }}"), "debug=1");
         assert_eq!(render("a {{/* note */}}b"), "a b");
-        assert_eq!(render("a  \n {{- key \"app/config\" -}} \n  b"), "adebug=1b");
+        assert_eq!(
+            render("a  \n {{- key \"app/config\" -}} \n  b"),
+            "adebug=1b"
+        );
         assert_eq!(render("no actions at all\n"), "no actions at all\n");
-        let t = Template::parse("{{ key \"a\" }}{{ range service \"api\" }}{{ end }}{{ service \"web\" }}")
-            .unwrap();
+        let t = Template::parse(
+            "{{ key \"a\" }}{{ range service \"api\" }}{{ end }}{{ service \"web\" }}",
+        )
+        .unwrap();
         assert_eq!(
             t.dependencies().into_iter().collect::<Vec<_>>(),
             vec![
@@ -608,21 +622,29 @@ mod tests {
         assert_eq!(e.to_string().split(':').next(), Some("template line 2"));
         assert_eq!(err("a\nb\n{{ service api }}").line, 3);
         assert!(err("{{ service api }}").message.contains("quoted"));
-        assert!(err("{{ service \"Bad_Name\" }}").message.contains("not a service name"));
+        assert!(err("{{ service \"Bad_Name\" }}")
+            .message
+            .contains("not a service name"));
         assert!(err("{{ key \"/abs\" }}").message.contains("not a KV key"));
-        assert!(err("{{ key \"a\" \"b\" }}").message.contains("one quoted argument"));
+        assert!(err("{{ key \"a\" \"b\" }}")
+            .message
+            .contains("one quoted argument"));
         let e = err("x\n{{ range service \"api\" }}\n{{ .Address }}");
         assert_eq!((e.line, e.message.contains("not closed")), (2, true));
         assert!(err("{{ end }}").message.contains("without a `range`"));
         assert!(err("{{ else }}").message.contains("outside"));
-        assert!(err("{{ .Address }}").message.contains("only defined inside"));
+        assert!(err("{{ .Address }}")
+            .message
+            .contains("only defined inside"));
         assert!(err("{{ range service \"api\" }}{{ .Foo }}{{ end }}")
             .message
             .contains("unknown"));
         assert_eq!(err("a\n\n{{ key \"x\" ").line, 3);
         assert!(err("{{ key \"x }}").message.contains("not closed"));
         assert!(err("{{ }}").message.contains("empty"));
-        assert!(err("{{ range key \"x\" }}{{ end }}").message.contains("service"));
+        assert!(err("{{ range key \"x\" }}{{ end }}")
+            .message
+            .contains("service"));
     }
 
     #[test]

@@ -266,7 +266,10 @@ impl FileSpec {
 
     /// The file's name within its directory.
     pub fn file_name(&self) -> &str {
-        self.path.rsplit_once('/').map(|(_, f)| f).unwrap_or(&self.path)
+        self.path
+            .rsplit_once('/')
+            .map(|(_, f)| f)
+            .unwrap_or(&self.path)
     }
 }
 
@@ -1128,7 +1131,13 @@ fn on_change(text: Option<&str>) -> Result<OnChange, String> {
             let sig = other
                 .strip_prefix("signal:")
                 .map(|s| s.trim().to_ascii_uppercase())
-                .map(|s| if s.starts_with("SIG") { s } else { format!("SIG{s}") })
+                .map(|s| {
+                    if s.starts_with("SIG") {
+                        s
+                    } else {
+                        format!("SIG{s}")
+                    }
+                })
                 .filter(|s| SIGNALS.contains(&s.as_str()) && s != "SIGKILL");
             sig.map(OnChange::Signal).ok_or_else(|| {
                 format!("`on_change` = {other:?}: use \"restart\", \"none\" or \"signal:SIGHUP\" (a signal of {})", SIGNALS.join(", "))
@@ -1153,7 +1162,9 @@ fn files(
     for (path, entry) in table {
         let at = |m: String| ctx.at(entry.span(), format!("[files] {path:?}: {m}"));
         if out.len() == MAX_FILES {
-            return Err(at(format!("a service may render at most {MAX_FILES} files")));
+            return Err(at(format!(
+                "a service may render at most {MAX_FILES} files"
+            )));
         }
         let (template, change) = match entry.get_ref() {
             FileEntry::Template(t) => (t.clone(), None),
@@ -1161,7 +1172,9 @@ fn files(
         };
         let clean = path.trim();
         if !is_clean_absolute_path(clean) || clean.ends_with('/') {
-            return Err(at("the path in the container must be an absolute file path without '..'".into()));
+            return Err(at(
+                "the path in the container must be an absolute file path without '..'".into(),
+            ));
         }
         let spec = FileSpec {
             path: clean.to_string(),
@@ -1178,11 +1191,20 @@ fn files(
         if has_secret_files && is_under(&dir, crate::secret::SECRETS_MOUNT) {
             return Err(at(format!("{dir} is where secret files are mounted")));
         }
-        if let Some(v) = volumes.iter().find(|v| is_under(&dir, v.target()) || is_under(v.target(), &dir)) {
-            return Err(at(format!("its directory {dir} overlaps the volume mounted at {}", v.target())));
+        if let Some(v) = volumes
+            .iter()
+            .find(|v| is_under(&dir, v.target()) || is_under(v.target(), &dir))
+        {
+            return Err(at(format!(
+                "its directory {dir} overlaps the volume mounted at {}",
+                v.target()
+            )));
         }
         if spec.template.len() > MAX_TEMPLATE_BYTES {
-            return Err(at(format!("the template is larger than {} KiB", MAX_TEMPLATE_BYTES / 1024)));
+            return Err(at(format!(
+                "the template is larger than {} KiB",
+                MAX_TEMPLATE_BYTES / 1024
+            )));
         }
         super::template::Template::parse(&spec.template).map_err(|e| at(e.to_string()))?;
         out.push(spec);

@@ -80,7 +80,11 @@ fn classify_consul(labels: &[&str]) -> Target {
 pub fn reachable(instance: &CatalogInstance, node: &str) -> Option<SocketAddr> {
     pier_api::service::template::reachable_from(
         node,
-        instance.meta.get(NODE_META).map(String::as_str).unwrap_or(""),
+        instance
+            .meta
+            .get(NODE_META)
+            .map(String::as_str)
+            .unwrap_or(""),
         instance.meta.get(NETWORK_ADDR_META).map(String::as_str),
         &instance.address,
         instance.port,

@@ -380,12 +380,12 @@ pub async fn layer(State(state): State<AuthState>, req: Request, next: Next) -> 
                 .insert(pier_api::service::SecretsVisible(who.sees_secrets()));
             let reader = who.clone();
             req.extensions_mut()
-                .insert(pier_api::service::KeysReadable(Arc::new(move |key: &str| {
-                    match &reader {
+                .insert(pier_api::service::KeysReadable(Arc::new(
+                    move |key: &str| match &reader {
                         Principal::Token(t) => t.allows(Access::Read, Resource::Key(key)),
                         _ => true,
-                    }
-                })));
+                    },
+                )));
             next.run(req).await
         }
         // Consul answers a request without a token as its anonymous token: 403 "Permission
@@ -448,12 +448,36 @@ mod tests {
     #[test]
     fn nodes_read_the_catalog_and_only_agents_read_keys() {
         use pier_security::acl::{Access, Resource};
-        assert!(node_acl_allows(Role::Agent, Access::Read, Resource::Key("app/config")));
-        assert!(!node_acl_allows(Role::Agent, Access::Write, Resource::Key("app/config")));
-        assert!(!node_acl_allows(Role::Gateway, Access::Read, Resource::Key("app/config")));
-        assert!(node_acl_allows(Role::Gateway, Access::Read, Resource::CatalogService("api")));
-        assert!(!node_acl_allows(Role::Agent, Access::Read, Resource::Service("api")));
-        assert!(!node_acl_allows(Role::Agent, Access::Write, Resource::Cluster));
+        assert!(node_acl_allows(
+            Role::Agent,
+            Access::Read,
+            Resource::Key("app/config")
+        ));
+        assert!(!node_acl_allows(
+            Role::Agent,
+            Access::Write,
+            Resource::Key("app/config")
+        ));
+        assert!(!node_acl_allows(
+            Role::Gateway,
+            Access::Read,
+            Resource::Key("app/config")
+        ));
+        assert!(node_acl_allows(
+            Role::Gateway,
+            Access::Read,
+            Resource::CatalogService("api")
+        ));
+        assert!(!node_acl_allows(
+            Role::Agent,
+            Access::Read,
+            Resource::Service("api")
+        ));
+        assert!(!node_acl_allows(
+            Role::Agent,
+            Access::Write,
+            Resource::Cluster
+        ));
     }
 
     #[test]
