@@ -209,7 +209,14 @@ fn words(inner: &str, line: usize) -> Result<Vec<(String, bool)>, TemplateError>
             out.push((s, true));
         } else if c == '`' {
             chars.next();
-            let s: String = chars.by_ref().take_while(|&ch| ch != '`').collect();
+            let mut s = String::new();
+            loop {
+                match chars.next() {
+                    None => return Err(err("a raw string is not closed by '`'".into())),
+                    Some('`') => break,
+                    Some(ch) => s.push(ch),
+                }
+            }
             out.push((s, true));
         } else {
             let mut w = String::new();
@@ -641,6 +648,9 @@ mod tests {
             .contains("unknown"));
         assert_eq!(err("a\n\n{{ key \"x\" ").line, 3);
         assert!(err("{{ key \"x }}").message.contains("not closed"));
+        assert!(err("{{ key `x }}")
+            .message
+            .contains("raw string is not closed"));
         assert!(err("{{ }}").message.contains("empty"));
         assert!(err("{{ range key \"x\" }}{{ end }}")
             .message
