@@ -242,10 +242,13 @@ fn oci_error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 /// 401 with the challenge that sends the client to the token endpoint.
-fn challenge(auth: &RegistryAuth, headers: &HeaderMap, need: &Need, message: &str) -> Response {
-    let host = headers
+fn challenge(auth: &RegistryAuth, req: &Request, need: &Need, message: &str) -> Response {
+    // HTTP/2 clients (curl over TLS) name the host in `:authority`, not in a Host header.
+    let host = req
+        .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .unwrap_or("localhost");
     let mut value = format!(
         "Bearer realm=\"{}://{host}/v2/token\",service=\"{REGISTRY_SERVICE}\"",
@@ -352,7 +355,7 @@ pub async fn layer(State(auth): State<RegistryAuth>, req: Request, next: Next) -
         Verdict::Allow(who) => (who, next.run(req).await),
         Verdict::Challenge(message) => (
             "anonymous".to_string(),
-            challenge(&auth, req.headers(), &need, &message),
+            challenge(&auth, &req, &need, &message),
         ),
         Verdict::Deny(who, message) => (who, oci_error(StatusCode::FORBIDDEN, "DENIED", &message)),
     };
