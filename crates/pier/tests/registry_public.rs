@@ -54,7 +54,11 @@ fn skopeo_copy(src: &str, dest: &str, certs: &Path, creds: Option<&str>) -> Outp
 /// `skopeo inspect` without any credentials.
 fn anonymous_inspect(reference: &str, certs: &Path) -> Output {
     let cert_dir = format!("--cert-dir={}", certs.display());
-    run("skopeo", &["inspect", "--no-creds", &cert_dir, reference], &[])
+    run(
+        "skopeo",
+        &["inspect", "--no-creds", &cert_dir, reference],
+        &[],
+    )
 }
 
 /// `curl` without credentials: (status, WWW-Authenticate header).
@@ -78,7 +82,9 @@ fn curl(method: &str, url: &str, ca: &Path) -> (u16, String) {
     let line = String::from_utf8_lossy(&out.stdout).into_owned();
     let (status, challenge) = line.split_once(' ').unwrap_or((&line, ""));
     (
-        status.parse().unwrap_or_else(|_| panic!("curl: {}", text(&out))),
+        status
+            .parse()
+            .unwrap_or_else(|_| panic!("curl: {}", text(&out))),
         challenge.to_string(),
     )
 }
@@ -129,16 +135,30 @@ async fn public_prefixes_are_pulled_without_login_and_nothing_else_is() {
     // Nothing is public yet.
     let out = c.cli(0, Some(&mgmt), &["registry", "public", "ls", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), serde_json::json!([]));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
     assert!(!anonymous_inspect(&public_app, &certs).status.success());
 
     // Only management may open a prefix; a bad pattern is refused with the rule.
     let out = c.cli(0, Some(&read), &["registry", "public", "add", "pub/*"]);
-    assert!(!out.status.success(), "a read token made a repository public");
+    assert!(
+        !out.status.success(),
+        "a read token made a repository public"
+    );
     let out = c.cli(0, Some(&mgmt), &["registry", "public", "add", "Pub/*x"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("not a repository name or prefix"), "{}", stderr(&out));
-    let out = c.cli(0, Some(&mgmt), &["registry", "public", "add", "pub/*", "--json"]);
+    assert!(
+        stderr(&out).contains("not a repository name or prefix"),
+        "{}",
+        stderr(&out)
+    );
+    let out = c.cli(
+        0,
+        Some(&mgmt),
+        &["registry", "public", "add", "pub/*", "--json"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let out = c.cli(0, Some(&read), &["registry", "public", "ls", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -163,7 +183,11 @@ async fn public_prefixes_are_pulled_without_login_and_nothing_else_is() {
     let remote = format!("{registry}/pub/web:v1");
     let _pulled = ImageGuard::new(&remote);
     let out = run("docker", &["pull", &remote], &env);
-    assert!(out.status.success(), "anonymous docker pull: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "anonymous docker pull: {}",
+        text(&out)
+    );
 
     // Everything else still asks for credentials: other repositories, the catalog, pushes.
     assert!(!anonymous_inspect(&private_app, &certs).status.success());
@@ -179,7 +203,11 @@ async fn public_prefixes_are_pulled_without_login_and_nothing_else_is() {
         )) && challenge.contains("scope=\"repository:team/web:pull\""),
         "{challenge}"
     );
-    let (status, _) = curl("GET", &format!("https://{registry}/v2/pub/web/tags/list"), &ca);
+    let (status, _) = curl(
+        "GET",
+        &format!("https://{registry}/v2/pub/web/tags/list"),
+        &ca,
+    );
     assert_eq!(status, 200, "anonymous tag list of a public repository");
     let (status, challenge) = curl(
         "POST",
@@ -187,23 +215,42 @@ async fn public_prefixes_are_pulled_without_login_and_nothing_else_is() {
         &ca,
     );
     assert_eq!(status, 401, "anonymous push to a public repository");
-    assert!(challenge.contains("scope=\"repository:pub/web:pull,push\""), "{challenge}");
-    let (status, _) = curl("DELETE", &format!("https://{registry}/v2/pub/web/manifests/v1"), &ca);
+    assert!(
+        challenge.contains("scope=\"repository:pub/web:pull,push\""),
+        "{challenge}"
+    );
+    let (status, _) = curl(
+        "DELETE",
+        &format!("https://{registry}/v2/pub/web/manifests/v1"),
+        &ca,
+    );
     assert_eq!(status, 401, "anonymous delete in a public repository");
     let (status, _) = curl("GET", &format!("https://{registry}/v2/_catalog"), &ca);
     assert_eq!(status, 401, "anonymous catalog");
-    let out = skopeo_copy(&src, &format!("docker://{registry}/pub/web:v2"), &certs, None);
-    assert!(!out.status.success(), "anonymous skopeo push to a public repository worked");
+    let out = skopeo_copy(
+        &src,
+        &format!("docker://{registry}/pub/web:v2"),
+        &certs,
+        None,
+    );
+    assert!(
+        !out.status.success(),
+        "anonymous skopeo push to a public repository worked"
+    );
     // The token endpoint gives an anonymous client pulls of public repositories only.
     let (status, _) = curl(
         "GET",
-        &format!("https://{registry}/v2/token?service=pier-registry&scope=repository:team/web:pull"),
+        &format!(
+            "https://{registry}/v2/token?service=pier-registry&scope=repository:team/web:pull"
+        ),
         &ca,
     );
     assert_eq!(status, 401);
     let (status, _) = curl(
         "GET",
-        &format!("https://{registry}/v2/token?service=pier-registry&scope=repository:pub/web:pull,push"),
+        &format!(
+            "https://{registry}/v2/token?service=pier-registry&scope=repository:pub/web:pull,push"
+        ),
         &ca,
     );
     assert_eq!(status, 200);
@@ -214,6 +261,10 @@ async fn public_prefixes_are_pulled_without_login_and_nothing_else_is() {
     let out = c.cli(0, Some(&mgmt), &["registry", "public", "rm", "pub/*"]);
     assert!(!out.status.success(), "removing a pattern twice");
     assert!(!anonymous_inspect(&public_app, &certs).status.success());
-    let (status, _) = curl("GET", &format!("https://{registry}/v2/pub/web/tags/list"), &ca);
+    let (status, _) = curl(
+        "GET",
+        &format!("https://{registry}/v2/pub/web/tags/list"),
+        &ca,
+    );
     assert_eq!(status, 401);
 }

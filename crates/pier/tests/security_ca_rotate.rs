@@ -118,14 +118,17 @@ async fn wait_ready(c: &SecureCluster, admin: &reqwest::Client, node: &str) {
             Ok(r) => r.json().await.ok(),
             Err(_) => None,
         };
-        let ready = nodes.as_ref().and_then(Value::as_array).is_some_and(|a| {
-            a.iter()
-                .any(|n| n["name"] == node && n["state"] == "ready")
-        });
+        let ready = nodes
+            .as_ref()
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|n| n["name"] == node && n["state"] == "ready"));
         if ready {
             return;
         }
-        assert!(Instant::now() < deadline, "agent {node} not ready: {nodes:?}");
+        assert!(
+            Instant::now() < deadline,
+            "agent {node} not ready: {nodes:?}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -165,9 +168,24 @@ async fn a_ca_rotation_keeps_the_cluster_up_and_ends_with_only_the_new_ca() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("at least"), "{}", stderr(&out));
 
+    // Asked of a follower, which passes it on to the leader; the leader makes the CA.
+    let status: Value = admin
+        .get(format!("{}/api/v1/status", c.servers[0].base()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let leader = status["leader"]["name"].as_str().unwrap().to_string();
+    let follower = c.servers.iter().position(|s| s.name != leader).unwrap();
     let started = Instant::now();
     let overlap = format!("{OVERLAP_SECS}s");
-    let out = c.cli(1, Some(&mgmt), &["ca", "rotate", "--overlap", &overlap, "--json"]);
+    let out = c.cli(
+        follower,
+        Some(&mgmt),
+        &["ca", "rotate", "--overlap", &overlap, "--json"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let rotated: Value = serde_json::from_slice(&out.stdout).unwrap();
     let new_fp = rotated["rotation"]["new_fingerprint"]
@@ -181,6 +199,14 @@ async fn a_ca_rotation_keeps_the_cluster_up_and_ends_with_only_the_new_ca() {
         new_agent_token.starts_with(&format!("PIER1.{new_fp}.")),
         "{new_agent_token}"
     );
+    let log = |name: &str| {
+        std::fs::read_to_string(tmp.path().join(format!("{name}.log"))).unwrap_or_default()
+    };
+    assert!(
+        log(&leader).contains("CA rotation started"),
+        "the leader {leader} made no CA"
+    );
+    assert!(!log(&c.servers[follower].name).contains("CA rotation started"));
     // A second rotation while this one runs is refused.
     let again = c.cli(0, Some(&mgmt), &["ca", "rotate", "--overlap", "1h"]);
     assert!(!again.status.success());
@@ -191,10 +217,16 @@ async fn a_ca_rotation_keeps_the_cluster_up_and_ends_with_only_the_new_ca() {
     loop {
         let out = c.cli(2, Some(&mgmt), &["ca", "status", "--json"]);
         let st: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if st["trusted_fingerprints"].as_array().is_some_and(|t| t.len() == 2) {
+        if st["trusted_fingerprints"]
+            .as_array()
+            .is_some_and(|t| t.len() == 2)
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "server 3 never trusted both CAs: {st}");
+        assert!(
+            Instant::now() < deadline,
+            "server 3 never trusted both CAs: {st}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let new_ca = cert_by_fingerprint(&c.ca_pem(), &new_fp);
@@ -281,7 +313,15 @@ async fn a_ca_rotation_keeps_the_cluster_up_and_ends_with_only_the_new_ca() {
     // A token that pins the old CA is refused by the joining node once the old CA is gone.
     let n3 = std::process::Command::new("timeout")
         .args(["30", PIER, "agent", "--server", &c.servers[0].base()])
-        .args(["--token", &old_agent_token, "--name", "n3", "--zone", "a", "--no-network"])
+        .args([
+            "--token",
+            &old_agent_token,
+            "--name",
+            "n3",
+            "--zone",
+            "a",
+            "--no-network",
+        ])
         .args(["--data-dir", tmp.path().join("agent-n3").to_str().unwrap()])
         .output()
         .unwrap();

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pier_api::security::{
-    AuditEntry, CaRotated, CaRotationInfo, CaStatus, RotateCa, CreateJoinToken, CreateToken, CreatedJoinToken, CreatedToken, JoinTokenInfo,
-    TokenInfo,
+    AuditEntry, CaRotated, CaRotationInfo, CaStatus, CreateJoinToken, CreateToken,
+    CreatedJoinToken, CreatedToken, JoinTokenInfo, RotateCa, TokenInfo,
 };
 
 use crate::client::{decode, print_json, Client};
@@ -117,8 +117,7 @@ pub enum CaAction {
 }
 
 fn unix_time(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs))
-        .to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 fn print_rotation(r: &CaRotationInfo) {
@@ -126,7 +125,10 @@ fn print_rotation(r: &CaRotationInfo) {
     println!("  new CA:            {}", r.new_fingerprint);
     println!("  old CA:            {}", r.old_fingerprint);
     println!("  started:           {}", unix_time(r.started_at));
-    println!("  certificates from: {} (new CA signs)", unix_time(r.switch_at));
+    println!(
+        "  certificates from: {} (new CA signs)",
+        unix_time(r.switch_at)
+    );
     println!("  old CA dropped:    {}", unix_time(r.old_dropped_at));
 }
 

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use pier_api::security::{
-    AuditEntry, CaRotated, CaStatus, CreateJoinToken, CreateToken, CreatedJoinToken, CreatedToken, JoinTokenInfo,
-    RotateCa, TokenInfo,
+    AuditEntry, CaRotated, CaStatus, CreateJoinToken, CreateToken, CreatedJoinToken, CreatedToken,
+    JoinTokenInfo, RotateCa, TokenInfo,
 };
 use pier_api::ErrorCode;
 use pier_security::acl::{Policy, TokenRecord};
@@ -401,7 +401,50 @@ async fn ca_rotate(
     let join = secure_only(&state)?;
     let overlap = humantime::parse_duration(&req.overlap)
         .map_err(|e| HttpError::invalid(format!("overlap {:?}: {e}", req.overlap)))?;
-    Ok(Json(super::rotation::rotate(join, &state.store, overlap).await?))
+    let status = state.store.status();
+    if status.is_leader {
+        return Ok(Json(
+            super::rotation::rotate(join, &state.store, overlap).await?,
+        ));
+    }
+    // The leader makes the new CA; this server passes the request on with its own certificate.
+    let Some(leader) = status.leader else {
+        return Err(HttpError::new(
+            ErrorCode::NoLeader,
+            "no raft leader to make the new CA; retry once the cluster has one",
+        ));
+    };
+    let url = format!(
+        "{}://{}/api/v1/ca/rotate",
+        state.internal_http.scheme(),
+        leader.http_addr
+    );
+    let unreachable = |e: reqwest::Error| {
+        HttpError::new(
+            ErrorCode::Unavailable,
+            format!("cannot reach the leader {}: {e}", leader.name),
+        )
+    };
+    let resp = state
+        .internal_http
+        .get()
+        .post(&url)
+        .json(&req)
+        .send()
+        .await
+        .map_err(unreachable)?;
+    if resp.status().is_success() {
+        return Ok(Json(resp.json().await.map_err(unreachable)?));
+    }
+    let code = resp.status();
+    let err: Option<pier_api::ApiError> = resp.json().await.ok();
+    Err(match err {
+        Some(e) => HttpError::new(e.error.code, e.error.message),
+        None => HttpError::new(
+            ErrorCode::Unavailable,
+            format!("the leader {} answered {code}", leader.name),
+        ),
+    })
 }
 
 /// A repository pattern as `pier registry public add` takes it: a repository name, or a

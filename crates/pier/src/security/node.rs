@@ -144,8 +144,8 @@ pub async fn renew_loop(
             Ok(renewed) => match in_use(&renewed) {
                 Ok(()) => {
                     tracing::info!(
-                        expires = pier_security::ca::not_after_unix(&renewed.node.cert_pem)
-                            .unwrap_or(0),
+                        expires =
+                            pier_security::ca::not_after_unix(&renewed.node.cert_pem).unwrap_or(0),
                         "certificate renewed"
                     );
                     material = renewed;

@@ -590,7 +590,10 @@ mod tests {
         // A public prefix adds pulls, for anyone, and never pushes.
         let public = vec!["pub/*".to_string(), "other/app".to_string()];
         let pull = vec!["pull".to_string()];
-        assert_eq!(granted(Some(&t), &public, "repository", "other/app", &both), pull);
+        assert_eq!(
+            granted(Some(&t), &public, "repository", "other/app", &both),
+            pull
+        );
         assert_eq!(granted(None, &public, "repository", "pub/x/y", &both), pull);
         assert!(granted(None, &public, "repository", "pubx", &both).is_empty());
         assert!(granted(None, &public, "registry", "catalog", &["*".to_string()]).is_empty());

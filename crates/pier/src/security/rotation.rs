@@ -1,8 +1,9 @@
 //! `pier ca rotate`: replacing the cluster CA without stopping anything.
 //!
-//! The server that takes the request makes a new CA and commits one record through raft
-//! (`security/ca/rotation`, the keys sealed with the server secret like the first CA key). The
-//! record is a schedule, not a command; every process reads it on every pass and converges:
+//! The leader (another server forwards the request to it) makes a new CA and commits one record
+//! through raft (`security/ca/rotation`, the keys sealed with the server secret like the first
+//! CA key). The record is a schedule, not a command; every process reads it on every pass and
+//! converges:
 //!
 //! | time | signs with | trust bundle |
 //! |---|---|---|
@@ -246,7 +247,13 @@ pub async fn apply(
     };
     let view = rec.view(pier_api::time::now_secs());
     let active_fp = fingerprint_pem(view.cert_pem)?;
-    let current_fp = sec.join.ca.load().as_ref().as_ref().map(|c| c.fingerprint());
+    let current_fp = sec
+        .join
+        .ca
+        .load()
+        .as_ref()
+        .as_ref()
+        .map(|c| c.fingerprint());
     if current_fp.as_deref() != Some(active_fp.as_str()) {
         let key = String::from_utf8(seal_key(&sec.join).open(view.key_sealed, view.key_context)?)?;
         let ca = ClusterCa::from_pem(view.cert_pem, &key)?;
@@ -275,7 +282,8 @@ fn rewrite_tokens(sec: &ServerSecurity, active_fp: &str) -> anyhow::Result<()> {
         .write(files::SERVER_TOKEN, &server.to_string(), 0o600)?;
     if let Some(agent) = sec.join.agent_secret.load().as_ref() {
         let agent = JoinToken::new(Some(active_fp.to_string()), agent.clone());
-        sec.dir.write(files::AGENT_TOKEN, &agent.to_string(), 0o600)?;
+        sec.dir
+            .write(files::AGENT_TOKEN, &agent.to_string(), 0o600)?;
     }
     Ok(())
 }

@@ -129,7 +129,9 @@ pub async fn prepare(opts: &ServerSecurityOptions) -> anyhow::Result<ServerSecur
         // A stop between writing a rotated CA's key and its bundle leaves them apart; the
         // sync loop takes both from the store again.
         Some(key) => ClusterCa::from_pem(&bundle, &key)
-            .inspect_err(|e| tracing::warn!(error = %e, "CA key and bundle disagree; waiting for the store"))
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "CA key and bundle disagree; waiting for the store"),
+            )
             .ok(),
         None => None,
     };
