@@ -250,7 +250,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         let internal = internal_http.clone();
         tasks.spawn(async move {
             tokio::join!(
-                crate::security::server::sync_loop(sec.clone(), store.clone()),
+                crate::security::server::sync_loop(sec.clone(), store.clone(), internal.clone()),
                 crate::security::server::renew_loop(sec, store, internal),
             );
             Ok(())
