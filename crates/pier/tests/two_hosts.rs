@@ -12,6 +12,11 @@
 //!  host 2 (10.x.y.3): dockerd B + pier agent host-b   ── api × 2
 //! ```
 //!
+//! The images go the way a user's do: built on the test machine, pushed with `docker login`
+//! (a push-only API token) and `docker push` to the server's registry (TLS, the cluster CA in
+//! `/etc/docker/certs.d`), deployed as `127.0.0.1:5000/...`, and pulled by each host's engine
+//! through its agent's node-local registry endpoint.
+//!
 //! Busybox-static's wget crashes on DNS lookups, so names are resolved with `nslookup` and
 //! fetched with `nc` and a `Host` header.
 
@@ -29,6 +34,7 @@ use serde_json::Value;
 const PIER: &str = env!("CARGO_BIN_EXE_pier");
 const HTTP_PORT: u16 = 8500;
 const RAFT_PORT: u16 = 8300;
+const REGISTRY_PORT: u16 = 5000;
 const SERVER: usize = 0;
 const HOST_A: usize = 1;
 const HOST_B: usize = 2;
@@ -39,8 +45,9 @@ struct TwoHosts {
     agents: Vec<PierProcess>,
     _server: PierProcess,
     engines: Vec<NetnsDocker>,
-    net: Net,
     _images: Vec<ImageGuard>,
+    _certs: CertsDir,
+    net: Net,
     dir: tempfile::TempDir,
     ca_pem: String,
     management: String,
@@ -48,7 +55,7 @@ struct TwoHosts {
 
 impl Drop for TwoHosts {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("TWO_HOSTS_DEBUG").is_some() {
             for name in ["server", "agent-host-a", "agent-host-b"] {
                 let log = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
                     .unwrap_or_default();
@@ -82,7 +89,8 @@ fn wait_file(path: &Path, timeout: Duration) {
 }
 
 impl TwoHosts {
-    fn start(api_image: &str, web_image: &str, images: Vec<ImageGuard>) -> TwoHosts {
+    /// The server, both engines and both agents, registered.
+    fn start() -> TwoHosts {
         let net = Net::new(3);
         let dir = tempfile::Builder::new()
             .prefix("pier-two-hosts-")
@@ -94,19 +102,18 @@ impl TwoHosts {
             .iter()
             .map(|&h| NetnsDocker::start(&net, h, dir.path()))
             .collect();
-        for engine in &engines {
-            engine.load_image(api_image);
-            engine.load_image(web_image);
-        }
         let tls = dir.path().join("server/tls");
         wait_file(&tls.join("management.token"), Duration::from_secs(30));
+        let ca_pem = read_trimmed(&tls.join("ca.crt"));
+        let certs = CertsDir::trust(&format!("{}:{REGISTRY_PORT}", net.addr(SERVER)), &ca_pem);
         let mut c = TwoHosts {
             agents: Vec::new(),
             _server: server,
             engines,
+            _images: Vec::new(),
+            _certs: certs,
             net,
-            _images: images,
-            ca_pem: read_trimmed(&tls.join("ca.crt")),
+            ca_pem,
             management: read_trimmed(&tls.join("management.token")),
             dir,
         };
@@ -114,6 +121,58 @@ impl TwoHosts {
         c.agents.push(c.start_agent(HOST_A, "host-a", "a", &token));
         c.agents.push(c.start_agent(HOST_B, "host-b", "b", &token));
         c
+    }
+
+    /// Builds `repo:tag` as a busybox httpd image on the test machine's engine and pushes it
+    /// to the server's registry as a user would (`docker login` with a push-only token, then
+    /// `docker push`); returns the name services use for it: `127.0.0.1:5000/repo:tag`.
+    fn push_image(&mut self, repo_tag: &str, variant: HttpdVariant) -> String {
+        let registry = format!("{}:{REGISTRY_PORT}", self.net.addr(SERVER));
+        let image = format!("{registry}/{repo_tag}");
+        build_httpd_image(&image, variant);
+        self._images.push(ImageGuard::new(&image));
+        let repo = repo_tag.split(':').next().unwrap_or(repo_tag);
+        let out = self.cli(&[
+            "acl",
+            "token",
+            "create",
+            "--json",
+            "--policy",
+            &format!("registry:push:{repo}"),
+        ]);
+        assert!(out.status.success(), "token create: {}", stderr(&out));
+        let token: Value = serde_json::from_slice(&out.stdout).expect("token json");
+        let secret = token["secret"].as_str().expect("token secret");
+        let config = self.dir.path().join("docker-config");
+        let docker = |args: &[&str], input: Option<&str>| -> Output {
+            use std::io::Write;
+            let mut child = Command::new("docker")
+                .env("DOCKER_CONFIG", &config)
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run docker");
+            let mut stdin = child.stdin.take().expect("docker's stdin");
+            stdin
+                .write_all(input.unwrap_or("").as_bytes())
+                .expect("write docker's stdin");
+            drop(stdin);
+            child.wait_with_output().expect("wait for docker")
+        };
+        let login = docker(
+            &["login", "--username", "ci", "--password-stdin", &registry],
+            Some(secret),
+        );
+        assert!(login.status.success(), "docker login: {}", stderr(&login));
+        let push = docker(&["push", &image], None);
+        assert!(
+            push.status.success(),
+            "docker push {image}: {}",
+            stderr(&push)
+        );
+        format!("127.0.0.1:5000/{repo_tag}")
     }
 
     fn server_url(&self) -> String {
@@ -124,12 +183,10 @@ impl TwoHosts {
     /// host's address, joined with the agent token.
     fn start_agent(&self, host: usize, name: &str, attr: &str, token: &str) -> PierProcess {
         let engine = &self.engines[host - 1];
-        let addr = self.net.addr(host).to_string();
         let data = self.dir.path().join(name);
         let secrets = self.dir.path().join(format!("{name}-secrets"));
         let (data, secrets) = (data.display().to_string(), secrets.display().to_string());
         let server = self.server_url();
-        let listen = format!("{addr}:7001");
         let attr = format!("host={attr}");
         let args = [
             "agent",
@@ -141,10 +198,6 @@ impl TwoHosts {
             name,
             "--zone",
             name,
-            "--host-ip",
-            &addr,
-            "--listen",
-            &listen,
             "--attr",
             &attr,
             "--data-dir",
@@ -263,10 +316,31 @@ impl TwoHosts {
     }
 }
 
+/// The cluster CA trusted by the machine's Docker engine for one registry address
+/// (`/etc/docker/certs.d/HOST:PORT/ca.crt`), removed again when dropped.
+struct CertsDir(PathBuf);
+
+impl CertsDir {
+    fn trust(registry: &str, ca_pem: &str) -> CertsDir {
+        let dir = Path::new("/etc/docker/certs.d").join(registry);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        std::fs::write(dir.join("ca.crt"), format!("{ca_pem}\n")).expect("write ca.crt");
+        CertsDir(dir)
+    }
+}
+
+impl Drop for CertsDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn start_server(net: &Net, dir: &Path) -> PierProcess {
     let addr = net.addr(SERVER).to_string();
     let data = dir.join("server").display().to_string();
     let (http, raft) = (HTTP_PORT.to_string(), RAFT_PORT.to_string());
+    let registry = REGISTRY_PORT.to_string();
     let args = [
         "server",
         "--data-dir",
@@ -279,6 +353,8 @@ fn start_server(net: &Net, dir: &Path) -> PierProcess {
         &http,
         "--raft-port",
         &raft,
+        "--registry-port",
+        &registry,
     ];
     net.spawn_with_env(SERVER, PIER, "server", &args, &[("NO_COLOR", "1")], dir)
 }
@@ -314,14 +390,11 @@ fn stderr(o: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_on_host_a_reaches_api_on_host_b_by_name() {
     let started = Instant::now();
+    let mut c = TwoHosts::start();
     let run = format!("{:08x}", rand::random::<u32>());
-    let api_image = format!("pier-test/two-hosts-{run}/api:v1");
-    let web_image = format!("pier-test/two-hosts-{run}/web:v1");
-    build_httpd_image(&api_image, HttpdVariant::Healthy);
-    let mut images = vec![ImageGuard::new(&api_image)];
-    build_httpd_image(&web_image, HttpdVariant::Healthy);
-    images.push(ImageGuard::new(&web_image));
-    let c = TwoHosts::start(&api_image, &web_image, images);
+    // api prints a line every second: its logs come from host B's agent through the server.
+    let api_image = c.push_image(&format!("two-hosts-{run}/api:v1"), HttpdVariant::Ticking);
+    let web_image = c.push_image(&format!("two-hosts-{run}/web:v1"), HttpdVariant::Healthy);
     let (addr_a, addr_b) = (
         c.net.addr(HOST_A).to_string(),
         c.net.addr(HOST_B).to_string(),
@@ -423,5 +496,25 @@ async fn web_on_host_a_reaches_api_on_host_b_by_name() {
         );
     }
     assert_ne!(addr_a, addr_b);
+
+    // Each engine pulled (through its agent's 127.0.0.1:5000, by the digest the deploy
+    // pinned, so untagged) only what runs on its host.
+    let has = |engine: &NetnsDocker, image: &str| {
+        let repo = image.rsplit_once(':').map_or(image, |(r, _)| r);
+        let out = engine.docker(&["images", "-q", repo]);
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    };
+    let (a, b) = (&c.engines[HOST_A - 1], &c.engines[HOST_B - 1]);
+    assert!(has(b, &api_image) && !has(b, &web_image), "host B's images");
+    assert!(has(a, &web_image) && !has(a, &api_image), "host A's images");
+
+    // `pier logs` reaches host B's agent from the server (its listener is on B's address).
+    let logs = c.cli(&["logs", "api"]);
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        logs.status.success() && text.contains("tick"),
+        "pier logs api: {text}{}",
+        stderr(&logs)
+    );
     eprintln!("two hosts: passed in {:?}", started.elapsed());
 }
