@@ -423,4 +423,32 @@ mod tests {
             "{mounts}"
         );
     }
+
+    #[test]
+    fn engines_of_dead_test_processes_are_removed_by_the_next_one() {
+        let net = Net::new(1);
+        let logs = tempfile::tempdir().expect("temp dir");
+        let leaked = NetnsDocker::start(&net, 0, logs.path());
+        let pid = leaked
+            .child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("dockerd's pid");
+        let (run_dir, data_root) = (leaked.run_dir.clone(), leaked.data_root.clone());
+        // Pretend its owner died: a pid that certainly exited.
+        let mut gone = Command::new("true").spawn().expect("run true");
+        let dead_pid = gone.id();
+        gone.wait().expect("wait for true");
+        let owner = format!("{dead_pid}\n{}\n", data_root.display());
+        std::fs::write(run_dir.join("owner"), owner).expect("rewrite the owner");
+        std::mem::forget(leaked);
+        let _next = NetnsDocker::start(&net, 0, logs.path());
+        assert!(!run_dir.exists(), "stale {} not removed", run_dir.display());
+        assert!(
+            !data_root.exists(),
+            "stale {} not removed",
+            data_root.display()
+        );
+        assert!(is_zombie(pid), "the stale dockerd (pid {pid}) still runs");
+    }
 }

@@ -39,8 +39,9 @@ const SERVER: usize = 0;
 const HOST_A: usize = 1;
 const HOST_B: usize = 2;
 
-/// Field order is drop order: processes, then engines (their containers), then the
-/// namespaces, then the files (kept when the test failed, for a look).
+/// Field order is drop order: processes, then engines (their containers), the test
+/// machine's images and CA trust, then the namespaces, then the files. When the test fails
+/// (or `TWO_HOSTS_DEBUG` is set) the tails of the pier logs are printed first.
 struct TwoHosts {
     agents: Vec<PierProcess>,
     _server: PierProcess,
