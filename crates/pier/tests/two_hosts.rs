@@ -318,16 +318,44 @@ impl TwoHosts {
 }
 
 /// The cluster CA trusted by the machine's Docker engine for one registry address
-/// (`/etc/docker/certs.d/HOST:PORT/ca.crt`), removed again when dropped.
+/// (`/etc/docker/certs.d/HOST:PORT/ca.crt`), removed again when dropped. A directory of a
+/// run killed before that (marked by [`CERTS_MARKER`]) is removed by the next run once its
+/// net's hub namespace is gone.
 struct CertsDir(PathBuf);
+
+const CERTS_DIR: &str = "/etc/docker/certs.d";
+const CERTS_MARKER: &str = "pier-two-hosts-test";
 
 impl CertsDir {
     fn trust(registry: &str, ca_pem: &str) -> CertsDir {
-        let dir = Path::new("/etc/docker/certs.d").join(registry);
+        CertsDir::remove_stale();
+        let dir = Path::new(CERTS_DIR).join(registry);
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        std::fs::write(dir.join(CERTS_MARKER), "").expect("write the marker");
         std::fs::write(dir.join("ca.crt"), format!("{ca_pem}\n")).expect("write ca.crt");
         CertsDir(dir)
+    }
+
+    fn remove_stale() {
+        let Ok(entries) = std::fs::read_dir(CERTS_DIR) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(ip) = name.strip_suffix(&format!(":{REGISTRY_PORT}")) else {
+                continue;
+            };
+            let octets: Vec<&str> = ip.split('.').collect();
+            let hub = format!(
+                "/run/netns/{}{}-hub",
+                pier_testkit::netns::NS_PREFIX,
+                octets[..octets.len().min(3)].join("-")
+            );
+            if e.path().join(CERTS_MARKER).exists() && !Path::new(&hub).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 }
 
