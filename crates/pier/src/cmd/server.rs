@@ -30,7 +30,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 8300)]
     pub raft_port: u16,
     /// Port of the HTTP API (pier's own and the Consul-compatible one).
-    #[arg(long, default_value_t = 8500)]
+    #[arg(long, default_value_t = DEFAULT_HTTP_PORT)]
     pub http_port: u16,
     /// Wait for this many servers before electing a first leader (1, 3 or 5).
     #[arg(long, default_value_t = 1)]
@@ -252,6 +252,9 @@ async fn run_server(args: ServerArgs, join_token: Option<String>) -> anyhow::Res
     .await?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// Port of a server's HTTP API unless `--http-port` says otherwise.
+pub const DEFAULT_HTTP_PORT: u16 = 8500;
 
 pub fn default_node_name() -> String {
     std::fs::read_to_string("/etc/hostname")
