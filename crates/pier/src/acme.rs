@@ -156,7 +156,12 @@ pub async fn add_status(
         .await??;
     for (host, s) in status {
         match views.iter_mut().find(|c| c.host == host) {
-            Some(c) => c.last_error = Some(s.value.last_error),
+            Some(c) => {
+                c.last_error = Some(match c.last_error.take() {
+                    Some(other) => format!("{}; {other}", s.value.last_error),
+                    None => s.value.last_error,
+                })
+            }
             None => views.push(pier_api::cert::CertView {
                 host,
                 names: Vec::new(),
