@@ -25,6 +25,8 @@ pub struct Cluster {
     pub gateway_port: u16,
     /// The same gateway's HTTPS listener (certificates from the local CA).
     pub https_port: u16,
+    /// Roots of the certificates `provide_cert` stored, trusted by `gateway_clients`.
+    pub provided_roots: String,
     pub agents: Vec<PierProcess>,
     // Field order: containers go before images.
     pub guard: RunGuard,
@@ -56,6 +58,7 @@ impl Cluster {
             registry_port,
             gateway_port,
             https_port,
+            provided_roots: String::new(),
             agents: Vec::new(),
             guard,
             images: ImageGuard::default(),
@@ -81,12 +84,39 @@ impl Cluster {
     /// One client per gateway listener, HTTP then HTTPS (trusting `pier dev`'s local CA), so
     /// a test runs the same cases over both against one started server.
     pub fn gateway_clients(&self) -> Vec<GatewayClient> {
-        let ca = std::fs::read(self.dir.path().join("data/tls/local-ca.pem"))
+        let mut ca = std::fs::read(self.dir.path().join("data/tls/local-ca.pem"))
             .expect("pier dev wrote its local CA");
+        ca.extend_from_slice(self.provided_roots.as_bytes());
         vec![
             GatewayClient::new(Listener::Http, self.gateway_port, None),
             GatewayClient::new(Listener::Https, self.https_port, Some(&ca)),
         ]
+    }
+
+    /// Stores (`pier cert add`) a certificate for `host` from a CA made here, which
+    /// `gateway_clients` then trusts: for routes whose host the local CA does not cover.
+    pub fn provide_cert(&mut self, host: &str) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test provided CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec![host.to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let cert_file = self.write_file(&format!("{host}.crt"), &leaf.pem());
+        let key_file = self.write_file(&format!("{host}.key"), &key.serialize_pem());
+        let out = self.pier(&[
+            "cert", "add", host, "--cert", &cert_file, "--key", &key_file,
+        ]);
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+        self.provided_roots.push_str(&ca_cert.pem());
     }
 
     pub fn addr(&self) -> String {
@@ -332,7 +362,7 @@ impl GatewayClient {
             .dns_resolver(Loopback)
             .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = ca_pem {
-            b = b.tls_certs_only([reqwest::Certificate::from_pem(pem).expect("a PEM root")]);
+            b = b.tls_certs_only(reqwest::Certificate::from_pem_bundle(pem).expect("PEM roots"));
         }
         GatewayClient {
             listener,
