@@ -195,8 +195,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 )
             })?;
             crate::cmd::gateway::start_access_log(&mut gateway, &g.access_log)?;
+            gateway
+                .set_acme_challenges(Arc::clone(&challenges))
+                .context("cannot set up the gateway's ACME challenge answers")?;
             let resolver = enable_https(&mut gateway, g)?;
-            gateway.set_acme_challenges(Arc::clone(&challenges));
             Some((gateway, resolver))
         }
         None => None,

@@ -277,6 +277,16 @@ pub struct AcmeArgs {
     /// PEM root certificate to trust for the directory's HTTPS (a test CA such as pebble's).
     #[arg(long, requires = "acme_directory")]
     pub acme_ca_cert: Option<std::path::PathBuf>,
+    /// The ACME challenge the gateways answer: http-01 on the gateway port (80), or
+    /// tls-alpn-01 on the gateway HTTPS port (443). When the CA does not offer it for a host,
+    /// the other one is used.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "http-01",
+        requires = "acme_directory"
+    )]
+    pub acme_challenge: crate::acme::ChallengeKind,
 }
 
 impl AcmeArgs {
@@ -287,6 +297,7 @@ impl AcmeArgs {
                 email: self.acme_email.clone(),
                 directory: directory.clone(),
                 ca_cert: self.acme_ca_cert.clone(),
+                challenge: self.acme_challenge,
             })
     }
 }
