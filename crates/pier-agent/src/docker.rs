@@ -130,8 +130,21 @@ pub struct ContainerInfo {
     pub error: Option<String>,
     /// Container port → host port (known once started).
     pub host_ports: BTreeMap<u16, u16>,
+    /// The host address those ports are published on (None when it publishes none).
+    pub ports_host_ip: Option<String>,
     /// The container's address on the driver's pier network.
     pub network_ip: Option<String>,
+}
+
+impl ContainerInfo {
+    /// Its ports are published on a host address other than `host_ip` (the agent's address
+    /// changed since it was started, e.g. from the old 127.0.0.1 default): other machines
+    /// could not reach what the catalog would advertise for it.
+    pub fn published_elsewhere(&self, host_ip: &str) -> bool {
+        self.ports_host_ip
+            .as_deref()
+            .is_some_and(|ip| !ip.is_empty() && ip != "0.0.0.0" && ip != host_ip)
+    }
 }
 
 /// A container event of interest to the agent.
@@ -596,6 +609,7 @@ impl DockerDriver {
         }
         let state = resp.state.clone().unwrap_or_default();
         let mut host_ports = BTreeMap::new();
+        let mut ports_host_ip = None;
         if let Some(ports) = resp.network_settings.as_ref().and_then(|n| n.ports.clone()) {
             for (key, bindings) in ports {
                 let Some(container_port) =
@@ -603,12 +617,13 @@ impl DockerDriver {
                 else {
                     continue;
                 };
-                let host_port = bindings
-                    .unwrap_or_default()
-                    .into_iter()
-                    .find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()));
-                if let Some(hp) = host_port {
+                let binding = bindings.unwrap_or_default().into_iter().find_map(|b| {
+                    let port = b.host_port.and_then(|p| p.parse::<u16>().ok())?;
+                    Some((port, b.host_ip.unwrap_or_default()))
+                });
+                if let Some((hp, ip)) = binding {
                     host_ports.insert(container_port, hp);
+                    ports_host_ip.get_or_insert(ip);
                 }
             }
         }
@@ -632,6 +647,7 @@ impl DockerDriver {
             oom_killed: state.oom_killed.unwrap_or(false),
             error: state.error.filter(|e| !e.is_empty()),
             host_ports,
+            ports_host_ip,
             network_ip: self.network.as_ref().and_then(|n| {
                 resp.network_settings
                     .as_ref()?

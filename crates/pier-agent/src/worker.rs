@@ -99,8 +99,10 @@ pub async fn run(
         start_attempted: false,
         stopped: false,
     };
-    if let Some(info) = adopted {
-        w.adopt(info).await;
+    match adopted {
+        Some(info) if info.published_elsewhere(&w.ctx.host_ip) => w.replace_misbound(info).await,
+        Some(info) => w.adopt(info).await,
+        None => {}
     }
     loop {
         if !w.act().await {
@@ -135,6 +137,24 @@ impl Worker {
     fn set_state(&mut self, state: TaskState, message: Option<String>) {
         self.status.state = state;
         self.status.message = message;
+    }
+
+    /// A container of this task whose ports are published on another address than the
+    /// agent's: removed, so the normal start below makes one reachable at the node's address
+    /// (adopting it would advertise an address nothing listens on).
+    async fn replace_misbound(&mut self, info: ContainerInfo) {
+        tracing::warn!(task = %self.id(), container = %info.id,
+            published_on = info.ports_host_ip.as_deref().unwrap_or_default(), host_ip = %self.ctx.host_ip,
+            "container publishes its ports on another address than this agent's; replacing it");
+        let stopped = self
+            .ctx
+            .docker
+            .stop(&info.id, self.task.spec.stop_timeout_ms)
+            .await;
+        if let Err(e) = stopped.and(self.ctx.docker.remove(&info.id).await) {
+            tracing::warn!(task = %self.id(), error = %e, "cannot remove the misbound container; adopting it instead");
+            self.adopt(info).await;
+        }
     }
 
     async fn adopt(&mut self, info: ContainerInfo) {

@@ -116,3 +116,46 @@ pub struct AuditEntry {
     /// The server that served it.
     pub server: String,
 }
+
+/// `POST /api/v1/ca/rotate`: replace the cluster CA, trusting both for `overlap`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateCa {
+    /// How long the old CA stays trusted (e.g. "24h").
+    pub overlap: String,
+}
+
+/// Where a CA rotation stands. Times are unix seconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRotationInfo {
+    /// Counts rotations: 1 after the first.
+    pub generation: u64,
+    /// SHA-256 of the new CA certificate.
+    pub new_fingerprint: String,
+    /// SHA-256 of the CA it replaces.
+    pub old_fingerprint: String,
+    pub started_at: u64,
+    /// From here on every process signs with and renews to the new CA; until then both are
+    /// only trusted, so every process has learnt the new CA before anyone presents it.
+    pub switch_at: u64,
+    /// The old CA leaves every trust bundle at this time.
+    pub old_dropped_at: u64,
+}
+
+/// `GET /api/v1/ca`: the CA that signs now and every CA trusted now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaStatus {
+    pub active_fingerprint: String,
+    pub trusted_fingerprints: Vec<String>,
+    #[serde(default)]
+    pub rotation: Option<CaRotationInfo>,
+}
+
+/// The answer to a rotation: its schedule and the join tokens that pin the new CA (the
+/// secrets are the same; only the CA hash changes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRotated {
+    pub rotation: CaRotationInfo,
+    pub server_token: String,
+    #[serde(default)]
+    pub agent_token: Option<String>,
+}

@@ -49,6 +49,7 @@ struct HttpsListener {
     listener: std::net::TcpListener,
     local_addr: SocketAddr,
     acceptor: tokio_rustls::TlsAcceptor,
+    certs: Arc<CertResolver>,
 }
 
 fn bind(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), GatewayError> {
@@ -126,7 +127,10 @@ impl Gateway {
         certs: Arc<CertResolver>,
     ) -> Result<SocketAddr, GatewayError> {
         let (listener, local_addr) = bind(listen)?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(certs)?);
+        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+            Arc::clone(&certs),
+            self.shared.challenges.clone(),
+        )?);
         // A fresh gateway's `Shared` has no other owner yet.
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.https_port = Some(local_addr.port());
@@ -135,15 +139,27 @@ impl Gateway {
             listener,
             local_addr,
             acceptor,
+            certs,
         });
         Ok(local_addr)
     }
 
-    /// Answers ACME HTTP-01 challenges over plain HTTP from `challenges`.
-    pub fn set_acme_challenges(&mut self, challenges: Arc<crate::challenge::AcmeChallenges>) {
+    /// Answers ACME challenges from `challenges`: HTTP-01 over plain HTTP, and TLS-ALPN-01
+    /// on the HTTPS listener (whether it is enabled before or after this call).
+    pub fn set_acme_challenges(
+        &mut self,
+        challenges: Arc<crate::challenge::AcmeChallenges>,
+    ) -> Result<(), GatewayError> {
+        if let Some(https) = &mut self.https {
+            https.acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                Arc::clone(&https.certs),
+                Some(Arc::clone(&challenges)),
+            )?);
+        }
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.challenges = Some(challenges);
         }
+        Ok(())
     }
 
     /// Writes the access log through `log` instead of `tracing` events

@@ -81,7 +81,7 @@ pub mod urlprefix;
 
 pub use access::{AccessDestination, AccessFormat, AccessLog, AccessLogError};
 pub use body::GatewayBody;
-pub use challenge::AcmeChallenges;
+pub use challenge::{AcmeChallenges, ACME_TLS_ALPN};
 pub use config::{Balancing, GatewayConfig, Limits, OutlierConfig, RetryConfig, Timeouts};
 pub use gateway::{Gateway, GatewayError};
 pub use host::normalize_host;
@@ -90,5 +90,7 @@ pub use table::{
     Backend, BuildIssue, CatalogInstance, HttpsPolicy, Resolution, RouteDefaults, RouteTable,
     ServiceEntry,
 };
-pub use tls::{certified_key, CertInfo, CertResolver, OnDemandIssuer, TlsError};
+pub use tls::{
+    acme_validation_key, certified_key, CertInfo, CertResolver, OnDemandIssuer, TlsError,
+};
 pub use urlprefix::{parse_urlprefix_tag, try_parse_urlprefix_tag, RouteSpec, TagError};

@@ -316,8 +316,19 @@ pub(crate) async fn serve_tls_connection(
         }
     };
     let proto = match tls.get_ref().1.alpn_protocol() {
-        Some(b"h2") => Proto::Http2,
-        _ => Proto::Http1,
+        Some(b"h2") => Some(Proto::Http2),
+        Some(crate::challenge::ACME_TLS_ALPN) => None,
+        _ => Some(Proto::Http1),
+    };
+    let Some(proto) = proto else {
+        // An ACME TLS-ALPN-01 validation (RFC 8737): the validator learns all it needs from
+        // the handshake and sends nothing more, so the connection ends here.
+        use tokio::io::AsyncWriteExt;
+        let host = tls.get_ref().1.server_name().map(str::to_string);
+        tracing::info!(%peer, ?host, "answered an ACME TLS-ALPN-01 validation");
+        let mut tls = tls;
+        let _ = tokio::time::timeout(header_timeout, tls.shutdown()).await;
+        return;
     };
     serve_io(shared, b, tls, proto, true, peer, life).await
 }

@@ -17,6 +17,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
+use crate::challenge::{AcmeChallenges, ACME_TLS_ALPN};
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("no certificate found in the PEM text")]
@@ -89,6 +91,29 @@ pub fn certified_key(
     let ck = CertifiedKey::new(chain, signing);
     ck.keys_match().map_err(|_| TlsError::KeyMismatch)?;
     Ok((Arc::new(ck), info))
+}
+
+/// A TLS-ALPN-01 validation certificate and its key, for
+/// [`AcmeChallenges::replace_tls_alpn`]. Not checked as [`certified_key`] does: webpki
+/// refuses to parse a certificate with an unknown critical extension, and the
+/// `acmeIdentifier` one is critical by definition (RFC 8737); the certificate is only shown
+/// to the CA's validator, which reads it itself.
+pub fn acme_validation_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::CertPem(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate);
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey,
+        other => TlsError::BadKey(other.to_string()),
+    })?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| TlsError::BadKey(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
 fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, TlsError> {
@@ -180,15 +205,63 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
+/// The HTTPS listener's resolver: `certs` for ordinary handshakes, and with `acme` the
+/// TLS-ALPN-01 validation certificates for handshakes that offer only `acme-tls/1`.
+#[derive(Debug)]
+struct ListenerResolver {
+    certs: Arc<CertResolver>,
+    acme: Option<Arc<AcmeChallenges>>,
+}
+
+/// Whether a ClientHello is an ACME TLS-ALPN-01 validation: RFC 8737 has the validator offer
+/// `acme-tls/1` alone. A client that also offers h2 or http/1.1 gets one of those (the server
+/// picks by its own order) and so an ordinary certificate.
+fn is_acme_validation(hello: &ClientHello<'_>) -> bool {
+    let Some(mut protocols) = hello.alpn() else {
+        return false;
+    };
+    let (mut acme, mut other) = (false, false);
+    for p in &mut protocols {
+        if p == ACME_TLS_ALPN {
+            acme = true;
+        } else if p == b"h2" || p == b"http/1.1" {
+            other = true;
+        }
+    }
+    acme && !other
+}
+
+impl ResolvesServerCert for ListenerResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if is_acme_validation(&hello) {
+            // Only a pending challenge's certificate: an ordinary one would make the
+            // validation fail later and less clearly.
+            return self.acme.as_ref()?.tls_alpn_cert(hello.server_name()?);
+        }
+        self.certs.resolve(hello)
+    }
+}
+
 /// The HTTPS listener's configuration: certificates from `resolver`, HTTP/2
-/// and HTTP/1.1 offered by ALPN (HTTP/2 preferred).
-pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, TlsError> {
+/// and HTTP/1.1 offered by ALPN (HTTP/2 preferred), and with `acme` also
+/// `acme-tls/1`, answered with the pending TLS-ALPN-01 challenges' certificates.
+pub fn server_config(
+    resolver: Arc<CertResolver>,
+    acme: Option<Arc<AcmeChallenges>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut alpn = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme.is_some() {
+        alpn.push(ACME_TLS_ALPN.to_vec());
+    }
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
-        .with_cert_resolver(resolver);
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        .with_cert_resolver(Arc::new(ListenerResolver {
+            certs: resolver,
+            acme,
+        }));
+    cfg.alpn_protocols = alpn;
     Ok(Arc::new(cfg))
 }
 

@@ -365,8 +365,9 @@ async fn service_pass(
                     zone: t.zone.clone(),
                 }));
                 let nodes = crate::place::cluster_nodes(world, extra_alloc);
-                let pinned = crate::volumes::constraints(world, spec);
-                let plan = crate::place::place(nodes, existing, spec, *count, pinned);
+                let planned: Vec<String> = created.iter().map(|t| t.node.clone()).collect();
+                let plan =
+                    crate::volumes::place_tasks(world, nodes, existing, spec, *count, &planned);
                 for p in &plan.placements {
                     let zone = world
                         .nodes

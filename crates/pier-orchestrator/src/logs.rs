@@ -16,9 +16,10 @@ use futures::channel::mpsc;
 use futures::stream::{self, BoxStream, StreamExt};
 use futures::SinkExt;
 use pier_api::service::{StopPhase, TaskRecord, TaskState};
-use pier_store::Consistency;
+use pier_store::{Consistency, WatchKey};
 
 use crate::api::HttpError;
+use crate::tables;
 use crate::world::World;
 use crate::{OrchestratorError, Shared};
 
@@ -62,8 +63,11 @@ pub(crate) async fn service_logs(
 
 type Chunks = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
-/// How often a followed service log looks for instances started since it opened.
-const RESCAN: Duration = Duration::from_secs(1);
+/// A followed service log looks for new instances when a task status of the service changes
+/// (a task joins once its agent reports it running), at most this often during a busy
+/// rollout, and otherwise every [`FOLLOW_IDLE_CHECK`] only to notice a client that left.
+const MIN_RESCAN_GAP: Duration = Duration::from_millis(250);
+const FOLLOW_IDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// Forwards the merged tail to the client, adding the streams of the service's new tasks as
 /// they appear; ends when the client goes away or the service is removed.
@@ -75,8 +79,13 @@ async fn follow_new_tasks(
     mut seen: HashSet<String>,
     mut tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
-    let mut rescan = tokio::time::interval(RESCAN);
-    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Task ids start with "<service>-", and so do the status keys; the service key tells
+    // when the service is removed. Taken before the first rescan, so nothing falls between.
+    let mut watch = shared.store.watch(&[
+        WatchKey::prefix(tables::TASK_STATUS, format!("{name}-")),
+        WatchKey::key(tables::SERVICES, name.clone()),
+    ]);
+    let mut last_rescan = tokio::time::Instant::now();
     loop {
         tokio::select! {
             Some(chunk) = merged.next(), if !merged.is_empty() => {
@@ -84,10 +93,15 @@ async fn follow_new_tasks(
                     return;
                 }
             }
-            _ = rescan.tick() => {
+            changed = watch.changed(FOLLOW_IDLE_CHECK) => {
                 if tx.is_closed() {
                     return;
                 }
+                if !changed {
+                    continue;
+                }
+                tokio::time::sleep_until(last_rescan + MIN_RESCAN_GAP).await;
+                last_rescan = tokio::time::Instant::now();
                 let world = match World::load(&shared.store, Consistency::Default).await {
                     Ok(w) => w,
                     Err(e) => {

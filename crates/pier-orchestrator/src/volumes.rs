@@ -10,7 +10,10 @@ use axum::extract::{Path, Query, State};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use pier_api::service::{is_under, ServiceSpec, VolumeSpec, VolumeView};
-use pier_core::placement::{Constraint, ConstraintOp, ConstraintTarget};
+use pier_core::placement::{
+    Constraint, ConstraintOp, ConstraintTarget, ExistingTask, Node, Placement, PlacementFailure,
+    PlacementPlan, Resources,
+};
 use pier_store::Consistency;
 
 use crate::api::{invalid, not_found, ApiResult};
@@ -129,6 +132,68 @@ pub(crate) fn constraints(world: &World, spec: &ServiceSpec) -> Vec<Constraint> 
     out
 }
 
+/// Places `count` tasks of `spec` with its volume constraints. Every task of a service shares
+/// its named volumes, so all of them must land on one node; a named volume that no node holds
+/// yet is created where the first task starts, so when there is one the tasks are placed one
+/// first and the rest pinned to wherever it went (placing them together would spread them over
+/// nodes and give each node its own, different volume of that name). `planned` are the nodes of
+/// tasks of this service already placed earlier in this pass (not yet in `world`).
+pub(crate) fn place_tasks(
+    world: &World,
+    mut nodes: Vec<Node>,
+    mut existing: Vec<ExistingTask>,
+    spec: &ServiceSpec,
+    count: u32,
+    planned: &[String],
+) -> PlacementPlan {
+    let mut pinned = constraints(world, spec);
+    let unheld = named(spec).iter().any(|n| holders(world, n).is_empty());
+    if !unheld || count == 0 {
+        return crate::place::place(nodes, existing, spec, count, pinned);
+    }
+    let pin = |node: &str| Constraint::Match {
+        target: ConstraintTarget::NodeId,
+        op: ConstraintOp::In(vec![node.to_string()]),
+    };
+    if let Some(first) = planned.first() {
+        pinned.push(pin(first));
+        return crate::place::place(nodes, existing, spec, count, pinned);
+    }
+    let mut plan = crate::place::place(nodes.clone(), existing.clone(), spec, 1, pinned.clone());
+    let Some(first) = plan.placements.first().map(|p| p.node.clone()) else {
+        if let Some(reason) = plan.failures.first().map(|f| f.reason.clone()) {
+            plan.failures
+                .extend((1..count).map(|slot| PlacementFailure {
+                    slot,
+                    reason: reason.clone(),
+                }));
+        }
+        return plan;
+    };
+    let one = Resources::new(spec.cpu_millis, spec.memory_mb);
+    for n in nodes.iter_mut().filter(|n| n.id == first) {
+        n.allocated = n.allocated.saturating_add(&one);
+        existing.push(ExistingTask {
+            node: n.id.clone(),
+            zone: n.zone.clone(),
+        });
+    }
+    pinned.push(pin(&first));
+    let rest = crate::place::place(nodes, existing, spec, count - 1, pinned);
+    plan.placements
+        .extend(rest.placements.into_iter().map(|p| Placement {
+            slot: p.slot + 1,
+            ..p
+        }));
+    plan.failures
+        .extend(rest.failures.into_iter().map(|f| PlacementFailure {
+            slot: f.slot + 1,
+            ..f
+        }));
+    debug_assert!(plan.placements.iter().all(|p| p.node == first));
+    plan
+}
+
 /// Services whose current revision mounts named volume `name`.
 fn users(world: &World, name: &str) -> Vec<String> {
     world
@@ -220,4 +285,103 @@ async fn remove(
     }
     tracing::info!(volume = %name, "volume removed");
     Ok(Json(removed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pier_api::service::{parse_service_file, Limits, NodeRecord};
+    use pier_store::Versioned;
+
+    fn node(name: &str, volumes: &[&str]) -> (String, Versioned<NodeRecord>) {
+        let value = NodeRecord {
+            name: name.to_string(),
+            zone: "z1".to_string(),
+            agent_addr: "127.0.0.1:1".to_string(),
+            host_ip: "127.0.0.1".to_string(),
+            attributes: BTreeMap::new(),
+            cpu_millis: 4000,
+            memory_mb: 4096,
+            draining: false,
+            down: false,
+            registered_at_ms: 0,
+            volumes: volumes.iter().map(|v| v.to_string()).collect(),
+            volume_roots: Vec::new(),
+        };
+        let doc = Versioned {
+            value,
+            flags: 0,
+            create_index: 1,
+            modify_index: 1,
+        };
+        (name.to_string(), doc)
+    }
+
+    fn world(nodes: Vec<(String, Versioned<NodeRecord>)>) -> World {
+        World {
+            index: 1,
+            services: BTreeMap::new(),
+            revisions: BTreeMap::new(),
+            deployments: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            statuses: BTreeMap::new(),
+            nodes: nodes.into_iter().collect(),
+            catalog: None,
+        }
+    }
+
+    fn spec_with_volume() -> ServiceSpec {
+        let text = "name = \"db\"\nimage = \"db:1\"\ncount = 3\n\n[[volumes]]\nname = \"db-data\"\ntarget = \"/data\"\n";
+        parse_service_file(text, Limits::default()).expect("valid service file")
+    }
+
+    fn placed_nodes(plan: &PlacementPlan) -> BTreeSet<String> {
+        plan.placements.iter().map(|p| p.node.clone()).collect()
+    }
+
+    #[test]
+    fn tasks_sharing_a_new_named_volume_land_on_one_node() {
+        let w = world((0..4).map(|i| node(&format!("n{i}"), &[])).collect());
+        let spec = spec_with_volume();
+        let nodes = crate::place::cluster_nodes(&w, &BTreeMap::new());
+        let plan = place_tasks(&w, nodes, Vec::new(), &spec, 3, &[]);
+        assert!(plan.failures.is_empty(), "{:?}", plan.failures);
+        assert_eq!(plan.placements.len(), 3);
+        assert_eq!(placed_nodes(&plan).len(), 1, "{:?}", plan.placements);
+        let slots: BTreeSet<u32> = plan.placements.iter().map(|p| p.slot).collect();
+        assert_eq!(slots, BTreeSet::from([0, 1, 2]));
+    }
+
+    #[test]
+    fn tasks_follow_the_node_that_holds_the_volume_or_was_chosen_earlier_in_the_pass() {
+        let w = world(vec![
+            node("n0", &[]),
+            node("n1", &["db-data"]),
+            node("n2", &[]),
+        ]);
+        let spec = spec_with_volume();
+        let nodes = crate::place::cluster_nodes(&w, &BTreeMap::new());
+        let plan = place_tasks(&w, nodes, Vec::new(), &spec, 3, &[]);
+        assert_eq!(placed_nodes(&plan), BTreeSet::from(["n1".to_string()]));
+
+        let w = world(vec![node("n0", &[]), node("n1", &[]), node("n2", &[])]);
+        let nodes = crate::place::cluster_nodes(&w, &BTreeMap::new());
+        let plan = place_tasks(&w, nodes, Vec::new(), &spec, 2, &["n2".to_string()]);
+        assert_eq!(placed_nodes(&plan), BTreeSet::from(["n2".to_string()]));
+    }
+
+    #[test]
+    fn no_room_on_the_first_node_fails_the_rest_instead_of_spreading() {
+        let mut w = world(vec![node("n0", &[]), node("n1", &[])]);
+        for n in w.nodes.values_mut() {
+            n.value.memory_mb = 128;
+        }
+        let text = "name = \"db\"\nimage = \"db:1\"\ncount = 2\nmemory = \"100MiB\"\n\n[[volumes]]\nname = \"db-data\"\ntarget = \"/data\"\n";
+        let spec = parse_service_file(text, Limits::default()).expect("valid service file");
+        let nodes = crate::place::cluster_nodes(&w, &BTreeMap::new());
+        let plan = place_tasks(&w, nodes, Vec::new(), &spec, 2, &[]);
+        assert_eq!(plan.placements.len(), 1);
+        assert_eq!(plan.failures.len(), 1);
+        assert_eq!(plan.failures[0].slot, 1);
+    }
 }

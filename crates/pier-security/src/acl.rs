@@ -71,7 +71,8 @@ pub enum Policy {
     },
 }
 
-fn matches(pattern: &str, name: &str) -> bool {
+/// Whether `name` matches `pattern`: the name itself, or a prefix when it ends in `*`.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => name.starts_with(prefix),
         None => pattern == name,
@@ -79,7 +80,7 @@ fn matches(pattern: &str, name: &str) -> bool {
 }
 
 fn any_matches(patterns: &[String], name: &str) -> bool {
-    patterns.iter().any(|p| matches(p, name))
+    patterns.iter().any(|p| pattern_matches(p, name))
 }
 
 impl Policy {

@@ -305,6 +305,32 @@ pub fn fingerprint_pem(cert_pem: &str) -> Result<String, SecurityError> {
     Ok(hex::encode(Sha256::digest(first_cert_der(cert_pem)?)))
 }
 
+/// SHA-256 (hex) of every certificate in a PEM bundle, in order: during a CA rotation a
+/// bundle holds the signing CA first and the one being retired after it.
+pub fn fingerprints_pem(bundle_pem: &str) -> Vec<String> {
+    let mut reader = bundle_pem.as_bytes();
+    rustls_pemfile::certs(&mut reader)
+        .filter_map(Result::ok)
+        .map(|der| hex::encode(Sha256::digest(&der)))
+        .collect()
+}
+
+/// Whether the first certificate of `cert_pem` carries a signature made with the key of the
+/// first certificate of `ca_pem`. Every CA of a cluster has the same name, so the issuer
+/// name cannot tell a rotated CA from the one before it; the signature can.
+pub fn issued_by(cert_pem: &str, ca_pem: &str) -> bool {
+    let (Ok(cert_der), Ok(ca_der)) = (first_cert_der(cert_pem), first_cert_der(ca_pem)) else {
+        return false;
+    };
+    let (Ok((_, cert)), Ok((_, ca))) = (
+        x509_parser::parse_x509_certificate(&cert_der),
+        x509_parser::parse_x509_certificate(&ca_der),
+    ) else {
+        return false;
+    };
+    cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
 /// The node identity in a certificate (DER), if it carries one.
 pub fn identity_of_der(cert_der: &[u8]) -> Option<NodeIdentity> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
@@ -398,6 +424,24 @@ mod tests {
             .unwrap();
         let renew = renew_after(&short).unwrap();
         assert!(renew > NOW && renew < NOW + 15, "{renew}");
+    }
+
+    #[test]
+    fn issued_by_tells_two_cas_of_the_same_name_apart() {
+        let old = ClusterCa::generate(NOW).unwrap();
+        let new = ClusterCa::generate(NOW).unwrap();
+        let who = NodeIdentity::new(Role::Server, "s1").unwrap();
+        let cert = old.issue(&who, &[], NODE_VALIDITY, NOW).unwrap().cert_pem;
+        assert!(issued_by(&cert, old.cert_pem()));
+        assert!(!issued_by(&cert, new.cert_pem()));
+        assert!(!issued_by("garbage", old.cert_pem()));
+        let bundle = format!("{}{}", new.cert_pem(), old.cert_pem());
+        assert_eq!(
+            fingerprints_pem(&bundle),
+            vec![new.fingerprint(), old.fingerprint()]
+        );
+        // The first certificate of a bundle is the one that counts.
+        assert!(!issued_by(&cert, &bundle));
     }
 
     #[test]

@@ -10,11 +10,13 @@
 //! * [`acl`]: API tokens (only their hashes are stored) and the policies they carry; one
 //!   `allows` decision for every endpoint.
 //! * [`jwt`]: the short-lived registry tokens of the Docker token auth spec.
+//! * [`acme`]: the self-signed certificate answering an ACME TLS-ALPN-01 challenge.
 //! * [`tls`]: rustls configurations for mTLS between pier processes and for HTTPS listeners.
 //!
 //! **Invariant:** nothing here touches the network, the disk or a clock: callers pass `now`.
 
 pub mod acl;
+pub mod acme;
 pub mod ca;
 mod error;
 pub mod jwt;

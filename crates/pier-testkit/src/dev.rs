@@ -15,6 +15,9 @@ pub struct DevProcess {
     pub registry_port: u16,
     /// The gateway inside `pier dev`: `Host: <service>.localhost`.
     pub gateway_port: u16,
+    /// Its HTTPS listener: `*.localhost` with certificates from its local CA
+    /// (`data/tls/local-ca.pem` in its directory).
+    pub https_port: u16,
     /// What it was started with: a restart reuses the same data dir and ports.
     pub args: Vec<String>,
 }
@@ -27,6 +30,7 @@ impl DevProcess {
         let http_port = free_port();
         let registry_port = free_port();
         let gateway_port = free_port();
+        let https_port = free_port();
         let mut args: Vec<String> = vec![
             "dev".into(),
             "--data-dir".into(),
@@ -41,7 +45,7 @@ impl DevProcess {
             gateway_port.to_string(),
             // `pier dev` serves HTTPS on 8443 unless told otherwise.
             "--https-port".into(),
-            free_port().to_string(),
+            https_port.to_string(),
             "--dns-port".into(),
             free_port().to_string(),
             "--container-label".into(),
@@ -58,6 +62,7 @@ impl DevProcess {
             http_port,
             registry_port,
             gateway_port,
+            https_port,
             args,
         }
     }

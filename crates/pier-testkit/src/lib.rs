@@ -8,6 +8,7 @@ pub mod images;
 pub mod linearizable;
 pub mod net;
 pub mod netns;
+pub mod netns_docker;
 pub mod process;
 pub mod python;
 pub mod servers;

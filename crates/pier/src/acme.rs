@@ -3,9 +3,13 @@
 //!
 //! Each pass (on a catalog change, and at least every `PASS_EVERY`) collects the hosts whose
 //! routes ask for ACME and that have no certificate valid for 30 more days, and orders one per
-//! host through `instant-acme` (HTTP-01). The key authorization is written to the store's
-//! `acme_challenges` table, which every gateway follows, so whichever gateway the CA's
-//! validator reaches answers it. The issued chain and key are stored like a provided
+//! host through `instant-acme`, answering HTTP-01 or TLS-ALPN-01 (`--acme-challenge`; the
+//! other one when the CA does not offer the chosen one). The key authorization is written to
+//! the store (`acme_challenges`, token → key authorization for HTTP-01; `acme_tls_alpn`,
+//! host → key authorization for TLS-ALPN-01), which every gateway follows, so whichever
+//! gateway the CA's validator reaches answers it: HTTP-01 on the plain HTTP listener,
+//! TLS-ALPN-01 on the HTTPS listener with a validation certificate each gateway makes from the
+//! key authorization. The issued chain and key are stored like a provided
 //! certificate (key sealed with the server secret in a secure cluster), source `acme`. A
 //! failure is recorded per host in `acme_status` (shown by `pier cert ls`) and retried with
 //! exponential backoff; the route keeps serving plain HTTP meanwhile.
@@ -30,6 +34,9 @@ use serde::{Deserialize, Serialize};
 
 pub const CHALLENGES: Table = Table::from_static("acme_challenges");
 const CHALLENGE_TABLE: TypedTable<String> = TypedTable::new(CHALLENGES);
+/// TLS-ALPN-01 challenges: host → key authorization.
+pub const TLS_ALPN_CHALLENGES: Table = Table::from_static("acme_tls_alpn");
+const TLS_ALPN_TABLE: TypedTable<String> = TypedTable::new(TLS_ALPN_CHALLENGES);
 const STATUS: TypedTable<AcmeStatus> = TypedTable::new(Table::from_static("acme_status"));
 const ACCOUNTS: TypedTable<StoredAccount> = TypedTable::new(Table::from_static("acme_account"));
 
@@ -46,13 +53,66 @@ const SPREAD: Duration = Duration::from_millis(300);
 /// One order's deadline, from the new-order request to the downloaded chain.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The server's ACME settings (`--acme-email`, `--acme-directory`, `--acme-ca-cert`).
+/// The server's ACME settings (`--acme-email`, `--acme-directory`, `--acme-ca-cert`,
+/// `--acme-challenge`).
 #[derive(Clone, Debug)]
 pub struct AcmeConfig {
     pub email: Option<String>,
     pub directory: String,
     /// A PEM root to trust for the directory's HTTPS (a test CA such as pebble's).
     pub ca_cert: Option<PathBuf>,
+    /// The challenge answered when the CA offers it; the other one otherwise.
+    pub challenge: ChallengeKind,
+}
+
+/// The challenge types every gateway can answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChallengeKind {
+    /// On the gateways' plain HTTP port (80 for a public CA).
+    #[default]
+    #[value(name = "http-01")]
+    Http01,
+    /// On the gateways' HTTPS port (443 for a public CA), in the TLS handshake.
+    #[value(name = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+impl ChallengeKind {
+    fn acme(self) -> ChallengeType {
+        match self {
+            ChallengeKind::Http01 => ChallengeType::Http01,
+            ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        }
+    }
+
+    fn other(self) -> ChallengeKind {
+        match self {
+            ChallengeKind::Http01 => ChallengeKind::TlsAlpn01,
+            ChallengeKind::TlsAlpn01 => ChallengeKind::Http01,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ChallengeKind::Http01 => "http-01",
+            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+}
+
+/// A challenge answer written to the store, removed once its order ends either way.
+enum Pending {
+    Http01 { token: String },
+    TlsAlpn01 { host: String },
+}
+
+impl Pending {
+    fn delete(self) -> Op {
+        match self {
+            Pending::Http01 { token } => CHALLENGE_TABLE.delete(token),
+            Pending::TlsAlpn01 { host } => TLS_ALPN_TABLE.delete(host),
+        }
+    }
 }
 
 /// The last failed order of a host.
@@ -96,7 +156,12 @@ pub async fn add_status(
         .await??;
     for (host, s) in status {
         match views.iter_mut().find(|c| c.host == host) {
-            Some(c) => c.last_error = Some(s.value.last_error),
+            Some(c) => {
+                c.last_error = Some(match c.last_error.take() {
+                    Some(other) => format!("{}; {other}", s.value.last_error),
+                    None => s.value.last_error,
+                })
+            }
             None => views.push(pier_api::cert::CertView {
                 host,
                 names: Vec::new(),
@@ -114,15 +179,45 @@ pub async fn add_status(
 
 /// Keeps `challenges` equal to the store's pending challenges, until the process ends.
 pub async fn follow_challenges(store: Store, challenges: Arc<AcmeChallenges>) {
+    // Validation certificates already made, by host and key authorization: a change to one
+    // challenge does not remake the others'.
+    let mut made: HashMap<(String, String), Arc<rustls::sign::CertifiedKey>> = HashMap::new();
     loop {
         // Subscribe before reading, so no write between the two is missed.
-        let mut watch = store.watch(&[WatchKey::prefix(CHALLENGES, "")]);
-        match store
-            .read(Consistency::Stale, |v| CHALLENGE_TABLE.list(v, ""))
-            .await
-        {
-            Ok(Ok(list)) => {
-                challenges.replace(list.into_iter().map(|(k, v)| (k, v.value)).collect());
+        let mut watch = store.watch(&[
+            WatchKey::prefix(CHALLENGES, ""),
+            WatchKey::prefix(TLS_ALPN_CHALLENGES, ""),
+        ]);
+        let read = store
+            .read(Consistency::Stale, |v| {
+                Ok::<_, pier_store::StoreError>((
+                    CHALLENGE_TABLE.list(v, "")?,
+                    TLS_ALPN_TABLE.list(v, "")?,
+                ))
+            })
+            .await;
+        match read {
+            Ok(Ok((http, tls))) => {
+                challenges.replace(http.into_iter().map(|(k, v)| (k, v.value)).collect());
+                let mut next = HashMap::new();
+                let mut certs = HashMap::new();
+                for (host, key_auth) in tls {
+                    let key = (host.clone(), key_auth.value);
+                    let ck = match made.remove(&key) {
+                        Some(ck) => ck,
+                        None => match validation_cert(&key.0, &key.1) {
+                            Ok(ck) => ck,
+                            Err(e) => {
+                                tracing::warn!(%host, error = %e, "cannot make the TLS-ALPN-01 certificate");
+                                continue;
+                            }
+                        },
+                    };
+                    certs.insert(host, Arc::clone(&ck));
+                    next.insert(key, ck);
+                }
+                made = next;
+                challenges.replace_tls_alpn(certs);
             }
             Ok(Err(e)) | Err(e) => {
                 tracing::warn!(error = %e, "cannot read the ACME challenges; retrying");
@@ -132,6 +227,13 @@ pub async fn follow_challenges(store: Store, challenges: Arc<AcmeChallenges>) {
         }
         watch.changed(PASS_EVERY).await;
     }
+}
+
+/// The TLS-ALPN-01 validation certificate of `host`, ready for the gateway's resolver.
+fn validation_cert(host: &str, key_auth: &str) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    let (cert, key) =
+        pier_security::acme::tls_alpn_01_cert(host, key_auth).map_err(|e| e.to_string())?;
+    pier_gateway::acme_validation_key(cert.as_bytes(), key.as_bytes()).map_err(|e| e.to_string())
 }
 
 /// The manager's memory: the account, and when each failing host may be tried again.
@@ -198,7 +300,11 @@ impl Manager {
         }
         self.store
             .write(Txn {
-                ops: vec![Op::leader_term(term), Op::delete_prefix(CHALLENGES, "")],
+                ops: vec![
+                    Op::leader_term(term),
+                    Op::delete_prefix(CHALLENGES, ""),
+                    Op::delete_prefix(TLS_ALPN_CHALLENGES, ""),
+                ],
             })
             .await?;
         self.cleared_term = Some(term);
@@ -259,18 +365,18 @@ impl Manager {
     /// Returns whether a certificate was stored.
     async fn obtain(&mut self, term: u64, host: &str) -> Result<bool, AcmeError> {
         tracing::info!(%host, "ordering an ACME certificate");
-        let mut tokens = Vec::new();
+        let mut pending = Vec::new();
         // The ACME client sets no overall deadline: a CA that stops answering must not stall
         // every other host.
         let outcome =
-            match tokio::time::timeout(ORDER_TIMEOUT, self.order(term, host, &mut tokens)).await {
+            match tokio::time::timeout(ORDER_TIMEOUT, self.order(term, host, &mut pending)).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(AcmeError::Other(format!(
                     "the order took longer than {ORDER_TIMEOUT:?}"
                 ))),
             };
         let mut ops = vec![Op::leader_term(term)];
-        ops.extend(tokens.into_iter().map(|t| CHALLENGE_TABLE.delete(t)));
+        ops.extend(pending.into_iter().map(Pending::delete));
         let stored = outcome.is_ok();
         match outcome {
             Ok(put) => {
@@ -300,13 +406,13 @@ impl Manager {
         Ok(stored)
     }
 
-    /// One order through HTTP-01; returns the write that stores the certificate. Tokens
-    /// written to the store are pushed to `tokens` so the caller removes them either way.
+    /// One order; returns the write that stores the certificate. Challenge answers written
+    /// to the store are pushed to `pending` so the caller removes them either way.
     async fn order(
         &mut self,
         term: u64,
         host: &str,
-        tokens: &mut Vec<String>,
+        pending: &mut Vec<Pending>,
     ) -> Result<Op, AcmeError> {
         let account = self.account(term).await?;
         let ids = [Identifier::Dns(host.to_string())];
@@ -323,18 +429,40 @@ impl Manager {
                     )))
                 }
             }
-            let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
-                AcmeError::Other("the CA offers no http-01 challenge".to_string())
-            })?;
-            let token = challenge.token.clone();
+            let preferred = self.cfg.challenge;
+            let kind = [preferred, preferred.other()]
+                .into_iter()
+                .find(|k| authz.challenges.iter().any(|c| c.r#type == k.acme()))
+                .ok_or_else(|| {
+                    AcmeError::Other(format!(
+                        "the CA offers neither http-01 nor tls-alpn-01 for {host}"
+                    ))
+                })?;
+            let mut challenge = authz
+                .challenge(kind.acme())
+                .ok_or_else(|| AcmeError::Other(format!("no {} challenge", kind.name())))?;
             let key_auth = challenge.key_authorization().as_str().to_string();
-            tokens.push(token.clone());
+            let (entry, put) = match kind {
+                ChallengeKind::Http01 => {
+                    let token = challenge.token.clone();
+                    let put = CHALLENGE_TABLE.put(token.clone(), &key_auth)?;
+                    (Pending::Http01 { token }, put)
+                }
+                ChallengeKind::TlsAlpn01 => {
+                    let put = TLS_ALPN_TABLE.put(host.to_string(), &key_auth)?;
+                    (
+                        Pending::TlsAlpn01 {
+                            host: host.to_string(),
+                        },
+                        put,
+                    )
+                }
+            };
+            tracing::info!(%host, challenge = kind.name(), "answering an ACME challenge");
+            pending.push(entry);
             self.store
                 .write(Txn {
-                    ops: vec![
-                        Op::leader_term(term),
-                        CHALLENGE_TABLE.put(token, &key_auth)?,
-                    ],
+                    ops: vec![Op::leader_term(term), put],
                 })
                 .await?;
             tokio::time::sleep(SPREAD).await;

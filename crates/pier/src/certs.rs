@@ -33,6 +33,11 @@ const SEAL_PURPOSE: &str = "pier/gateway-cert-keys/v1";
 /// How long a follower waits on its watch before reading the table again anyway.
 const RESYNC: Duration = Duration::from_secs(60);
 
+/// A provided certificate with less than this left is shown as a problem by `cert ls`: it
+/// is nobody's job but its owner's to replace it (ACME ones are renewed 30 days ahead, and a
+/// failing renewal shows its own error).
+const EXPIRES_SOON_SECS: i64 = 14 * 24 * 3600;
+
 /// A certificate as the store keeps it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct StoredCert {
@@ -151,7 +156,70 @@ pub fn normalize_host(host: &str) -> Result<String, String> {
     }
 }
 
-fn view(c: &StoredCert) -> CertView {
+/// `2026-12-07 13:40 UTC` from Unix seconds.
+pub(crate) fn utc_date(unix: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(unix) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute()
+        ),
+        Err(_) => unix.to_string(),
+    }
+}
+
+/// The expiry problem of a certificate at `now_secs`, if any.
+fn expiry_problem(c: &StoredCert, now_secs: i64) -> Option<String> {
+    let left = c.not_after - now_secs;
+    if left <= 0 {
+        return Some(format!(
+            "expired on {}; clients refuse it",
+            utc_date(c.not_after)
+        ));
+    }
+    if c.source == "provided" && left < EXPIRES_SOON_SECS {
+        let when = match left / (24 * 3600) {
+            0 => format!("in {} h", left / 3600),
+            days => format!("in {days} days"),
+        };
+        return Some(format!(
+            "expires soon: on {} ({when}); add a new certificate",
+            utc_date(c.not_after)
+        ));
+    }
+    None
+}
+
+/// What is wrong with a stored certificate at `now_secs`, worded for `cert ls`, or None:
+/// expired or expiring soon (re-evaluated at every listing, since time alone causes it), a
+/// key that does not open here or does not belong to the certificate, a certificate that
+/// does not cover its host.
+fn problem(c: &StoredCert, seal: Option<&SealKey>, now_secs: i64) -> Option<String> {
+    let mut problems = Vec::new();
+    match try_open_key(c, seal) {
+        Err(e) => problems.push(e),
+        Ok(key) => match pier_gateway::certified_key(c.cert_pem.as_bytes(), &key) {
+            Err(e) => problems.push(e.to_string()),
+            Ok((_, info)) if !info.covers(&c.host) => problems.push(
+                pier_gateway::TlsError::NotCovered {
+                    host: c.host.clone(),
+                    names: info.names.join(", "),
+                }
+                .to_string(),
+            ),
+            Ok(_) => {}
+        },
+    }
+    problems.extend(expiry_problem(c, now_secs));
+    problems.extend(c.last_error.clone());
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+/// The listing of `c` at `now_secs`, its problems evaluated now.
+fn view(c: &StoredCert, seal: Option<&SealKey>, now_secs: i64) -> CertView {
     CertView {
         host: c.host.clone(),
         names: c.names.clone(),
@@ -160,8 +228,12 @@ fn view(c: &StoredCert) -> CertView {
         source: c.source.clone(),
         key_sealed: matches!(c.key, StoredKey::Sealed(_)),
         added_at_ms: c.added_at_ms,
-        last_error: c.last_error.clone(),
+        last_error: problem(c, seal, now_secs),
     }
+}
+
+fn now_secs() -> i64 {
+    i64::try_from(pier_api::time::now_secs()).unwrap_or(i64::MAX)
 }
 
 async fn add(
@@ -180,6 +252,15 @@ async fn add(
             .to_string(),
         ));
     }
+    let now = now_secs();
+    if info.not_after <= now {
+        // Serving it would fail every handshake just as having none would, and more
+        // confusingly.
+        return Err(HttpError::invalid(format!(
+            "the certificate expired on {}",
+            utc_date(info.not_after)
+        )));
+    }
     let key = store_key(api.seal.as_ref(), &host, req.key_pem);
     let stored = StoredCert {
         host: host.clone(),
@@ -197,7 +278,7 @@ async fn add(
             ops: vec![TABLE.put(host, &stored)?],
         })
         .await?;
-    Ok(Json(view(&stored)))
+    Ok(Json(view(&stored, api.seal.as_ref(), now)))
 }
 
 async fn list(State(api): State<CertsApi>) -> Result<Json<Vec<CertView>>, HttpError> {
@@ -205,7 +286,11 @@ async fn list(State(api): State<CertsApi>) -> Result<Json<Vec<CertView>>, HttpEr
         .store
         .read(Consistency::Default, |v| TABLE.list(v, ""))
         .await??;
-    let mut views: Vec<CertView> = certs.iter().map(|(_, c)| view(&c.value)).collect();
+    let now = now_secs();
+    let mut views: Vec<CertView> = certs
+        .iter()
+        .map(|(_, c)| view(&c.value, api.seal.as_ref(), now))
+        .collect();
     crate::acme::add_status(&api.store, &mut views).await?;
     Ok(Json(views))
 }
@@ -303,22 +388,24 @@ pub async fn follow(store: Store, seal: Option<SealKey>, resolver: Arc<CertResol
     }
 }
 
-/// The PEM key of a stored certificate; None (logged) when it cannot be opened here.
-fn open_key(c: &StoredCert, seal: Option<&SealKey>) -> Option<Vec<u8>> {
+/// The PEM key of a stored certificate, or why it cannot be opened here.
+fn try_open_key(c: &StoredCert, seal: Option<&SealKey>) -> Result<Vec<u8>, String> {
     match (&c.key, seal) {
-        (StoredKey::Plain(k), _) => Some(k.as_bytes().to_vec()),
-        (StoredKey::Sealed(s), Some(seal)) => match seal.open(s, &seal_context(&c.host)) {
-            Ok(k) => Some(k),
-            Err(e) => {
-                tracing::warn!(host = %c.host, error = %e, "cannot open the sealed key of a certificate");
-                None
-            }
-        },
+        (StoredKey::Plain(k), _) => Ok(k.as_bytes().to_vec()),
+        (StoredKey::Sealed(s), Some(seal)) => seal
+            .open(s, &seal_context(&c.host))
+            .map_err(|e| format!("the sealed key cannot be opened: {e}")),
         (StoredKey::Sealed(_), None) => {
-            tracing::warn!(host = %c.host, "a sealed certificate key, but this process holds no server secret");
-            None
+            Err("the key is sealed, but this process holds no server secret".to_string())
         }
     }
+}
+
+/// The PEM key of a stored certificate; None (logged) when it cannot be opened here.
+fn open_key(c: &StoredCert, seal: Option<&SealKey>) -> Option<Vec<u8>> {
+    try_open_key(c, seal)
+        .map_err(|e| tracing::warn!(host = %c.host, error = %e, "certificate key unusable"))
+        .ok()
 }
 
 fn load(c: &StoredCert, seal: Option<&SealKey>) -> Option<Arc<rustls::sign::CertifiedKey>> {
@@ -490,5 +577,71 @@ mod tests {
         assert!(normalize_host("*.").is_err());
         assert!(normalize_host("a/b").is_err());
         assert!(normalize_host("-a.b").is_err());
+    }
+
+    /// A self-signed certificate for `names` valid until `not_after` (Unix seconds), stored
+    /// for `host` with `key_pem` (its own key when None).
+    fn stored(host: &str, names: &[&str], not_after: i64, key_pem: Option<String>) -> StoredCert {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        StoredCert {
+            host: host.into(),
+            cert_pem: cert.pem(),
+            key: StoredKey::Plain(key_pem.unwrap_or_else(|| key.serialize_pem())),
+            source: "provided".into(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            issuer: String::new(),
+            not_after,
+            added_at_ms: 0,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn problems_of_provided_certificates_are_evaluated_at_listing_time() {
+        let now = 1_800_000_000;
+        let day = 24 * 3600;
+        let good = stored("a.example.com", &["a.example.com"], now + 60 * day, None);
+        assert_eq!(problem(&good, None, now), None);
+        // The same certificate, listed later: first expiring soon, then expired.
+        let soon = problem(&good, None, now + 55 * day).unwrap();
+        assert!(
+            soon.starts_with("expires soon") && soon.contains("in 5 days"),
+            "{soon}"
+        );
+        let hours = problem(&good, None, now + 60 * day - 7200).unwrap();
+        assert!(hours.contains("in 2 h"), "{hours}");
+        let expired = problem(&good, None, now + 61 * day).unwrap();
+        assert!(expired.starts_with("expired on 2027-"), "{expired}");
+        // Expiring soon is the owner's job only for provided ones; ACME renews by itself.
+        let acme = StoredCert {
+            source: "acme".into(),
+            ..good.clone()
+        };
+        assert_eq!(problem(&acme, None, now + 55 * day), None);
+        assert!(problem(&acme, None, now + 61 * day).is_some());
+
+        let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let mismatched = stored(
+            "a.example.com",
+            &["a.example.com"],
+            now + 60 * day,
+            Some(other_key),
+        );
+        let p = problem(&mismatched, None, now).unwrap();
+        assert!(p.contains("does not belong"), "{p}");
+        let uncovered = stored("b.example.com", &["a.example.com"], now + 60 * day, None);
+        let p = problem(&uncovered, None, now).unwrap();
+        assert!(p.contains("does not cover b.example.com"), "{p}");
+        let sealed = StoredCert {
+            key: StoredKey::Sealed("x".into()),
+            ..good
+        };
+        let p = problem(&sealed, None, now).unwrap();
+        assert!(p.contains("no server secret"), "{p}");
     }
 }

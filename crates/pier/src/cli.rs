@@ -74,6 +74,8 @@ pub enum Command {
     Acl(cmd::security::AclArgs),
     /// Join tokens for servers and agents.
     Token(cmd::security::TokenArgs),
+    /// The cluster CA: rotate it, see where a rotation stands.
+    Ca(cmd::security::CaArgs),
     /// Who changed what, when: the cluster's audit log.
     Audit(cmd::security::AuditArgs),
 }
@@ -94,6 +96,7 @@ impl Command {
             | Command::Snapshot(_)
             | Command::Acl(_)
             | Command::Token(_)
+            | Command::Ca(_)
             | Command::Audit(_) => false,
             Command::Registry(args) => args.is_server(),
             Command::Status(_) | Command::Kv(_) => false,

@@ -195,8 +195,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 )
             })?;
             crate::cmd::gateway::start_access_log(&mut gateway, &g.access_log)?;
+            gateway
+                .set_acme_challenges(Arc::clone(&challenges))
+                .context("cannot set up the gateway's ACME challenge answers")?;
             let resolver = enable_https(&mut gateway, g)?;
-            gateway.set_acme_challenges(Arc::clone(&challenges));
             Some((gateway, resolver))
         }
         None => None,
@@ -250,7 +252,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         let internal = internal_http.clone();
         tasks.spawn(async move {
             tokio::join!(
-                crate::security::server::sync_loop(sec.clone(), store.clone()),
+                crate::security::server::sync_loop(sec.clone(), store.clone(), internal.clone()),
                 crate::security::server::renew_loop(sec, store, internal),
             );
             Ok(())

@@ -160,3 +160,29 @@ async fn corrupt_state_is_refused_naming_the_file_and_what_to_do() {
         "error does not name the corrupt file: {stderr}"
     );
 }
+
+/// `pier … | head -1` or `| grep -q`: the reader goes away before pier writes; the command
+/// must end as `ls` does (killed by SIGPIPE, or exit 0), never with a panic message.
+#[test]
+fn cli_output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(PIER)
+        .args(["token", "generate"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pier");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for pier");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "pier panicked writing to a closed pipe: {stderr}"
+    );
+    assert!(
+        out.status.success() || out.status.signal() == Some(13),
+        "pier ended with {:?}: {stderr}",
+        out.status
+    );
+}

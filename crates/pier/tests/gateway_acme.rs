@@ -170,6 +170,16 @@ async fn dev_with_pebble_validity(
     pebble_http_port: Option<u16>,
     validity_secs: Option<u64>,
 ) -> (Dev, Pebble) {
+    dev_with_pebble_opts(dir, pebble_http_port, validity_secs, &[]).await
+}
+
+/// As `dev_with_pebble_validity`, with `extra` arguments for `pier dev`.
+async fn dev_with_pebble_opts(
+    dir: &Path,
+    pebble_http_port: Option<u16>,
+    validity_secs: Option<u64>,
+    extra_args: &[&str],
+) -> (Dev, Pebble) {
     // Pebble's directory port is picked inside Pebble::start, so pier starts after it;
     // Dev::start picks the gateway ports itself, so pebble validates on a port reserved
     // here and passed to pier explicitly.
@@ -183,6 +193,7 @@ async fn dev_with_pebble_validity(
     .await;
     let mut extra = pebble.pier_args();
     extra.extend(["--access-log".into(), "off".into()]);
+    extra.extend(extra_args.iter().map(|s| s.to_string()));
     let extra_ref: Vec<&str> = extra.iter().map(String::as_str).collect();
     let dev = Dev::start_on(dir, "dev", gateway_port, https_port, &extra_ref).await;
     (dev, pebble)
@@ -271,6 +282,99 @@ async fn a_tls_acme_route_gets_a_certificate_from_pebble_through_http01() {
         .map(|r| r.1),
         Some("shop".into()),
         "an unknown token goes to the backend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_acme_challenge_tls_alpn_01_the_certificate_comes_through_the_https_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    // Pebble's HTTP-01 port is bound but never listened on: only TLS-ALPN-01, validated on
+    // the gateway's HTTPS port, can get this certificate issued.
+    let closed_socket = tokio::net::TcpSocket::new_v4().unwrap();
+    closed_socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .unwrap();
+    let closed = closed_socket.local_addr().unwrap().port();
+    let (dev, pebble) = dev_with_pebble_opts(
+        dir.path(),
+        Some(closed),
+        None,
+        &["--acme-challenge", "tls-alpn-01"],
+    )
+    .await;
+    let b = backend("alpn").await;
+    let started = Instant::now();
+    dev.register(
+        "alpn-1",
+        "alpn",
+        b,
+        &["urlprefix-alpn.example.com tls=acme"],
+    )
+    .await;
+
+    let (https, root) = (dev.https_port, pebble.root.display().to_string());
+    let mut last = (false, String::new(), String::new());
+    while started.elapsed() < Duration::from_secs(30) {
+        let root = root.clone();
+        last = tokio::task::spawn_blocking(move || {
+            let resolve = format!("alpn.example.com:{https}:127.0.0.1");
+            let url = format!("https://alpn.example.com:{https}/");
+            curl(&["--cacert", &root, "--resolve", &resolve, &url])
+        })
+        .await
+        .unwrap();
+        if last.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(dir.path().join("dev.log")).unwrap_or_default();
+    assert!(
+        last.0 && last.1 == "alpn",
+        "HTTPS with pebble's certificate within 30 s: {last:?}\n{log}"
+    );
+    eprintln!(
+        "certificate issued through TLS-ALPN-01 and served {:?} after the service was registered",
+        started.elapsed()
+    );
+    assert!(
+        log.contains("answering an ACME challenge") && log.contains("tls-alpn-01"),
+        "the manager chose tls-alpn-01:\n{log}"
+    );
+    assert!(
+        log.contains("answered an ACME TLS-ALPN-01 validation"),
+        "the gateway answered pebble's validation handshake:\n{log}"
+    );
+    let certs = cert_ls_json(&dev);
+    let c = certs
+        .iter()
+        .find(|c| c["host"] == "alpn.example.com")
+        .unwrap_or_else(|| panic!("alpn.example.com listed: {certs:?}"));
+    assert_eq!(c["source"], "acme", "{c}");
+    assert!(c["last_error"].is_null(), "{c}");
+    assert!(
+        c["issuer"].as_str().unwrap_or("").contains("Pebble"),
+        "issuer from pebble: {c}"
+    );
+
+    // No validation certificate is left behind: a handshake offering only acme-tls/1 fails
+    // now, and an ordinary one gets the issued certificate.
+    let text = tokio::task::spawn_blocking(move || {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl s_client -connect 127.0.0.1:{https} -servername alpn.example.com \
+                 -alpn acme-tls/1 </dev/null 2>&1"
+            ))
+            .output()
+            .expect("openssl is installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(
+        !text.contains("BEGIN CERTIFICATE") && !text.contains("acme-tls/1"),
+        "an acme-tls/1 handshake after the order: {text}"
     );
 }
 

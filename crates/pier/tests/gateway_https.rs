@@ -468,3 +468,136 @@ async fn a_standalone_gateway_serves_the_stored_certificates_and_follows_changes
     )
     .await;
 }
+
+/// Writes a leaf for `names` signed by `ca`, valid from an hour ago until `not_after`.
+fn leaf_until(dir: &Path, tag: &str, ca: &Ca, names: &[&str], not_after: i64) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let mut params = CertificateParams::new(names).unwrap();
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    let (c, k) = (
+        dir.join(format!("{tag}.crt")),
+        dir.join(format!("{tag}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c.display().to_string(), k.display().to_string())
+}
+
+fn cert_ls(dev: &Dev) -> Vec<serde_json::Value> {
+    let out = dev.pier(&["cert", "ls", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provided_certificates_show_their_problems_in_cert_ls_and_bad_ones_are_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let dev = Dev::start(d, "dev", &["--access-log", "off"]).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let day = 24 * 3600;
+    let ca = ca("problem CA");
+
+    // Refused, nothing stored: a key of another certificate, a host not covered, expired.
+    let good = leaf_until(d, "good", &ca, &["good.example.com"], now + 90 * day);
+    let other = leaf_until(d, "other", &ca, &["other.example.com"], now + 90 * day);
+    let expired = leaf_until(d, "expired", &ca, &["old.example.com"], now - day);
+    for (host, cert, key, expect) in [
+        (
+            "good.example.com",
+            &good.0,
+            &other.1,
+            "does not belong to the certificate",
+        ),
+        (
+            "bad.example.com",
+            &good.0,
+            &good.1,
+            "does not cover bad.example.com",
+        ),
+        ("old.example.com", &expired.0, &expired.1, "expired on"),
+    ] {
+        let out = dev.pier(&["cert", "add", host, "--cert", cert, "--key", key]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success() && err.contains(expect),
+            "{host}: {err}"
+        );
+    }
+    assert_eq!(
+        cert_ls(&dev),
+        Vec::<serde_json::Value>::new(),
+        "nothing stored"
+    );
+
+    // Stored: a healthy one, one with 5 days left (warned at once), one with 4 s left.
+    let soon = leaf_until(d, "soon", &ca, &["soon.example.com"], now + 5 * day + 3600);
+    let brief = leaf_until(d, "brief", &ca, &["brief.example.com"], now + 4);
+    for (host, (cert, key)) in [
+        ("good.example.com", &good),
+        ("soon.example.com", &soon),
+        ("brief.example.com", &brief),
+    ] {
+        let out = dev.pier(&["cert", "add", host, "--cert", cert, "--key", key]);
+        assert!(out.status.success(), "{out:?}");
+        let warned = String::from_utf8_lossy(&out.stderr).contains("warning: ");
+        assert_eq!(warned, host != "good.example.com", "{host}: {out:?}");
+    }
+    let error_of = |list: &[serde_json::Value], host: &str| {
+        list.iter()
+            .find(|c| c["host"] == host)
+            .unwrap_or_else(|| panic!("{host} listed: {list:?}"))["last_error"]
+            .clone()
+    };
+    let list = cert_ls(&dev);
+    assert_eq!(error_of(&list, "good.example.com"), serde_json::Value::Null);
+    let soon_err = error_of(&list, "soon.example.com");
+    assert!(
+        soon_err.as_str().unwrap().starts_with("expires soon")
+            && soon_err.as_str().unwrap().contains("in 5 days"),
+        "{soon_err}"
+    );
+    let brief_err = error_of(&list, "brief.example.com");
+    assert!(
+        brief_err.as_str().unwrap().starts_with("expires soon"),
+        "{brief_err}"
+    );
+
+    // Time alone changes the listing: the 4 s certificate is reported expired once it is.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let list = cert_ls(&dev);
+    let brief_err = error_of(&list, "brief.example.com");
+    assert!(
+        brief_err.as_str().unwrap().starts_with("expired on"),
+        "{brief_err}"
+    );
+    eprintln!(
+        "cert ls --json: brief.example.com last_error {brief_err}; soon.example.com {soon_err}"
+    );
+    // The table shows it in the LAST ERROR column.
+    let out = dev.pier(&["cert", "ls"]);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let row = |host: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(host))
+            .unwrap_or_else(|| panic!("a row for {host}: {table}"))
+            .to_string()
+    };
+    assert!(
+        table.lines().next().unwrap().ends_with("LAST ERROR"),
+        "{table}"
+    );
+    assert!(row("brief.example.com").contains("expired on"), "{table}");
+    assert!(row("soon.example.com").contains("expires soon"), "{table}");
+    assert!(
+        row("good.example.com").trim_end().ends_with(" -"),
+        "{table}"
+    );
+}

@@ -2,7 +2,8 @@
 //! real Docker engine: a rolling deploy under steady load answers every request with a 2xx
 //! and switches to the new version; with replicas in zones `a` and `b` and the gateway in
 //! zone `a`, traffic stays in `a` until node `a` dies with its containers, then moves to `b`
-//! without a failed GET.
+//! without a failed GET. The load and the checks go over both of the gateway's listeners, HTTP
+//! and HTTPS (certificates from `pier dev`'s local CA, trusted by the client), at once.
 
 mod orchestrator_common;
 
@@ -18,47 +19,39 @@ use pier_testkit::images::HttpdVariant;
 /// One request of the load: when it was sent, and its status and body or the client error.
 #[derive(Debug)]
 struct Sample {
+    listener: Listener,
     sent: Instant,
     outcome: Result<(u16, String), String>,
 }
 
-/// Steady traffic: `clients` keep-alive clients sending GETs back to back through the gateway.
+/// Steady traffic: keep-alive clients sending GETs back to back through the gateway,
+/// `per_listener` of them on each of its listeners.
 struct Load {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
 }
 
 impl Load {
-    fn start(gateway_port: u16, host: &str, path: &str, clients: usize) -> Load {
+    fn start(gws: &[GatewayClient], host: &str, path: &str, per_listener: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let url = format!("http://127.0.0.1:{gateway_port}{path}");
-        let tasks = (0..clients)
-            .map(|_| {
+        let tasks = gws
+            .iter()
+            .flat_map(|gw| std::iter::repeat_n(gw, per_listener))
+            .map(|gw| {
                 let stop = Arc::clone(&stop);
-                let url = url.clone();
-                let host = host.to_string();
+                // A client of its own: its own connection, as separate users have.
+                let gw = GatewayClient::new(gw.listener, gw.port(), gw.ca());
+                let (host, path) = (host.to_string(), path.to_string());
                 tokio::spawn(async move {
-                    let http = reqwest::Client::new();
                     let mut samples = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         let sent = Instant::now();
-                        let outcome = match http
-                            .get(&url)
-                            .header("host", &host)
-                            .timeout(Duration::from_secs(5))
-                            .send()
-                            .await
-                        {
-                            Ok(resp) => {
-                                let status = resp.status().as_u16();
-                                match resp.text().await {
-                                    Ok(body) => Ok((status, body.trim().to_string())),
-                                    Err(e) => Err(format!("body: {e}")),
-                                }
-                            }
-                            Err(e) => Err(e.to_string()),
-                        };
-                        samples.push(Sample { sent, outcome });
+                        let outcome = gw.try_get(&host, &path).await;
+                        samples.push(Sample {
+                            listener: gw.listener,
+                            sent,
+                            outcome,
+                        });
                         // A small pause keeps the load steady without starving the machine.
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
@@ -88,10 +81,15 @@ fn assert_none_failed(samples: &[Sample], origin: Instant, during: &str) {
         .filter_map(|s| match &s.outcome {
             Ok((status, _)) if (200..300).contains(status) => None,
             Ok((status, body)) => Some(format!(
-                "at {:?}: {status} {body}",
+                "{:?} at {:?}: {status} {body}",
+                s.listener,
                 s.sent.duration_since(origin)
             )),
-            Err(e) => Some(format!("at {:?}: {e}", s.sent.duration_since(origin))),
+            Err(e) => Some(format!(
+                "{:?} at {:?}: {e}",
+                s.listener,
+                s.sent.duration_since(origin)
+            )),
         })
         .collect();
     assert!(
@@ -101,6 +99,10 @@ fn assert_none_failed(samples: &[Sample], origin: Instant, during: &str) {
         samples.len(),
         &failed[..failed.len().min(5)]
     );
+    for listener in [Listener::Http, Listener::Https] {
+        let n = samples.iter().filter(|s| s.listener == listener).count();
+        assert!(n >= 20, "only {n} requests over {listener:?} {during}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,24 +110,26 @@ async fn rolling_deploy_under_load_answers_every_request_and_switches_version() 
     let mut c = Cluster::start(true, &[]).await;
     let v1 = c.push_image("roll:v1", HttpdVariant::Healthy);
     let v2 = c.push_image("roll:v2", HttpdVariant::Healthy);
-    let gw = c.gateway_port;
+    let gws = c.gateway_clients();
 
     let file1 = c.write_file("roll-v1.toml", &service_file("roll", &v1, 3, ""));
     let out = c.pier(&["deploy", &file1]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
-    eventually(
-        "v1 served by the gateway",
-        Duration::from_secs(10),
-        || async {
-            gateway_get(gw, "roll.localhost", "/")
-                .await
-                .is_some_and(|(s, b)| s == 200 && b.contains("roll:v1"))
-        },
-    )
-    .await;
+    for gw in &gws {
+        eventually(
+            "v1 served by the gateway",
+            Duration::from_secs(10),
+            || async {
+                gw.get("roll.localhost", "/")
+                    .await
+                    .is_some_and(|(s, b)| s == 200 && b.contains("roll:v1"))
+            },
+        )
+        .await;
+    }
 
     let origin = Instant::now();
-    let load = Load::start(gw, "roll.localhost", "/", 4);
+    let load = Load::start(&gws, "roll.localhost", "/", 2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let file2 = c.write_file("roll-v2.toml", &service_file("roll", &v2, 3, ""));
     let deploy = {
@@ -212,41 +216,48 @@ async fn gateway_prefers_its_zone_and_fails_over_without_failed_gets() {
         BTreeMap::from([("a", 2), ("b", 2)]),
         "replicas: {zones:?}"
     );
-    let gw = c.gateway_port;
-    eventually(
-        "the gateway routes zoned",
-        Duration::from_secs(10),
-        || async {
-            gateway_get(gw, "zoned.localhost", "/cgi-bin/whoami")
-                .await
-                .is_some_and(|(s, _)| s == 200)
-        },
-    )
-    .await;
+    let gws = c.gateway_clients();
+    for gw in &gws {
+        eventually(
+            "the gateway routes zoned",
+            Duration::from_secs(10),
+            || async {
+                gw.get("zoned.localhost", "/cgi-bin/whoami")
+                    .await
+                    .is_some_and(|(s, _)| s == 200)
+            },
+        )
+        .await;
+    }
 
     // While zone a is healthy, every request stays in zone a (and uses both of its replicas).
-    let mut seen = BTreeSet::new();
-    for _ in 0..60 {
-        let (status, host) = gateway_get(gw, "zoned.localhost", "/cgi-bin/whoami")
-            .await
-            .expect("gateway answers");
-        assert_eq!(status, 200, "{host}");
+    for gw in &gws {
+        let mut seen = BTreeSet::new();
+        for _ in 0..60 {
+            let (status, host) = gw
+                .try_get("zoned.localhost", "/cgi-bin/whoami")
+                .await
+                .expect("gateway answers");
+            assert_eq!(status, 200, "{host}");
+            assert_eq!(
+                zones.get(&host).map(String::as_str),
+                Some("a"),
+                "request over {:?} served by {host}, not a zone-a replica ({zones:?})",
+                gw.listener
+            );
+            seen.insert(host);
+        }
         assert_eq!(
-            zones.get(&host).map(String::as_str),
-            Some("a"),
-            "request served by {host}, not a zone-a replica ({zones:?})"
+            seen.len(),
+            2,
+            "zone a's two replicas did not share over {:?}: {seen:?}",
+            gw.listener
         );
-        seen.insert(host);
     }
-    assert_eq!(
-        seen.len(),
-        2,
-        "zone a's two replicas did not share: {seen:?}"
-    );
 
     // Node a dies with its containers while traffic flows.
     let origin = Instant::now();
-    let load = Load::start(gw, "zoned.localhost", "/cgi-bin/whoami", 2);
+    let load = Load::start(&gws, "zoned.localhost", "/cgi-bin/whoami", 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.agents[a].kill9();
     let killed = Instant::now();

@@ -230,3 +230,58 @@ async fn crash_loop_backs_off_visibly() {
         stdout(&logs)
     );
 }
+
+/// `pier logs -f SERVICE` (the API's `?follow=true`) stays open across a scale: the instance
+/// started after the tail opened joins it as soon as its agent reports it running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followed_service_log_takes_in_instances_started_later() {
+    use futures::StreamExt;
+    let mut c = Cluster::start(true, &[]).await;
+    let image = c.push_image("tick:v1", HttpdVariant::Ticking);
+    let file = c.write_file("tick.toml", &service_file("tick", &image, 1, ""));
+    let out = c.pier(&["deploy", &file]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let first: Vec<String> = c
+        .tasks("tick")
+        .await
+        .iter()
+        .filter_map(|t| t["task"]["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    let resp = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/services/tick/logs?follow=true&tail=1",
+            c.addr()
+        ))
+        .send()
+        .await
+        .expect("open the followed log");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let mut body = resp.bytes_stream();
+    let out = c.pier(&["service", "scale", "tick", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let joined = loop {
+        let next = tokio::time::timeout_at(deadline, body.next()).await;
+        let Ok(Some(Ok(chunk))) = next else {
+            break None;
+        };
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        let newcomer = text
+            .lines()
+            .filter(|l| l.contains("| tick "))
+            .filter_map(|l| l.split(" | ").next())
+            .find(|id| !first.iter().any(|f| f == id))
+            .map(str::to_string);
+        if newcomer.is_some() {
+            break newcomer;
+        }
+    };
+    assert!(
+        joined.is_some(),
+        "no line of the second instance reached the open tail within 30 s; it got:\n{text}"
+    );
+}

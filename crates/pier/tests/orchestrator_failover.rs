@@ -22,6 +22,21 @@ async fn zones_of_passing(c: &Cluster, service: &str) -> Vec<String> {
     zones
 }
 
+/// Passing instances of `service` as the catalog advertises them: (address, port).
+async fn passing_addrs(c: &Cluster, service: &str) -> Vec<(String, u64)> {
+    let v = c
+        .get(&format!("/v1/health/service/{service}?passing"))
+        .await;
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let addr = e["Service"]["Address"].as_str().unwrap_or_default();
+            (addr.to_string(), e["Service"]["Port"].as_u64().unwrap_or(0))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spread_failover_kill_and_adoption() {
     let mut c = Cluster::start_two_zones(&["--node-down-after", "2s"]).await;
@@ -66,6 +81,37 @@ async fn spread_failover_kill_and_adoption() {
     after.sort();
     assert_eq!(before, after, "the restarted agent changed its containers");
     assert_eq!(c.passing("spread").await.len(), 4);
+
+    // Restarted with another host address (e.g. agents started with the old 127.0.0.1
+    // default): containers published on the old address are replaced by ones reachable at
+    // the new one, not adopted with an address nothing listens on.
+    c.agents[b].kill9();
+    let mut args = c.agent_args("node-b", "b");
+    args.extend(["--host-ip".to_string(), "127.0.0.2".to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.agents[b] =
+        pier_testkit::process::PierProcess::spawn(BIN, "agent-node-b-3", &refs, c.dir.path());
+    eventually(
+        "node b's replicas published on 127.0.0.2 and passing",
+        Duration::from_secs(30),
+        || async {
+            let on_b: Vec<_> = passing_addrs(&c, "spread")
+                .await
+                .into_iter()
+                .filter(|(addr, _)| addr == "127.0.0.2")
+                .collect();
+            let now = containers_of_node(&c, "node-b");
+            on_b.len() == 2 && now.len() == 2 && now.iter().all(|id| !before.contains(id))
+        },
+    )
+    .await;
+    for (addr, port) in passing_addrs(&c, "spread").await {
+        if addr == "127.0.0.2" {
+            let url = format!("http://127.0.0.2:{port}/");
+            let body = reqwest::get(&url).await.expect("the new address answers");
+            assert!(body.status().is_success(), "{url}: {}", body.status());
+        }
+    }
 
     // A blip shorter than the down timeout (agent b frozen for 1 s) moves nothing.
     let tasks_before: Vec<String> = c

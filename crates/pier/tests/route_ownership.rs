@@ -26,15 +26,23 @@ async fn consul_register(c: &Cluster, body: serde_json::Value) -> (u16, String) 
     (r.status().as_u16(), r.text().await.unwrap_or_default())
 }
 
-async fn gateway_says_web(gw: u16) -> bool {
-    matches!(gateway_get(gw, HOST, "/").await, Some((200, body)) if body.contains("web:v1"))
+/// Whether the gateway routes HOST to web, over HTTP and over HTTPS (a provided certificate).
+async fn gateway_says_web(gws: &[GatewayClient]) -> bool {
+    for gw in gws {
+        if !matches!(gw.get(HOST, "/").await, Some((200, body)) if body.contains("web:v1")) {
+            return false;
+        }
+    }
+    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_belongs_to_its_first_service_until_it_is_gone() {
     let mut c = Cluster::start(true, &[]).await;
     let image = c.push_image("web:v1", HttpdVariant::Healthy);
-    let gw = c.gateway_port;
+    c.provide_cert(HOST);
+    let gws = c.gateway_clients();
+    let gw = &gws;
     let web = format!("route = \"{HOST}\"\n{}", service_file("web", &image, 1, ""));
     let file = c.write_file("web.toml", &web);
     let out = c.pier(&["deploy", "--detach", &file]);

@@ -1,7 +1,7 @@
 //! `pier agent`: the node agent on its own, joining a server (`pier dev --no-agent` or
 //! `pier server`). It registers the node, heartbeats and runs the node's tasks on Docker.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
 #[derive(clap::Args, Debug)]
@@ -16,12 +16,15 @@ pub struct AgentArgs {
     /// Unique node name (default: the host name).
     #[arg(long)]
     pub name: Option<String>,
-    /// The agent's own HTTP listener (serves logs to the server).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub listen: SocketAddr,
-    /// Address container ports are published on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host_ip: String,
+    /// The agent's own HTTP listener (serves logs to the servers; with a certificate, to
+    /// servers only). Default: the host address (see --host-ip), a free port.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Address container ports are published on: where other nodes (their gateways and DNS
+    /// answers) reach this node's tasks. Default: this machine's address on the way to the
+    /// first server (127.0.0.1 when the server is on this machine).
+    #[arg(long)]
+    pub host_ip: Option<IpAddr>,
     /// Node attribute for placement constraints (KEY=VALUE, repeatable).
     #[arg(long = "attr", value_parser = parse_key_value)]
     pub attributes: Vec<(String, String)>,
@@ -89,8 +92,81 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The `host:port` of a `--server` entry (`10.0.0.1:8500`, `https://s1:8500/`, `[::1]:8500`);
+/// the API's default port when it names none.
+fn server_host_port(server: &str) -> Option<String> {
+    let rest = server.trim();
+    let rest = rest.split_once("://").map_or(rest, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return None;
+    }
+    // A port is there when the text after the last ':' follows a host (and is not inside
+    // an IPv6 literal's brackets).
+    let has_port = match authority.rsplit_once(':') {
+        Some((host, port)) => {
+            !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']'))
+        }
+        None => false,
+    };
+    Some(if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{}", crate::cmd::server::DEFAULT_HTTP_PORT)
+    })
+}
+
+/// The address this machine sends from towards the first server that resolves: the one the
+/// other machines of the cluster reach it at. A UDP `connect` only picks the route; nothing
+/// is sent. Loopback when a server is on this machine's loopback.
+async fn address_towards(servers: &str) -> Option<IpAddr> {
+    for server in servers.split(',').filter_map(server_host_port) {
+        let Ok(mut addrs) = tokio::net::lookup_host(server.as_str()).await else {
+            continue;
+        };
+        let Some(addr) = addrs.next() else { continue };
+        let local: SocketAddr = match addr {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let Ok(socket) = tokio::net::UdpSocket::bind(local).await else {
+            continue;
+        };
+        if socket.connect(addr).await.is_err() {
+            continue;
+        }
+        match socket.local_addr() {
+            Ok(a) if !a.ip().is_unspecified() => return Some(a.ip()),
+            _ => continue,
+        }
+    }
+    None
+}
+
+/// `--host-ip`, or the address towards the servers, or (no server resolves) loopback.
+async fn host_ip(args: &AgentArgs) -> IpAddr {
+    if let Some(ip) = args.host_ip {
+        return ip;
+    }
+    match address_towards(&args.server).await {
+        Some(ip) => {
+            tracing::info!(%ip, "publishing task ports on this machine's address towards the servers (--host-ip chooses another)");
+            ip
+        }
+        None => {
+            tracing::warn!(server = %args.server, "no server address resolves: publishing task ports on 127.0.0.1, which other machines cannot reach (--host-ip sets the address)");
+            Ipv4Addr::LOCALHOST.into()
+        }
+    }
+}
+
 /// `join_token`: the global `--token` (or PIER_JOIN_TOKEN): the agent join token.
 pub async fn run(args: AgentArgs, join_token: Option<String>) -> anyhow::Result<ExitCode> {
+    let host_ip = host_ip(&args).await;
+    let listen = args.listen.unwrap_or(SocketAddr::new(host_ip, 0));
+    let host_ip = host_ip.to_string();
     let name = args
         .name
         .unwrap_or_else(crate::cmd::server::default_node_name);
@@ -101,7 +177,7 @@ pub async fn run(args: AgentArgs, join_token: Option<String>) -> anyhow::Result<
         &name,
         &args.server,
         join_token.as_deref(),
-        std::slice::from_ref(&args.host_ip),
+        std::slice::from_ref(&host_ip),
     )
     .await?;
     let tls = match &material {
@@ -119,7 +195,7 @@ pub async fn run(args: AgentArgs, join_token: Option<String>) -> anyhow::Result<
             m,
             args.data_dir.clone(),
             args.server.clone(),
-            vec![args.host_ip.clone()],
+            vec![host_ip.clone()],
             t.client,
             t.listener,
         ));
@@ -142,8 +218,8 @@ pub async fn run(args: AgentArgs, join_token: Option<String>) -> anyhow::Result<
         server: args.server,
         name,
         zone: args.zone,
-        listen: args.listen,
-        host_ip: args.host_ip,
+        listen,
+        host_ip,
         attributes: args.attributes.into_iter().collect(),
         container_labels: args.container_labels.into_iter().collect(),
         heartbeat_interval_ms: args.heartbeat_interval.as_millis() as u64,
@@ -165,4 +241,42 @@ pub async fn run(args: AgentArgs, join_token: Option<String>) -> anyhow::Result<
     shutdown.wait().await;
     agent.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_entries_name_a_host_and_port() {
+        for (entry, want) in [
+            ("10.0.0.1:8500", Some("10.0.0.1:8500")),
+            ("https://10.0.0.1:9000/", Some("10.0.0.1:9000")),
+            (" http://s1.example:8500/api ", Some("s1.example:8500")),
+            ("10.0.0.1", Some("10.0.0.1:8500")),
+            ("https://s1", Some("s1:8500")),
+            ("[::1]:8501", Some("[::1]:8501")),
+            ("[fd00::1]", Some("[fd00::1]:8500")),
+            ("", None),
+            ("https://", None),
+        ] {
+            assert_eq!(server_host_port(entry).as_deref(), want, "{entry:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_address_towards_the_servers_is_the_route_source() {
+        // A server on loopback: this machine reaches it from loopback.
+        assert_eq!(
+            address_towards("https://127.0.0.1:8500").await,
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        );
+        // The first usable entry decides; one that is not is skipped.
+        assert_eq!(
+            address_towards("https://,127.0.0.2:8500").await,
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "127.0.0.2 is reached from 127.0.0.1"
+        );
+        assert_eq!(address_towards("https://").await, None);
+    }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use pier_api::cert::{CertAddRequest, CertView};
 
+use crate::certs::utc_date as date;
 use crate::client::{print_json, Client};
 
 #[derive(clap::Args, Debug)]
@@ -41,21 +42,6 @@ fn read(path: &PathBuf, what: &str) -> anyhow::Result<String> {
         .with_context(|| format!("cannot read the {what} file {}", path.display()))
 }
 
-/// `2026-12-07 13:40 UTC` from Unix seconds.
-fn date(unix: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(unix) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02} {:02}:{:02} UTC",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute()
-        ),
-        Err(_) => unix.to_string(),
-    }
-}
-
 pub async fn run(client: &Client, args: CertArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         CertCommand::Add { host, cert, key } => {
@@ -76,6 +62,9 @@ pub async fn run(client: &Client, args: CertArgs) -> anyhow::Result<ExitCode> {
                     "; key stored unsealed: this cluster has no server secret"
                 }
             );
+            if let Some(problem) = &v.last_error {
+                eprintln!("warning: {}: {problem}", v.host);
+            }
         }
         CertCommand::Ls { json } => {
             let certs: Vec<CertView> = client.get("/api/v1/certs").await?;

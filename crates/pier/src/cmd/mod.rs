@@ -33,7 +33,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::Server(args) => server::run(&client, args, cli.token.clone()).await,
-        Command::Registry(args) => registry::run(args).await,
+        Command::Registry(args) => registry::run(&client, args).await,
         Command::Status(args) => status::run(&client, args).await,
         Command::Kv(args) => kv::run(&client, args).await,
         Command::Gateway(args) => gateway::run(args, api_token).await,
@@ -49,6 +49,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(args) => snapshot::run(&client, args).await,
         Command::Acl(args) => security::acl(&client, args).await,
         Command::Token(args) => security::token(&client, args).await,
+        Command::Ca(args) => security::ca(&client, args).await,
         Command::Audit(args) => security::audit(&client, args).await,
     }
 }

@@ -30,6 +30,29 @@ pub enum RegistryCommand {
     Serve(ServeArgs),
     /// Run garbage collection on a running registry and print the report.
     Gc(GcArgs),
+    /// Repositories anyone may pull without logging in (a secure cluster's registry).
+    Public {
+        #[command(subcommand)]
+        action: PublicAction,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum PublicAction {
+    /// Let anyone pull repositories matching PATTERN (a name, or a prefix ending in `*`,
+    /// e.g. `pub/*`). Pushes still need a token.
+    Add {
+        pattern: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make PATTERN need credentials again (exactly as it was added).
+    Rm { pattern: String },
+    /// The public patterns.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -82,16 +105,57 @@ pub struct GcArgs {
 
 impl RegistryArgs {
     pub fn is_server(&self) -> bool {
-        !matches!(self.command, Some(RegistryCommand::Gc(_)))
+        !matches!(
+            self.command,
+            Some(RegistryCommand::Gc(_) | RegistryCommand::Public { .. })
+        )
     }
 }
 
-pub async fn run(args: RegistryArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(client: &crate::client::Client, args: RegistryArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         None => serve(args.serve).await,
         Some(RegistryCommand::Serve(serve_args)) => serve(serve_args).await,
         Some(RegistryCommand::Gc(gc_args)) => gc(gc_args).await,
+        Some(RegistryCommand::Public { action }) => public(client, action).await,
     }
+}
+
+async fn public(client: &crate::client::Client, action: PublicAction) -> anyhow::Result<ExitCode> {
+    use crate::client::{decode, print_json};
+    use crate::security::registry_auth::PublicPrefix;
+    match action {
+        PublicAction::Add { pattern, json } => {
+            let path = format!("/api/v1/registry/public/{pattern}");
+            let resp = client.send(client.http().put(client.url(&path))).await?;
+            let added: PublicPrefix = decode(resp).await?;
+            if json {
+                print_json(&added)?;
+            } else {
+                println!("{} is public: anyone may pull it", added.pattern);
+            }
+        }
+        PublicAction::Rm { pattern } => {
+            let path = format!("/api/v1/registry/public/{pattern}");
+            let resp = client.send(client.http().delete(client.url(&path))).await?;
+            if !resp.status().is_success() {
+                decode::<serde_json::Value>(resp).await?;
+            }
+            println!("{pattern} needs credentials again");
+        }
+        PublicAction::Ls { json } => {
+            let list: Vec<PublicPrefix> = client.get("/api/v1/registry/public").await?;
+            if json {
+                print_json(&list)?;
+            } else {
+                println!("PATTERN");
+                for p in &list {
+                    println!("{}", p.pattern);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn default_data_dir() -> PathBuf {

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pier_api::security::{
-    AuditEntry, CreateJoinToken, CreateToken, CreatedJoinToken, CreatedToken, JoinTokenInfo,
-    TokenInfo,
+    AuditEntry, CaRotated, CaRotationInfo, CaStatus, CreateJoinToken, CreateToken,
+    CreatedJoinToken, CreatedToken, JoinTokenInfo, RotateCa, TokenInfo,
 };
 
 use crate::client::{decode, print_json, Client};
@@ -88,6 +88,81 @@ pub enum TokenAction {
     /// Print a new bootstrap secret for servers started together
     /// (`pier server --bootstrap-expect 3 --token <it>` on each); no server is asked.
     Generate,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CaArgs {
+    #[command(subcommand)]
+    pub action: CaAction,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CaAction {
+    /// Replace the cluster CA. Every server and agent trusts both CAs during the overlap,
+    /// switches to a certificate from the new one after the first quarter of it (at least
+    /// 15 s, at most 1 h), and drops the old CA at its end. Prints the join tokens for the new
+    /// CA (same secrets; tokens with the old hash work until the old CA is dropped).
+    Rotate {
+        /// How long the old CA stays trusted (at least 45s).
+        #[arg(long, default_value = "24h")]
+        overlap: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The CA that signs now, the CAs trusted now, and the latest rotation.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn unix_time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+fn print_rotation(r: &CaRotationInfo) {
+    println!("rotation {}:", r.generation);
+    println!("  new CA:            {}", r.new_fingerprint);
+    println!("  old CA:            {}", r.old_fingerprint);
+    println!("  started:           {}", unix_time(r.started_at));
+    println!(
+        "  certificates from: {} (new CA signs)",
+        unix_time(r.switch_at)
+    );
+    println!("  old CA dropped:    {}", unix_time(r.old_dropped_at));
+}
+
+pub async fn ca(client: &Client, args: CaArgs) -> anyhow::Result<ExitCode> {
+    match args.action {
+        CaAction::Rotate { overlap, json } => {
+            let done: CaRotated = client
+                .post_json("/api/v1/ca/rotate", &RotateCa { overlap })
+                .await?;
+            if json {
+                print_json(&done)?;
+            } else {
+                print_rotation(&done.rotation);
+                println!("server join token: {}", done.server_token);
+                if let Some(agent) = &done.agent_token {
+                    println!("agent join token:  {agent}");
+                }
+                println!("(tokens with the old CA hash work until the old CA is dropped; clients that trust DATA_DIR/tls/ca.crt need its new copy before then)");
+            }
+        }
+        CaAction::Status { json } => {
+            let st: CaStatus = client.get("/api/v1/ca").await?;
+            if json {
+                print_json(&st)?;
+            } else {
+                println!("signing CA: {}", st.active_fingerprint);
+                println!("trusted:    {}", st.trusted_fingerprints.join(", "));
+                if let Some(r) = &st.rotation {
+                    print_rotation(r);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args, Debug)]

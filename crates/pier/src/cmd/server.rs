@@ -30,7 +30,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 8300)]
     pub raft_port: u16,
     /// Port of the HTTP API (pier's own and the Consul-compatible one).
-    #[arg(long, default_value_t = 8500)]
+    #[arg(long, default_value_t = DEFAULT_HTTP_PORT)]
     pub http_port: u16,
     /// Wait for this many servers before electing a first leader (1, 3 or 5).
     #[arg(long, default_value_t = 1)]
@@ -253,6 +253,9 @@ async fn run_server(args: ServerArgs, join_token: Option<String>) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
+/// Port of a server's HTTP API unless `--http-port` says otherwise.
+pub const DEFAULT_HTTP_PORT: u16 = 8500;
+
 pub fn default_node_name() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
@@ -274,6 +277,16 @@ pub struct AcmeArgs {
     /// PEM root certificate to trust for the directory's HTTPS (a test CA such as pebble's).
     #[arg(long, requires = "acme_directory")]
     pub acme_ca_cert: Option<std::path::PathBuf>,
+    /// The ACME challenge the gateways answer: http-01 on the gateway port (80), or
+    /// tls-alpn-01 on the gateway HTTPS port (443). When the CA does not offer it for a host,
+    /// the other one is used.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "http-01",
+        requires = "acme_directory"
+    )]
+    pub acme_challenge: crate::acme::ChallengeKind,
 }
 
 impl AcmeArgs {
@@ -284,6 +297,7 @@ impl AcmeArgs {
                 email: self.acme_email.clone(),
                 directory: directory.clone(),
                 ca_cert: self.acme_ca_cert.clone(),
+                challenge: self.acme_challenge,
             })
     }
 }

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use pier_api::security::{
-    AuditEntry, CreateJoinToken, CreateToken, CreatedJoinToken, CreatedToken, JoinTokenInfo,
-    TokenInfo,
+    AuditEntry, CaRotated, CaStatus, CreateJoinToken, CreateToken, CreatedJoinToken, CreatedToken,
+    JoinTokenInfo, RotateCa, TokenInfo,
 };
 use pier_api::ErrorCode;
 use pier_security::acl::{Policy, TokenRecord};
@@ -24,6 +24,7 @@ use serde::Deserialize;
 use super::audit::{self, AUDIT};
 use super::authz::{ACL_ACCESSORS, ACL_TOKENS};
 use super::join::{JoinService, JoinTokenRecord, JOIN_TOKENS};
+use super::registry_auth::{PublicPrefix, REGISTRY_PUBLIC};
 use crate::api::HttpError;
 
 #[derive(Clone)]
@@ -84,6 +85,13 @@ pub fn router(state: SecurityApi) -> Router {
         )
         .route("/api/v1/join-tokens/{id}", delete(revoke_join_token))
         .route("/api/v1/audit", get(audit_log))
+        .route("/api/v1/registry/public", get(list_public))
+        .route(
+            "/api/v1/registry/public/{*pattern}",
+            axum::routing::put(add_public).delete(remove_public),
+        )
+        .route("/api/v1/ca", get(ca_status))
+        .route("/api/v1/ca/rotate", post(ca_rotate))
         .with_state(state)
 }
 
@@ -379,4 +387,150 @@ async fn audit_log(
     let mut headers = HeaderMap::new();
     headers.insert(crate::api::kv::INDEX_HEADER, HeaderValue::from(index));
     Ok((headers, Json(lines)).into_response())
+}
+
+async fn ca_status(State(state): State<SecurityApi>) -> Result<Json<CaStatus>, HttpError> {
+    let join = secure_only(&state)?;
+    Ok(Json(super::rotation::status(join, &state.store).await?))
+}
+
+async fn ca_rotate(
+    State(state): State<SecurityApi>,
+    Json(req): Json<RotateCa>,
+) -> Result<Json<CaRotated>, HttpError> {
+    let join = secure_only(&state)?;
+    let overlap = humantime::parse_duration(&req.overlap)
+        .map_err(|e| HttpError::invalid(format!("overlap {:?}: {e}", req.overlap)))?;
+    let status = state.store.status();
+    if status.is_leader {
+        return Ok(Json(
+            super::rotation::rotate(join, &state.store, overlap).await?,
+        ));
+    }
+    // The leader makes the new CA; this server passes the request on with its own certificate.
+    let Some(leader) = status.leader else {
+        return Err(HttpError::new(
+            ErrorCode::NoLeader,
+            "no raft leader to make the new CA; retry once the cluster has one",
+        ));
+    };
+    let url = format!(
+        "{}://{}/api/v1/ca/rotate",
+        state.internal_http.scheme(),
+        leader.http_addr
+    );
+    let unreachable = |e: reqwest::Error| {
+        HttpError::new(
+            ErrorCode::Unavailable,
+            format!("cannot reach the leader {}: {e}", leader.name),
+        )
+    };
+    let resp = state
+        .internal_http
+        .get()
+        .post(&url)
+        .json(&req)
+        .send()
+        .await
+        .map_err(unreachable)?;
+    if resp.status().is_success() {
+        return Ok(Json(resp.json().await.map_err(unreachable)?));
+    }
+    let code = resp.status();
+    let err: Option<pier_api::ApiError> = resp.json().await.ok();
+    Err(match err {
+        Some(e) => HttpError::new(e.error.code, e.error.message),
+        None => HttpError::new(
+            ErrorCode::Unavailable,
+            format!("the leader {} answered {code}", leader.name),
+        ),
+    })
+}
+
+/// A repository pattern as `pier registry public add` takes it: a repository name, or a
+/// prefix ending in `*` (`*` alone makes every repository public).
+fn valid_public_pattern(p: &str) -> bool {
+    let name = p.strip_suffix('*').unwrap_or(p);
+    p.len() <= 255
+        && !p.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
+}
+
+async fn list_public(
+    State(state): State<SecurityApi>,
+) -> Result<Json<Vec<PublicPrefix>>, HttpError> {
+    secure_only(&state)?;
+    let list = state
+        .store
+        .read(Consistency::Default, |v| {
+            v.range_prefix(&REGISTRY_PUBLIC, "")
+                .filter_map(|(_, e)| serde_json::from_slice::<PublicPrefix>(&e.value).ok())
+                .collect::<Vec<_>>()
+        })
+        .await?;
+    Ok(Json(list))
+}
+
+async fn add_public(
+    State(state): State<SecurityApi>,
+    Path(pattern): Path<String>,
+) -> Result<Json<PublicPrefix>, HttpError> {
+    secure_only(&state)?;
+    if !valid_public_pattern(&pattern) {
+        return Err(HttpError::invalid(format!(
+            "{pattern:?} is not a repository name or prefix (lower-case letters, digits, '.', '_', '-', '/', and an optional trailing '*')"
+        )));
+    }
+    let record = PublicPrefix {
+        pattern: pattern.clone(),
+        created_at_ms: pier_api::time::now_ms(),
+    };
+    let bytes = serde_json::to_vec(&record).map_err(|e| HttpError::invalid(e.to_string()))?;
+    state
+        .store
+        .write(Txn::single(Op::put(REGISTRY_PUBLIC, pattern, bytes)))
+        .await?;
+    Ok(Json(record))
+}
+
+async fn remove_public(
+    State(state): State<SecurityApi>,
+    Path(pattern): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    secure_only(&state)?;
+    let exists = {
+        let key = pattern.clone();
+        state
+            .store
+            .read(Consistency::Default, move |v| {
+                v.get(&REGISTRY_PUBLIC, &key).is_some()
+            })
+            .await?
+    };
+    if !exists {
+        return Err(HttpError::new(
+            ErrorCode::NotFound,
+            format!("{pattern:?} is not public"),
+        ));
+    }
+    state
+        .store
+        .write(Txn::single(Op::delete(REGISTRY_PUBLIC, pattern)))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod public_tests {
+    #[test]
+    fn public_patterns_are_names_or_prefixes() {
+        for ok in ["pub/*", "*", "team/app", "a.b_c-d/e*"] {
+            assert!(super::valid_public_pattern(ok), "{ok}");
+        }
+        for bad in ["", "Team/*", "a*b", "a b", "*/*"] {
+            assert!(!super::valid_public_pattern(bad), "{bad}");
+        }
+    }
 }

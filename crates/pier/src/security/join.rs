@@ -348,7 +348,11 @@ pub async fn fetch_pinned_ca(addr: &str, token: &JoinToken) -> anyhow::Result<St
         .await?;
     let fingerprint = ca::fingerprint_pem(&resp.ca_pem)?;
     let trusted = match &token.ca_hash {
-        Some(_) => token.pins(&fingerprint),
+        // During a CA rotation the bundle holds the new CA and the one being retired: a token
+        // printed before the rotation pins the old one and stays good until it is dropped.
+        Some(_) => ca::fingerprints_pem(&resp.ca_pem)
+            .iter()
+            .any(|fp| token.pins(fp)),
         None => resp
             .proof
             .as_deref()
@@ -427,6 +431,21 @@ async fn join_one(
         },
         cert.ca_pem,
     ))
+}
+
+/// The CA bundle `addr` trusts now, asked over TLS verified with `tls` (the caller's current
+/// trust): how an agent learns of a CA rotation.
+pub async fn fetch_bundle(addr: &str, tls: rustls::ClientConfig) -> anyhow::Result<String> {
+    let resp: CaResponse = client(tls)?
+        .get(format!("{}/pier/v1/ca", https_base(addr)))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    // Something that is not a bundle is not adopted.
+    pier_security::tls::certs_from_pem(&[&resp.ca_pem])?;
+    Ok(resp.ca_pem)
 }
 
 /// A new certificate for the identity of `current`, asked with `current` (mTLS).

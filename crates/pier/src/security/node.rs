@@ -86,9 +86,14 @@ pub async fn prepare(
     }))
 }
 
-/// Renews the node's certificate once two thirds of its life have passed, through any of
-/// `servers` (mTLS with the current certificate), and swaps it into the running client and
-/// listener: no restart, no dropped connection.
+/// How often a node asks a server for the CA bundle: a CA rotation's trust phase (at least
+/// 15 s) outlasts it, so every node trusts the new CA before any server presents it.
+const CA_POLL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps the node's trust and certificate current, without a restart or a dropped connection:
+/// every [`CA_POLL`] it asks a server for the CA bundle (adopting a changed one: a CA
+/// rotation), and it renews its certificate once two thirds of its life have passed or when
+/// the CA that signs now (the first of the bundle) did not sign it.
 pub async fn renew_loop(
     mut material: NodeMaterial,
     data_dir: std::path::PathBuf,
@@ -98,44 +103,79 @@ pub async fn renew_loop(
     listener: pier_net::ServerTls,
 ) {
     let dir = TlsDir::new(&data_dir);
+    let in_use = |m: &NodeMaterial| -> anyhow::Result<()> {
+        client.set_tls(m.client_config()?)?;
+        listener.store(m.listener()?.load_full());
+        dir.write(files::CA_CERT, &m.bundle, 0o644)?;
+        dir.write(files::NODE_KEY, &m.node.key_pem, 0o600)?;
+        dir.write(files::NODE_CERT, &m.node.cert_pem, 0o644)
+    };
     loop {
-        let due = pier_security::ca::renew_after(&material.node.cert_pem).unwrap_or(0);
-        let now = pier_api::time::now_secs();
-        if now < due {
-            tokio::time::sleep(std::time::Duration::from_secs((due - now).min(60))).await;
-            continue;
-        }
-        match renew_once(&material, &servers, &addresses).await {
-            Ok(renewed) => {
-                let swapped = renewed
-                    .client_config()
-                    .and_then(|c| Ok(client.set_tls(c)?))
-                    .and_then(|_| renewed.listener())
-                    .map(|l| listener.store(l.load_full()));
-                let saved = dir
-                    .write(files::CA_CERT, &renewed.bundle, 0o644)
-                    .and_then(|_| dir.write(files::NODE_KEY, &renewed.node.key_pem, 0o600))
-                    .and_then(|_| dir.write(files::NODE_CERT, &renewed.node.cert_pem, 0o644));
-                match swapped.and(saved) {
+        match fetch_bundle(&material, &servers).await {
+            Ok(bundle) if bundle != material.bundle => {
+                let changed = NodeMaterial {
+                    bundle,
+                    node: material.node.clone(),
+                };
+                match in_use(&changed) {
                     Ok(()) => {
                         tracing::info!(
-                            expires = pier_security::ca::not_after_unix(&renewed.node.cert_pem)
-                                .unwrap_or(0),
-                            "certificate renewed"
+                            trusted = ?pier_security::ca::fingerprints_pem(&changed.bundle),
+                            "trust bundle changed (CA rotation)"
                         );
-                        material = renewed;
+                        material = changed;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "renewed certificate not put in use")
+                        tracing::warn!(error = %format!("{e:#}"), "new trust bundle not put in use")
                     }
                 }
             }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot ask for the CA bundle"),
+        }
+        let due = pier_security::ca::renew_after(&material.node.cert_pem).unwrap_or(0);
+        let now = pier_api::time::now_secs();
+        let current = pier_security::ca::issued_by(&material.node.cert_pem, &material.bundle);
+        if now < due && current {
+            tokio::time::sleep(std::time::Duration::from_secs(due - now).min(CA_POLL)).await;
+            continue;
+        }
+        match renew_once(&material, &servers, &addresses).await {
+            Ok(renewed) => match in_use(&renewed) {
+                Ok(()) => {
+                    tracing::info!(
+                        expires =
+                            pier_security::ca::not_after_unix(&renewed.node.cert_pem).unwrap_or(0),
+                        "certificate renewed"
+                    );
+                    material = renewed;
+                    if !pier_security::ca::issued_by(&material.node.cert_pem, &material.bundle) {
+                        // The server that answered has not switched to the new CA yet.
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "renewed certificate not put in use")
+                }
+            },
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "certificate renewal failed; retrying in 10 s");
                 tokio::time::sleep(std::time::Duration::from_secs(10)).await;
             }
         }
     }
+}
+
+/// The bundle of the first of `servers` that answers.
+async fn fetch_bundle(material: &NodeMaterial, servers: &str) -> anyhow::Result<String> {
+    let mut last = anyhow::anyhow!("no server to ask");
+    for addr in servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match super::join::fetch_bundle(addr, material.client_config()?).await {
+            Ok(bundle) => return Ok(bundle),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 async fn renew_once(

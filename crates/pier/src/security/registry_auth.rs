@@ -11,6 +11,11 @@
 //!   repository and action — or directly with a pier API token (curl), or with a cluster
 //!   certificate: servers may do anything (peer blob copies), agents may pull.
 //!
+//! * Pulls of a repository matching a public prefix (`pier registry public add team/*`, kept
+//!   in the replicated store) need no credential: such a request is let through, and the token
+//!   endpoint answers an anonymous client a token for the pull scopes of public repositories
+//!   (Docker and skopeo ask for one before pulling). Pushes, deletes and the catalog never are.
+//!
 //! Pushes (the manifest PUT), deletes and every refusal are written to the audit log.
 
 use std::sync::Arc;
@@ -24,12 +29,48 @@ use pier_net::Caller;
 use pier_security::acl::{Access, Resource, TokenRecord};
 use pier_security::ca::{NodeIdentity, Role};
 use pier_security::jwt::{self, AccessEntry};
-use pier_store::Store;
+use pier_store::{Consistency, Store, Table};
 
 use pier_api::security::AuditEntry;
 
 use super::audit::AuditSink;
 use super::authz::lookup_token;
+
+/// Repository patterns anyone may pull (`team/*` is a prefix): pattern → [`PublicPrefix`].
+pub const REGISTRY_PUBLIC: Table = Table::from_static("registry_public");
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct PublicPrefix {
+    pub pattern: String,
+    pub created_at_ms: u64,
+}
+
+/// The public patterns, from this server's copy of the store (a read per request: local).
+async fn public_patterns(store: &Store) -> Vec<String> {
+    store
+        .read(Consistency::Default, |v| {
+            v.range_prefix(&REGISTRY_PUBLIC, "")
+                .map(|(k, _)| k.to_string())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            // Unreadable: nothing is public (deny rather than open).
+            tracing::warn!(error = %e, "cannot read the public registry prefixes");
+            Vec::new()
+        })
+}
+
+fn is_public(patterns: &[String], name: &str) -> bool {
+    patterns
+        .iter()
+        .any(|p| pier_security::acl::pattern_matches(p, name))
+}
+
+/// Whether `need` is a pull of a public repository.
+fn public_pull(patterns: &[String], need: &Need) -> bool {
+    matches!(need, Need::Repository { name, action: "pull" } if is_public(patterns, name))
+}
 
 /// The `service` of the challenge and the audience of the tokens.
 pub const REGISTRY_SERVICE: &str = "pier-registry";
@@ -201,10 +242,13 @@ fn oci_error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 /// 401 with the challenge that sends the client to the token endpoint.
-fn challenge(auth: &RegistryAuth, headers: &HeaderMap, need: &Need, message: &str) -> Response {
-    let host = headers
+fn challenge(auth: &RegistryAuth, req: &Request, need: &Need, message: &str) -> Response {
+    // HTTP/2 clients (curl over TLS) name the host in `:authority`, not in a Host header.
+    let host = req
+        .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .unwrap_or("localhost");
     let mut value = format!(
         "Bearer realm=\"{}://{host}/v2/token\",service=\"{REGISTRY_SERVICE}\"",
@@ -271,6 +315,12 @@ async fn decide(
     if let Some(id) = caller {
         return decide_node(&id, need);
     }
+    if matches!(need, Need::Repository { action: "pull", .. })
+        && public_pull(&public_patterns(&auth.store).await, need)
+    {
+        // Whatever the credential (none, or one without this repository): public.
+        return Verdict::Allow("anonymous".into());
+    }
     match credential {
         Credential::None => Verdict::Challenge("authentication required".into()),
         Credential::Jwt(token) => decide_jwt(auth, &token, need),
@@ -305,7 +355,7 @@ pub async fn layer(State(auth): State<RegistryAuth>, req: Request, next: Next) -
         Verdict::Allow(who) => (who, next.run(req).await),
         Verdict::Challenge(message) => (
             "anonymous".to_string(),
-            challenge(&auth, req.headers(), &need, &message),
+            challenge(&auth, &req, &need, &message),
         ),
         Verdict::Deny(who, message) => (who, oci_error(StatusCode::FORBIDDEN, "DENIED", &message)),
     };
@@ -366,8 +416,15 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The actions of one asked scope that `token` grants.
-fn granted(token: &TokenRecord, kind: &str, name: &str, actions: &[String]) -> Vec<String> {
+/// The actions of one asked scope that `token` grants (None: an anonymous client), pulls of
+/// public repositories included.
+fn granted(
+    token: Option<&TokenRecord>,
+    public: &[String],
+    kind: &str,
+    name: &str,
+    actions: &[String],
+) -> Vec<String> {
     actions
         .iter()
         .filter(|a| {
@@ -383,7 +440,7 @@ fn granted(token: &TokenRecord, kind: &str, name: &str, actions: &[String]) -> V
                 },
                 _ => return false,
             };
-            token_grants(token, &need)
+            public_pull(public, &need) || token.is_some_and(|t| token_grants(t, &need))
         })
         .cloned()
         .collect()
@@ -400,17 +457,25 @@ async fn token_endpoint(auth: &RegistryAuth, cred: Credential, query: Option<&st
         );
         r
     };
-    let Credential::ApiToken(secret) = cred else {
-        return basic_challenge("log in with a pier API token as the password");
-    };
-    let token = match lookup_token(&auth.store, &secret).await {
-        Some(t) if !t.is_expired(pier_api::time::now_ms()) => t,
-        _ => return basic_challenge("token not found, revoked or expired"),
+    let public = public_patterns(&auth.store).await;
+    let token = match cred {
+        Credential::ApiToken(secret) => match lookup_token(&auth.store, &secret).await {
+            Some(t) if !t.is_expired(pier_api::time::now_ms()) => Some(t),
+            _ => return basic_challenge("token not found, revoked or expired"),
+        },
+        // Anonymous: a token only for pulls of public repositories, if any was asked.
+        _ if asked.iter().any(|(kind, name, actions)| {
+            !granted(None, &public, kind, name, actions).is_empty()
+        }) =>
+        {
+            None
+        }
+        _ => return basic_challenge("log in with a pier API token as the password"),
     };
     let access: Vec<AccessEntry> = asked
         .into_iter()
         .map(|(kind, name, actions)| {
-            let actions = granted(&token, &kind, &name, &actions);
+            let actions = granted(token.as_ref(), &public, &kind, &name, &actions);
             AccessEntry {
                 kind,
                 name,
@@ -423,7 +488,7 @@ async fn token_endpoint(auth: &RegistryAuth, cred: Credential, query: Option<&st
     match jwt::issue(
         &auth.jwt_key,
         REGISTRY_SERVICE,
-        &token.accessor,
+        token.as_ref().map_or("anonymous", |t| t.accessor.as_str()),
         access,
         JWT_TTL_SECS,
         now,
@@ -516,8 +581,22 @@ mod tests {
             0,
         );
         let both = ["pull".to_string(), "push".to_string()];
-        assert_eq!(granted(&t, "repository", "team/app", &both), both.to_vec());
-        assert!(granted(&t, "repository", "other/app", &both).is_empty());
+        let none: Vec<String> = Vec::new();
+        assert_eq!(
+            granted(Some(&t), &none, "repository", "team/app", &both),
+            both.to_vec()
+        );
+        assert!(granted(Some(&t), &none, "repository", "other/app", &both).is_empty());
+        // A public prefix adds pulls, for anyone, and never pushes.
+        let public = vec!["pub/*".to_string(), "other/app".to_string()];
+        let pull = vec!["pull".to_string()];
+        assert_eq!(
+            granted(Some(&t), &public, "repository", "other/app", &both),
+            pull
+        );
+        assert_eq!(granted(None, &public, "repository", "pub/x/y", &both), pull);
+        assert!(granted(None, &public, "repository", "pubx", &both).is_empty());
+        assert!(granted(None, &public, "registry", "catalog", &["*".to_string()]).is_empty());
         let (_, r) = TokenRecord::create(
             "r",
             vec![pier_security::acl::Policy::parse("read").unwrap()],
@@ -525,7 +604,7 @@ mod tests {
             0,
         );
         assert_eq!(
-            granted(&r, "repository", "any", &both),
+            granted(Some(&r), &none, "repository", "any", &both),
             vec!["pull".to_string()]
         );
     }

@@ -96,6 +96,11 @@ pub fn requirement(method: &Method, path: &str, body_name: Option<&str>) -> Requ
             acl(Access::Write, R::Cluster)
         }
         ["api", "v1", "registry", "peer", ..] => ServersOnly,
+        // Making a repository pullable by anyone is a cluster-wide decision: management.
+        ["api", "v1", "registry", "public"] if *method == Method::GET => {
+            acl(Access::Read, R::Cluster)
+        }
+        ["api", "v1", "registry", "public", ..] => acl(Access::Write, R::Cluster),
         ["api", "v1", "registry", "endpoints"] => acl(Access::Read, R::Cluster),
         // Certificates: adding or removing one changes what every gateway serves, so it takes
         // cluster write (management) access; the listing holds no key, only metadata.
@@ -292,6 +297,18 @@ mod tests {
         assert_eq!(
             req(Method::GET, "/api/v1/registry/endpoints"),
             Acl(Access::Read, R::Cluster)
+        );
+        assert_eq!(
+            req(Method::GET, "/api/v1/registry/public"),
+            Acl(Access::Read, R::Cluster)
+        );
+        assert_eq!(
+            req(Method::PUT, "/api/v1/registry/public/pub/*"),
+            Acl(Access::Write, R::Cluster)
+        );
+        assert_eq!(
+            req(Method::POST, "/api/v1/ca/rotate"),
+            Acl(Access::Write, R::Cluster)
         );
         assert_eq!(req(Method::GET, "/ui/services/web"), Public);
         assert_eq!(req(Method::GET, "/api/v1/nothing"), Unknown);

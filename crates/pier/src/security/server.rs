@@ -35,7 +35,7 @@ const KEY_CA_KEY: &str = "ca/key";
 const KEY_AGENT_SECRET: &str = "agent_secret";
 const KEY_CLUSTER_KEY: &str = "cluster_key";
 const KEY_ACL_BOOTSTRAPPED: &str = "acl/bootstrapped";
-const SEAL_PURPOSE: &str = "pier/server-secret/v1";
+pub(crate) const SEAL_PURPOSE: &str = "pier/server-secret/v1";
 
 pub struct ServerSecurityOptions {
     pub data_dir: std::path::PathBuf,
@@ -126,7 +126,13 @@ pub async fn prepare(opts: &ServerSecurityOptions) -> anyhow::Result<ServerSecur
     };
     let bundle = dir.read(files::CA_CERT)?;
     let ca = match dir.read_opt(files::CA_KEY)? {
-        Some(key) => Some(ClusterCa::from_pem(&bundle, &key)?),
+        // A stop between writing a rotated CA's key and its bundle leaves them apart; the
+        // sync loop takes both from the store again.
+        Some(key) => ClusterCa::from_pem(&bundle, &key)
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "CA key and bundle disagree; waiting for the store"),
+            )
+            .ok(),
         None => None,
     };
     let server_token = JoinToken::parse(&dir.read(files::SERVER_TOKEN)?)?;
@@ -256,20 +262,27 @@ async fn read(store: &Store, key: &str) -> anyhow::Result<Option<String>> {
 /// Keeps this server and the store in step, for the life of the server: publishes what this
 /// server holds and the store lacks (CA, sealed keys, the first management token), and takes
 /// from the store what this server lacks (the CA key and the agent secret after a join).
-pub async fn sync_loop(sec: Arc<ServerSecurity>, store: Store) {
+pub async fn sync_loop(sec: Arc<ServerSecurity>, store: Store, internal: pier_net::HttpClient) {
     let _ = sec.join.store.set(store.clone());
     loop {
-        if let Err(e) = sync_once(&sec, &store).await {
+        if let Err(e) = sync_once(&sec, &store, &internal).await {
             tracing::debug!(error = %format!("{e:#}"), "security state not in step yet");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
-async fn sync_once(sec: &ServerSecurity, store: &Store) -> anyhow::Result<()> {
+async fn sync_once(
+    sec: &ServerSecurity,
+    store: &Store,
+    internal: &pier_net::HttpClient,
+) -> anyhow::Result<()> {
     let seal = sec.seal_key();
     let ca = sec.join.ca.load_full();
-    if let Some(ca) = ca.as_ref() {
+    let rotated = super::rotation::apply(sec, store, internal).await?;
+    if rotated {
+        // The rotation record holds the CA (and its key) of this moment.
+    } else if let Some(ca) = ca.as_ref() {
         if read(store, KEY_CA_KEY).await?.is_none() {
             let mut ops = vec![
                 Op::put_cas(
@@ -372,21 +385,32 @@ async fn make_first_management_token(sec: &ServerSecurity, store: &Store) -> any
     Ok(())
 }
 
-/// Renews this server's certificate once two thirds of its life have passed (issued by its
-/// own CA key, or by another server through `/pier/v1/renew`) and puts it in use on both
+/// Renews this server's certificate once two thirds of its life have passed, or at once when
+/// the CA that signs now did not sign it (a CA rotation), issued by its own CA key or by
+/// another server through `/pier/v1/renew`, and puts it in use on both
 /// listeners and every client: nothing restarts, no connection drops.
 pub async fn renew_loop(sec: Arc<ServerSecurity>, store: Store, internal: pier_net::HttpClient) {
     loop {
         let node = sec.node.load_full();
         let due = pier_security::ca::renew_after(&node.cert_pem).unwrap_or(0);
         let now = pier_api::time::now_secs();
-        if now < due {
-            tokio::time::sleep(Duration::from_secs((due - now).min(60))).await;
+        // Level-triggered: a certificate not signed by the CA that signs now (the first of
+        // the bundle; it changes in a CA rotation) is renewed whatever its age.
+        let current = pier_security::ca::issued_by(&node.cert_pem, &sec.join.bundle.load());
+        if now < due && current {
+            tokio::time::sleep(Duration::from_secs((due - now).min(2))).await;
             continue;
         }
         match renew_once(&sec, &store, &node).await {
             Ok(renewed) => match install(&sec, &store, &internal, renewed) {
-                Ok(()) => tracing::info!("server certificate renewed"),
+                Ok(()) => {
+                    tracing::info!("server certificate renewed");
+                    let node = sec.node.load();
+                    if !pier_security::ca::issued_by(&node.cert_pem, &sec.join.bundle.load()) {
+                        // Renewed through a server that has not switched to the new CA yet.
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "renewed certificate not put in use")
                 }
@@ -428,7 +452,7 @@ async fn renew_once(
     Err(last)
 }
 
-fn install(
+pub(crate) fn install(
     sec: &ServerSecurity,
     store: &Store,
     internal: &pier_net::HttpClient,

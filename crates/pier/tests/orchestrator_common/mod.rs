@@ -23,6 +23,10 @@ pub struct Cluster {
     pub registry_port: u16,
     /// The gateway inside `pier dev`: `Host: <service>.localhost`.
     pub gateway_port: u16,
+    /// The same gateway's HTTPS listener (certificates from the local CA).
+    pub https_port: u16,
+    /// Roots of the certificates `provide_cert` stored, trusted by `gateway_clients`.
+    pub provided_roots: String,
     pub agents: Vec<PierProcess>,
     // Field order: containers go before images.
     pub guard: RunGuard,
@@ -44,6 +48,7 @@ impl Cluster {
             http_port,
             registry_port,
             gateway_port,
+            https_port,
             ..
         } = DevProcess::start(BIN, dir.path(), &guard, &extra_args).await;
         Cluster {
@@ -52,6 +57,8 @@ impl Cluster {
             http_port,
             registry_port,
             gateway_port,
+            https_port,
+            provided_roots: String::new(),
             agents: Vec::new(),
             guard,
             images: ImageGuard::default(),
@@ -72,6 +79,44 @@ impl Cluster {
         })
         .await;
         c
+    }
+
+    /// One client per gateway listener, HTTP then HTTPS (trusting `pier dev`'s local CA), so
+    /// a test runs the same cases over both against one started server.
+    pub fn gateway_clients(&self) -> Vec<GatewayClient> {
+        let mut ca = std::fs::read(self.dir.path().join("data/tls/local-ca.pem"))
+            .expect("pier dev wrote its local CA");
+        ca.extend_from_slice(self.provided_roots.as_bytes());
+        vec![
+            GatewayClient::new(Listener::Http, self.gateway_port, None),
+            GatewayClient::new(Listener::Https, self.https_port, Some(&ca)),
+        ]
+    }
+
+    /// Stores (`pier cert add`) a certificate for `host` from a CA made here, which
+    /// `gateway_clients` then trusts: for routes whose host the local CA does not cover.
+    pub fn provide_cert(&mut self, host: &str) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test provided CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec![host.to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let cert_file = self.write_file(&format!("{host}.crt"), &leaf.pem());
+        let key_file = self.write_file(&format!("{host}.key"), &key.serialize_pem());
+        let out = self.pier(&[
+            "cert", "add", host, "--cert", &cert_file, "--key", &key_file,
+        ]);
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+        self.provided_roots.push_str(&ca_cert.pem());
     }
 
     pub fn addr(&self) -> String {
@@ -277,4 +322,92 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Which gateway listener a [`GatewayClient`] speaks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Http,
+    Https,
+}
+
+/// Every name is the gateway on loopback: `<service>.localhost` needs no resolver, and SNI
+/// carries the real host name over HTTPS.
+struct Loopback;
+
+impl reqwest::dns::Resolve for Loopback {
+    fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            0,
+        ))));
+        Box::pin(std::future::ready(Ok(addrs)))
+    }
+}
+
+/// A keep-alive client of one gateway listener (HTTP/1.1 over plain HTTP; HTTP/2 by ALPN
+/// over HTTPS), requests addressed by host name.
+#[derive(Clone)]
+pub struct GatewayClient {
+    pub listener: Listener,
+    port: u16,
+    ca_pem: Option<Vec<u8>>,
+    http: reqwest::Client,
+}
+
+impl GatewayClient {
+    /// `ca_pem`: the root to trust over HTTPS.
+    pub fn new(listener: Listener, port: u16, ca_pem: Option<&[u8]>) -> GatewayClient {
+        let mut b = reqwest::Client::builder()
+            .dns_resolver(Loopback)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = ca_pem {
+            b = b.tls_certs_only(reqwest::Certificate::from_pem_bundle(pem).expect("PEM roots"));
+        }
+        GatewayClient {
+            listener,
+            port,
+            ca_pem: ca_pem.map(<[u8]>::to_vec),
+            http: b.build().expect("a gateway client"),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The root trusted over HTTPS.
+    pub fn ca(&self) -> Option<&[u8]> {
+        self.ca_pem.as_deref()
+    }
+
+    pub fn url(&self, host: &str, path: &str) -> String {
+        let scheme = match self.listener {
+            Listener::Http => "http",
+            Listener::Https => "https",
+        };
+        format!("{scheme}://{host}:{}{path}", self.port)
+    }
+
+    /// GET `path` of `host`: (status, trimmed body), or the client error.
+    pub async fn try_get(&self, host: &str, path: &str) -> Result<(u16, String), String> {
+        let resp = self
+            .http
+            .get(self.url(host, path))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| format!("{:?}: {e:?}", self.listener))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| format!("{:?} body: {e}", self.listener))?;
+        Ok((status, body.trim().to_string()))
+    }
+
+    /// As `gateway_get`, over this client's listener.
+    pub async fn get(&self, host: &str, path: &str) -> Option<(u16, String)> {
+        self.try_get(host, path).await.ok()
+    }
 }

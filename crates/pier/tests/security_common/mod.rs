@@ -244,18 +244,30 @@ impl SecureCluster {
         dir: &Path,
         registry_port: Option<u16>,
     ) -> (PierProcess, pier_testkit::docker::RunGuard) {
+        self.spawn_agent_with(name, dir, registry_port, free_port(), &self.agent_token())
+    }
+
+    /// [`SecureCluster::spawn_agent`] with its listener on `listen_port`, joined with `token`.
+    pub fn spawn_agent_with(
+        &self,
+        name: &str,
+        dir: &Path,
+        registry_port: Option<u16>,
+        listen_port: u16,
+        token: &str,
+    ) -> (PierProcess, pier_testkit::docker::RunGuard) {
         let guard = pier_testkit::docker::RunGuard::new_run();
         let label = format!("{}={}", guard.label, guard.value);
-        let listen = format!("127.0.0.1:{}", free_port());
+        let listen = format!("127.0.0.1:{listen_port}");
         let registry = registry_port.unwrap_or(0).to_string();
         let data = dir.to_string_lossy().into_owned();
-        let (server, token) = (self.servers[0].base(), self.agent_token());
+        let server = self.servers[0].base();
         let args = [
             "agent",
             "--server",
             &server,
             "--token",
-            &token,
+            token,
             "--name",
             name,
             "--zone",
