@@ -69,7 +69,8 @@ pub const NETWORK_ADDR_META: &str = "pier-network-addr";
 
 /// Where a container on node `here` reaches an instance registered by node `instance_node`:
 /// on the same node at its pier network address (container IP and port), else at its catalog
-/// address. The one rule of the node DNS and of templates.
+/// address, unless that is a loopback address (nodes on one machine), where the pier network
+/// address is used too. The one rule of the node DNS and of templates.
 pub fn reachable_from(
     here: &str,
     instance_node: &str,
@@ -77,12 +78,21 @@ pub fn reachable_from(
     address: &str,
     port: u16,
 ) -> Option<std::net::SocketAddr> {
+    let on_network = network_addr.and_then(|a| a.parse().ok());
     if instance_node == here {
-        if let Some(addr) = network_addr.and_then(|a| a.parse().ok()) {
+        if let Some(addr) = on_network {
             return Some(addr);
         }
     }
-    let ip = address.parse().ok()?;
+    let ip: std::net::IpAddr = address.parse().ok()?;
+    // A loopback address is the instance's own host's: no container reaches it. Nodes that
+    // publish on loopback share one machine (and so its Docker engine and pier network), so
+    // the pier network address is the one that works.
+    if ip.is_loopback() {
+        if let Some(addr) = on_network {
+            return Some(addr);
+        }
+    }
     Some(std::net::SocketAddr::new(ip, port))
 }
 
@@ -557,6 +567,33 @@ fn render_nodes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reachable_addresses_from_a_container() {
+        let net = Some("172.20.0.5:8080");
+        let at = |a: &str| Some(a.parse::<std::net::SocketAddr>().expect("test address"));
+        // Same node: the pier network address.
+        assert_eq!(
+            reachable_from("a", "a", net, "10.0.0.2", 31000),
+            at("172.20.0.5:8080")
+        );
+        // Another machine: its published address.
+        assert_eq!(
+            reachable_from("a", "b", net, "10.0.0.3", 31000),
+            at("10.0.0.3:31000")
+        );
+        // Another node publishing on loopback (same machine): the pier network address.
+        assert_eq!(
+            reachable_from("a", "b", net, "127.0.0.1", 31000),
+            at("172.20.0.5:8080")
+        );
+        // Nothing better known: the catalog address as it is.
+        assert_eq!(
+            reachable_from("a", "b", None, "127.0.0.1", 31000),
+            at("127.0.0.1:31000")
+        );
+        assert_eq!(reachable_from("a", "b", None, "not-an-ip", 31000), None);
+    }
 
     fn data() -> TemplateData {
         let inst = |a: &str, p: u16| Instance {
