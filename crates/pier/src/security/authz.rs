@@ -249,10 +249,13 @@ async fn decide(state: &AuthState, who: &Principal, need: &Requirement) -> Verdi
                 if access == Access::Read { "read" } else { "write" },
                 r.as_resource()
             )),
-            // Agents and gateways follow the catalog and the member list.
-            Principal::Node(_)
+            // Agents follow the catalog and the member list; a gateway only the catalog
+            // (its routes and health), the least a load balancer needs.
+            Principal::Node(id)
                 if access == Access::Read
-                    && matches!(r.as_resource(), Resource::CatalogService(_) | Resource::Cluster) =>
+                    && (matches!(r.as_resource(), Resource::CatalogService(_))
+                        || (id.role == Role::Agent
+                            && matches!(r.as_resource(), Resource::Cluster))) =>
             {
                 Allow
             }
@@ -315,6 +318,22 @@ async fn decide(state: &AuthState, who: &Principal, need: &Requirement) -> Verdi
                 None => acl(Access::Write, &OwnedResource::CatalogService(String::new())),
             }
         }
+        // The keys a gateway terminates TLS with: gateways (their certificate) and management.
+        Requirement::GatewayCerts => match who {
+            Principal::Node(id) if id.role == Role::Gateway => Allow,
+            p if is_management(p) => Allow,
+            Principal::Node(id) => Forbidden(format!(
+                "{id} may not read certificate keys: only gateways and management tokens may"
+            )),
+            Principal::Token(_) => Forbidden(
+                "certificate keys go only to gateways (their certificate) and management tokens"
+                    .into(),
+            ),
+            _ => Unauthenticated(
+                "certificate keys need a gateway's certificate (join with `pier gateway --token`)"
+                    .into(),
+            ),
+        },
         // Servers were allowed above.
         Requirement::ServersOnly => match who {
             Principal::Anonymous => {
