@@ -36,9 +36,7 @@ struct Loaded {
 
 /// Reads and checks the pair: both parse, the key is the certificate's, it has not expired.
 fn load(files: &OperatorCertFiles) -> anyhow::Result<Loaded> {
-    let read = |p: &Path| {
-        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
-    };
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let (chain, key) = (read(&files.cert)?, read(&files.key)?);
     let (key, info) = pier_gateway::certified_key(&chain, &key).with_context(|| {
         format!(
@@ -156,7 +154,9 @@ pub fn start(
                         tracing::info!(names = ?new.info.names, not_after = new.info.not_after, "registry certificate reloaded");
                         op = new;
                     }
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "registry certificate not reloaded; keeping the one in use"),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "registry certificate not reloaded; keeping the one in use")
+                    }
                 }
             }
             match derive(now_base.as_deref(), &op) {

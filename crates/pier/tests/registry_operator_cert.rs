@@ -129,10 +129,7 @@ async fn the_registry_serves_the_operators_certificate_to_names_it_covers() {
         .concat(),
     )
     .await;
-    assert!(
-        err.contains("does not belong to the certificate"),
-        "{err}"
-    );
+    assert!(err.contains("does not belong to the certificate"), "{err}");
     let (old_crt, old_key) = leaf(&ca, &["localhost"], true);
     let (old_crt, old_key) = (write("old.crt", &old_crt), write("old.key", &old_key));
     let err = start_fails(
@@ -164,7 +161,10 @@ async fn the_registry_serves_the_operators_certificate_to_names_it_covers() {
     let by_name = format!("https://localhost:{port}/v2/");
     let deadline = Instant::now() + Duration::from_secs(30);
     while curl_status(Path::new(&op_ca), &by_name, &[]) != Some(401) {
-        assert!(Instant::now() < deadline, "registry never answered on {by_name}");
+        assert!(
+            Instant::now() < deadline,
+            "registry never answered on {by_name}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // By address (as agents and servers reach it): the cluster certificate, unchanged.
@@ -198,7 +198,10 @@ async fn the_registry_serves_the_operators_certificate_to_names_it_covers() {
     let cert_dir = format!("--dest-cert-dir={}", certs.display());
     let creds = format!("--dest-creds=ci:{push}");
     let src = format!("oci:{}:img", layout.display());
-    let out = run("skopeo", &["copy", "--quiet", &creds, &cert_dir, &src, &app]);
+    let out = run(
+        "skopeo",
+        &["copy", "--quiet", &creds, &cert_dir, &src, &app],
+    );
     assert!(out.status.success(), "push: {}", text(&out));
     let pulled = d.join("pulled");
     let out = run(
