@@ -84,7 +84,8 @@ async fn wait_served(gateway: &PierProcess, curl_args: &[String], want: &str) ->
 async fn a_standalone_gateway_joins_with_a_token_and_may_only_serve() {
     let root = tempfile::tempdir().unwrap();
     let d = root.path();
-    let c = SecureCluster::start(d, 1, &[]).await;
+    // Short-lived certificates: the gateway's renews within the test.
+    let c = SecureCluster::start(d, 1, &["--cert-lifetime", "24s"]).await;
     let mgmt = c.management_token();
     let server = c.servers[0].base();
 
@@ -246,6 +247,49 @@ async fn a_standalone_gateway_joins_with_a_token_and_may_only_serve() {
         .await
         .unwrap();
     assert!(!r.text().await.unwrap().contains("evil"));
+
+    // Its certificate renews before it expires, and past the first one's expiry the gateway
+    // still follows the catalog: a service registered then is served.
+    let first_issued = Instant::now();
+    loop {
+        let now = std::fs::read_to_string(gw_dir.join("tls/node.crt")).unwrap_or_default();
+        if !now.is_empty() && now != cert {
+            break;
+        }
+        assert!(
+            first_issued.elapsed() < Duration::from_secs(30),
+            "the gateway's 24 s certificate was not renewed within 30 s\n{}",
+            gw.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "gateway certificate renewed {:?} after the test read it",
+        first_issued.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(25).saturating_sub(first_issued.elapsed())).await;
+    let later = serde_json::json!({
+        "ID": "late-1", "Name": "late", "Address": "127.0.0.1", "Port": backend.port(),
+        "Tags": ["urlprefix-late.example.com"]
+    });
+    let r = c
+        .client(Some(&mgmt))
+        .put(format!("{server}/v1/agent/service/register"))
+        .json(&later)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_served(
+        &gw,
+        &[
+            "-H".into(),
+            "Host: late.example.com".into(),
+            format!("http://127.0.0.1:{http}/"),
+        ],
+        "shop",
+    )
+    .await;
 
     // A gateway join token adds a gateway, not an agent.
     let out = c.cli(
