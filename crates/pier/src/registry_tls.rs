@@ -66,51 +66,30 @@ pub fn check(files: &OperatorCertFiles) -> anyhow::Result<()> {
 struct SniResolver {
     operator: Arc<CertifiedKey>,
     covers: pier_gateway::CertInfo,
-    /// The cluster certificate's resolver (None without a secure cluster).
-    cluster: Option<Arc<dyn ResolvesServerCert>>,
+    /// The cluster certificate's resolver.
+    cluster: Arc<dyn ResolvesServerCert>,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let named = hello.server_name().is_some_and(|n| self.covers.covers(n));
-        match &self.cluster {
-            Some(cluster) if !named => cluster.resolve(hello),
-            _ => Some(Arc::clone(&self.operator)),
+        if hello.server_name().is_some_and(|n| self.covers.covers(n)) {
+            Some(Arc::clone(&self.operator))
+        } else {
+            self.cluster.resolve(hello)
         }
     }
 }
 
-/// The listener configuration: the cluster's (if any) with the operator's certificate for
-/// the names it covers; without a cluster configuration, the operator's alone.
-fn derive(
-    cluster: Option<&rustls::ServerConfig>,
-    op: &Loaded,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let resolver = |cluster| {
-        Arc::new(SniResolver {
-            operator: Arc::clone(&op.key),
-            covers: op.info.clone(),
-            cluster,
-        })
-    };
-    let config = match cluster {
-        Some(base) => {
-            let mut c = base.clone();
-            c.cert_resolver = resolver(Some(Arc::clone(&base.cert_resolver)));
-            c
-        }
-        None => {
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let mut c = rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .context("TLS versions")?
-                .with_no_client_auth()
-                .with_cert_resolver(resolver(None));
-            c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            c
-        }
-    };
-    Ok(Arc::new(config))
+/// The listener configuration: the cluster's, with the operator's certificate for the names it
+/// covers.
+fn derive(cluster: &rustls::ServerConfig, op: &Loaded) -> Arc<rustls::ServerConfig> {
+    let mut config = cluster.clone();
+    config.cert_resolver = Arc::new(SniResolver {
+        operator: Arc::clone(&op.key),
+        covers: op.info.clone(),
+        cluster: Arc::clone(&cluster.cert_resolver),
+    });
+    Arc::new(config)
 }
 
 fn modified(files: &OperatorCertFiles) -> Option<(SystemTime, SystemTime)> {
@@ -119,15 +98,16 @@ fn modified(files: &OperatorCertFiles) -> Option<(SystemTime, SystemTime)> {
 }
 
 /// Checks the pair now (an error stops the server from starting), and returns the registry
-/// listener's TLS, kept current by a task until the process ends.
+/// listener's TLS (derived from `cluster`, the server's API listener configuration), kept
+/// current by a task until the process ends.
 pub fn start(
     files: OperatorCertFiles,
-    cluster: Option<pier_net::ServerTls>,
+    cluster: pier_net::ServerTls,
 ) -> anyhow::Result<pier_net::ServerTls> {
     let mut op = load(&files)?;
     tracing::info!(names = ?op.info.names, not_after = op.info.not_after, "registry serves the operator's certificate");
-    let base = cluster.as_ref().map(|c| c.load_full());
-    let tls = pier_net::server_tls(derive(base.as_deref(), &op)?);
+    let base = cluster.load_full();
+    let tls = pier_net::server_tls(derive(&base, &op));
     let out = Arc::clone(&tls);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot listen for SIGHUP")?;
@@ -139,13 +119,9 @@ pub fn start(
                 _ = hangup.recv() => seen_files = None,
             }
             let now_files = modified(&files);
-            let now_base = cluster.as_ref().map(|c| c.load_full());
+            let now_base = cluster.load_full();
             let files_changed = now_files != seen_files;
-            let base_changed = match (&now_base, &seen_base) {
-                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
-                _ => false,
-            };
-            if !files_changed && !base_changed {
+            if !files_changed && Arc::ptr_eq(&now_base, &seen_base) {
                 continue;
             }
             if files_changed {
@@ -159,10 +135,7 @@ pub fn start(
                     }
                 }
             }
-            match derive(now_base.as_deref(), &op) {
-                Ok(config) => tls.store(config),
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "registry TLS not updated"),
-            }
+            tls.store(derive(&now_base, &op));
             (seen_files, seen_base) = (now_files, now_base);
         }
     });

@@ -639,8 +639,9 @@ async fn start_registry(
     tracing::info!(%addr, shared = cfg.registry_cluster.is_some(), "registry listening");
     let (router, mut listener_config) =
         registry_door(registry.router(), security, store, audit, &cfg.node_name);
-    if let Some(files) = &cfg.registry_cert {
-        let tls = crate::registry_tls::start(files.clone(), security.map(|s| s.api_tls.clone()))?;
+    // `pier server` refuses --registry-cert without a secure cluster.
+    if let (Some(files), Some(sec)) = (&cfg.registry_cert, security) {
+        let tls = crate::registry_tls::start(files.clone(), sec.api_tls.clone())?;
         listener_config = pier_net::ListenerConfig::tls(tls, pier_net::DEFAULT_MAX_CONNECTIONS);
     }
     let stop = shutdown.wait();

@@ -1,8 +1,9 @@
 //! `pier server --registry-cert F --registry-key F`: the registry of a secure cluster serves a
 //! certificate of the operator's own CA to clients naming a host it covers — skopeo and curl
 //! trusting only that CA push and pull — while clients reaching it by address (agents,
-//! servers) keep the cluster certificate. A pair that does not match or has expired stops the
-//! server at start with a clear message; a replaced file is served without a restart.
+//! servers) keep the cluster certificate. A pair that does not match or has expired (or an
+//! `--insecure` server) stops the server at start with a clear message; a replaced file is
+//! served without a restart.
 
 mod security_common;
 
@@ -141,6 +142,21 @@ async fn the_registry_serves_the_operators_certificate_to_names_it_covers() {
     )
     .await;
     assert!(err.contains("expired"), "{err}");
+    let err = start_fails(
+        &[
+            &base[..],
+            &[
+                "--insecure",
+                "--registry-cert",
+                &crt,
+                "--registry-key",
+                &key,
+            ],
+        ]
+        .concat(),
+    )
+    .await;
+    assert!(err.contains("needs a secure cluster"), "{err}");
 
     // A secure cluster whose registry serves the operator's certificate for `localhost`.
     let port = free_port();
