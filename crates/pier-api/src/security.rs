@@ -75,10 +75,10 @@ pub struct CreatedToken {
     pub info: TokenInfo,
 }
 
-/// `POST /api/v1/join-tokens`: a join token for servers or agents.
+/// `POST /api/v1/join-tokens`: a join token for servers, agents or gateways.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateJoinToken {
-    /// "server" or "agent".
+    /// "server", "agent" or "gateway".
     pub role: String,
     #[serde(default)]
     pub ttl: Option<String>,

@@ -11,6 +11,7 @@ mod gateway_feed;
 mod logging;
 mod metrics;
 mod node;
+mod registry_tls;
 mod security;
 mod server;
 mod snapshot;

@@ -39,6 +39,9 @@ pub struct ServerConfig {
     /// How the registry shares its content with the other servers (None: on its own, as in
     /// `pier dev`).
     pub registry_cluster: Option<RegistryCluster>,
+    /// A certificate of the operator's for the registry listener (`--registry-cert`), served
+    /// to clients naming a host it covers.
+    pub registry_cert: Option<crate::registry_tls::OperatorCertFiles>,
     pub orchestrator: pier_orchestrator::OrchestratorConfig,
     /// The failure detector's timeout (`--node-down-after`): a node silent for longer is
     /// critical in the catalog and down for the orchestrator, which places its tasks elsewhere.
@@ -636,8 +639,13 @@ async fn start_registry(
     .with_context(|| format!("cannot open the registry in {}", registry_dir.display()))?;
     registry.spawn_background_gc();
     tracing::info!(%addr, shared = cfg.registry_cluster.is_some(), "registry listening");
-    let (router, listener_config) =
+    let (router, mut listener_config) =
         registry_door(registry.router(), security, store, audit, &cfg.node_name);
+    // `pier server` refuses --registry-cert without a secure cluster.
+    if let (Some(files), Some(sec)) = (&cfg.registry_cert, security) {
+        let tls = crate::registry_tls::start(files.clone(), sec.api_tls.clone())?;
+        listener_config = pier_net::ListenerConfig::tls(tls, pier_net::DEFAULT_MAX_CONNECTIONS);
+    }
     let stop = shutdown.wait();
     tasks.spawn(async move {
         pier_net::serve(listener, router, listener_config, stop)

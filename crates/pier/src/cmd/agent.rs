@@ -61,7 +61,7 @@ pub struct AgentArgs {
 }
 
 /// The first of a comma-separated server list as a URL (what the node gateway follows).
-fn first_server_url(servers: &str, scheme: &str) -> String {
+pub(crate) fn first_server_url(servers: &str, scheme: &str) -> String {
     let first = servers.split(',').next().unwrap_or_default().trim();
     if first.contains("://") {
         first.to_string()
@@ -197,7 +197,7 @@ pub async fn run(args: AgentArgs, join_token: Option<String>) -> anyhow::Result<
             args.server.clone(),
             vec![host_ip.clone()],
             t.client,
-            t.listener,
+            Some(t.listener),
         ));
     }
     let node_http = match &tls {

@@ -107,6 +107,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         backup_keep: args.backups.snapshot_keep,
         registry_listen: Some(SocketAddr::new(localhost, args.registry_port)),
         registry_cluster: None,
+        registry_cert: None,
         gateway: Some(server::GatewayWiring {
             listen: SocketAddr::new(localhost, args.gateway_port),
             zone: args.zone.clone(),

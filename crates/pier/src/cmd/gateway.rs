@@ -9,9 +9,17 @@ use crate::server::Shutdown;
 
 #[derive(clap::Args, Debug)]
 pub struct GatewayArgs {
-    /// HTTP address of a pier server whose catalog to follow.
-    #[arg(long, default_value = "http://127.0.0.1:8500")]
+    /// API address of a pier server whose catalog to follow (host:port or URL). In a secure
+    /// cluster the gateway joins it with `--token` and talks to it over mTLS.
+    #[arg(long, default_value = "127.0.0.1:8500")]
     pub server: String,
+    /// This gateway's name in the cluster (its certificate names `gateway/NAME`; default: the
+    /// host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where the gateway keeps its certificate (a secure cluster).
+    #[arg(long, default_value = "/var/lib/pier/gateway")]
+    pub data_dir: std::path::PathBuf,
     /// This gateway's zone: backends in it get traffic first.
     #[arg(long, default_value = "")]
     pub zone: String,
@@ -22,8 +30,7 @@ pub struct GatewayArgs {
     #[arg(long)]
     pub round_robin: bool,
     /// Also serve HTTPS on this port (same address as --listen), with the certificates stored
-    /// in the cluster (`pier cert add`); reading them takes a management token
-    /// (`--token`/PIER_TOKEN) in a secure cluster.
+    /// in the cluster (`pier cert add`), keys included (read with the gateway's certificate).
     #[arg(long)]
     pub https_port: Option<u16>,
     #[command(flatten)]
@@ -95,35 +102,63 @@ pub fn config(listen: SocketAddr, zone: &str, round_robin: bool) -> pier_gateway
     cfg
 }
 
-pub async fn run(args: GatewayArgs, token: Option<String>) -> anyhow::Result<ExitCode> {
-    let server = if args.server.starts_with("http") {
-        args.server.clone()
-    } else {
-        format!("http://{}", args.server)
-    };
-    let (tx, routes) = crate::gateway_feed::channel();
-    let auth = match &token {
-        Some(t) => {
-            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
-                .context("the token holds characters a header cannot carry")?;
-            v.set_sensitive(true);
-            Some(v)
+/// `join_token`: the global `--token` (or PIER_JOIN_TOKEN): an agent or gateway join token,
+/// needed once to join a secure cluster (the certificate is kept in `--data-dir` then).
+pub async fn run(args: GatewayArgs, join_token: Option<String>) -> anyhow::Result<ExitCode> {
+    let join_token = join_token
+        .or_else(|| std::env::var("PIER_JOIN_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    if let Some(t) = &join_token {
+        if pier_security::token::JoinToken::parse(t).is_err() {
+            anyhow::bail!("pier gateway --token takes a join token (PIER1.…): the cluster's agent join token or one from `pier token create --role gateway`; gateways do not use API tokens");
         }
-        None => None,
+    }
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(crate::cmd::server::default_node_name);
+    let material = crate::security::node::prepare(
+        &args.data_dir,
+        pier_security::ca::Role::Gateway,
+        &name,
+        &args.server,
+        join_token.as_deref(),
+        &[],
+    )
+    .await?;
+    let connect = |b: reqwest::ClientBuilder| b.connect_timeout(std::time::Duration::from_secs(3));
+    let http = match &material {
+        Some(m) => pier_net::HttpClient::new(connect, Some(m.client_config()?))?,
+        None => pier_net::HttpClient::new(connect, None)?,
     };
-    let http = pier_net::HttpClient::new(
-        move |b| {
-            let b = b.connect_timeout(std::time::Duration::from_secs(3));
-            match &auth {
-                Some(v) => b.default_headers(reqwest::header::HeaderMap::from_iter([(
-                    reqwest::header::AUTHORIZATION,
-                    v.clone(),
-                )])),
-                None => b,
-            }
-        },
-        None,
-    )?;
+    if material.is_some() && args.server.trim().starts_with("http://") {
+        anyhow::bail!(
+            "--server {} is plain HTTP, but this gateway belongs to a secure cluster (its certificate is in {}): use https://",
+            args.server,
+            args.data_dir.display()
+        );
+    }
+    let server = crate::cmd::agent::first_server_url(&args.server, http.scheme());
+    if let Some(m) = material {
+        tokio::spawn(crate::security::node::renew_loop(
+            m,
+            args.data_dir.clone(),
+            args.server.clone(),
+            Vec::new(),
+            http.clone(),
+            None,
+        ));
+    }
+    serve(args, server, http).await
+}
+
+/// Runs the gateway, following `server`'s catalog and certificates through `http`.
+async fn serve(
+    args: GatewayArgs,
+    server: String,
+    http: pier_net::HttpClient,
+) -> anyhow::Result<ExitCode> {
+    let (tx, routes) = crate::gateway_feed::channel();
     crate::gateway_feed::spawn(server.clone(), tx, http.clone())?;
     let mut gateway =
         pier_gateway::Gateway::new(config(args.listen, &args.zone, args.round_robin), routes)

@@ -36,7 +36,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Registry(args) => registry::run(&client, args).await,
         Command::Status(args) => status::run(&client, args).await,
         Command::Kv(args) => kv::run(&client, args).await,
-        Command::Gateway(args) => gateway::run(args, api_token).await,
+        Command::Gateway(args) => gateway::run(args, cli.token.clone()).await,
         Command::Agent(args) => agent::run(args, cli.token.clone()).await,
         Command::Deploy(args) => deploy::run(&client, args).await,
         Command::Service(args) => service::run(&client, args).await,

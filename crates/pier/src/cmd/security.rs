@@ -67,9 +67,10 @@ pub struct TokenArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum TokenAction {
-    /// A join token for more servers or agents.
+    /// A join token for more servers, agents or standalone gateways (a gateway token can add
+    /// only gateways).
     Create {
-        #[arg(long, value_parser = ["agent", "server"])]
+        #[arg(long, value_parser = ["agent", "server", "gateway"])]
         role: String,
         #[arg(long)]
         ttl: Option<String>,

@@ -41,6 +41,15 @@ pub struct ServerArgs {
     /// Serve the OCI registry on this port (off unless given).
     #[arg(long)]
     pub registry_port: Option<u16>,
+    /// A certificate (PEM chain) for the registry listener, instead of the cluster-issued one,
+    /// for clients that trust a CA of yours: served to clients that name a host it covers
+    /// (agents and servers keep using the cluster certificate). Re-read when the file changes
+    /// or on SIGHUP. Needs --registry-key and a secure cluster (not --insecure).
+    #[arg(long, requires_all = ["registry_key", "registry_port"])]
+    pub registry_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --registry-cert.
+    #[arg(long, requires = "registry_cert")]
+    pub registry_key: Option<std::path::PathBuf>,
     /// Copies of every registry blob the servers keep (at most one per server).
     #[arg(long, default_value_t = 2)]
     pub registry_replicas: usize,
@@ -200,7 +209,22 @@ async fn run_server(args: ServerArgs, join_token: Option<String>) -> anyhow::Res
         Some(name) => name,
         None => default_node_name(),
     };
+    let registry_cert = match (args.registry_cert, args.registry_key) {
+        // Without a cluster, servers and agents reach the registry over plain HTTP: a TLS-only
+        // listener would cut them off.
+        (Some(_), Some(_)) if args.insecure => anyhow::bail!(
+            "--registry-cert needs a secure cluster (agents reach an --insecure cluster's registry over plain HTTP)"
+        ),
+        (Some(cert), Some(key)) => {
+            let files = crate::registry_tls::OperatorCertFiles { cert, key };
+            // Checked before anything starts, so a bad pair stops `pier server` at once.
+            crate::registry_tls::check(&files)?;
+            Some(files)
+        }
+        _ => None,
+    };
     server::run(ServerConfig {
+        registry_cert,
         node_name,
         data_dir,
         http_listen: SocketAddr::new(args.bind, args.http_port),

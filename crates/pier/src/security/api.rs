@@ -271,8 +271,8 @@ async fn create_join_token(
     Json(req): Json<CreateJoinToken>,
 ) -> Result<Json<CreatedJoinToken>, HttpError> {
     let join = secure_only(&state)?;
-    if req.role != "agent" && req.role != "server" {
-        return Err(HttpError::invalid("role must be agent or server"));
+    if !matches!(req.role.as_str(), "agent" | "server" | "gateway") {
+        return Err(HttpError::invalid("role must be agent, server or gateway"));
     }
     let now = pier_api::time::now_ms();
     let ttl = parse_ttl(req.ttl.as_deref())?;

@@ -309,6 +309,22 @@ async fn decide(state: &AuthState, who: &Principal, need: &Requirement) -> Verdi
                 None => acl(Access::Write, &OwnedResource::CatalogService(String::new())),
             }
         }
+        // The keys a gateway terminates TLS with: gateways (their certificate) and management.
+        Requirement::GatewayCerts => match who {
+            Principal::Node(id) if id.role == Role::Gateway => Allow,
+            p if is_management(p) => Allow,
+            Principal::Node(id) => Forbidden(format!(
+                "{id} may not read certificate keys: only gateways and management tokens may"
+            )),
+            Principal::Token(_) => Forbidden(
+                "certificate keys go only to gateways (their certificate) and management tokens"
+                    .into(),
+            ),
+            _ => Unauthenticated(
+                "certificate keys need a gateway's certificate (join with `pier gateway --token`)"
+                    .into(),
+            ),
+        },
         // Servers were allowed above.
         Requirement::ServersOnly => match who {
             Principal::Anonymous => {
@@ -330,7 +346,12 @@ static AUDIT_SEQ: AtomicU64 = AtomicU64::new(0);
 fn node_acl_allows(role: Role, access: Access, r: Resource<'_>) -> bool {
     access == Access::Read
         && match r {
-            Resource::CatalogService(_) | Resource::Cluster => true,
+            // Every node follows the catalog (routes and health); a gateway nothing more,
+            // the least a load balancer needs.
+            Resource::CatalogService(_) => true,
+            // Agents and servers follow the member list.
+            Resource::Cluster => role != Role::Gateway,
+            // Agents read the KV keys their tasks' [files] templates name.
             Resource::Key(_) => role == Role::Agent,
             _ => false,
         }

@@ -118,6 +118,7 @@ impl JoinService {
         match rec.role.as_str() {
             "server" => Some(RoleGrant::Server),
             "agent" => Some(RoleGrant::Agent),
+            "gateway" => Some(RoleGrant::Gateway),
             _ => None,
         }
     }
@@ -227,7 +228,10 @@ impl JoinService {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum RoleGrant {
     Server,
+    /// Agents and gateways.
     Agent,
+    /// Gateways only.
+    Gateway,
 }
 
 async fn ca_handler(
@@ -279,6 +283,13 @@ async fn join_handler(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
             "an agent join token cannot add a server",
+        );
+    }
+    if role != Role::Gateway && granted == RoleGrant::Gateway {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "a gateway join token can add only gateways",
         );
     }
     if let Err(resp) = svc.bind_key(&who, &req.csr_pem, false).await {

@@ -49,7 +49,7 @@ pub async fn prepare(
     if !dir.exists(files::NODE_CERT) {
         let Some(token) = token else {
             if servers.contains("https://") {
-                anyhow::bail!("joining a secure cluster needs --token (the agent join token its first server printed, in DATA_DIR/tls/agent.token there, or one from `pier token create --role agent`)");
+                anyhow::bail!("joining a secure cluster needs --token (the agent join token its first server printed, in DATA_DIR/tls/agent.token there, or one from `pier token create --role {role}`)");
             }
             return Ok(None);
         };
@@ -90,7 +90,8 @@ pub async fn prepare(
 /// 15 s) outlasts it, so every node trusts the new CA before any server presents it.
 const CA_POLL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Keeps the node's trust and certificate current, without a restart or a dropped connection:
+/// Keeps the node's trust and certificate current, without a restart or a dropped connection
+/// (in `client`, and in `listener` for a node that serves mTLS: agents, not gateways):
 /// every [`CA_POLL`] it asks a server for the CA bundle (adopting a changed one: a CA
 /// rotation), and it renews its certificate once two thirds of its life have passed or when
 /// the CA that signs now (the first of the bundle) did not sign it.
@@ -100,12 +101,14 @@ pub async fn renew_loop(
     servers: String,
     addresses: Vec<String>,
     client: pier_net::HttpClient,
-    listener: pier_net::ServerTls,
+    listener: Option<pier_net::ServerTls>,
 ) {
     let dir = TlsDir::new(&data_dir);
     let in_use = |m: &NodeMaterial| -> anyhow::Result<()> {
         client.set_tls(m.client_config()?)?;
-        listener.store(m.listener()?.load_full());
+        if let Some(listener) = &listener {
+            listener.store(m.listener()?.load_full());
+        }
         dir.write(files::CA_CERT, &m.bundle, 0o644)?;
         dir.write(files::NODE_KEY, &m.node.key_pem, 0o600)?;
         dir.write(files::NODE_CERT, &m.node.cert_pem, 0o644)

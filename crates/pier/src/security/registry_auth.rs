@@ -278,6 +278,8 @@ fn decide_node(id: &pier_security::ca::NodeIdentity, need: &Need) -> Verdict {
     let pulls = matches!(need, Need::Base | Need::Repository { action: "pull", .. });
     match id.role {
         Role::Server => Verdict::Allow(who),
+        // A gateway runs no containers: it has nothing to pull.
+        Role::Gateway => Verdict::Deny(who, "gateways may not use the registry".into()),
         _ if pulls => Verdict::Allow(who),
         _ => Verdict::Deny(who, "agents may only pull".into()),
     }

@@ -25,6 +25,9 @@ pub enum Requirement {
     CatalogInstance(String),
     /// Write access to the catalog service that the check `id` belongs to.
     CatalogCheck(String),
+    /// The certificates and keys gateways serve: a gateway's certificate, a server, or a
+    /// management token; no agent and no other token.
+    GatewayCerts,
     /// Other servers only (their certificates); nobody else, not even a management token.
     ServersOnly,
     /// Nothing matches: refused.
@@ -106,8 +109,10 @@ pub fn requirement(method: &Method, path: &str, body_name: Option<&str>) -> Requ
         // cluster write (management) access; the listing holds no key, only metadata.
         ["api", "v1", "certs"] => acl(rw, R::Cluster),
         ["api", "v1", "certs", _] => acl(Access::Write, R::Cluster),
-        // Hands out private keys: management only, even to read.
-        ["api", "v1", "gateway", "certs"] => acl(Access::Write, R::Cluster),
+        // Hands out private keys (a gateway cannot terminate TLS without them): gateways and
+        // management only.
+        ["api", "v1", "gateway", "certs"] if *method == Method::GET => GatewayCerts,
+        ["api", "v1", "gateway", "certs"] => Unknown,
         ["api", "v1", "kv"] => acl(rw, R::Key(String::new())),
         ["api", "v1", "kv", ..] => acl(rw, R::Key(tail(3))),
         ["v1", "kv"] | ["v1", "kv", ""] => acl(rw, R::Key(String::new())),
@@ -228,10 +233,8 @@ mod tests {
             req(Method::POST, "/api/v1/certs"),
             Acl(Access::Write, R::Cluster)
         );
-        assert_eq!(
-            req(Method::GET, "/api/v1/gateway/certs"),
-            Acl(Access::Write, R::Cluster)
-        );
+        assert_eq!(req(Method::GET, "/api/v1/gateway/certs"), GatewayCerts);
+        assert_eq!(req(Method::POST, "/api/v1/gateway/certs"), Unknown);
         assert_eq!(
             req(Method::DELETE, "/api/v1/certs/shop.example.com"),
             Acl(Access::Write, R::Cluster)
