@@ -189,6 +189,52 @@ async fn tcp_ttl_script_and_deregister_after() {
         .all(|id| id != "service:gone-1"));
 }
 
+/// Consul's `FailuresBeforeCritical` / `SuccessBeforePassing`: the status changes only after that
+/// many consecutive results (pier-core's retry rule, the same the agent uses for task checks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_before_critical_and_success_before_passing() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::single(dir.path(), Options::default()).await;
+    let c = reqwest::Client::new();
+    let target = StatusServer::start(200).await;
+    let r = c
+        .put(s.url("/v1/agent/service/register"))
+        .json(&json!({"ID":"api-1","Name":"api","Port":target.addr.port(),
+            "Check":{"HTTP":format!("http://{}/health", target.addr),"Interval":"300ms",
+                "Timeout":"1s","FailuresBeforeCritical":3,"SuccessBeforePassing":2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_status(&c, &s, "service:api-1", "passing").await;
+
+    // Probes are one interval apart, so 350 ms after the switch at most two have failed.
+    target.set(500);
+    let failing_from = Instant::now();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let still = check_of(&c, &s, "service:api-1").await.unwrap();
+    assert_eq!(
+        still["Status"], "passing",
+        "critical before 3 failures: {still}"
+    );
+    wait_status(&c, &s, "service:api-1", "critical").await;
+    let took = failing_from.elapsed();
+    assert!(
+        took >= Duration::from_millis(550),
+        "critical after {took:?}, before 3 failed probes"
+    );
+
+    target.set(200);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let still = check_of(&c, &s, "service:api-1").await.unwrap();
+    assert_eq!(
+        still["Status"], "critical",
+        "passing after 1 success: {still}"
+    );
+    wait_status(&c, &s, "service:api-1", "passing").await;
+}
+
 /// The TTL rules the runner takes from pier-core's engine: a new note with the same status is
 /// written and a repeated one is not, silence expires the check, and a TTL check left critical
 /// deregisters its service after `DeregisterCriticalServiceAfter` without any further update.
@@ -506,6 +552,8 @@ async fn checks_reach_only_allowed_networks() {
                 interval: Some(Duration::from_millis(100)),
                 timeout: None,
                 deregister_critical_after: None,
+                success_before_passing: 0,
+                failures_before_critical: 0,
             },
         }],
         ..Default::default()

@@ -308,12 +308,16 @@ fn settings(config: &CheckRunnerConfig, def: &CheckDefinition) -> CheckSettings 
         CheckKind::Ttl { ttl } => Some(ms(ttl)),
         _ => None,
     };
-    CheckSettings::consul(
-        interval_ms,
-        timeout_ms,
-        ttl_ms,
-        def.deregister_critical_after.map(ms),
-    )
+    CheckSettings {
+        successes_before_passing: def.success_before_passing.max(1),
+        failures_before_critical: def.failures_before_critical.max(1),
+        ..CheckSettings::consul(
+            interval_ms,
+            timeout_ms,
+            ttl_ms,
+            def.deregister_critical_after.map(ms),
+        )
+    }
 }
 
 /// Sleeps until `at_ms` on the clock of [`now_ms`]; forever when there is nothing to wait for.
