@@ -308,9 +308,14 @@ fn settings(config: &CheckRunnerConfig, def: &CheckDefinition) -> CheckSettings 
         CheckKind::Ttl { ttl } => Some(ms(ttl)),
         _ => None,
     };
+    // Consul applies the thresholds to probes only: a TTL update sets the status it names.
+    let (successes, failures) = match ttl_ms {
+        Some(_) => (1, 1),
+        None => (def.success_before_passing, def.failures_before_critical),
+    };
     CheckSettings {
-        successes_before_passing: def.success_before_passing.max(1),
-        failures_before_critical: def.failures_before_critical.max(1),
+        successes_before_passing: successes.max(1),
+        failures_before_critical: failures.max(1),
         ..CheckSettings::consul(
             interval_ms,
             timeout_ms,
