@@ -1294,6 +1294,8 @@ fn node_health_check(node: &str, status: CheckStatus) -> Check {
             interval: None,
             timeout: None,
             deregister_critical_after: None,
+            success_before_passing: 0,
+            failures_before_critical: 0,
         },
         create_index: 0,
         modify_index: 0,

@@ -161,6 +161,12 @@ pub struct CheckDefinition {
     pub interval: Option<Duration>,
     pub timeout: Option<Duration>,
     pub deregister_critical_after: Option<Duration>,
+    /// Consul's `SuccessBeforePassing`: consecutive passing results before the status turns
+    /// passing (0, the default, behaves as 1: one result decides).
+    pub success_before_passing: u32,
+    /// Consul's `FailuresBeforeCritical`: consecutive critical results before the status turns
+    /// critical (0, the default, behaves as 1).
+    pub failures_before_critical: u32,
 }
 
 impl CheckDefinition {
@@ -170,6 +176,8 @@ impl CheckDefinition {
             interval: None,
             timeout: None,
             deregister_critical_after: None,
+            success_before_passing: 0,
+            failures_before_critical: 0,
         }
     }
 }

@@ -155,6 +155,10 @@ pub struct CheckDefinitionRecord {
     pub timeout_ms: Option<u64>,
     #[serde(default)]
     pub deregister_critical_after_ms: Option<u64>,
+    #[serde(default)]
+    pub success_before_passing: u32,
+    #[serde(default)]
+    pub failures_before_critical: u32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -211,6 +215,8 @@ impl From<&CheckDefinition> for CheckDefinitionRecord {
             interval_ms: ms(d.interval),
             timeout_ms: ms(d.timeout),
             deregister_critical_after_ms: ms(d.deregister_critical_after),
+            success_before_passing: d.success_before_passing,
+            failures_before_critical: d.failures_before_critical,
         }
     }
 }
@@ -246,6 +252,8 @@ impl From<&CheckDefinitionRecord> for CheckDefinition {
             interval: r.interval_ms.map(Duration::from_millis),
             timeout: r.timeout_ms.map(Duration::from_millis),
             deregister_critical_after: r.deregister_critical_after_ms.map(Duration::from_millis),
+            success_before_passing: r.success_before_passing,
+            failures_before_critical: r.failures_before_critical,
         }
     }
 }

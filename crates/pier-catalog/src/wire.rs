@@ -231,6 +231,10 @@ pub struct CheckIn {
     pub timeout: Option<Value>,
     #[serde(default)]
     pub deregister_critical_service_after: Option<Value>,
+    #[serde(default)]
+    pub success_before_passing: Option<u32>,
+    #[serde(default)]
+    pub failures_before_critical: Option<u32>,
     #[serde(rename = "GRPC", default)]
     pub grpc: Option<Value>,
     #[serde(rename = "DockerContainerID", default)]
@@ -373,6 +377,8 @@ impl CheckIn {
                 interval,
                 timeout,
                 deregister_critical_after: deregister,
+                success_before_passing: self.success_before_passing.unwrap_or(0),
+                failures_before_critical: self.failures_before_critical.unwrap_or(0),
             },
         })
     }

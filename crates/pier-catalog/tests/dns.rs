@@ -59,6 +59,8 @@ fn ttl_check(status: CheckStatus) -> CheckRegistration {
             interval: None,
             timeout: None,
             deregister_critical_after: None,
+            success_before_passing: 0,
+            failures_before_critical: 0,
         },
     }
 }

@@ -189,6 +189,123 @@ async fn tcp_ttl_script_and_deregister_after() {
         .all(|id| id != "service:gone-1"));
 }
 
+/// Consul's `FailuresBeforeCritical` / `SuccessBeforePassing`: the status changes only after that
+/// many consecutive results (pier-core's retry rule, the same the agent uses for task checks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_before_critical_and_success_before_passing() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::single(dir.path(), Options::default()).await;
+    let c = reqwest::Client::new();
+    let target = StatusServer::start(200).await;
+    let r = c
+        .put(s.url("/v1/agent/service/register"))
+        .json(&json!({"ID":"api-1","Name":"api","Port":target.addr.port(),
+            "Check":{"HTTP":format!("http://{}/health", target.addr),"Interval":"300ms",
+                "Timeout":"1s","FailuresBeforeCritical":3,"SuccessBeforePassing":2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_status(&c, &s, "service:api-1", "passing").await;
+
+    // Probes are one interval apart, so 350 ms after the switch at most two have failed.
+    target.set(500);
+    let failing_from = Instant::now();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let still = check_of(&c, &s, "service:api-1").await.unwrap();
+    assert_eq!(
+        still["Status"], "passing",
+        "critical before 3 failures: {still}"
+    );
+    wait_status(&c, &s, "service:api-1", "critical").await;
+    let took = failing_from.elapsed();
+    assert!(
+        took >= Duration::from_millis(550),
+        "critical after {took:?}, before 3 failed probes"
+    );
+
+    target.set(200);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let still = check_of(&c, &s, "service:api-1").await.unwrap();
+    assert_eq!(
+        still["Status"], "critical",
+        "passing after 1 success: {still}"
+    );
+    wait_status(&c, &s, "service:api-1", "passing").await;
+}
+
+/// The TTL rules the runner takes from pier-core's engine: a new note with the same status is
+/// written and a repeated one is not, silence expires the check, and a TTL check left critical
+/// deregisters its service after `DeregisterCriticalServiceAfter` without any further update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_notes_expiry_and_deregister_after() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::single(dir.path(), Options::default()).await;
+    let c = reqwest::Client::new();
+    let r = c
+        .put(s.url("/v1/agent/service/register"))
+        .json(
+            &json!({"ID":"job-1","Name":"job","Check":{"CheckID":"job-ttl","TTL":"1s",
+            "Status":"passing","DeregisterCriticalServiceAfter":"1s"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let update = |note: &'static str| {
+        let c = c.clone();
+        let url = s.url(&format!("/v1/agent/check/pass/job-ttl?note={note}"));
+        async move {
+            let r = c.put(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    update("3+queued").await;
+    let noted = common::eventually(Duration::from_secs(5), "the note is stored", || async {
+        let check = check_of(&c, &s, "job-ttl").await?;
+        (check["Output"] == "3 queued").then_some(check)
+    })
+    .await;
+    assert_eq!(noted["Status"], "passing");
+    let writes = common::eventually(Duration::from_secs(5), "the write is counted", || async {
+        let w = s.agent().runner().writes();
+        (w > 0).then_some(w)
+    })
+    .await;
+    // The last update: the TTL and then the critical period count from here.
+    let silent_from = Instant::now();
+    update("3+queued").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.agent().runner().writes(),
+        writes,
+        "the same status and note again is no write"
+    );
+
+    let expired = wait_status(&c, &s, "job-ttl", "critical").await;
+    let to_critical = silent_from.elapsed();
+    assert!(
+        expired["Output"].as_str().unwrap().contains("TTL expired"),
+        "{expired}"
+    );
+    assert!(
+        to_critical >= Duration::from_millis(900) && to_critical < Duration::from_secs(3),
+        "expired after {to_critical:?}"
+    );
+    common::eventually(Duration::from_secs(5), "job-1 deregistered", || async {
+        let v: Vec<Value> = common::get_json(&c, s.url("/v1/catalog/service/job")).await?;
+        v.is_empty().then_some(())
+    })
+    .await;
+    let to_gone = silent_from.elapsed();
+    assert!(
+        to_gone >= Duration::from_millis(1_900),
+        "deregistered before TTL + DeregisterCriticalServiceAfter: {to_gone:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_node_goes_critical_within_3s_and_recovers() {
     common::init_tracing();
@@ -435,6 +552,8 @@ async fn checks_reach_only_allowed_networks() {
                 interval: Some(Duration::from_millis(100)),
                 timeout: None,
                 deregister_critical_after: None,
+                success_before_passing: 0,
+                failures_before_critical: 0,
             },
         }],
         ..Default::default()

@@ -3,8 +3,8 @@
 
 use pier_core::deployment::TaskHealth;
 use pier_core::health::{
-    next_deadline_ms, next_run_at_ms, observe, task_health, tick, CheckResult, CheckSettings,
-    CheckState, HealthEvent, HealthStatus, Transition,
+    needs_write, next_deadline_ms, next_run_at_ms, observe, task_health, tick, CheckResult,
+    CheckSettings, CheckState, HealthEvent, HealthStatus, Transition,
 };
 use proptest::prelude::*;
 
@@ -211,6 +211,96 @@ fn deregister_after_critical_for_long_enough_once_per_period() {
     // Further critical results do not move the start of the critical period.
     run(&s, &mut st, CheckResult::critical("z"), 230_000);
     assert_eq!(st.status_since_ms, 220_000);
+}
+
+#[test]
+fn consul_checks_decide_on_one_result_from_the_stored_status() {
+    let s = CheckSettings::consul(10_000, 5_000, None, None);
+    // A Consul check is registered critical unless the registration says otherwise.
+    let mut st = CheckState::resumed(HealthStatus::Critical, "", 0);
+    let t = run(&s, &mut st, CheckResult::passing(), 1_000).unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (HealthStatus::Critical, HealthStatus::Passing)
+    );
+    let t = run(&s, &mut st, warn("429"), 2_000).unwrap();
+    assert_eq!(t.to, HealthStatus::Warning);
+    let t = run(&s, &mut st, CheckResult::critical("503"), 3_000).unwrap();
+    assert_eq!(
+        (t.from, t.to, t.output.as_str()),
+        (HealthStatus::Warning, HealthStatus::Critical, "503")
+    );
+    assert_eq!(run(&s, &mut st, CheckResult::critical("503"), 4_000), None);
+    assert_eq!(st.status_since_ms, 3_000);
+    let t = run(&s, &mut st, CheckResult::passing(), 5_000).unwrap();
+    assert_eq!(t.to, HealthStatus::Passing);
+}
+
+#[test]
+fn a_resumed_check_starts_its_timers_afresh() {
+    // TTL: the next update is due one TTL after the runner took over, whatever the status.
+    let s = CheckSettings::consul(0, 0, Some(1_000), Some(5_000));
+    let st = CheckState::resumed(HealthStatus::Passing, "ok", 10_000);
+    assert_eq!(st.healthy_since_ms, Some(10_000));
+    assert_eq!(next_deadline_ms(&s, &st), Some(11_001));
+    assert!(tick(&s, &st, 11_000).1.is_empty());
+    let (st, events) = tick(&s, &st, 11_001);
+    assert!(
+        matches!(&events[..], [HealthEvent::Transition(t)] if t.to == HealthStatus::Critical),
+        "{events:?}"
+    );
+    // ... and the critical period counts from the expiry.
+    assert_eq!(next_deadline_ms(&s, &st), Some(16_000));
+    assert_eq!(
+        tick(&s, &st, 16_000).1,
+        vec![HealthEvent::Deregister {
+            critical_since_ms: 11_000
+        }]
+    );
+
+    // A check stored critical: its critical period counts from the takeover, once.
+    let s = CheckSettings::consul(1_000, 1_000, None, Some(5_000));
+    let st = CheckState::resumed(HealthStatus::Critical, "refused", 100);
+    assert_eq!(st.critical_since_ms(), Some(100));
+    assert!(tick(&s, &st, 5_099).1.is_empty());
+    let (st, events) = tick(&s, &st, 5_100);
+    assert_eq!(events.len(), 1);
+    assert!(tick(&s, &st, 50_000).1.is_empty(), "reported once");
+}
+
+#[test]
+fn writes_follow_the_status_and_for_ttl_checks_the_note() {
+    let probe = CheckSettings::consul(1_000, 1_000, None, None);
+    let ttl = CheckSettings::consul(0, 0, Some(10_000), None);
+    for s in [&probe, &ttl] {
+        let mut st = CheckState::resumed(HealthStatus::Critical, "", 0);
+        assert!(!needs_write(s, &st, HealthStatus::Critical, ""));
+        run(s, &mut st, CheckResult::passing(), 1_000);
+        assert!(needs_write(s, &st, HealthStatus::Critical, ""));
+        // Until the write lands, it stays due (a failed write is retried).
+        assert!(needs_write(s, &st, HealthStatus::Critical, ""));
+        assert!(!needs_write(s, &st, HealthStatus::Passing, ""));
+        // A new output with the same status: the application's note (TTL `update`) is
+        // written, a probe's changing output is not.
+        run(
+            s,
+            &mut st,
+            CheckResult::Passing {
+                output: "42 jobs queued".into(),
+            },
+            2_000,
+        );
+        assert_eq!(
+            needs_write(s, &st, HealthStatus::Passing, ""),
+            s.ttl_ms.is_some()
+        );
+        assert!(!needs_write(
+            s,
+            &st,
+            HealthStatus::Passing,
+            "42 jobs queued"
+        ));
+    }
 }
 
 #[test]

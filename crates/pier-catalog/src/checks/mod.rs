@@ -3,7 +3,11 @@
 //! [`CheckRunner`] runs the checks of one node (the node of the agent that embeds it): it
 //! watches the node's set of checks in the store (`catalog_check_ids/<node>/`, which changes
 //! only when checks are added, removed or redefined — never on a status update) and keeps one
-//! tokio task per runnable check (HTTP, TCP, script, TTL). Probes live in [`probes`].
+//! tokio task per runnable check (HTTP, TCP, script, TTL). Probes live in [`probes`]. A task
+//! only does IO; what the status is, when a TTL expires and when deregistration is due come
+//! from pier-core's health engine (`pier_core::health`, the same the node agent runs for task
+//! checks), with Consul's settings: one result decides unless the check gives
+//! `SuccessBeforePassing` / `FailuresBeforeCritical`.
 //!
 //! Invariants:
 //! - A status is written to the store **only on a transition** (for TTL checks also when an

@@ -1,13 +1,16 @@
-//! The per-node check runner: one reconcile loop plus one task per runnable check.
+//! The per-node check runner: one reconcile loop plus one task per runnable check. Each task
+//! does the IO of its check (probe, store writes, deregistration); pier-core's health engine
+//! (`pier_core::health`) decides the status, TTL expiry and deregistration.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use pier_api::time::now_ms;
+use pier_core::health::{self, CheckResult, CheckSettings, CheckState, HealthEvent, HealthStatus};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use super::probes;
 use crate::catalog::Catalog;
@@ -241,12 +244,9 @@ fn reconcile(inner: &Arc<Inner>, checks: Vec<Check>) {
         }
         let weak = Arc::downgrade(inner);
         let (ttl_tx, handle) = match check.definition.kind {
-            CheckKind::Ttl { ttl } => {
+            CheckKind::Ttl { .. } => {
                 let (tx, rx) = mpsc::unbounded_channel();
-                (
-                    Some(tx),
-                    tokio::spawn(run_ttl(weak, check.clone(), ttl, rx)),
-                )
+                (Some(tx), tokio::spawn(run_ttl(weak, check.clone(), rx)))
             }
             _ => (None, tokio::spawn(run_probe(weak, check.clone()))),
         };
@@ -263,50 +263,184 @@ fn reconcile(inner: &Arc<Inner>, checks: Vec<Check>) {
     }
 }
 
-/// Writes `status` if it differs from `last`. Returns false when the check is gone (the task
-/// should end).
-async fn transition(
+/// How soon a failed status write or deregistration is tried again.
+const RETRY_MS: u64 = 1_000;
+
+fn to_health(status: CheckStatus) -> HealthStatus {
+    match status {
+        CheckStatus::Passing => HealthStatus::Passing,
+        CheckStatus::Warning => HealthStatus::Warning,
+        CheckStatus::Critical => HealthStatus::Critical,
+    }
+}
+
+/// Consul has no "unknown": a check is critical until it passes (and a resumed Consul check
+/// never is unknown anyway).
+fn to_catalog(status: HealthStatus) -> CheckStatus {
+    match status {
+        HealthStatus::Passing => CheckStatus::Passing,
+        HealthStatus::Warning => CheckStatus::Warning,
+        HealthStatus::Unknown | HealthStatus::Critical => CheckStatus::Critical,
+    }
+}
+
+fn to_result(status: CheckStatus, output: String) -> CheckResult {
+    match status {
+        CheckStatus::Passing => CheckResult::Passing { output },
+        CheckStatus::Warning => CheckResult::Warning { output },
+        CheckStatus::Critical => CheckResult::Critical { output },
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The engine settings of a Consul check definition.
+fn settings(config: &CheckRunnerConfig, def: &CheckDefinition) -> CheckSettings {
+    let interval_ms = def
+        .interval
+        .map(ms)
+        .unwrap_or(config.default_interval_ms)
+        .max(10);
+    let timeout_ms = def.timeout.map(ms).unwrap_or(config.default_timeout_ms);
+    let ttl_ms = match def.kind {
+        CheckKind::Ttl { ttl } => Some(ms(ttl)),
+        _ => None,
+    };
+    // Consul applies the thresholds to probes only: a TTL update sets the status it names.
+    let (successes, failures) = match ttl_ms {
+        Some(_) => (1, 1),
+        None => (def.success_before_passing, def.failures_before_critical),
+    };
+    CheckSettings {
+        successes_before_passing: successes.max(1),
+        failures_before_critical: failures.max(1),
+        ..CheckSettings::consul(
+            interval_ms,
+            timeout_ms,
+            ttl_ms,
+            def.deregister_critical_after.map(ms),
+        )
+    }
+}
+
+/// Sleeps until `at_ms` on the clock of [`now_ms`]; forever when there is nothing to wait for.
+async fn sleep_until_ms(at_ms: Option<u64>) {
+    match at_ms {
+        Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One check in pier-core's health engine: the engine decides the status, TTL expiry and
+/// when deregistration is due; this does the IO it asks for.
+struct Engine {
+    settings: CheckSettings,
+    state: CheckState,
+    /// What the store holds (as far as this task knows): writes go out when the engine's
+    /// state differs ([`health::needs_write`]), so a failed write is retried.
+    written: (CheckStatus, String),
+    retry_at_ms: Option<u64>,
+}
+
+impl Engine {
+    /// Starts from the stored status with fresh timers (see [`CheckState::resumed`]).
+    fn new(config: &CheckRunnerConfig, check: &Check) -> Engine {
+        Engine {
+            settings: settings(config, &check.definition),
+            state: CheckState::resumed(to_health(check.status), check.output.clone(), now_ms()),
+            written: (check.status, check.output.clone()),
+            retry_at_ms: None,
+        }
+    }
+
+    fn observe(&mut self, result: CheckResult) {
+        let (next, _) = health::observe(&self.settings, &self.state, result, now_ms());
+        self.state = next;
+    }
+
+    /// When [`Engine::settle`] must run next at the latest.
+    fn wake_at_ms(&self) -> Option<u64> {
+        match (
+            health::next_deadline_ms(&self.settings, &self.state),
+            self.retry_at_ms,
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Applies time-driven changes, writes the status if it must, deregisters the instance
+    /// when due. Returns false when the task should end (check or instance gone).
+    async fn settle(&mut self, inner: &Inner, check: &Check) -> bool {
+        let now = now_ms();
+        let (next, events) = health::tick(&self.settings, &self.state, now);
+        self.state = next;
+        self.retry_at_ms = None;
+        if health::needs_write(
+            &self.settings,
+            &self.state,
+            to_health(self.written.0),
+            &self.written.1,
+        ) {
+            match write_status(inner, check, self.written.0, &self.state).await {
+                Write::Done(status) => self.written = (status, self.state.output.clone()),
+                Write::Gone => return false,
+                Write::Failed => self.retry_at_ms = Some(now + RETRY_MS),
+            }
+        }
+        let deregister_due = events
+            .iter()
+            .any(|e| matches!(e, HealthEvent::Deregister { .. }));
+        // A node check (no service) has no instance to deregister.
+        if deregister_due && !check.service_id.is_empty() {
+            if deregister(inner, check).await {
+                return false;
+            }
+            // Due again at the retry: the engine reports it once per critical period.
+            self.state.deregister_reported = false;
+            self.retry_at_ms = Some(now + RETRY_MS);
+        }
+        true
+    }
+}
+
+enum Write {
+    Done(CheckStatus),
+    Gone,
+    Failed,
+}
+
+async fn write_status(
     inner: &Inner,
     check: &Check,
-    last: &mut CheckStatus,
-    status: CheckStatus,
-    output: Option<&str>,
-) -> bool {
-    if status == *last && output.is_none() {
-        return true;
-    }
+    from: CheckStatus,
+    state: &CheckState,
+) -> Write {
+    let status = to_catalog(state.status);
     match inner
         .catalog
-        .update_check(&inner.node, &check.id, status, output)
+        .update_check(&inner.node, &check.id, status, Some(&state.output))
         .await
     {
         Ok(wrote) => {
             if wrote {
                 inner.writes.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(node = %inner.node, check = %check.id, from = %last, to = %status, "check status changed");
+                tracing::debug!(node = %inner.node, check = %check.id, %from, to = %status, "check status changed");
             }
-            *last = status;
-            true
+            Write::Done(status)
         }
-        Err(CatalogError::NotFound(_)) => false,
+        Err(CatalogError::NotFound(_)) => Write::Gone,
         Err(e) => {
-            // Keep `last` so the next evaluation retries the write.
             tracing::warn!(node = %inner.node, check = %check.id, error = %e, "cannot write check status");
-            true
+            Write::Failed
         }
     }
 }
 
-/// Deregisters the instance once the check has been critical for `after`. Returns true when
-/// it did (the task ends).
-async fn deregister_if_due(inner: &Inner, check: &Check, critical_since: Option<Instant>) -> bool {
-    let (Some(after), Some(since)) = (check.definition.deregister_critical_after, critical_since)
-    else {
-        return false;
-    };
-    if check.service_id.is_empty() || since.elapsed() < after {
-        return false;
-    }
+/// Deregisters the check's instance (`DeregisterCriticalServiceAfter`). True when it did.
+async fn deregister(inner: &Inner, check: &Check) -> bool {
     tracing::info!(node = %inner.node, service = %check.service_id, check = %check.id,
         "check critical longer than DeregisterCriticalServiceAfter; deregistering the service");
     match inner
@@ -322,94 +456,64 @@ async fn deregister_if_due(inner: &Inner, check: &Check, critical_since: Option<
     }
 }
 
-async fn run_probe(weak: std::sync::Weak<Inner>, check: Check) {
-    let (interval, timeout) = {
-        let Some(inner) = weak.upgrade() else { return };
-        let interval = check
-            .definition
-            .interval
-            .unwrap_or(Duration::from_millis(inner.config.default_interval_ms));
-        let timeout = check
-            .definition
-            .timeout
-            .unwrap_or(Duration::from_millis(inner.config.default_timeout_ms));
-        (interval.max(Duration::from_millis(10)), timeout)
-    };
-    let mut last = check.status;
-    let mut critical_since = (last == CheckStatus::Critical).then(Instant::now);
-    loop {
-        let Some(inner) = weak.upgrade() else { return };
-        // Vetted again before every probe: a check stored before the operator narrowed
-        // `--check-allow`, or a name that now resolves elsewhere, is not probed.
-        let (status, output) = match super::allow::vet_check(
-            &inner.config.check_allow,
-            &check.definition.kind,
-        )
-        .await
-        {
-            Ok(()) => probes::probe(&inner.http, &check.definition.kind, timeout).await,
+/// One probe, vetted again before it runs: a check stored before the operator narrowed
+/// `--check-allow`, or a name that now resolves elsewhere, is not probed.
+async fn probe_once(inner: &Inner, check: &Check, timeout_ms: u64) -> CheckResult {
+    let (status, output) =
+        match super::allow::vet_check(&inner.config.check_allow, &check.definition.kind).await {
+            Ok(()) => {
+                probes::probe(
+                    &inner.http,
+                    &check.definition.kind,
+                    Duration::from_millis(timeout_ms),
+                )
+                .await
+            }
             Err(refused) => (CheckStatus::Critical, format!("not probed: {refused}")),
         };
-        if status != last && !transition(&inner, &check, &mut last, status, Some(&output)).await {
-            return;
+    to_result(status, output)
+}
+
+async fn run_probe(weak: std::sync::Weak<Inner>, check: Check) {
+    let mut engine = {
+        let Some(inner) = weak.upgrade() else { return };
+        Engine::new(&inner.config, &check)
+    };
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        if now_ms() >= health::next_run_at_ms(&engine.settings, &engine.state) {
+            let result = probe_once(&inner, &check, engine.settings.timeout_ms).await;
+            engine.observe(result);
         }
-        if status == CheckStatus::Critical {
-            critical_since.get_or_insert_with(Instant::now);
-        } else {
-            critical_since = None;
-        }
-        if deregister_if_due(&inner, &check, critical_since).await {
+        if !engine.settle(&inner, &check).await {
             return;
         }
         drop(inner);
-        tokio::time::sleep(interval).await;
+        let next_run = health::next_run_at_ms(&engine.settings, &engine.state);
+        let wake = engine.wake_at_ms().map_or(next_run, |w| w.min(next_run));
+        sleep_until_ms(Some(wake)).await;
     }
 }
 
 async fn run_ttl(
     weak: std::sync::Weak<Inner>,
     check: Check,
-    ttl: Duration,
     mut rx: mpsc::UnboundedReceiver<TtlUpdate>,
 ) {
-    let mut last = check.status;
-    let mut deadline = Instant::now() + ttl;
-    let mut expired = false;
-    let mut critical_since = (last == CheckStatus::Critical).then(Instant::now);
-    // Deregistration is evaluated on this tick even when no update arrives.
-    let tick = ttl
-        .min(Duration::from_secs(1))
-        .max(Duration::from_millis(50));
+    let mut engine = {
+        let Some(inner) = weak.upgrade() else { return };
+        Engine::new(&inner.config, &check)
+    };
     loop {
         tokio::select! {
             update = rx.recv() => {
                 let Some((status, output)) = update else { return };
-                let Some(inner) = weak.upgrade() else { return };
-                if !transition(&inner, &check, &mut last, status, output.as_deref()).await {
-                    return;
-                }
-                deadline = Instant::now() + ttl;
-                expired = false;
+                engine.observe(to_result(status, output.unwrap_or_default()));
             }
-            _ = tokio::time::sleep_until(deadline), if !expired => {
-                expired = true;
-                let Some(inner) = weak.upgrade() else { return };
-                if last != CheckStatus::Critical {
-                    let output = format!("TTL expired (no update within {} ms)", ttl.as_millis());
-                    if !transition(&inner, &check, &mut last, CheckStatus::Critical, Some(&output)).await {
-                        return;
-                    }
-                }
-            }
-            _ = tokio::time::sleep(tick) => {}
-        }
-        if last == CheckStatus::Critical {
-            critical_since.get_or_insert_with(Instant::now);
-        } else {
-            critical_since = None;
+            _ = sleep_until_ms(engine.wake_at_ms()) => {}
         }
         let Some(inner) = weak.upgrade() else { return };
-        if deregister_if_due(&inner, &check, critical_since).await {
+        if !engine.settle(&inner, &check).await {
             return;
         }
     }

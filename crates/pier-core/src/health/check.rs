@@ -40,6 +40,28 @@ impl Default for CheckSettings {
     }
 }
 
+impl CheckSettings {
+    /// A Consul check as the catalog runs it: one result decides (Consul's
+    /// `SuccessBeforePassing` and `FailuresBeforeCritical` default to 0, which behaves as 1),
+    /// no start period.
+    pub fn consul(
+        interval_ms: u64,
+        timeout_ms: u64,
+        ttl_ms: Option<u64>,
+        deregister_critical_after_ms: Option<u64>,
+    ) -> Self {
+        Self {
+            interval_ms,
+            timeout_ms,
+            failures_before_critical: 1,
+            successes_before_passing: 1,
+            start_period_ms: 0,
+            ttl_ms,
+            deregister_critical_after_ms,
+        }
+    }
+}
+
 /// The externally visible status of a check.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum HealthStatus {
@@ -86,6 +108,12 @@ impl CheckResult {
     pub fn passing() -> Self {
         CheckResult::Passing {
             output: String::new(),
+        }
+    }
+
+    pub fn warning(output: impl Into<String>) -> Self {
+        CheckResult::Warning {
+            output: output.into(),
         }
     }
 
@@ -145,6 +173,22 @@ impl CheckState {
             has_passed: false,
             last_result_ms: None,
             deregister_reported: false,
+        }
+    }
+
+    /// A check whose status is already decided (a Consul check's stored status: `critical`
+    /// at registration unless the registration gave one), taken over at `now_ms` by a runner
+    /// that just started. Its timers start afresh: a TTL check has `ttl_ms` from now for its
+    /// next update, and a critical check counts its critical period from now, since the time
+    /// it really turned critical is not known to this runner.
+    pub fn resumed(status: HealthStatus, output: impl Into<String>, now_ms: u64) -> Self {
+        let healthy = matches!(status, HealthStatus::Passing | HealthStatus::Warning);
+        Self {
+            status,
+            output: output.into(),
+            has_passed: status == HealthStatus::Passing,
+            healthy_since_ms: healthy.then_some(now_ms),
+            ..Self::new(now_ms)
         }
     }
 
@@ -253,6 +297,23 @@ pub fn observe(
         }
     };
     (next, transition)
+}
+
+/// Whether a runner that last wrote `written_status` / `written_output` to the store must
+/// write `state` now. The status is what everyone sees; the output goes with it. A TTL
+/// check's output is the application's own note (Consul's `/v1/agent/check/update` with a
+/// `Note`), so for TTL checks a new output alone is also worth a write. A probe's output
+/// (timings, body excerpts) changes on every run and is refreshed with transitions only.
+///
+/// Comparing with what was *written* rather than reacting to a [`Transition`] once makes a
+/// failed write retried at the runner's next evaluation.
+pub fn needs_write(
+    settings: &CheckSettings,
+    state: &CheckState,
+    written_status: HealthStatus,
+    written_output: &str,
+) -> bool {
+    state.status != written_status || (settings.ttl_ms.is_some() && state.output != written_output)
 }
 
 /// When a TTL check expires if nothing is reported: TTL after the last report, or, before

@@ -1,4 +1,7 @@
-//! The per-check health state machine, run by the node agent.
+//! The per-check health state machine: the one health-check engine of pier. The node agent
+//! runs it for task health checks and the catalog's check runner
+//! (`pier_catalog::checks`) for Consul checks; both only do the IO (probing, writing to the
+//! store, deregistering) and take every decision from here.
 //!
 //! # Model
 //! Each check has [`CheckSettings`] and a [`CheckState`]. The agent runs script/HTTP/TCP
@@ -15,6 +18,9 @@
 //! - During `start_period_ms` after registration, critical results do not count, unless the
 //!   check has already passed once (as ECS's `startPeriod`).
 //! - TTL expiry goes straight to `Critical`: silence is not a flaky probe.
+//! - Consul checks ([`CheckSettings::consul`]): one result decides, and a runner taking over
+//!   a stored status starts from it with fresh timers ([`CheckState::resumed`]).
+//! - What to write: [`needs_write`] (the status; for TTL checks also the note).
 //!
 //! # Invariants (checked by the tests)
 //! - A [`Transition`] is returned exactly when the visible status changes; counters and
@@ -26,6 +32,6 @@
 mod check;
 
 pub use check::{
-    next_deadline_ms, next_run_at_ms, observe, task_health, tick, ttl_expires_at_ms, CheckResult,
-    CheckSettings, CheckState, HealthEvent, HealthStatus, Transition,
+    needs_write, next_deadline_ms, next_run_at_ms, observe, task_health, tick, ttl_expires_at_ms,
+    CheckResult, CheckSettings, CheckState, HealthEvent, HealthStatus, Transition,
 };
