@@ -187,18 +187,39 @@ async fn scheduled_snapshots_are_written_and_pruned() {
         .unwrap();
     let dir = tmp.path().join("sched").join("snapshots");
     tokio::time::sleep(Duration::from_millis(2_600)).await;
-    let names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{} not created: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    let tars: Vec<&String> = names.iter().filter(|n| n.ends_with(".tar")).collect();
-    assert_eq!(tars.len(), 2, "kept: {names:?}");
-    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
-    // Each is a complete snapshot another instance can restore.
+    let list = || -> Vec<String> {
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{} not created: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    // A snapshot is written every 500 ms, so at any moment one may be in its temp file or just
+    // renamed before the oldest is pruned. Between two writes the directory holds exactly the
+    // two newest snapshots and no temp file (none left behind by earlier writes).
+    let steady = |names: &[String]| {
+        names.iter().all(|n| !n.ends_with(".tmp"))
+            && names.iter().filter(|n| n.ends_with(".tar")).count() == 2
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut names = list();
+    while !steady(&names) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        names = list();
+    }
+    assert!(steady(&names), "kept, between two writes: {names:?}");
+    // Each is a complete snapshot another instance can restore. Copied first: the schedule
+    // keeps going and prunes it within a second.
+    let newest = names
+        .iter()
+        .filter(|n| n.ends_with(".tar"))
+        .max()
+        .expect("two snapshots");
+    let copy = tmp.path().join("restore-me.tar");
+    std::fs::copy(dir.join(newest), &copy).expect("copy a scheduled snapshot");
     let fresh = start_dev(tmp.path(), "fresh", &[]).await;
     let out = pier(
         &fresh.base,
-        &["snapshot", "restore", dir.join(tars[0]).to_str().unwrap()],
+        &["snapshot", "restore", copy.to_str().unwrap()],
     );
     assert!(
         out.status.success(),
