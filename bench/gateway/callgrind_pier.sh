@@ -148,9 +148,9 @@ for mode in $MODES; do
     load "$mode" "$WARMUP" >/dev/null
     case "$TOOL" in
         callgrind|nginx)
-            callgrind_control -z "$TARGET" >/dev/null
+            callgrind_control -z "$TARGET" >/dev/null 2>&1
             out=$(load "$mode" "$REQUESTS")
-            callgrind_control -d "$mode" "$TARGET" >/dev/null
+            callgrind_control -d "$mode" "$TARGET" >/dev/null 2>&1
             n=$(succeeded "$out")
             f=$(ls -t "$OUT"/*."$TARGET".* | head -1)
             ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
