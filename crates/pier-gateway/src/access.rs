@@ -16,7 +16,7 @@ use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +30,11 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// Lines waiting for the writer; more are dropped (and counted).
 const QUEUE: usize = 16 * 1024;
+
+/// How long the writer sleeps once it has emptied the queue while lines keep coming, so it
+/// takes them in batches instead of being woken for each (1,000 lines at 100,000 requests/s,
+/// far below [`QUEUE`]).
+const BATCH_PAUSE: Duration = Duration::from_millis(10);
 
 /// Where the lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -218,8 +223,22 @@ fn writer(rx: mpsc::Receiver<Msg>, mut out: Output, format: AccessFormat, reopen
     let mut line = Vec::with_capacity(512);
     let mut last_flush = Instant::now();
     let mut failing = false;
+    let mut busy = false;
     loop {
-        let msg = rx.recv_timeout(FLUSH_EVERY);
+        let msg = match rx.try_recv() {
+            Ok(m) => Ok(m),
+            Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+            // Lines came in since the last pause: pause again instead of blocking. A sender only
+            // wakes the writer (a futex wake and a context switch on a proxy thread, for every
+            // request) while it blocks in `recv`; during the pause lines just queue up.
+            Err(TryRecvError::Empty) if busy => {
+                busy = false;
+                std::thread::sleep(BATCH_PAUSE);
+                continue;
+            }
+            Err(TryRecvError::Empty) => rx.recv_timeout(FLUSH_EVERY),
+        };
+        busy |= matches!(msg, Ok(Msg::Entry(_)));
         if reopen.swap(false, Ordering::AcqRel) {
             out.reopen();
         }

@@ -271,6 +271,9 @@ pub enum GatewayBody {
 pub struct TrackedBody {
     inner: ResponseBody,
     completion: Option<Completion>,
+    /// A frame went to hyper: from then on, the end of the backend's body is told with the
+    /// last frame (see `is_end_stream`).
+    yielded: bool,
 }
 
 impl TrackedBody {
@@ -278,6 +281,7 @@ impl TrackedBody {
         TrackedBody {
             inner,
             completion: Some(completion),
+            yielded: false,
         }
     }
     fn finish(&mut self, outcome: &'static str) {
@@ -321,7 +325,11 @@ impl Body for GatewayBody {
                     t.finish("body_error");
                     Poll::Ready(Some(Err(e)))
                 }
-                other => other,
+                Poll::Ready(Some(Ok(frame))) => {
+                    t.yielded = true;
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Pending => Poll::Pending,
             },
         }
     }
@@ -329,8 +337,13 @@ impl Body for GatewayBody {
     fn is_end_stream(&self) -> bool {
         match self {
             GatewayBody::Local(d) => d.is_none(),
-            // Not forwarded: the completion must run from poll_frame or Drop.
-            GatewayBody::Upstream(_) => false,
+            // Before the first frame it stays false, so hyper always polls a proxied body and
+            // frames the response from its size hint as before; the completion then runs when
+            // hyper drops the body (`Drop`, outcome "ok" as the body ended). After a frame it
+            // says whether that was the last: hyper sends HTTP/2's END_STREAM on the last DATA
+            // frame instead of an extra empty DATA frame, and HTTP/1 ends the body without
+            // another poll.
+            GatewayBody::Upstream(t) => t.yielded && t.inner.is_end_stream(),
         }
     }
 
