@@ -13,24 +13,6 @@ use pier_testkit::net::free_port;
 use security_common::*;
 use serde_json::Value;
 
-fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// `skopeo copy` from an OCI layout to `dest`, with `creds` ("user:token") if any.
 fn skopeo_push(layout: &Path, dest: &str, certs: &Path, creds: Option<&str>) -> Output {
     let src = format!("oci:{}:img", layout.display());

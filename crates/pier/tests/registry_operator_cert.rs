@@ -16,21 +16,6 @@ use pier_testkit::net::free_port;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use security_common::*;
 
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 struct Ca {
     pem: String,
     issuer: Issuer<'static, KeyPair>,
@@ -84,7 +69,7 @@ fn curl_status(cacert: &Path, url: &str, extra: &[&str]) -> Option<u16> {
     args.extend(["-w", "%{http_code}", "--cacert", cacert]);
     args.extend(extra);
     args.push(url);
-    let out = run("curl", &args);
+    let out = run("curl", &args, &[]);
     if !out.status.success() {
         return None;
     }
@@ -208,6 +193,7 @@ async fn the_registry_serves_the_operators_certificate_to_names_it_covers() {
             &format!("docker-daemon:{tag}"),
             &format!("oci:{}:img", layout.display()),
         ],
+        &[],
     );
     assert!(out.status.success(), "{}", text(&out));
     let app = format!("docker://localhost:{port}/team/app:v1");
@@ -217,6 +203,7 @@ async fn the_registry_serves_the_operators_certificate_to_names_it_covers() {
     let out = run(
         "skopeo",
         &["copy", "--quiet", &creds, &cert_dir, &src, &app],
+        &[],
     );
     assert!(out.status.success(), "push: {}", text(&out));
     let pulled = d.join("pulled");
@@ -230,6 +217,7 @@ async fn the_registry_serves_the_operators_certificate_to_names_it_covers() {
             &app,
             &format!("dir:{}", pulled.display()),
         ],
+        &[],
     );
     assert!(out.status.success(), "pull: {}", text(&out));
     assert!(pulled.join("manifest.json").exists());

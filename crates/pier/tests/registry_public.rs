@@ -13,24 +13,6 @@ use pier_testkit::net::free_port;
 use security_common::*;
 use serde_json::Value;
 
-fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// `skopeo copy` from `src` to `dest`; `creds` ("user:token") for the side that is a registry.
 fn skopeo_copy(src: &str, dest: &str, certs: &Path, creds: Option<&str>) -> Output {
     let mut args: Vec<String> = vec!["copy".into(), "--quiet".into()];

@@ -173,13 +173,16 @@ fn target_of(kind: &crate::model::CheckKind) -> Result<Option<String>, crate::Ca
 
 /// Refuses (400, naming the flag) an HTTP or TCP check whose host is, or resolves to, an
 /// address outside `allow`. Every resolved address must be allowed: a name that resolves to
-/// both an allowed and a refused address is refused.
+/// both an allowed and a refused address is refused. Returns the vetted addresses (empty for
+/// checks that connect nowhere): the probe connects to exactly these, never resolving the
+/// name again, so a name whose answer flips after vetting (DNS rebinding) cannot lead it
+/// elsewhere.
 pub async fn vet_check(
     allow: &CheckAllow,
     kind: &crate::model::CheckKind,
-) -> Result<(), crate::CatalogError> {
+) -> Result<Vec<std::net::SocketAddr>, crate::CatalogError> {
     let Some(target) = target_of(kind)? else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(target.as_str()))
         .await
@@ -193,7 +196,8 @@ pub async fn vet_check(
                 "Invalid check: cannot resolve {target:?}: {e}"
             ))
         })?;
-    let addrs: Vec<IpAddr> = resolved.map(|a| a.ip()).collect();
+    let vetted: Vec<std::net::SocketAddr> = resolved.collect();
+    let addrs: Vec<IpAddr> = vetted.iter().map(|a| a.ip()).collect();
     if addrs.is_empty() {
         return Err(crate::CatalogError::BadRequest(format!(
             "Invalid check: {target:?} resolves to no address"
@@ -206,7 +210,7 @@ pub async fn vet_check(
             allow.describe()
         )));
     }
-    Ok(())
+    Ok(vetted)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! One evaluation of an HTTP, TCP or script check.
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -67,11 +68,34 @@ pub fn exit_status(code: Option<i32>) -> CheckStatus {
     }
 }
 
-/// Runs one probe of `kind` with `timeout`. TTL, heartbeat and manual checks are not probed.
+/// The HTTP client of probes: its user agent, and redirects followed only within the checked
+/// host (at most 10), so a redirect cannot take a probe to an address nobody vetted.
+pub fn http_client(pinned: Option<(&str, &[SocketAddr])>) -> reqwest::Client {
+    let same_host = reqwest::redirect::Policy::custom(|attempt| {
+        let original = attempt.previous().first().and_then(|u| u.host_str());
+        if attempt.previous().len() >= 10 || attempt.url().host_str() != original {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    });
+    let mut builder = reqwest::Client::builder()
+        .user_agent("pier-health-check/1")
+        .redirect(same_host);
+    if let Some((host, addrs)) = pinned {
+        builder = builder.resolve_to_addrs(host, addrs);
+    }
+    builder.build().unwrap_or_default()
+}
+
+/// Runs one probe of `kind` with `timeout`, connecting only to `pinned` (the addresses
+/// [`super::allow::vet_check`] vetted) when given. TTL, heartbeat and manual checks are not
+/// probed.
 pub async fn probe(
     client: &reqwest::Client,
     kind: &CheckKind,
     timeout: Duration,
+    pinned: &[SocketAddr],
 ) -> (CheckStatus, String) {
     match kind {
         CheckKind::Http {
@@ -80,8 +104,22 @@ pub async fn probe(
             headers,
             body,
             ..
-        } => probe_http(client, url, method, headers, body, timeout).await,
-        CheckKind::Tcp { address } => probe_tcp(address, timeout).await,
+        } => {
+            // A host name is resolved to the vetted addresses only (an address needs nothing).
+            let named = reqwest::Url::parse(url).ok().and_then(|u| {
+                let host = u.host_str()?;
+                let literal = host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok();
+                (!literal).then(|| host.to_string())
+            });
+            match named.filter(|_| !pinned.is_empty()) {
+                Some(host) => {
+                    let client = http_client(Some((&host, pinned)));
+                    probe_http(&client, url, method, headers, body, timeout).await
+                }
+                None => probe_http(client, url, method, headers, body, timeout).await,
+            }
+        }
+        CheckKind::Tcp { address } => probe_tcp(address, pinned, timeout).await,
         CheckKind::Script { args } => probe_script(args, timeout).await,
         CheckKind::Ttl { .. } | CheckKind::Heartbeat | CheckKind::Manual => {
             (CheckStatus::Critical, "not a probed check".to_string())
@@ -149,8 +187,15 @@ async fn probe_http(
     }
 }
 
-async fn probe_tcp(address: &str, timeout: Duration) -> (CheckStatus, String) {
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
+async fn probe_tcp(address: &str, pinned: &[SocketAddr], timeout: Duration) -> (CheckStatus, String) {
+    let connect = async {
+        if pinned.is_empty() {
+            tokio::net::TcpStream::connect(address).await
+        } else {
+            tokio::net::TcpStream::connect(pinned).await
+        }
+    };
+    match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(_stream)) => (
             CheckStatus::Passing,
             format!("TCP connect {address}: Success"),
@@ -284,8 +329,68 @@ mod tests {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        assert_eq!(probe_tcp(&addr, t).await.0, CheckStatus::Passing);
+        assert_eq!(probe_tcp(&addr, &[], t).await.0, CheckStatus::Passing);
         drop(listener);
-        assert_eq!(probe_tcp(&addr, t).await.0, CheckStatus::Critical);
+        assert_eq!(probe_tcp(&addr, &[], t).await.0, CheckStatus::Critical);
+    }
+
+    /// A tiny HTTP server: `/` answers 200, `/away` redirects to `elsewhere`, `/here` to `/`.
+    async fn serve(elsewhere: String) -> SocketAddr {
+        use axum::response::Redirect;
+        use axum::routing::get;
+        let app = axum::Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route("/here", get(|| async { Redirect::temporary("/") }))
+            .route(
+                "/away",
+                get(move || async move { Redirect::temporary(&elsewhere) }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    fn http(url: String) -> CheckKind {
+        CheckKind::Http {
+            url,
+            method: "GET".into(),
+            headers: Default::default(),
+            body: String::new(),
+            tls_skip_verify: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn probes_connect_to_the_vetted_addresses_only() {
+        let t = Duration::from_secs(5);
+        let client = http_client(None);
+        let addr = serve("http://other.invalid/".into()).await;
+        // A name that resolves nowhere now: the probe uses the addresses vetted before, so a
+        // name whose answer changed since (DNS rebinding) cannot move it.
+        let url = format!("http://vetted.invalid:{}/", addr.port());
+        let (status, out) = probe(&client, &http(url.clone()), t, &[addr]).await;
+        assert_eq!(status, CheckStatus::Passing, "{out}");
+        let (status, _) = probe(&client, &http(url), t, &[]).await;
+        assert_eq!(status, CheckStatus::Critical, "unpinned, the name does not resolve");
+        let tcp = CheckKind::Tcp {
+            address: format!("vetted.invalid:{}", addr.port()),
+        };
+        assert_eq!(probe(&client, &tcp, t, &[addr]).await.0, CheckStatus::Passing);
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_within_the_checked_host_only() {
+        let t = Duration::from_secs(5);
+        let client = http_client(None);
+        let target = serve(String::new()).await;
+        let addr = serve(format!("http://localhost:{}/", target.port())).await;
+        let here = format!("http://127.0.0.1:{}/here", addr.port());
+        assert_eq!(probe(&client, &http(here), t, &[addr]).await.0, CheckStatus::Passing);
+        // To another host (which answers 200): not followed, the 307 is what counts.
+        let away = format!("http://127.0.0.1:{}/away", addr.port());
+        let (status, out) = probe(&client, &http(away), t, &[addr]).await;
+        assert_eq!(status, CheckStatus::Critical, "{out}");
+        assert!(out.contains("307"), "{out}");
     }
 }

@@ -84,10 +84,7 @@ impl CheckRunner {
         node: impl Into<String>,
         config: CheckRunnerConfig,
     ) -> CheckRunner {
-        let http = reqwest::Client::builder()
-            .user_agent("pier-health-check/1")
-            .build()
-            .unwrap_or_default();
+        let http = probes::http_client(None);
         let inner = Arc::new(Inner {
             catalog,
             node: node.into(),
@@ -457,15 +454,17 @@ async fn deregister(inner: &Inner, check: &Check) -> bool {
 }
 
 /// One probe, vetted again before it runs: a check stored before the operator narrowed
-/// `--check-allow`, or a name that now resolves elsewhere, is not probed.
+/// `--check-allow`, or a name that now resolves elsewhere, is not probed; the probe connects
+/// to the addresses just vetted, not to a fresh answer for the name.
 async fn probe_once(inner: &Inner, check: &Check, timeout_ms: u64) -> CheckResult {
     let (status, output) =
         match super::allow::vet_check(&inner.config.check_allow, &check.definition.kind).await {
-            Ok(()) => {
+            Ok(vetted) => {
                 probes::probe(
                     &inner.http,
                     &check.definition.kind,
                     Duration::from_millis(timeout_ms),
+                    &vetted,
                 )
                 .await
             }
