@@ -53,6 +53,32 @@ pub(crate) fn open_db(path: &Path) -> Result<Database, StoreError> {
     }
 }
 
+/// The log's redb file, telling when it is really closed. redb releases the file in its
+/// `Drop`, which runs only after the last `Arc`'s strong count has already reached 0, so the
+/// count alone lets a store reopened on the same directory race the close (seen as "database
+/// is already open" in a loaded test run). `closed` is set once the drop has finished.
+pub(crate) struct LogDb {
+    db: Option<Database>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::ops::Deref for LogDb {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        // Only `drop` takes it out.
+        self.db
+            .as_ref()
+            .expect("the log database is open until LogDb is dropped")
+    }
+}
+
+impl Drop for LogDb {
+    fn drop(&mut self) {
+        drop(self.db.take());
+        self.closed.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Entries kept in memory behind the last persisted one, so replication mostly reads memory.
 const CACHE_KEEP: u64 = 1024;
 
@@ -89,7 +115,7 @@ enum LazyOp {
 }
 
 pub(crate) struct LogStore {
-    db: Arc<Database>,
+    db: Arc<LogDb>,
     path: PathBuf,
     cache: Arc<Mutex<LogCache>>,
     tx: std::sync::mpsc::Sender<LogCmd>,
@@ -100,7 +126,7 @@ pub(crate) struct LogStore {
 
 #[derive(Clone)]
 pub(crate) struct LogReader {
-    db: Arc<Database>,
+    db: Arc<LogDb>,
     cache: Arc<Mutex<LogCache>>,
 }
 
@@ -134,7 +160,11 @@ impl LogStore {
             drop(meta);
             txn.commit().map_err(|e| corrupt(&e))?;
         }
-        let db = Arc::new(db);
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let db = Arc::new(LogDb {
+            db: Some(db),
+            closed,
+        });
         let last_purged = read_meta::<Option<LogId>>(&db, KEY_PURGED)
             .map_err(|e| corrupt(&e))?
             .flatten();
@@ -163,11 +193,11 @@ impl LogStore {
         })
     }
 
-    /// A handle that stops upgrading once every user of the log file (openraft's core, its
-    /// replication tasks' readers and the writer thread) has let it go, i.e. once the file
-    /// can be opened again. `Store::shutdown` waits on it.
-    pub fn release_handle(&self) -> std::sync::Weak<Database> {
-        Arc::downgrade(&self.db)
+    /// A flag set once every user of the log file (openraft's core, its replication tasks'
+    /// readers and the writer thread) has let it go and the file is closed, i.e. once it can
+    /// be opened again. `Store::shutdown` waits on it.
+    pub fn release_handle(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.db.closed.clone()
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -214,7 +244,7 @@ impl LogStore {
 /// fsync for the lot, then reports completion in order. This is where appends get batched:
 /// openraft hands us one entry per client write.
 fn writer_loop(
-    db: Arc<Database>,
+    db: Arc<LogDb>,
     path: PathBuf,
     cache: Arc<Mutex<LogCache>>,
     rx: std::sync::mpsc::Receiver<LogCmd>,

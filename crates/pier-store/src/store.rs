@@ -189,7 +189,8 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stopped: AtomicBool,
     /// Dead once openraft and the log writer thread have closed the log file (see `shutdown`).
-    log_release: std::sync::Weak<redb::Database>,
+    /// Set once the raft log file is closed (see `LogDb`).
+    log_release: Arc<std::sync::atomic::AtomicBool>,
     batch_tx: tokio::sync::mpsc::UnboundedSender<PendingWrite>,
 }
 
@@ -609,7 +610,7 @@ impl Store {
     async fn wait_log_released(&self) {
         const RELEASE_WAIT: Duration = Duration::from_secs(5);
         let deadline = Instant::now() + RELEASE_WAIT;
-        while self.inner.log_release.strong_count() > 0 {
+        while !self.inner.log_release.load(Ordering::SeqCst) {
             if Instant::now() >= deadline {
                 tracing::warn!(
                     node = %self.inner.node_name,
