@@ -8,7 +8,6 @@
 mod security_common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use pier_testkit::docker::{self, ImageGuard, ScratchImage};

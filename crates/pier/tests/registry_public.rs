@@ -6,7 +6,7 @@
 mod security_common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use pier_testkit::docker::{self, ImageGuard, ScratchImage};
 use pier_testkit::net::free_port;
