@@ -187,7 +187,11 @@ async fn probe_http(
     }
 }
 
-async fn probe_tcp(address: &str, pinned: &[SocketAddr], timeout: Duration) -> (CheckStatus, String) {
+async fn probe_tcp(
+    address: &str,
+    pinned: &[SocketAddr],
+    timeout: Duration,
+) -> (CheckStatus, String) {
     let connect = async {
         if pinned.is_empty() {
             tokio::net::TcpStream::connect(address).await
@@ -372,11 +376,18 @@ mod tests {
         let (status, out) = probe(&client, &http(url.clone()), t, &[addr]).await;
         assert_eq!(status, CheckStatus::Passing, "{out}");
         let (status, _) = probe(&client, &http(url), t, &[]).await;
-        assert_eq!(status, CheckStatus::Critical, "unpinned, the name does not resolve");
+        assert_eq!(
+            status,
+            CheckStatus::Critical,
+            "unpinned, the name does not resolve"
+        );
         let tcp = CheckKind::Tcp {
             address: format!("vetted.invalid:{}", addr.port()),
         };
-        assert_eq!(probe(&client, &tcp, t, &[addr]).await.0, CheckStatus::Passing);
+        assert_eq!(
+            probe(&client, &tcp, t, &[addr]).await.0,
+            CheckStatus::Passing
+        );
     }
 
     #[tokio::test]
@@ -386,7 +397,10 @@ mod tests {
         let target = serve(String::new()).await;
         let addr = serve(format!("http://localhost:{}/", target.port())).await;
         let here = format!("http://127.0.0.1:{}/here", addr.port());
-        assert_eq!(probe(&client, &http(here), t, &[addr]).await.0, CheckStatus::Passing);
+        assert_eq!(
+            probe(&client, &http(here), t, &[addr]).await.0,
+            CheckStatus::Passing
+        );
         // To another host (which answers 200): not followed, the 307 is what counts.
         let away = format!("http://127.0.0.1:{}/away", addr.port());
         let (status, out) = probe(&client, &http(away), t, &[addr]).await;
