@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use pier_testkit::docker::{self, ImageGuard, ScratchImage};
+use pier_testkit::docker::{self, ImageGuard};
 use pier_testkit::net::free_port;
 use security_common::*;
 use serde_json::Value;
@@ -84,23 +84,8 @@ async fn the_registry_of_a_secure_cluster_asks_for_tokens_over_tls() {
 
     // An image to push, as an OCI layout.
     let tag = format!("pier-test/regauth-{}:v1", std::process::id());
-    let _image: ImageGuard = ScratchImage::new()
-        .with_busybox()
-        .file("/www/index.html", "secured\n", 0o644)
-        .cmd(&["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"])
-        .build(&tag);
     let layout = tmp.path().join("layout");
-    let out = run(
-        "skopeo",
-        &[
-            "copy",
-            "--quiet",
-            &format!("docker-daemon:{tag}"),
-            &format!("oci:{}:img", layout.display()),
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let _image = httpd_image_layout(&tag, "secured\n", &layout);
 
     // Push: refused without a token and outside the token's repositories; allowed inside.
     let app = format!("docker://{registry}/team/app:v1");

@@ -10,7 +10,7 @@ mod security_common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pier_testkit::docker::{self, ImageGuard, ScratchImage};
+use pier_testkit::docker;
 use pier_testkit::net::free_port;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use security_common::*;
@@ -178,23 +178,8 @@ async fn the_registry_serves_the_operators_certificate_to_names_it_covers() {
     std::fs::write(certs.join("ca.crt"), &ca.pem).unwrap();
     let (push, _) = c.create_token(&["registry:push:team/*"]);
     let tag = format!("pier-test/regop-{}:v1", std::process::id());
-    let _image: ImageGuard = ScratchImage::new()
-        .with_busybox()
-        .file("/www/index.html", "operator cert\n", 0o644)
-        .cmd(&["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"])
-        .build(&tag);
     let layout = d.join("layout");
-    let out = run(
-        "skopeo",
-        &[
-            "copy",
-            "--quiet",
-            &format!("docker-daemon:{tag}"),
-            &format!("oci:{}:img", layout.display()),
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let _image = httpd_image_layout(&tag, "operator cert\n", &layout);
     let app = format!("docker://localhost:{port}/team/app:v1");
     let cert_dir = format!("--dest-cert-dir={}", certs.display());
     let creds = format!("--dest-creds=ci:{push}");

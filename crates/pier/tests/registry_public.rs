@@ -8,7 +8,7 @@ mod security_common;
 use std::path::Path;
 use std::process::Output;
 
-use pier_testkit::docker::{self, ImageGuard, ScratchImage};
+use pier_testkit::docker::{self, ImageGuard};
 use pier_testkit::net::free_port;
 use security_common::*;
 use serde_json::Value;
@@ -89,23 +89,8 @@ async fn public_prefixes_are_pulled_without_login_and_nothing_else_is() {
 
     // One image, pushed with the token to a would-be public and a private repository.
     let tag = format!("pier-test/regpublic-{}:v1", std::process::id());
-    let _image: ImageGuard = ScratchImage::new()
-        .with_busybox()
-        .file("/www/index.html", "public\n", 0o644)
-        .cmd(&["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"])
-        .build(&tag);
     let layout = tmp.path().join("layout");
-    let out = run(
-        "skopeo",
-        &[
-            "copy",
-            "--quiet",
-            &format!("docker-daemon:{tag}"),
-            &format!("oci:{}:img", layout.display()),
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let _image = httpd_image_layout(&tag, "public\n", &layout);
     let src = format!("oci:{}:img", layout.display());
     let public_app = format!("docker://{registry}/pub/web:v1");
     let private_app = format!("docker://{registry}/team/web:v1");

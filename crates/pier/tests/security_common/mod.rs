@@ -325,3 +325,30 @@ pub fn text(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// A FROM-scratch busybox httpd image serving `page`, tagged `tag` in the local engine (removed
+/// when the guard drops) and copied by skopeo into an OCI layout at `layout` (`oci:<layout>:img`),
+/// ready to push to a registry.
+pub fn httpd_image_layout(
+    tag: &str,
+    page: &str,
+    layout: &Path,
+) -> pier_testkit::docker::ImageGuard {
+    let image = pier_testkit::docker::ScratchImage::new()
+        .with_busybox()
+        .file("/www/index.html", page, 0o644)
+        .cmd(&["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"])
+        .build(tag);
+    let out = run(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            &format!("docker-daemon:{tag}"),
+            &format!("oci:{}:img", layout.display()),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    image
+}
