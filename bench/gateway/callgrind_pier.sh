@@ -48,6 +48,8 @@ cleanup() {
 trap cleanup EXIT
 grep -qxF "$HOSTS_LINE" /etc/hosts || echo "$HOSTS_LINE" >>/etc/hosts
 
+# shellcheck source=bench/gateway/nginx_conf.sh
+source "$ROOT/bench/gateway/nginx_conf.sh"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
     for _ in $(seq 1 600); do
@@ -66,41 +68,7 @@ PORT=$(free_port); TLS_PORT=$(free_port)
 "$BACKEND" --listen "127.0.0.1:$BACKEND_PORT" & PIDS+=($!)
 
 if [ "$TOOL" = nginx ]; then
-    cat >"$TMP/nginx.conf" <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log $TMP/nginx-access.log combined;
-    client_body_temp_path $TMP/nginx-body;
-    proxy_temp_path $TMP/nginx-proxy;
-    fastcgi_temp_path $TMP/nginx-fastcgi;
-    uwsgi_temp_path $TMP/nginx-uwsgi;
-    scgi_temp_path $TMP/nginx-scgi;
-    keepalive_requests 1000000;
-    upstream backend {
-        server 127.0.0.1:$BACKEND_PORT;
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$PORT;
-        listen 127.0.0.1:$TLS_PORT ssl http2;
-        server_name $HOST;
-        ssl_certificate $TMP/tls.crt;
-        ssl_certificate_key $TMP/tls.key;
-        ssl_protocols TLSv1.3;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-NGINX
+    nginx_conf "$PORT" "$TLS_PORT" "master_process off;" >"$TMP/nginx.conf"
     valgrind --tool=callgrind --callgrind-out-file="$OUT/nginx.%p" \
         nginx -c "$TMP/nginx.conf" -p "$TMP" 2>"$TMP/vg.log" &
     TARGET=$!; PIDS+=($TARGET)

@@ -47,6 +47,8 @@ cleanup() {
 trap cleanup EXIT
 grep -qxF "$HOSTS_LINE" /etc/hosts || echo "$HOSTS_LINE" >>/etc/hosts
 
+# shellcheck source=bench/gateway/nginx_conf.sh
+source "$ROOT/bench/gateway/nginx_conf.sh"
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
@@ -94,40 +96,7 @@ taskset -c 0 "$PIER" gateway --server "http://127.0.0.1:$DEV_HTTP" --listen "127
     --https-port "$PIER_TLS" 2>"$TMP/pier-gateway.log" &
 PIDS+=($!); PIER_PID=$!
 
-cat >"$TMP/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log $TMP/nginx-access.log combined;
-    client_body_temp_path $TMP/nginx-body;
-    proxy_temp_path $TMP/nginx-proxy;
-    fastcgi_temp_path $TMP/nginx-fastcgi;
-    uwsgi_temp_path $TMP/nginx-uwsgi;
-    scgi_temp_path $TMP/nginx-scgi;
-    keepalive_requests 1000000;
-    upstream backend {
-        server 127.0.0.1:$BACKEND_PORT;
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        listen 127.0.0.1:$NGINX_TLS ssl http2;
-        server_name $HOST;
-        ssl_certificate $TMP/tls.crt;
-        ssl_certificate_key $TMP/tls.key;
-        ssl_protocols TLSv1.3;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-NGINX
+nginx_conf "$NGINX_PORT" "$NGINX_TLS" >"$TMP/nginx.conf"
 taskset -c 0 nginx -c "$TMP/nginx.conf" -p "$TMP" &
 PIDS+=($!); NGINX_PID=$!
 
