@@ -5,7 +5,8 @@
 //!   catalog knows; AAAA answers no records.
 //! - `<svc>.service[.<dc>].consul` A, and SRV (also `_<svc>._tcp.service...`) → the passing
 //!   instances at an address a container can reach: an instance on this node at its pier
-//!   network address (container IP and port), any other at its catalog address.
+//!   network address (container IP and port), any other at its catalog address (or its pier
+//!   network address when the catalog's is loopback: see `template::reachable_from`).
 //! - `<hex-ip>.addr[.<dc>].consul` A (the SRV targets).
 //! - Other names under `.internal` or `.consul` answer NXDOMAIN; nothing else is ours.
 
